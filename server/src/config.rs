@@ -1,0 +1,329 @@
+//! Configuration: defaults, then `hearth.toml` in the project dir, then `HEARTH_*`
+//! environment variables (nested keys with `__`, e.g. `HEARTH_STORE__GROUP_COMMIT`), then
+//! command-line flags. Validated once at start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::store::query::{Field, Target};
+use crate::store::sqlite::{IndexDef, Synchronous};
+use crate::store::{CollectionPath, path::is_valid_id};
+
+/// A secret that never prints.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Everything Hearth is configured with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The project dir: `hearth.toml`, `rules.toml`, `functions/`, `hearth_data/`.
+    #[serde(skip)]
+    pub dir: PathBuf,
+    pub addr: String,
+    /// `sqlite:PATH` (default: `hearth_data/hearth.db` in the project dir).
+    pub database_url: Option<String>,
+    /// One more service key to accept, besides those stored in the database.
+    pub service_key: Option<Secret>,
+    pub log_format: LogFormat,
+    pub store: StoreConfig,
+    pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
+    /// Expression indexes over document fields.
+    pub indexes: Vec<IndexConfig>,
+}
+
+/// Store tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Commit all queued writes in one transaction (true) or one request per transaction.
+    pub group_commit: bool,
+    /// Most writes in one group commit.
+    pub max_group_writes: usize,
+    /// `normal` survives a process crash; `full` also a power cut.
+    pub synchronous: Synchronous,
+    /// Read-only connections.
+    pub readers: usize,
+    /// Write requests that may wait for the writer.
+    pub queue_capacity: usize,
+    /// How long the change log keeps a change.
+    pub change_retention_hours: f64,
+    /// How often old changes are pruned.
+    pub prune_interval_seconds: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            group_commit: true,
+            max_group_writes: 2000,
+            synchronous: Synchronous::Normal,
+            readers: 4,
+            queue_capacity: 8192,
+            change_retention_hours: 24.0,
+            prune_interval_seconds: 300,
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body on document and query routes (a document is at most 1 MiB).
+    pub max_body_bytes: usize,
+    /// Largest batch body.
+    pub max_batch_body_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 1024 * 1024,
+            max_batch_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// `/metrics` access.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` without the service key.
+    pub public: bool,
+}
+
+/// One declared index: `fields` like `["owner", "score desc"]` on a collection path or on
+/// every collection of a collection group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    #[serde(default)]
+    pub collection: Option<String>,
+    #[serde(default)]
+    pub collection_group: Option<String>,
+    pub fields: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dir: PathBuf::from("."),
+            addr: "127.0.0.1:8080".into(),
+            database_url: None,
+            service_key: None,
+            log_format: LogFormat::Text,
+            store: StoreConfig::default(),
+            limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
+            indexes: Vec::new(),
+        }
+    }
+}
+
+/// Values from the command line; each one set wins over file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub addr: Option<String>,
+    pub database_url: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// Where the database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+}
+
+impl Config {
+    /// Loads the config of the project in `dir`.
+    pub fn load(dir: &Path, overrides: Overrides) -> anyhow::Result<Config> {
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(dir.join("hearth.toml")))
+            .merge(Env::prefixed("HEARTH_").split("__"))
+            .extract()
+            .map_err(|error| anyhow::anyhow!("configuration: {error}"))?;
+        config.dir = dir.to_owned();
+        if let Some(addr) = overrides.addr {
+            config.addr = addr;
+        }
+        if let Some(url) = overrides.database_url {
+            config.database_url = Some(url);
+        }
+        if let Some(format) = overrides.log_format {
+            config.log_format = format;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what can be checked before anything starts.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.socket_addr()?;
+        self.database()?;
+        self.index_defs()?;
+        if self.store.readers == 0 || self.store.readers > 256 {
+            anyhow::bail!("store.readers must be 1 to 256");
+        }
+        if self.store.max_group_writes == 0 {
+            anyhow::bail!("store.max_group_writes must be at least 1");
+        }
+        if let Some(key) = &self.service_key {
+            if !key.expose().starts_with("hk_") || key.expose().len() < 24 {
+                anyhow::bail!("service_key must start with `hk_` and be at least 24 characters");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn socket_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.addr
+            .parse()
+            .map_err(|error| anyhow::anyhow!("addr `{}` is not HOST:PORT: {error}", self.addr))
+    }
+
+    /// The data dir inside the project dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("hearth_data")
+    }
+
+    pub fn database(&self) -> anyhow::Result<Database> {
+        match self.database_url.as_deref() {
+            None | Some("") => Ok(Database::Sqlite(self.data_dir().join("hearth.db"))),
+            Some(url) => {
+                if let Some(path) = url
+                    .strip_prefix("sqlite://")
+                    .or_else(|| url.strip_prefix("sqlite:"))
+                {
+                    let path = PathBuf::from(path);
+                    Ok(Database::Sqlite(if path.is_relative() {
+                        self.dir.join(path)
+                    } else {
+                        path
+                    }))
+                } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                    anyhow::bail!(
+                        "the PostgreSQL backend is not available in this build yet; use sqlite:PATH"
+                    )
+                } else {
+                    anyhow::bail!("database_url must start with sqlite:")
+                }
+            }
+        }
+    }
+
+    /// The declared indexes, validated.
+    pub fn index_defs(&self) -> anyhow::Result<Vec<IndexDef>> {
+        self.indexes
+            .iter()
+            .map(|index| {
+                let target = match (&index.collection, &index.collection_group) {
+                    (Some(collection), None) => Target::Collection(
+                        CollectionPath::parse(collection)
+                            .map_err(|e| anyhow::anyhow!("index: {e}"))?,
+                    ),
+                    (None, Some(group)) if is_valid_id(group) => Target::Group(group.clone()),
+                    _ => anyhow::bail!(
+                        "an index names exactly one valid `collection` or `collection_group`"
+                    ),
+                };
+                if index.fields.is_empty() {
+                    anyhow::bail!("an index names at least one field");
+                }
+                let fields = index
+                    .fields
+                    .iter()
+                    .map(|spec| {
+                        let mut words = spec.split_whitespace();
+                        let name = words.next().unwrap_or_default();
+                        let dir = match words.next() {
+                            None | Some("asc") => hearth_types::Direction::Asc,
+                            Some("desc") => hearth_types::Direction::Desc,
+                            Some(other) => {
+                                anyhow::bail!("index field `{spec}`: `{other}` is not asc or desc")
+                            }
+                        };
+                        let field = Field::parse(name)
+                            .map_err(|e| anyhow::anyhow!("index field `{spec}`: {e}"))?;
+                        Ok((field, dir))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Ok(IndexDef { target, fields })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags_decide_and_secrets_do_not_print() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("hearth.toml"),
+            "addr = \"127.0.0.1:9999\"\nservice_key = \"hk_0123456789abcdefghijklmn\"\n\
+             [store]\ngroup_commit = false\n\n[[indexes]]\ncollection = \"rooms\"\nfields = [\"owner\", \"score desc\"]\n",
+        )
+        .expect("write config");
+        let config = Config::load(dir.path(), Overrides::default()).expect("loads");
+        assert_eq!(config.addr, "127.0.0.1:9999");
+        assert!(!config.store.group_commit);
+        assert_eq!(config.index_defs().expect("valid").len(), 1);
+        assert!(!format!("{config:?}").contains("hk_0123"));
+        let flagged = Config::load(
+            dir.path(),
+            Overrides {
+                addr: Some("127.0.0.1:0".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("loads");
+        assert_eq!(flagged.addr, "127.0.0.1:0");
+    }
+
+    #[test]
+    fn bad_config_is_refused_at_start() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("hearth.toml"), "bogus = 1\n").expect("write");
+        assert!(Config::load(dir.path(), Overrides::default()).is_err());
+        std::fs::write(
+            dir.path().join("hearth.toml"),
+            "[[indexes]]\ncollection = \"a/b\"\nfields = [\"x\"]\n",
+        )
+        .expect("write");
+        assert!(Config::load(dir.path(), Overrides::default()).is_err());
+    }
+}

@@ -1,0 +1,397 @@
+//! Document routes: get, create, put, patch, delete, list, query, aggregate, batch.
+//! Handlers parse, authorize, call the store and shape the answer.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hearth_types::{
+    AggregateRequest, AggregateResult, BatchOp, BatchRequest, BatchResponse, BatchResult, Document,
+    ErrorBody, Query, QueryPage,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use super::extract::{Caller, JsonBody, Preconditions, QueryParams};
+use super::state::AppState;
+use crate::store::query::Field;
+use crate::store::{
+    Aggregation, AnyPath, DocPath, Page, QuerySpec, StoredDoc, Write, WriteOp, path::new_id,
+};
+
+/// Most writes in one batch.
+pub const MAX_BATCH_WRITES: usize = 500;
+
+fn parse_path(path: &str) -> Result<AnyPath, ApiError> {
+    AnyPath::parse(path).map_err(|error| ApiError::invalid(error.0))
+}
+
+fn doc_path(path: &str) -> Result<DocPath, ApiError> {
+    DocPath::parse(path).map_err(|error| ApiError::invalid(error.0))
+}
+
+fn object(value: Value, what: &str) -> Result<Map<String, Value>, ApiError> {
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(ApiError::invalid(format!(
+            "{what} must be a JSON object, not {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn etag(version: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+}
+
+/// A document answer with its `ETag`.
+fn doc_response(status: StatusCode, doc: &StoredDoc) -> Response {
+    let mut response = (status, Json(doc.to_wire())).into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(doc.version));
+    response
+}
+
+fn page_response(page: Page, spec: &QuerySpec, state: &AppState) -> QueryPage {
+    let cursor = match (page.more, page.docs.last()) {
+        (true, Some(last)) => Some(spec.cursor_after(last, state.store().signer())),
+        _ => None,
+    };
+    QueryPage {
+        docs: page.docs.iter().map(StoredDoc::to_wire).collect(),
+        cursor,
+    }
+}
+
+/// `?limit=&cursor=` of the list route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// Read a document, or list a collection in id order.
+#[utoipa::path(get, path = "/v1/docs/{path}", tag = "documents",
+    params(("path" = String, Path, description = "document path (`rooms/r1`) or collection path (`rooms`)"),
+           ("limit" = Option<u32>, Query, description = "collections: page size, default 100, max 1000"),
+           ("cursor" = Option<String>, Query, description = "collections: from a previous page")),
+    responses((status = 200, description = "the document (with ETag), or a page of the collection", body = Document),
+              (status = 404, description = "no such document", body = ErrorBody)))]
+pub async fn get_path(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(path): Path<String>,
+    QueryParams(params): QueryParams<ListParams>,
+) -> Result<Response, ApiError> {
+    caller.require_service()?;
+    match parse_path(&path)? {
+        AnyPath::Doc(doc) => {
+            if params.limit.is_some() || params.cursor.is_some() {
+                return Err(ApiError::invalid(
+                    "`limit` and `cursor` apply to collections, not documents",
+                ));
+            }
+            match state.store().get(doc.clone()).await? {
+                Some(stored) => Ok(doc_response(StatusCode::OK, &stored)),
+                None => Err(ApiError::not_found(format!("no document at `{doc}`"))),
+            }
+        }
+        AnyPath::Collection(collection) => {
+            let spec = QuerySpec::list(
+                collection,
+                params.limit,
+                params.cursor,
+                state.store().signer(),
+            )?;
+            let page = state.store().query(spec.clone()).await?;
+            Ok(Json(page_response(page, &spec, &state)).into_response())
+        }
+    }
+}
+
+/// Create a document with a server-made id in a collection.
+#[utoipa::path(post, path = "/v1/docs/{path}", tag = "documents",
+    params(("path" = String, Path, description = "collection path")),
+    request_body(content = Object, description = "the document data"),
+    responses((status = 201, description = "created; `Location` names it", body = Document),
+              (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(path): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    caller.require_service()?;
+    let collection = match parse_path(&path)? {
+        AnyPath::Collection(collection) => collection,
+        AnyPath::Doc(_) => {
+            return Err(ApiError::invalid(format!(
+                "`{path}` is a document path; POST creates in a collection (use PUT to write a known id)"
+            )));
+        }
+    };
+    let data = object(body, "the document")?;
+    let doc = collection
+        .doc(&new_id())
+        .map_err(|e| ApiError::internal(e.0))?;
+    let result = state
+        .store()
+        .write_one(Write {
+            path: doc,
+            op: WriteOp::Create(data),
+            if_version: None,
+        })
+        .await?;
+    let stored = result
+        .doc
+        .ok_or_else(|| ApiError::internal("create stored nothing"))?;
+    let mut response = doc_response(StatusCode::CREATED, &stored);
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/docs/{}", stored.path)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Create or replace a document (`If-None-Match: *` = create only, `If-Match` = that version only).
+#[utoipa::path(put, path = "/v1/docs/{path}", tag = "documents",
+    params(("path" = String, Path, description = "document path"),
+           ("If-Match" = Option<String>, Header, description = "replace only this version"),
+           ("If-None-Match" = Option<String>, Header, description = "`*`: create only")),
+    request_body(content = Object, description = "the document data"),
+    responses((status = 201, description = "created", body = Document), (status = 200, description = "replaced", body = Document),
+              (status = 409, body = ErrorBody), (status = 412, body = ErrorBody)))]
+pub async fn put(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(path): Path<String>,
+    preconditions: Preconditions,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    caller.require_service()?;
+    let path = doc_path(&path)?;
+    let data = object(body, "the document")?;
+    let op = match preconditions {
+        Preconditions {
+            if_none_match_any: true,
+            if_match: Some(_),
+        } => {
+            return Err(ApiError::invalid(
+                "If-Match and If-None-Match together can never both hold",
+            ));
+        }
+        Preconditions {
+            if_none_match_any: true,
+            ..
+        } => WriteOp::Create(data),
+        _ => WriteOp::Set(data),
+    };
+    let result = state
+        .store()
+        .write_one(Write {
+            path,
+            op,
+            if_version: preconditions.if_match,
+        })
+        .await?;
+    let stored = result
+        .doc
+        .ok_or_else(|| ApiError::internal("put stored nothing"))?;
+    let status = if stored.version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(doc_response(status, &stored))
+}
+
+/// Deep-merge into a document, with transforms.
+#[utoipa::path(patch, path = "/v1/docs/{path}", tag = "documents",
+    params(("path" = String, Path, description = "document path"),
+           ("If-Match" = Option<String>, Header, description = "only if at this version")),
+    request_body(content = Object, description = "partial data (RFC 7396; `null` removes) with `$increment`, `$server_time`, `$array_union`, `$array_remove`"),
+    responses((status = 200, body = Document), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
+pub async fn patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(path): Path<String>,
+    preconditions: Preconditions,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    caller.require_service()?;
+    let path = doc_path(&path)?;
+    if preconditions.if_none_match_any {
+        return Err(ApiError::invalid(
+            "PATCH changes an existing document; If-None-Match does not apply",
+        ));
+    }
+    let data = object(body, "the patch")?;
+    let result = state
+        .store()
+        .write_one(Write {
+            path,
+            op: WriteOp::Update(data),
+            if_version: preconditions.if_match,
+        })
+        .await?;
+    let stored = result
+        .doc
+        .ok_or_else(|| ApiError::internal("patch stored nothing"))?;
+    Ok(doc_response(StatusCode::OK, &stored))
+}
+
+/// Delete a document; deleting an absent one is fine.
+#[utoipa::path(delete, path = "/v1/docs/{path}", tag = "documents",
+    params(("path" = String, Path, description = "document path"),
+           ("If-Match" = Option<String>, Header, description = "only if at this version")),
+    responses((status = 204, description = "gone"), (status = 412, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(path): Path<String>,
+    preconditions: Preconditions,
+) -> Result<StatusCode, ApiError> {
+    caller.require_service()?;
+    let path = doc_path(&path)?;
+    if preconditions.if_none_match_any {
+        return Err(ApiError::invalid("If-None-Match does not apply to DELETE"));
+    }
+    state
+        .store()
+        .write_one(Write {
+            path,
+            op: WriteOp::Delete,
+            if_version: preconditions.if_match,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Run a query.
+#[utoipa::path(post, path = "/v1/query", tag = "documents", request_body = Query,
+    responses((status = 200, body = QueryPage), (status = 400, body = ErrorBody)))]
+pub async fn query(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(query): JsonBody<Query>,
+) -> Result<Json<QueryPage>, ApiError> {
+    caller.require_service()?;
+    let spec = QuerySpec::parse(&query, state.store().signer())?;
+    let page = state.store().query(spec.clone()).await?;
+    Ok(Json(page_response(page, &spec, &state)))
+}
+
+/// Count, sum and average over a query's documents (all of them unless `limit` is set).
+#[utoipa::path(post, path = "/v1/aggregate", tag = "documents", request_body = AggregateRequest,
+    responses((status = 200, body = AggregateResult), (status = 400, body = ErrorBody)))]
+pub async fn aggregate(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<AggregateRequest>,
+) -> Result<Json<AggregateResult>, ApiError> {
+    caller.require_service()?;
+    if !request.count && request.sum.is_empty() && request.avg.is_empty() {
+        return Err(ApiError::invalid(
+            "ask for at least one of `count`, `sum`, `avg`",
+        ));
+    }
+    let spec = QuerySpec::parse(&request.query, state.store().signer())?;
+    let fields = |names: &[String]| {
+        names
+            .iter()
+            .map(|name| Field::parse(name))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let aggregation = Aggregation {
+        count: request.count,
+        sum: fields(&request.sum)?,
+        avg: fields(&request.avg)?,
+        limit: request.query.limit.map(|limit| limit as usize),
+    };
+    let values = state.store().aggregate(spec, aggregation).await?;
+    let named = |names: &[String], values: Vec<Value>| -> Option<Map<String, Value>> {
+        (!names.is_empty()).then(|| names.iter().cloned().zip(values).collect())
+    };
+    Ok(Json(AggregateResult {
+        count: request.count.then_some(values.count),
+        sum: named(&request.sum, values.sum),
+        avg: named(&request.avg, values.avg),
+    }))
+}
+
+/// Up to 500 writes that all commit or none do.
+#[utoipa::path(post, path = "/v1/batch", tag = "documents", request_body = BatchRequest,
+    responses((status = 200, body = BatchResponse),
+              (status = 400, description = "`details.index` names the bad write", body = ErrorBody),
+              (status = 412, description = "a precondition failed; `details.index` names it", body = ErrorBody)))]
+pub async fn batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<BatchRequest>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    caller.require_service()?;
+    if request.writes.is_empty() || request.writes.len() > MAX_BATCH_WRITES {
+        return Err(ApiError::invalid(format!(
+            "a batch holds 1 to {MAX_BATCH_WRITES} writes, not {}",
+            request.writes.len()
+        )));
+    }
+    let writes = request
+        .writes
+        .into_iter()
+        .enumerate()
+        .map(|(index, write)| {
+            let located = |error: ApiError| {
+                ApiError {
+                    message: format!("write {index}: {}", error.message),
+                    ..error
+                }
+                .with_detail("index", index)
+            };
+            let path = doc_path(&write.path).map_err(located)?;
+            let data = match (write.op, write.data) {
+                (BatchOp::Delete, None) => None,
+                (BatchOp::Delete, Some(_)) => {
+                    return Err(located(ApiError::invalid("a delete takes no `data`")));
+                }
+                (_, None) => return Err(located(ApiError::invalid("this write needs `data`"))),
+                (_, Some(data)) => Some(object(data, "`data`").map_err(located)?),
+            };
+            let op = match (write.op, data) {
+                (BatchOp::Create, Some(data)) => WriteOp::Create(data),
+                (BatchOp::Set, Some(data)) => WriteOp::Set(data),
+                (BatchOp::Update, Some(data)) => WriteOp::Update(data),
+                _ => WriteOp::Delete,
+            };
+            Ok(Write {
+                path,
+                op,
+                if_version: write.if_version,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let results = state.store().batch(writes).await?;
+    Ok(Json(BatchResponse {
+        results: results
+            .iter()
+            .map(|result| BatchResult {
+                path: result.path.as_str().to_owned(),
+                version: result.version(),
+            })
+            .collect(),
+    }))
+}

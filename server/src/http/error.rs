@@ -1,0 +1,110 @@
+//! The contract's error shape: every non-2xx answer is `{"error": {code, message, details}}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hearth_types::{ErrorBody, ErrorCode, ErrorDetail, Object};
+use serde_json::Value;
+
+use crate::store;
+
+/// An error answer. Internal causes travel in a response extension to the logging
+/// middleware and never into the body.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Object,
+    /// What the log gets for `internal` errors.
+    pub cause: Option<String>,
+}
+
+/// Marks a response whose body is already in the contract's shape.
+#[derive(Debug, Clone)]
+pub struct Shaped;
+
+/// The cause of an internal error, for the log.
+#[derive(Debug, Clone)]
+pub struct InternalCause(pub String);
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            details: Object::new(),
+            cause: None,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::InvalidArgument, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::NotFound, message)
+    }
+
+    /// A bug: the client sees only "internal error"; the cause goes to the log.
+    pub fn internal(cause: impl Into<String>) -> ApiError {
+        ApiError {
+            cause: Some(cause.into()),
+            ..ApiError::new(ErrorCode::Internal, "internal error")
+        }
+    }
+
+    pub fn with_detail(mut self, key: &str, value: impl Into<Value>) -> ApiError {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+impl From<store::Error> for ApiError {
+    fn from(error: store::Error) -> ApiError {
+        use store::Error as E;
+        match error {
+            E::InvalidArgument(message) => ApiError::new(ErrorCode::InvalidArgument, message),
+            E::NotFound(message) => ApiError::new(ErrorCode::NotFound, message),
+            E::AlreadyExists(message) => ApiError::new(ErrorCode::AlreadyExists, message),
+            E::FailedPrecondition(message) => ApiError::new(ErrorCode::FailedPrecondition, message),
+            E::TooLarge(message) => ApiError::new(ErrorCode::PayloadTooLarge, message),
+            E::Unavailable(message) => ApiError::new(ErrorCode::Unavailable, message),
+            E::Internal(cause) => ApiError::internal(cause),
+            E::InBatch { index, error } => {
+                let inner = ApiError::from(*error);
+                ApiError {
+                    message: format!("write {index}: {}", inner.message),
+                    ..inner
+                }
+                .with_detail("index", index)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                details: self.details,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(Shaped);
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(InternalCause(cause));
+        }
+        if self.code == ErrorCode::ResourceExhausted
+            && !response.headers().contains_key("retry-after")
+        {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

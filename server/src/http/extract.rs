@@ -1,0 +1,236 @@
+//! Extractors that answer in the contract's error shape: JSON bodies, query strings,
+//! the caller's credentials and `If-Match` / `If-None-Match`.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use bytes::Bytes;
+use hearth_types::ErrorCode;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::state::AppState;
+
+/// A JSON body parsed with the contract's errors: malformed JSON and wrong shapes are
+/// invalid-argument, a body over the route's limit is payload-too-large.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    "request body is over the size limit",
+                )
+            } else {
+                ApiError::invalid(format!("cannot read the body: {rejection}"))
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses JSON with the contract's error messages.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| {
+        use serde_json::error::Category;
+        let message = error.to_string();
+        match error.classify() {
+            Category::Syntax | Category::Eof if message.contains("recursion limit") => {
+                ApiError::invalid("body nests deeper than 32 levels")
+            }
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::invalid(format!("malformed JSON: {message}"))
+            }
+            Category::Data => ApiError::invalid(format!("invalid body: {message}")),
+        }
+    })
+}
+
+/// A query string parsed with the contract's errors.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(QueryParams)
+            .map_err(|error| ApiError::invalid(format!("bad query string: {error}")))
+    }
+}
+
+/// Who is calling, from the `Authorization` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A valid service key: admin rights, bypasses rules.
+    Service,
+    /// No credentials.
+    Anonymous,
+    /// A bearer token that is not a service key (a user token, once auth exists).
+    User,
+}
+
+impl Caller {
+    /// Documents are admin-only until the rules engine decides per document.
+    pub fn require_service(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Service => Ok(()),
+            Caller::Anonymous => Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "this route needs credentials: `Authorization: Bearer <service key>`",
+            )),
+            Caller::User => Err(ApiError::new(
+                ErrorCode::PermissionDenied,
+                "this route needs the service key",
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        caller_from_headers(&parts.headers, state.service_keys())
+    }
+}
+
+/// Decides the caller from the headers.
+pub fn caller_from_headers(headers: &HeaderMap, keys: &ServiceKeys) -> Result<Caller, ApiError> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(Caller::Anonymous);
+    };
+    let unauthenticated = |message: &str| ApiError::new(ErrorCode::Unauthenticated, message);
+    let value = value
+        .to_str()
+        .map_err(|_| unauthenticated("malformed Authorization header"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| unauthenticated("Authorization must be `Bearer <token>`"))?;
+    if token.starts_with("hk_") {
+        return if keys.verify(token) {
+            Ok(Caller::Service)
+        } else {
+            Err(unauthenticated("invalid service key"))
+        };
+    }
+    Ok(Caller::User)
+}
+
+/// The accepted service keys, as SHA-256 hashes (keys are 256-bit random, so a fast
+/// hash is enough); checked in constant time.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceKeys {
+    hashes: Vec<[u8; 32]>,
+}
+
+impl ServiceKeys {
+    pub fn new(hashes: Vec<[u8; 32]>) -> ServiceKeys {
+        ServiceKeys { hashes }
+    }
+
+    pub fn hash(key: &str) -> [u8; 32] {
+        Sha256::digest(key.as_bytes()).into()
+    }
+
+    pub fn verify(&self, key: &str) -> bool {
+        let hash = ServiceKeys::hash(key);
+        // Every stored hash is compared, so timing does not tell which one matched.
+        self.hashes
+            .iter()
+            .fold(subtle::Choice::from(0), |found, stored| {
+                found | stored.ct_eq(&hash)
+            })
+            .into()
+    }
+}
+
+/// A fresh service key: `hk_` and 43 characters of base64url (256 random bits).
+pub fn new_service_key() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    format!(
+        "hk_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// `If-Match` / `If-None-Match` of a write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Preconditions {
+    pub if_match: Option<i64>,
+    pub if_none_match_any: bool,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Preconditions {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let if_match = match parts.headers.get(axum::http::header::IF_MATCH) {
+            None => None,
+            Some(value) => Some(
+                parse_version(value.to_str().unwrap_or_default()).ok_or_else(|| {
+                    ApiError::invalid(
+                        "If-Match takes a document version: `3`, `\"3\"` or `W/\"3\"`",
+                    )
+                })?,
+            ),
+        };
+        let if_none_match_any = match parts.headers.get(axum::http::header::IF_NONE_MATCH) {
+            None => false,
+            Some(value) if value.as_bytes() == b"*" => true,
+            Some(_) => return Err(ApiError::invalid("If-None-Match on a write takes only `*`")),
+        };
+        Ok(Preconditions {
+            if_match,
+            if_none_match_any,
+        })
+    }
+}
+
+/// A version from an ETag-ish header value: `3`, `"3"` or `W/"3"`.
+pub fn parse_version(value: &str) -> Option<i64> {
+    let value = value.trim();
+    let value = value.strip_prefix("W/").unwrap_or(value);
+    let value = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    value.parse().ok().filter(|version: &i64| *version >= 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_in_the_three_spellings() {
+        assert_eq!(parse_version("3"), Some(3));
+        assert_eq!(parse_version("\"3\""), Some(3));
+        assert_eq!(parse_version("W/\"3\""), Some(3));
+        assert_eq!(parse_version("abc"), None);
+        assert_eq!(parse_version("0"), None);
+    }
+
+    #[test]
+    fn service_keys_verify_only_themselves() {
+        let key = new_service_key();
+        let keys = ServiceKeys::new(vec![ServiceKeys::hash("hk_other"), ServiceKeys::hash(&key)]);
+        assert!(keys.verify(&key));
+        assert!(!keys.verify("hk_wrong"));
+        assert!(key.starts_with("hk_") && key.len() == 46);
+    }
+}

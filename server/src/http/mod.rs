@@ -1,0 +1,162 @@
+//! HTTP: the router, the middleware stack and the mapping of every failure to the
+//! contract's error shape. The only module that knows axum and tower.
+
+pub mod docs;
+pub mod error;
+pub mod extract;
+pub mod state;
+pub mod system;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hearth_types::ErrorCode;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::OpenApi;
+
+use error::{ApiError, InternalCause, Shaped};
+pub use state::AppState;
+
+/// The OpenAPI 3 document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Hearth", description = "A self-hosted Firebase-style backend: auth, documents, realtime, rules, functions."),
+    paths(
+        docs::get_path, docs::create, docs::put, docs::patch, docs::delete,
+        docs::query, docs::aggregate, docs::batch,
+        system::healthz, system::readyz, system::metrics, system::openapi,
+    ),
+    components(schemas(
+        hearth_types::Document, hearth_types::Query, hearth_types::Filter, hearth_types::Op,
+        hearth_types::OrderBy, hearth_types::Direction, hearth_types::QueryPage,
+        hearth_types::AggregateRequest, hearth_types::AggregateResult,
+        hearth_types::BatchRequest, hearth_types::BatchWrite, hearth_types::BatchOp,
+        hearth_types::BatchResponse, hearth_types::BatchResult,
+        hearth_types::ErrorBody, hearth_types::ErrorDetail, hearth_types::ErrorCode,
+    )),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "service_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let limits = &state.config().limits;
+    let documents = Router::new()
+        .route(
+            "/v1/docs/{*path}",
+            get(docs::get_path)
+                .post(docs::create)
+                .put(docs::put)
+                .patch(docs::patch)
+                .delete(docs::delete),
+        )
+        .route("/v1/query", post(docs::query))
+        .route("/v1/aggregate", post(docs::aggregate))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes));
+    let batch = Router::new()
+        .route("/v1/batch", post(docs::batch))
+        .layer(DefaultBodyLimit::max(limits.max_batch_body_bytes));
+    Router::new()
+        .merge(documents)
+        .merge(batch)
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
+        .route("/v1/openapi.json", get(system::openapi))
+        .fallback(system::not_found)
+        .layer(CatchPanicLayer::custom(system::panic_response))
+        .layer(middleware::from_fn(observe))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let id = request
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.header_value().to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Records request metrics, logs internal errors inside the request span, and gives every
+/// error answer that did not come from an [`ApiError`] (axum's own 405 or 413, a panic)
+/// the contract's shape.
+async fn observe(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let mut response = next.run(request).await;
+    if let Some(InternalCause(cause)) = response.extensions_mut().remove::<InternalCause>() {
+        tracing::error!(%cause, "internal error");
+    }
+    let status = response.status();
+    if (status.is_client_error() || status.is_server_error())
+        && response.extensions().get::<Shaped>().is_none()
+    {
+        response = reshape(response);
+    }
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+fn reshape(response: Response) -> Response {
+    let status = response.status();
+    let code = ErrorCode::from_http_status(status.as_u16());
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route".to_owned(),
+        StatusCode::PAYLOAD_TOO_LARGE => "request body is over the size limit".to_owned(),
+        _ if code == ErrorCode::Internal => "internal error".to_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let (parts, _) = response.into_parts();
+    let mut shaped = ApiError::new(code, message).into_response();
+    *shaped.status_mut() = status;
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            shaped.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    shaped
+}

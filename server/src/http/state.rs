@@ -1,0 +1,63 @@
+//! The state every handler shares: one `Arc`, cloned per request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::extract::ServiceKeys;
+use crate::config::Config;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    store: Store,
+    config: Config,
+    service_keys: ServiceKeys,
+    metrics: PrometheusHandle,
+    stopping: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        config: Config,
+        service_keys: ServiceKeys,
+        metrics: PrometheusHandle,
+    ) -> AppState {
+        AppState(Arc::new(Inner {
+            store,
+            config,
+            service_keys,
+            metrics,
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    pub fn service_keys(&self) -> &ServiceKeys {
+        &self.0.service_keys
+    }
+
+    pub fn metrics(&self) -> &PrometheusHandle {
+        &self.0.metrics
+    }
+
+    /// Marks the server as shutting down (`/readyz` answers 503 from then on).
+    pub fn begin_stopping(&self) {
+        self.0.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.0.stopping.load(Ordering::SeqCst)
+    }
+}

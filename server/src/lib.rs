@@ -1,0 +1,185 @@
+//! Hearth: a self-hosted Firebase-style backend in one binary.
+//!
+//! The server is a library; `main.rs` is only its command line. Embedders and tests
+//! build a [`Server`] from a [`Config`], read [`Server::local_addr`], and run it until a
+//! shutdown future resolves.
+//!
+//! Modules: `config` (file + env + flags), `store` (documents, queries, the one write
+//! path), `changes` (the change log record and the bus), `http` (routes, extractors,
+//! errors, middleware).
+
+pub mod changes;
+pub mod config;
+pub mod http;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+pub use config::{Config, LogFormat, Overrides};
+use http::extract::{ServiceKeys, new_service_key};
+use store::sqlite::{SqliteBackend, SqliteOptions, WriterOptions};
+use store::{ChangeBus, Store};
+
+/// A built server, bound to its address, not yet serving.
+pub struct Server {
+    listener: TcpListener,
+    state: http::AppState,
+    new_service_key: Option<String>,
+}
+
+impl Server {
+    /// Opens the database, makes the first service key if there is none, and binds.
+    pub async fn build(config: Config) -> anyhow::Result<Server> {
+        let metrics = metrics_handle()?;
+        let store = open_store(&config).await?;
+        let mut hashes = store.backend().service_key_hashes().await?;
+        let mut first_key = None;
+        if hashes.is_empty() {
+            let key = new_service_key();
+            let hash = ServiceKeys::hash(&key);
+            store.backend().add_service_key_hash(hash).await?;
+            hashes.push(hash);
+            first_key = Some(key);
+        }
+        if let Some(key) = &config.service_key {
+            hashes.push(ServiceKeys::hash(key.expose()));
+        }
+        let addr = config.socket_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let state = http::AppState::new(store, config, ServiceKeys::new(hashes), metrics);
+        Ok(Server {
+            listener,
+            state,
+            new_service_key: first_key,
+        })
+    }
+
+    /// The address the server listens on (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The service key made at this start, if this is the first start. Shown once:
+    /// only its hash is stored.
+    pub fn take_new_service_key(&mut self) -> Option<String> {
+        self.new_service_key.take()
+    }
+
+    /// The shared store, for embedders that write from Rust.
+    pub fn store(&self) -> &Store {
+        self.state.store()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, finishes in-flight
+    /// requests, flushes the writer and returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let pruner = tokio::spawn(prune_changes(state.clone()));
+        let app = http::router(state.clone());
+        tracing::info!("listening on http://{}", self.local_addr());
+        let stopping = state.clone();
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.begin_stopping();
+            tracing::info!("shutting down: finishing in-flight requests");
+        })
+        .await
+        .context("server failed")?;
+        pruner.abort();
+        state.store().close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let bus = ChangeBus::new(4096);
+    let backend = match config.database()? {
+        config::Database::Sqlite(path) => {
+            let options = SqliteOptions {
+                path,
+                readers: config.store.readers,
+                writer: WriterOptions {
+                    group_commit: config.store.group_commit,
+                    max_group_writes: config.store.max_group_writes,
+                },
+                synchronous: config.store.synchronous,
+                queue_capacity: config.store.queue_capacity,
+                indexes: config.index_defs()?,
+            };
+            let bus = bus.clone();
+            tokio::task::spawn_blocking(move || SqliteBackend::open(options, bus)).await??
+        }
+    };
+    Ok(Store::new(Arc::new(backend), bus).await?)
+}
+
+/// Deletes changes older than the retention window, now and then.
+async fn prune_changes(state: http::AppState) {
+    let config = &state.config().store;
+    let retention = (config.change_retention_hours * 3600.0 * 1e6) as i64;
+    let mut ticker =
+        tokio::time::interval(Duration::from_secs(config.prune_interval_seconds.max(1)));
+    loop {
+        ticker.tick().await;
+        match state
+            .store()
+            .prune_changes(store::now_micros() - retention)
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned old changes"),
+            Err(error) => tracing::warn!(%error, "pruning changes failed"),
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder (a process has one, however many servers).
+fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0,
+        ])?
+        .set_buckets_for_metric(
+            Matcher::Prefix("hearth_group_commit_".into()),
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("hearth_group_commit_seconds".into()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ],
+        )?
+        .build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        anyhow::bail!("another metrics recorder is installed in this process");
+    }
+    let _ = HANDLE.set(handle.clone());
+    Ok(handle)
+}

@@ -1,0 +1,128 @@
+//! The `hearth` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use hearth_server::{Config, LogFormat, Overrides, Server};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "hearth",
+    version,
+    about = "Hearth: a self-hosted Firebase-style backend"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Project dir: hearth.toml, rules.toml, functions/, hearth_data/.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// HOST:PORT to listen on (port 0 picks a free one).
+        #[arg(long)]
+        addr: Option<String>,
+        /// `sqlite:PATH`; default hearth_data/hearth.db in the project dir.
+        #[arg(long)]
+        database_url: Option<String>,
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            dir,
+            addr,
+            database_url,
+            log_format,
+        } => {
+            let overrides = Overrides {
+                addr,
+                database_url,
+                log_format,
+            };
+            let config = match Config::load(&dir, overrides) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("hearth: {error:#}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            init_logging(config.log_format);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("hearth: cannot start the runtime: {error}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    eprintln!("hearth: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut server = Server::build(config).await?;
+    if let Some(key) = server.take_new_service_key() {
+        // Printed once, straight to the terminal, never through the log.
+        println!(
+            "\nHearth made a service key. It is shown only this once; keep it secret:\n\n    {key}\n\n\
+             Use it as `Authorization: Bearer <key>`. Only its hash is stored.\n"
+        );
+    }
+    server.run_until_stopped(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}

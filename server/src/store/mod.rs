@@ -1,0 +1,255 @@
+//! The document store: one write path, reads, queries and aggregates, over a backend
+//! (SQLite now; PostgreSQL is a second [`Backend`], not a rewrite).
+//!
+//! Every write of every kind goes through [`Store::write`]. The backend applies it with
+//! [`write::apply`] inside one transaction that also appends to the change log, and
+//! publishes the committed changes on the [`ChangeBus`] after commit. The store knows
+//! nothing of HTTP.
+
+pub mod path;
+pub mod query;
+pub mod sqlite;
+pub mod value;
+pub mod write;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use hearth_types::Document;
+use serde_json::{Map, Value};
+
+pub use crate::changes::{Change, ChangeBus, ChangeKind};
+pub use path::{AnyPath, CollectionPath, DocPath};
+pub use query::{CursorSigner, QuerySpec};
+pub use write::{Write, WriteOp};
+
+/// Why a store call failed. Each kind maps to one contract code in `http`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or a database fault; the text is for the log only.
+    #[error("{0}")]
+    Internal(String),
+    /// The write at `index` of a batch failed; nothing of the batch was written.
+    #[error("write {index}: {error}")]
+    InBatch { index: usize, error: Box<Error> },
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Error {
+        match &error {
+            rusqlite::Error::SqliteFailure(code, _)
+                if matches!(
+                    code.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                Error::Unavailable("database is busy".into())
+            }
+            _ => Error::Internal(format!("sqlite: {error}")),
+        }
+    }
+}
+
+/// A document as the store holds it; times in microseconds since the epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDoc {
+    pub path: DocPath,
+    pub data: Map<String, Value>,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl StoredDoc {
+    /// The contract's shape of this document.
+    pub fn to_wire(&self) -> Document {
+        Document {
+            path: self.path.as_str().to_owned(),
+            id: self.path.id().to_owned(),
+            data: self.data.clone(),
+            version: self.version,
+            created_at: format_time(self.created_at),
+            updated_at: format_time(self.updated_at),
+        }
+    }
+}
+
+/// What one write left behind.
+#[derive(Debug, Clone)]
+pub struct WriteResult {
+    pub path: DocPath,
+    /// The stored document, `None` after a delete.
+    pub doc: Option<StoredDoc>,
+}
+
+impl WriteResult {
+    /// The version now stored; 0 when the document is gone.
+    pub fn version(&self) -> i64 {
+        self.doc.as_ref().map_or(0, |doc| doc.version)
+    }
+}
+
+/// Sums and averages asked of an aggregate.
+#[derive(Debug, Clone, Default)]
+pub struct Aggregation {
+    pub count: bool,
+    pub sum: Vec<query::Field>,
+    pub avg: Vec<query::Field>,
+    /// Aggregate only the first `limit` documents of the query, if set.
+    pub limit: Option<usize>,
+}
+
+/// The numbers an aggregate found, in the order asked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AggregateValues {
+    pub count: u64,
+    pub sum: Vec<Value>,
+    pub avg: Vec<Value>,
+}
+
+/// A page of a query: the documents and whether more follow.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub docs: Vec<StoredDoc>,
+    pub more: bool,
+}
+
+/// What a storage engine provides. Implementations apply writes with [`write::apply`],
+/// append each change to their log in the same transaction, and publish after commit.
+pub trait Backend: Send + Sync + 'static {
+    /// Applies `writes` atomically (all or none). `batch` names the failing index in errors.
+    fn commit(
+        &self,
+        writes: Vec<Write>,
+        batch: bool,
+    ) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>>;
+    fn get(&self, path: DocPath) -> BoxFuture<'_, Result<Option<StoredDoc>, Error>>;
+    /// Up to `spec.limit` documents after the cursor, in query order.
+    fn query(&self, spec: QuerySpec) -> BoxFuture<'_, Result<Page, Error>>;
+    fn aggregate(
+        &self,
+        spec: QuerySpec,
+        aggregation: Aggregation,
+    ) -> BoxFuture<'_, Result<AggregateValues, Error>>;
+    /// Logged changes with `seq > after`, oldest first, at most `limit`.
+    fn changes_since(&self, after: i64, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, Error>>;
+    /// Removes logged changes committed before `before` (microseconds); returns how many.
+    fn prune_changes(&self, before: i64) -> BoxFuture<'_, Result<u64, Error>>;
+    /// Whether the database answers.
+    fn ping(&self) -> BoxFuture<'_, Result<(), Error>>;
+    /// Finishes queued writes and stops the writer; later writes fail with unavailable.
+    fn close(&self) -> BoxFuture<'_, ()>;
+    /// SHA-256 hashes of the service keys stored in the database.
+    fn service_key_hashes(&self) -> BoxFuture<'_, Result<Vec<[u8; 32]>, Error>>;
+    fn add_service_key_hash(&self, hash: [u8; 32]) -> BoxFuture<'_, Result<(), Error>>;
+    /// The key that signs query cursors, made on first use.
+    fn cursor_key(&self) -> BoxFuture<'_, Result<[u8; 32], Error>>;
+}
+
+/// The store every other module uses. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    bus: ChangeBus,
+    signer: CursorSigner,
+}
+
+impl Store {
+    pub async fn new(backend: Arc<dyn Backend>, bus: ChangeBus) -> Result<Store, Error> {
+        let signer = CursorSigner::new(backend.cursor_key().await?);
+        Ok(Store {
+            backend,
+            bus,
+            signer,
+        })
+    }
+
+    /// The one write path: applies `writes` atomically.
+    pub async fn write(&self, writes: Vec<Write>) -> Result<Vec<WriteResult>, Error> {
+        self.backend.commit(writes, false).await
+    }
+
+    /// Like [`Store::write`], with errors naming the index of the failing write.
+    pub async fn batch(&self, writes: Vec<Write>) -> Result<Vec<WriteResult>, Error> {
+        self.backend.commit(writes, true).await
+    }
+
+    /// One write; its result.
+    pub async fn write_one(&self, write: Write) -> Result<WriteResult, Error> {
+        self.write(vec![write])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Internal("a write gave no result".into()))
+    }
+
+    pub async fn get(&self, path: DocPath) -> Result<Option<StoredDoc>, Error> {
+        self.backend.get(path).await
+    }
+
+    pub async fn query(&self, spec: QuerySpec) -> Result<Page, Error> {
+        self.backend.query(spec).await
+    }
+
+    pub async fn aggregate(
+        &self,
+        spec: QuerySpec,
+        aggregation: Aggregation,
+    ) -> Result<AggregateValues, Error> {
+        self.backend.aggregate(spec, aggregation).await
+    }
+
+    pub async fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>, Error> {
+        self.backend.changes_since(after, limit).await
+    }
+
+    pub async fn prune_changes(&self, before: i64) -> Result<u64, Error> {
+        self.backend.prune_changes(before).await
+    }
+
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.backend.ping().await
+    }
+
+    pub async fn close(&self) {
+        self.backend.close().await
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Committed changes, as they commit.
+    pub fn bus(&self) -> &ChangeBus {
+        &self.bus
+    }
+
+    /// Signs and checks query cursors.
+    pub fn signer(&self) -> &CursorSigner {
+        &self.signer
+    }
+}
+
+/// Microseconds since the epoch, now.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// RFC 3339 UTC with microseconds, as the contract writes times.
+pub fn format_time(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}

@@ -1,0 +1,529 @@
+//! The SQLite backend: one writer thread with group commit (`writer`), a pool of
+//! read-only connections in WAL mode, queries compiled by `sql`, and the expression
+//! indexes declared in config.
+
+pub mod sql;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::query::{Field, Target};
+use super::{
+    AggregateValues, Aggregation, Backend, Change, ChangeBus, ChangeKind, DocPath, Error, Page,
+    QuerySpec, StoredDoc, Write, WriteResult,
+};
+pub use writer::WriterOptions;
+use writer::{Command, Exec, Job};
+
+/// Hearth's own schema, applied in order; never edit one that has shipped.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../../../migrations/sqlite/0001_init.sql"),
+)];
+
+/// How durable a commit is. `Normal` (WAL) survives a crash of the process; `Full`
+/// also survives a power cut, at one fsync per group commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Normal,
+    Full,
+}
+
+/// Everything the SQLite backend is configured with.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub readers: usize,
+    pub writer: WriterOptions,
+    pub synchronous: Synchronous,
+    /// Requests waiting for the writer before callers wait to enqueue.
+    pub queue_capacity: usize,
+    pub indexes: Vec<IndexDef>,
+}
+
+/// An expression index over some fields of one collection or collection group.
+#[derive(Debug, Clone)]
+pub struct IndexDef {
+    pub target: Target,
+    pub fields: Vec<(Field, hearth_types::Direction)>,
+}
+
+impl IndexDef {
+    /// The `CREATE INDEX` statement; its name is derived from its definition.
+    pub fn ddl(&self) -> String {
+        let mut columns: Vec<String> = self
+            .fields
+            .iter()
+            .map(|(field, dir)| sql::FieldSql::of(field).order_columns(*dir))
+            .collect();
+        columns.push("path ASC".into());
+        let body = format!(
+            "ON documents ({}) WHERE {}",
+            columns.join(", "),
+            sql::target_term(&self.target)
+        );
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(body.as_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("CREATE INDEX IF NOT EXISTS hx_{name} {body}")
+    }
+}
+
+/// The SQLite implementation of [`Backend`].
+pub struct SqliteBackend {
+    writer: mpsc::Sender<Command>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Arc<Readers>,
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the database, migrates it, reconciles the declared
+    /// indexes and starts the writer.
+    pub fn open(options: SqliteOptions, bus: ChangeBus) -> Result<SqliteBackend, Error> {
+        if let Some(parent) = options.path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Error::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let mut conn = Connection::open(&options.path).map_err(|e| {
+            Error::Unavailable(format!("cannot open {}: {e}", options.path.display()))
+        })?;
+        let synchronous = match options.synchronous {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000; \
+             PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
+        ))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        migrate(&mut conn)?;
+        reconcile_indexes(&conn, &options.indexes)?;
+        let readers = Arc::new(Readers::open(&options.path, options.readers.max(1))?);
+        let (sender, receiver) = mpsc::channel(options.queue_capacity.max(1));
+        let writer_options = options.writer;
+        let thread = std::thread::Builder::new()
+            .name("hearth-writer".into())
+            .spawn(move || writer::run(conn, receiver, bus, writer_options))
+            .map_err(|e| Error::Internal(format!("cannot start the writer: {e}")))?;
+        Ok(SqliteBackend {
+            writer: sender,
+            thread: Mutex::new(Some(thread)),
+            readers,
+        })
+    }
+
+    async fn exec(&self, exec: Exec) -> Result<u64, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Exec(exec, reply)).await?;
+        answer.await.map_err(|_| shutting_down())?
+    }
+
+    async fn send(&self, command: Command) -> Result<(), Error> {
+        self.writer
+            .send(command)
+            .await
+            .map_err(|_| shutting_down())?;
+        let depth = self.writer.max_capacity() - self.writer.capacity();
+        metrics::gauge!("hearth_writer_queue_depth").set(depth as f64);
+        Ok(())
+    }
+}
+
+fn shutting_down() -> Error {
+    Error::Unavailable("the server is shutting down".into())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS _hearth_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    )?;
+    for (version, name, sql) in MIGRATIONS {
+        let applied: Option<i64> = conn
+            .query_row(
+                "SELECT version FROM _hearth_migrations WHERE version = ?1",
+                [version],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if applied.is_some() {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO _hearth_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![version, name, super::now_micros()],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, name, "applied migration");
+    }
+    Ok(())
+}
+
+/// Creates the declared indexes and drops `hx_` indexes no longer declared.
+fn reconcile_indexes(conn: &Connection, indexes: &[IndexDef]) -> Result<(), Error> {
+    let wanted: Vec<String> = indexes.iter().map(IndexDef::ddl).collect();
+    let existing: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'hx\\_%' ESCAPE '\\'")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for name in existing {
+        if !wanted.iter().any(|ddl| ddl.contains(&format!(" {name} "))) {
+            conn.execute_batch(&format!("DROP INDEX {name}"))?;
+            tracing::info!(index = %name, "dropped index no longer in config");
+        }
+    }
+    for ddl in wanted {
+        conn.execute_batch(&ddl)?;
+    }
+    Ok(())
+}
+
+/// A pool of read-only connections; each read runs on the blocking pool.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+impl Readers {
+    fn open(path: &std::path::Path, size: usize) -> Result<Readers, Error> {
+        let connections = (0..size)
+            .map(|_| open_reader(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        metrics::gauge!("hearth_db_readers").set(size as f64);
+        Ok(Readers {
+            path: path.to_owned(),
+            idle: Mutex::new(connections),
+            permits: Semaphore::new(size),
+        })
+    }
+
+    async fn run<R, F>(self: &Arc<Self>, read: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, Error> + Send + 'static,
+    {
+        let _permit = self.permits.acquire().await.map_err(|_| shutting_down())?;
+        let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match conn {
+            Some(conn) => conn,
+            None => open_reader(&self.path)?,
+        };
+        metrics::gauge!("hearth_db_readers_busy").increment(1.0);
+        let outcome = tokio::task::spawn_blocking(move || {
+            let result = read(&conn);
+            (conn, result)
+        })
+        .await;
+        metrics::gauge!("hearth_db_readers_busy").decrement(1.0);
+        match outcome {
+            Ok((conn, result)) => {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(conn);
+                result
+            }
+            // The connection went down with the panicking read; the next read opens another.
+            Err(error) => Err(Error::Internal(format!("read task failed: {error}"))),
+        }
+    }
+}
+
+fn open_reader(path: &std::path::Path) -> Result<Connection, Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| Error::Unavailable(format!("cannot open a reader: {e}")))?;
+    conn.execute_batch(
+        "PRAGMA busy_timeout = 5000; PRAGMA cache_size = -32768; PRAGMA mmap_size = 268435456;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(conn)
+}
+
+fn doc_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64, i64, i64)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+fn parse_doc(
+    (path, text, version, created_at, updated_at): (String, String, i64, i64, i64),
+) -> Result<StoredDoc, Error> {
+    Ok(StoredDoc {
+        path: DocPath::parse(&path).map_err(|e| Error::Internal(format!("stored path: {e}")))?,
+        data: serde_json::from_str(&text)
+            .map_err(|e| Error::Internal(format!("stored JSON: {e}")))?,
+        version,
+        created_at,
+        updated_at,
+    })
+}
+
+/// The log's shape of a document (see `writer::logged`).
+#[derive(Deserialize)]
+struct Logged {
+    v: i64,
+    c: i64,
+    u: i64,
+    d: serde_json::Map<String, Value>,
+}
+
+fn parse_logged(path: &DocPath, text: Option<String>) -> Result<Option<StoredDoc>, Error> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let logged: Logged =
+        serde_json::from_str(&text).map_err(|e| Error::Internal(format!("logged JSON: {e}")))?;
+    Ok(Some(StoredDoc {
+        path: path.clone(),
+        data: logged.d,
+        version: logged.v,
+        created_at: logged.c,
+        updated_at: logged.u,
+    }))
+}
+
+impl Backend for SqliteBackend {
+    fn commit(
+        &self,
+        writes: Vec<Write>,
+        batch: bool,
+    ) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>> {
+        async move {
+            let (reply, answer) = oneshot::channel();
+            self.send(Command::Write(Job {
+                writes,
+                batch,
+                reply,
+            }))
+            .await?;
+            answer.await.map_err(|_| shutting_down())?
+        }
+        .boxed()
+    }
+
+    fn get(&self, path: DocPath) -> BoxFuture<'_, Result<Option<StoredDoc>, Error>> {
+        self.readers
+            .run(move |conn| {
+                let row = conn
+                    .prepare_cached(
+                        "SELECT path, json(data), version, created_at, updated_at FROM documents WHERE path = ?1",
+                    )?
+                    .query_row([path.as_str()], doc_from_row)
+                    .optional()?;
+                row.map(parse_doc).transpose()
+            })
+            .boxed()
+    }
+
+    fn query(&self, spec: QuerySpec) -> BoxFuture<'_, Result<Page, Error>> {
+        self.readers
+            .run(move |conn| {
+                let compiled = sql::select(&spec);
+                let mut statement = conn.prepare_cached(&compiled.sql)?;
+                let rows = statement.query_map(
+                    rusqlite::params_from_iter(compiled.params.iter()),
+                    doc_from_row,
+                )?;
+                let mut docs = Vec::with_capacity(spec.limit + 1);
+                for row in rows {
+                    docs.push(parse_doc(row?)?);
+                }
+                let more = docs.len() > spec.limit;
+                docs.truncate(spec.limit);
+                Ok(Page { docs, more })
+            })
+            .boxed()
+    }
+
+    fn aggregate(
+        &self,
+        spec: QuerySpec,
+        aggregation: Aggregation,
+    ) -> BoxFuture<'_, Result<AggregateValues, Error>> {
+        self.readers
+            .run(move |conn| {
+                let compiled =
+                    sql::aggregate(&spec, &aggregation.sum, &aggregation.avg, aggregation.limit);
+                let mut statement = conn.prepare_cached(&compiled.sql)?;
+                let sums = aggregation.sum.len();
+                let avgs = aggregation.avg.len();
+                statement
+                    .query_row(rusqlite::params_from_iter(compiled.params.iter()), |row| {
+                        let count: i64 = row.get(0)?;
+                        let number = |index: usize| -> rusqlite::Result<Value> {
+                            Ok(match row.get::<_, rusqlite::types::Value>(index)? {
+                                rusqlite::types::Value::Integer(i) => Value::from(i),
+                                rusqlite::types::Value::Real(f) => {
+                                    Value::Number(super::value::normalized_float(f))
+                                }
+                                _ => Value::Null,
+                            })
+                        };
+                        let sum = (0..sums)
+                            .map(|i| {
+                                number(1 + i).map(|v| if v.is_null() { Value::from(0) } else { v })
+                            })
+                            .collect::<rusqlite::Result<Vec<_>>>()?;
+                        let avg = (0..avgs)
+                            .map(|i| number(1 + sums + i))
+                            .collect::<rusqlite::Result<Vec<_>>>()?;
+                        Ok(AggregateValues {
+                            count: count as u64,
+                            sum,
+                            avg,
+                        })
+                    })
+                    .map_err(|error| match &error {
+                        rusqlite::Error::SqliteFailure(_, Some(message))
+                            if message.contains("overflow") =>
+                        {
+                            Error::InvalidArgument("a sum overflowed 64-bit integers".into())
+                        }
+                        _ => Error::from(error),
+                    })
+            })
+            .boxed()
+    }
+
+    fn changes_since(&self, after: i64, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, Error>> {
+        self.readers
+            .run(move |conn| {
+                let mut statement = conn.prepare_cached(
+                    "SELECT seq, path, kind, doc, old, committed_at FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = statement.query_map(rusqlite::params![after, limit as i64], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                        row.get::<_, i64>(5)?,
+                    ))
+                })?;
+                let mut changes = Vec::new();
+                for row in rows {
+                    let (seq, path, kind, doc, old, committed_at) = row?;
+                    let path = DocPath::parse(&path).map_err(|e| Error::Internal(format!("logged path: {e}")))?;
+                    let kind = ChangeKind::parse(&kind).ok_or_else(|| Error::Internal(format!("logged kind {kind}")))?;
+                    changes.push(Change {
+                        seq,
+                        kind,
+                        doc: parse_logged(&path, doc)?,
+                        old: parse_logged(&path, old)?,
+                        path,
+                        committed_at,
+                    });
+                }
+                Ok(changes)
+            })
+            .boxed()
+    }
+
+    fn prune_changes(&self, before: i64) -> BoxFuture<'_, Result<u64, Error>> {
+        self.exec(Box::new(move |conn| {
+            Ok(conn.execute("DELETE FROM changes WHERE committed_at < ?1", [before])? as u64)
+        }))
+        .boxed()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
+        self.readers
+            .run(|conn| {
+                conn.query_row("SELECT 1", [], |_| Ok(()))?;
+                Ok(())
+            })
+            .boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            let (done, finished) = oneshot::channel();
+            if self.writer.send(Command::Shutdown(done)).await.is_ok() {
+                let _ = finished.await;
+            }
+            let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(thread) = thread {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+        }
+        .boxed()
+    }
+
+    fn service_key_hashes(&self) -> BoxFuture<'_, Result<Vec<[u8; 32]>, Error>> {
+        self.readers
+            .run(|conn| {
+                let mut statement = conn.prepare_cached("SELECT hash FROM service_keys")?;
+                let hashes = statement
+                    .query_map([], |row| row.get::<_, Vec<u8>>(0))?
+                    .filter_map(|hash| hash.ok().and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()))
+                    .collect();
+                Ok(hashes)
+            })
+            .boxed()
+    }
+
+    fn add_service_key_hash(&self, hash: [u8; 32]) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            self.exec(Box::new(move |conn| {
+                Ok(conn.execute(
+                    "INSERT OR IGNORE INTO service_keys (hash, created_at) VALUES (?1, ?2)",
+                    rusqlite::params![hash.to_vec(), super::now_micros()],
+                )? as u64)
+            }))
+            .await
+            .map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn cursor_key(&self) -> BoxFuture<'_, Result<[u8; 32], Error>> {
+        async move {
+            let fresh: [u8; 32] = rand::random();
+            self.exec(Box::new(move |conn| {
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_key', ?1)",
+                    [fresh.to_vec()],
+                )?;
+                Ok(0)
+            }))
+            .await?;
+            let stored: Vec<u8> = self
+                .readers
+                .run(|conn| {
+                    Ok(conn.query_row(
+                        "SELECT value FROM meta WHERE key = 'cursor_key'",
+                        [],
+                        |row| row.get(0),
+                    )?)
+                })
+                .await?;
+            <[u8; 32]>::try_from(stored)
+                .map_err(|_| Error::Internal("stored cursor key has the wrong size".into()))
+        }
+        .boxed()
+    }
+}

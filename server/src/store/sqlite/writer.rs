@@ -1,0 +1,312 @@
+//! The single writer: one thread owns the write connection and commits whatever is queued
+//! as one transaction (group commit), each request in its own savepoint so a failed
+//! precondition fails only its own request. Changes are appended to the log in the same
+//! transaction and published only after `COMMIT` succeeds.
+
+use std::time::Instant;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::changes::{Change, ChangeBus, ChangeKind};
+use crate::store::write::{self, Effect, Write};
+use crate::store::{Error, StoredDoc, WriteResult, now_micros};
+
+/// A closure run on the write connection, outside the document write path (set-up,
+/// pruning, key storage).
+pub type Exec = Box<dyn FnOnce(&Connection) -> Result<u64, Error> + Send>;
+
+/// What the writer is asked to do.
+pub enum Command {
+    Write(Job),
+    Exec(Exec, oneshot::Sender<Result<u64, Error>>),
+    /// Finish what is queued before this, then stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// One atomic request: all its writes commit or none do.
+pub struct Job {
+    pub writes: Vec<Write>,
+    pub batch: bool,
+    pub reply: oneshot::Sender<Result<Vec<WriteResult>, Error>>,
+}
+
+/// How the writer groups requests.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// Commit everything queued together (true) or one request per transaction.
+    pub group_commit: bool,
+    /// Upper bound on writes in one group.
+    pub max_group_writes: usize,
+}
+
+pub fn run(
+    mut conn: Connection,
+    mut receiver: mpsc::Receiver<Command>,
+    bus: ChangeBus,
+    options: WriterOptions,
+) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut jobs = Vec::new();
+        let mut control = None;
+        match first {
+            Command::Write(job) => jobs.push(job),
+            other => control = Some(other),
+        }
+        if options.group_commit && control.is_none() {
+            let mut writes = jobs[0].writes.len();
+            while writes < options.max_group_writes {
+                match receiver.try_recv() {
+                    Ok(Command::Write(job)) => {
+                        writes += job.writes.len();
+                        jobs.push(job);
+                    }
+                    Ok(other) => {
+                        control = Some(other);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        metrics::gauge!("hearth_writer_queue_depth").set(receiver.len() as f64);
+        if !jobs.is_empty() {
+            commit_group(&mut conn, jobs, &bus);
+        }
+        match control {
+            Some(Command::Exec(exec, reply)) => {
+                let _ = reply.send(exec(&conn));
+            }
+            Some(Command::Shutdown(done)) => {
+                receiver.close();
+                // Writes queued after the shutdown request are refused, not dropped silently.
+                while let Ok(command) = receiver.try_recv() {
+                    refuse(command);
+                }
+                let _ = conn.execute_batch("PRAGMA optimize; PRAGMA wal_checkpoint(PASSIVE);");
+                let _ = done.send(());
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn refuse(command: Command) {
+    let closed = || Error::Unavailable("the server is shutting down".into());
+    match command {
+        Command::Write(job) => {
+            let _ = job.reply.send(Err(closed()));
+        }
+        Command::Exec(_, reply) => {
+            let _ = reply.send(Err(closed()));
+        }
+        Command::Shutdown(done) => {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
+    let started = Instant::now();
+    let writes: usize = jobs.iter().map(|job| job.writes.len()).sum();
+    metrics::histogram!("hearth_group_commit_requests").record(jobs.len() as f64);
+    metrics::histogram!("hearth_group_commit_writes").record(writes as f64);
+    let now = now_micros();
+    let mut answers = Vec::with_capacity(jobs.len());
+    let mut changes = Vec::new();
+    let outcome = (|| -> Result<(), Error> {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for job in &jobs {
+            let savepoint = tx.savepoint()?;
+            match apply_job(&savepoint, &job.writes, job.batch, now) {
+                Ok((results, job_changes)) => {
+                    savepoint.commit()?;
+                    answers.push(Ok(results));
+                    changes.extend(job_changes);
+                }
+                Err(error) => {
+                    drop(savepoint); // rolls back this request only
+                    answers.push(Err(error));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => {
+            for (job, answer) in jobs.into_iter().zip(answers) {
+                let _ = job.reply.send(answer);
+            }
+            bus.publish(changes);
+        }
+        Err(error) => {
+            tracing::error!(%error, "group commit failed");
+            for job in jobs {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
+    }
+    metrics::histogram!("hearth_group_commit_seconds").record(started.elapsed().as_secs_f64());
+}
+
+fn apply_job(
+    conn: &Connection,
+    writes: &[Write],
+    batch: bool,
+    now: i64,
+) -> Result<(Vec<WriteResult>, Vec<Change>), Error> {
+    let mut results = Vec::with_capacity(writes.len());
+    let mut changes = Vec::with_capacity(writes.len());
+    for (index, write) in writes.iter().enumerate() {
+        let located = |error: Error| {
+            if batch {
+                Error::InBatch {
+                    index,
+                    error: Box::new(error),
+                }
+            } else {
+                error
+            }
+        };
+        let current = load(conn, write)?;
+        let effect =
+            write::apply(current.as_ref().map(|(doc, _)| doc), write, now).map_err(located)?;
+        let old_logged = current.as_ref().map(|(doc, text)| logged(doc, text));
+        let path = write.path.as_str();
+        match effect {
+            Effect::Put(doc) => {
+                let text =
+                    serde_json::to_string(&doc.data).map_err(|e| Error::Internal(e.to_string()))?;
+                conn.prepare_cached(
+                    "INSERT INTO documents (path, collection, coll_id, id, data, version, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, jsonb(?5), ?6, ?7, ?8) \
+                     ON CONFLICT (path) DO UPDATE SET data = excluded.data, version = excluded.version, \
+                     updated_at = excluded.updated_at",
+                )?
+                .execute(params![
+                    path,
+                    write.path.collection(),
+                    write.path.collection_id(),
+                    write.path.id(),
+                    text,
+                    doc.version,
+                    doc.created_at,
+                    doc.updated_at
+                ])?;
+                let kind = if current.is_some() {
+                    ChangeKind::Update
+                } else {
+                    ChangeKind::Create
+                };
+                let seq = log(
+                    conn,
+                    path,
+                    kind,
+                    Some(&logged(&doc, &text)),
+                    old_logged.as_deref(),
+                    now,
+                )?;
+                let (old, _) = current.unzip();
+                changes.push(Change {
+                    seq,
+                    kind,
+                    path: write.path.clone(),
+                    doc: Some(doc.clone()),
+                    old,
+                    committed_at: now,
+                });
+                results.push(WriteResult {
+                    path: write.path.clone(),
+                    doc: Some(doc),
+                });
+            }
+            Effect::Delete => {
+                conn.prepare_cached("DELETE FROM documents WHERE path = ?1")?
+                    .execute([path])?;
+                let seq = log(
+                    conn,
+                    path,
+                    ChangeKind::Delete,
+                    None,
+                    old_logged.as_deref(),
+                    now,
+                )?;
+                let (old, _) = current.unzip();
+                changes.push(Change {
+                    seq,
+                    kind: ChangeKind::Delete,
+                    path: write.path.clone(),
+                    doc: None,
+                    old,
+                    committed_at: now,
+                });
+                results.push(WriteResult {
+                    path: write.path.clone(),
+                    doc: None,
+                });
+            }
+            Effect::Nothing => results.push(WriteResult {
+                path: write.path.clone(),
+                doc: None,
+            }),
+        }
+    }
+    Ok((results, changes))
+}
+
+/// The stored document and its data as JSON text (kept to log without re-serialising).
+fn load(conn: &Connection, write: &Write) -> Result<Option<(StoredDoc, String)>, Error> {
+    let row = conn
+        .prepare_cached(
+            "SELECT json(data), version, created_at, updated_at FROM documents WHERE path = ?1",
+        )?
+        .query_row([write.path.as_str()], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((text, version, created_at, updated_at)) = row else {
+        return Ok(None);
+    };
+    let data =
+        serde_json::from_str(&text).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?;
+    Ok(Some((
+        StoredDoc {
+            path: write.path.clone(),
+            data,
+            version,
+            created_at,
+            updated_at,
+        },
+        text,
+    )))
+}
+
+/// A document as the log keeps it: `{"v", "c", "u", "d"}`, data spliced in as text.
+fn logged(doc: &StoredDoc, data_text: &str) -> String {
+    format!(
+        r#"{{"v":{},"c":{},"u":{},"d":{data_text}}}"#,
+        doc.version, doc.created_at, doc.updated_at
+    )
+}
+
+fn log(
+    conn: &Connection,
+    path: &str,
+    kind: ChangeKind,
+    doc: Option<&str>,
+    old: Option<&str>,
+    now: i64,
+) -> Result<i64, Error> {
+    conn.prepare_cached(
+        "INSERT INTO changes (path, kind, doc, old, committed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![path, kind.as_str(), doc, old, now])?;
+    Ok(conn.last_insert_rowid())
+}

@@ -1,0 +1,201 @@
+//! The JSON value rules every part of the store shares: type order, comparison,
+//! normalisation and the shape limits of a document.
+//!
+//! The SQL compiler (`sqlite::sql`) encodes exactly these rules in SQL; the in-memory
+//! matcher (`query`) uses them directly. A randomized test keeps the two in agreement.
+
+use std::cmp::Ordering;
+
+use serde_json::{Map, Number, Value};
+
+/// Deepest nesting a document may have (the document object itself is level 1).
+pub const MAX_DEPTH: usize = 32;
+/// Largest encoded document.
+pub const MAX_DOC_BYTES: usize = 1024 * 1024;
+
+/// Rank of a JSON type in the sort order: null < booleans < numbers < strings < arrays <
+/// objects. Booleans share a rank so that `<` between booleans means false < true.
+pub fn type_rank(value: &Value) -> u8 {
+    match value {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Number(_) => 2,
+        Value::String(_) => 3,
+        Value::Array(_) => 4,
+        Value::Object(_) => 5,
+    }
+}
+
+/// Total order of JSON values: by type rank, then within the type: booleans false < true,
+/// numbers numerically, strings by UTF-8 bytes, arrays and objects by their canonical
+/// (minified, keys sorted) JSON text.
+pub fn compare(a: &Value, b: &Value) -> Ordering {
+    let by_rank = type_rank(a).cmp(&type_rank(b));
+    if by_rank != Ordering::Equal {
+        return by_rank;
+    }
+    match (a, b) {
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
+        (Value::String(x), Value::String(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (Value::Array(_), Value::Array(_)) | (Value::Object(_), Value::Object(_)) => {
+            canonical(a).cmp(&canonical(b))
+        }
+        _ => Ordering::Equal,
+    }
+}
+
+/// Whether two values are equal under the rules of `==` (numbers numerically).
+pub fn equal(a: &Value, b: &Value) -> bool {
+    compare(a, b) == Ordering::Equal
+}
+
+fn compare_numbers(x: &Number, y: &Number) -> Ordering {
+    if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
+        return x.cmp(&y);
+    }
+    let x = x.as_f64().unwrap_or(f64::NAN);
+    let y = y.as_f64().unwrap_or(f64::NAN);
+    x.partial_cmp(&y).unwrap_or(Ordering::Equal)
+}
+
+/// The canonical text of a value: minified, object keys sorted (serde_json's default map).
+pub fn canonical(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// Why a value breaks the shape rules of a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShapeError {
+    TooDeep,
+    ReservedKey(String),
+}
+
+/// Brings numbers to one spelling so that equal values have equal canonical text:
+/// an integral float becomes an integer (`1.0` → `1`, as JavaScript sees it), and an
+/// unsigned integer beyond `i64` becomes a float (what SQLite stores for it).
+/// Also checks the nesting limit, counting the top value as level 1.
+pub fn normalize(value: &mut Value, depth: usize) -> Result<(), ShapeError> {
+    if depth > MAX_DEPTH {
+        return Err(ShapeError::TooDeep);
+    }
+    match value {
+        Value::Number(n) => {
+            if n.as_i64().is_none() {
+                if let Some(f) = n.as_f64() {
+                    *n = normalized_float(f);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                normalize(item, depth + 1)?;
+            }
+        }
+        Value::Object(map) => {
+            for item in map.values_mut() {
+                normalize(item, depth + 1)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A float as stored: integral values within `i64` become integers.
+pub fn normalized_float(f: f64) -> Number {
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
+    if f.fract() == 0.0 && f >= -LIMIT && f < LIMIT {
+        Number::from(f as i64)
+    } else {
+        Number::from_f64(f).unwrap_or_else(|| Number::from(0))
+    }
+}
+
+/// Checks a stored document: no `$` keys left anywhere (they are transforms, resolved
+/// before storing), nesting within the limit, numbers normalised.
+pub fn check_document(data: &mut Map<String, Value>) -> Result<(), ShapeError> {
+    fn reserved(value: &Value) -> Option<String> {
+        match value {
+            Value::Object(map) => map.iter().find_map(|(key, item)| {
+                if key.starts_with('$') {
+                    Some(key.clone())
+                } else {
+                    reserved(item)
+                }
+            }),
+            Value::Array(items) => items.iter().find_map(reserved),
+            _ => None,
+        }
+    }
+    for (key, item) in data.iter_mut() {
+        if key.starts_with('$') {
+            return Err(ShapeError::ReservedKey(key.clone()));
+        }
+        if let Some(key) = reserved(item) {
+            return Err(ShapeError::ReservedKey(key));
+        }
+        normalize(item, 2)?;
+    }
+    Ok(())
+}
+
+/// The value at a dotted field path, if the document has it.
+pub fn lookup<'a>(data: &'a Map<String, Value>, segments: &[String]) -> Option<&'a Value> {
+    let (first, rest) = segments.split_first()?;
+    let mut current = data.get(first)?;
+    for segment in rest {
+        current = current.as_object()?.get(segment)?;
+    }
+    Some(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn types_sort_in_contract_order() {
+        let ordered = [
+            json!(null),
+            json!(false),
+            json!(true),
+            json!(-5),
+            json!(1.5),
+            json!(2),
+            json!(""),
+            json!("a"),
+            json!("b"),
+            json!([]),
+            json!([1]),
+            json!({}),
+        ];
+        for pair in ordered.windows(2) {
+            assert_eq!(compare(&pair[0], &pair[1]), Ordering::Less, "{pair:?}");
+        }
+        assert!(equal(&json!(1), &json!(1.0)));
+    }
+
+    #[test]
+    fn normalisation_makes_integral_floats_integers_and_limits_depth() {
+        let mut value = json!({"a": 1.0, "b": [2.5, 3.0]});
+        normalize(&mut value, 1).expect("shallow");
+        assert_eq!(canonical(&value), r#"{"a":1,"b":[2.5,3]}"#);
+        let mut deep = json!(1);
+        for _ in 0..MAX_DEPTH {
+            deep = json!([deep]);
+        }
+        assert_eq!(normalize(&mut deep, 1), Err(ShapeError::TooDeep));
+    }
+
+    #[test]
+    fn reserved_keys_are_found_at_any_depth() {
+        let mut data = json!({"a": [{"$increment": 1}]});
+        let map = data.as_object_mut().expect("object");
+        assert_eq!(
+            check_document(map),
+            Err(ShapeError::ReservedKey("$increment".into()))
+        );
+    }
+}

@@ -1,0 +1,435 @@
+//! What a write does to a document, as a pure function of the stored document: the
+//! preconditions, RFC 7396 merge, the four transforms and the shape limits. Every backend
+//! calls [`apply`] inside its transaction, so they cannot disagree on semantics.
+
+use serde_json::{Map, Value};
+
+use super::value::{self, MAX_DOC_BYTES, ShapeError};
+use super::{DocPath, Error, StoredDoc};
+
+/// One write of the one write path.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub path: DocPath,
+    pub op: WriteOp,
+    /// Apply only if the stored version is this one.
+    pub if_version: Option<i64>,
+}
+
+/// The kinds of write.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Create; fails with already-exists if the document exists.
+    Create(Map<String, Value>),
+    /// Create or replace.
+    Set(Map<String, Value>),
+    /// Deep-merge into an existing document; not-found if absent.
+    Update(Map<String, Value>),
+    /// Remove; a no-op if absent (unless `if_version` is set).
+    Delete,
+}
+
+/// What a write does to the stored state.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Store this document (created when there was none before).
+    Put(StoredDoc),
+    /// Remove the document.
+    Delete,
+    /// Nothing changes (a delete of an absent document).
+    Nothing,
+}
+
+/// Applies `write` to `current` at time `now` (microseconds since the epoch).
+pub fn apply(current: Option<&StoredDoc>, write: &Write, now: i64) -> Result<Effect, Error> {
+    let path = &write.path;
+    if let Some(expected) = write.if_version {
+        match current {
+            Some(doc) if doc.version == expected => {}
+            Some(doc) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "`{path}` is at version {}, not {expected}",
+                    doc.version
+                )));
+            }
+            None => {
+                return Err(Error::FailedPrecondition(format!(
+                    "`{path}` does not exist, so it is not at version {expected}"
+                )));
+            }
+        }
+    }
+    let context = Transforms { now };
+    let data = match (&write.op, current) {
+        (WriteOp::Delete, Some(_)) => return Ok(Effect::Delete),
+        (WriteOp::Delete, None) => return Ok(Effect::Nothing),
+        (WriteOp::Create(_), Some(_)) => {
+            return Err(Error::AlreadyExists(format!("`{path}` already exists")));
+        }
+        (WriteOp::Update(_), None) => {
+            return Err(Error::NotFound(format!("`{path}` does not exist")));
+        }
+        (WriteOp::Create(data) | WriteOp::Set(data), current) => {
+            context.materialize(data, current.map(|doc| &doc.data))?
+        }
+        (WriteOp::Update(patch), Some(doc)) => {
+            let mut merged = doc.data.clone();
+            context.merge(&mut merged, patch)?;
+            merged
+        }
+    };
+    let data = checked(data)?;
+    Ok(Effect::Put(match current {
+        Some(doc) => StoredDoc {
+            path: path.clone(),
+            data,
+            version: doc.version + 1,
+            created_at: doc.created_at,
+            updated_at: now,
+        },
+        None => StoredDoc {
+            path: path.clone(),
+            data,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        },
+    }))
+}
+
+fn checked(mut data: Map<String, Value>) -> Result<Map<String, Value>, Error> {
+    value::check_document(&mut data).map_err(|error| match error {
+        ShapeError::TooDeep => Error::InvalidArgument(format!(
+            "document nests deeper than {} levels",
+            value::MAX_DEPTH
+        )),
+        ShapeError::ReservedKey(key) => Error::InvalidArgument(format!(
+            "`{key}`: keys starting with `$` are reserved for transforms (`$increment`, `$server_time`, `$array_union`, `$array_remove`), which are allowed only as object values outside arrays"
+        )),
+    })?;
+    // Serialising to count is exact and cheap next to the write itself.
+    let size = serde_json::to_vec(&data)
+        .map(|bytes| bytes.len())
+        .unwrap_or(0);
+    if size > MAX_DOC_BYTES {
+        return Err(Error::TooLarge(format!(
+            "document is {size} bytes encoded; the limit is {MAX_DOC_BYTES}"
+        )));
+    }
+    Ok(data)
+}
+
+/// A transform found as a value: `{"$increment": 1}` and friends.
+enum Transform<'a> {
+    Increment(&'a serde_json::Number),
+    ServerTime,
+    ArrayUnion(&'a [Value]),
+    ArrayRemove(&'a [Value]),
+}
+
+fn transform_of(value: &Value) -> Result<Option<Transform<'_>>, Error> {
+    let Value::Object(map) = value else {
+        return Ok(None);
+    };
+    let Some((key, argument)) = map.iter().find(|(key, _)| key.starts_with('$')) else {
+        return Ok(None);
+    };
+    if map.len() != 1 {
+        return Err(Error::InvalidArgument(format!(
+            "a transform object holds only its `{key}` key"
+        )));
+    }
+    let transform = match (key.as_str(), argument) {
+        ("$increment", Value::Number(n)) => Transform::Increment(n),
+        ("$increment", _) => {
+            return Err(Error::InvalidArgument("`$increment` takes a number".into()));
+        }
+        ("$server_time", Value::Bool(true)) => Transform::ServerTime,
+        ("$server_time", _) => {
+            return Err(Error::InvalidArgument("`$server_time` takes `true`".into()));
+        }
+        ("$array_union", Value::Array(items)) => Transform::ArrayUnion(items),
+        ("$array_remove", Value::Array(items)) => Transform::ArrayRemove(items),
+        ("$array_union" | "$array_remove", _) => {
+            return Err(Error::InvalidArgument(format!("`{key}` takes an array")));
+        }
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown transform `{key}` (known: `$increment`, `$server_time`, `$array_union`, `$array_remove`)"
+            )));
+        }
+    };
+    Ok(Some(transform))
+}
+
+struct Transforms {
+    now: i64,
+}
+
+impl Transforms {
+    /// RFC 7396 merge of `patch` into `target`, resolving transforms against `target`.
+    fn merge(
+        &self,
+        target: &mut Map<String, Value>,
+        patch: &Map<String, Value>,
+    ) -> Result<(), Error> {
+        for (key, value) in patch {
+            if value.is_null() {
+                target.remove(key);
+                continue;
+            }
+            if let Some(transform) = transform_of(value)? {
+                let result = self.resolve(key, transform, target.get(key))?;
+                target.insert(key.clone(), result);
+                continue;
+            }
+            match value {
+                Value::Object(inner_patch) => {
+                    let slot = target
+                        .entry(key.clone())
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if !slot.is_object() {
+                        *slot = Value::Object(Map::new());
+                    }
+                    if let Value::Object(inner) = slot {
+                        self.merge(inner, inner_patch)?;
+                    }
+                }
+                other => {
+                    target.insert(key.clone(), other.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The data of a create or set: kept as given (nulls included), transforms resolved
+    /// against the fields of the document being replaced.
+    fn materialize(
+        &self,
+        data: &Map<String, Value>,
+        current: Option<&Map<String, Value>>,
+    ) -> Result<Map<String, Value>, Error> {
+        let mut out = Map::new();
+        for (key, value) in data {
+            let before = current.and_then(|map| map.get(key));
+            let resolved = if let Some(transform) = transform_of(value)? {
+                self.resolve(key, transform, before)?
+            } else if let Value::Object(inner) = value {
+                Value::Object(self.materialize(inner, before.and_then(Value::as_object))?)
+            } else {
+                value.clone()
+            };
+            out.insert(key.clone(), resolved);
+        }
+        Ok(out)
+    }
+
+    fn resolve(
+        &self,
+        key: &str,
+        transform: Transform<'_>,
+        before: Option<&Value>,
+    ) -> Result<Value, Error> {
+        Ok(match transform {
+            Transform::Increment(by) => match before {
+                None | Some(Value::Null) => Value::Number(by.clone()),
+                Some(Value::Number(current)) => Value::Number(add(current, by)),
+                Some(_) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "`$increment` on `{key}`, which is not a number"
+                    )));
+                }
+            },
+            Transform::ServerTime => Value::String(super::format_time(self.now)),
+            Transform::ArrayUnion(items) => {
+                let mut array = existing_array(key, before)?;
+                for item in items {
+                    if !array.iter().any(|present| value::equal(present, item)) {
+                        array.push(item.clone());
+                    }
+                }
+                Value::Array(array)
+            }
+            Transform::ArrayRemove(items) => {
+                let mut array = existing_array(key, before)?;
+                array.retain(|present| !items.iter().any(|item| value::equal(present, item)));
+                Value::Array(array)
+            }
+        })
+    }
+}
+
+fn existing_array(key: &str, before: Option<&Value>) -> Result<Vec<Value>, Error> {
+    match before {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => Ok(items.clone()),
+        Some(_) => Err(Error::InvalidArgument(format!(
+            "array transform on `{key}`, which is not an array"
+        ))),
+    }
+}
+
+fn add(a: &serde_json::Number, b: &serde_json::Number) -> serde_json::Number {
+    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
+        if let Some(sum) = x.checked_add(y) {
+            return serde_json::Number::from(sum);
+        }
+    }
+    value::normalized_float(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => panic!("not an object"),
+        }
+    }
+
+    fn doc(data: Value) -> StoredDoc {
+        StoredDoc {
+            path: DocPath::parse("c/d").expect("valid"),
+            data: object(data),
+            version: 3,
+            created_at: 1,
+            updated_at: 2,
+        }
+    }
+
+    fn update(patch: Value) -> Write {
+        Write {
+            path: DocPath::parse("c/d").expect("valid"),
+            op: WriteOp::Update(object(patch)),
+            if_version: None,
+        }
+    }
+
+    fn put(effect: Result<Effect, Error>) -> StoredDoc {
+        match effect {
+            Ok(Effect::Put(doc)) => doc,
+            other => panic!("expected a put, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn patch_deep_merges_and_null_removes() {
+        let current = doc(json!({"a": {"b": 1, "c": 2}, "d": 1, "e": "x"}));
+        let after = put(apply(
+            Some(&current),
+            &update(json!({"a": {"c": null, "z": 9}, "d": null, "e": {"f": 1}})),
+            10,
+        ));
+        assert_eq!(
+            Value::Object(after.data),
+            json!({"a": {"b": 1, "z": 9}, "e": {"f": 1}})
+        );
+        assert_eq!(after.version, 4);
+        assert_eq!(after.created_at, 1);
+        assert_eq!(after.updated_at, 10);
+    }
+
+    #[test]
+    fn the_four_transforms_apply_to_the_stored_values() {
+        let current = doc(json!({"n": 1, "tags": ["a", "b"], "f": 1.5}));
+        let after = put(apply(
+            Some(&current),
+            &update(json!({
+                "n": {"$increment": 2},
+                "f": {"$increment": 0.5},
+                "fresh": {"$increment": 5},
+                "at": {"$server_time": true},
+                "tags": {"$array_union": ["b", "c"]},
+                "gone": {"$array_remove": ["x"]},
+            })),
+            0,
+        ));
+        assert_eq!(after.data["n"], json!(3));
+        assert_eq!(after.data["f"], json!(2));
+        assert_eq!(after.data["fresh"], json!(5));
+        assert_eq!(after.data["at"], json!("1970-01-01T00:00:00.000000Z"));
+        assert_eq!(after.data["tags"], json!(["a", "b", "c"]));
+        assert_eq!(after.data["gone"], json!([]));
+        let removed = put(apply(
+            Some(&after),
+            &update(json!({"tags": {"$array_remove": ["a", "c"]}})),
+            0,
+        ));
+        assert_eq!(removed.data["tags"], json!(["b"]));
+    }
+
+    #[test]
+    fn bad_transforms_are_invalid_arguments() {
+        let current = doc(json!({"s": "text"}));
+        for patch in [
+            json!({"s": {"$increment": 1}}),
+            json!({"x": {"$increment": "1"}}),
+            json!({"x": {"$bogus": 1}}),
+            json!({"x": {"$server_time": false}}),
+            json!({"x": {"$increment": 1, "other": 2}}),
+            json!({"s": {"$array_union": [1]}}),
+            json!({"x": [{"$increment": 1}]}),
+        ] {
+            let result = apply(Some(&current), &update(patch.clone()), 0);
+            assert!(
+                matches!(result, Err(Error::InvalidArgument(_))),
+                "{patch}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn preconditions_decide_before_anything_changes() {
+        let current = doc(json!({}));
+        let path = DocPath::parse("c/d").expect("valid");
+        let create = Write {
+            path: path.clone(),
+            op: WriteOp::Create(Map::new()),
+            if_version: None,
+        };
+        assert!(matches!(
+            apply(Some(&current), &create, 0),
+            Err(Error::AlreadyExists(_))
+        ));
+        let stale = Write {
+            path: path.clone(),
+            op: WriteOp::Set(Map::new()),
+            if_version: Some(2),
+        };
+        assert!(matches!(
+            apply(Some(&current), &stale, 0),
+            Err(Error::FailedPrecondition(_))
+        ));
+        let fresh = Write {
+            path: path.clone(),
+            op: WriteOp::Set(Map::new()),
+            if_version: Some(3),
+        };
+        assert_eq!(put(apply(Some(&current), &fresh, 0)).version, 4);
+        assert!(matches!(
+            apply(None, &update(json!({})), 0),
+            Err(Error::NotFound(_))
+        ));
+        let delete = Write {
+            path,
+            op: WriteOp::Delete,
+            if_version: None,
+        };
+        assert!(matches!(apply(None, &delete, 0), Ok(Effect::Nothing)));
+    }
+
+    #[test]
+    fn documents_over_the_limits_are_refused() {
+        let big = json!({"x": "a".repeat(MAX_DOC_BYTES)});
+        let write = Write {
+            path: DocPath::parse("c/d").expect("valid"),
+            op: WriteOp::Set(object(big)),
+            if_version: None,
+        };
+        assert!(matches!(apply(None, &write, 0), Err(Error::TooLarge(_))));
+    }
+}

@@ -1,0 +1,345 @@
+//! Wire types of the Hearth API (v1): the one place the server and the SDK take them from,
+//! so the two cannot drift. Field names and spellings follow `API.md`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A JSON object: the body of every document.
+pub type Object = Map<String, Value>;
+
+/// The error codes of the contract, each tied to one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    InvalidArgument,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    PayloadTooLarge,
+    ResourceExhausted,
+    DeadlineExceeded,
+    Internal,
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The HTTP status that carries this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidArgument => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::PermissionDenied => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::AlreadyExists => 409,
+            ErrorCode::FailedPrecondition => 412,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::ResourceExhausted => 429,
+            ErrorCode::DeadlineExceeded => 504,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+
+    /// The code for an HTTP status, for answers that did not come with a body of ours.
+    pub fn from_http_status(status: u16) -> ErrorCode {
+        match status {
+            400 | 405 | 411 | 415 | 422 => ErrorCode::InvalidArgument,
+            401 => ErrorCode::Unauthenticated,
+            403 => ErrorCode::PermissionDenied,
+            404 => ErrorCode::NotFound,
+            409 => ErrorCode::AlreadyExists,
+            412 => ErrorCode::FailedPrecondition,
+            413 => ErrorCode::PayloadTooLarge,
+            429 => ErrorCode::ResourceExhausted,
+            504 | 408 => ErrorCode::DeadlineExceeded,
+            503 => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        }
+    }
+
+    /// The kebab-case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "invalid-argument",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission-denied",
+            ErrorCode::NotFound => "not-found",
+            ErrorCode::AlreadyExists => "already-exists",
+            ErrorCode::FailedPrecondition => "failed-precondition",
+            ErrorCode::PayloadTooLarge => "payload-too-large",
+            ErrorCode::ResourceExhausted => "resource-exhausted",
+            ErrorCode::DeadlineExceeded => "deadline-exceeded",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of every non-2xx answer: `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, without secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub details: Object,
+}
+
+/// A stored document, as every route returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Document {
+    /// Full path, e.g. `rooms/r1/messages/m1`.
+    pub path: String,
+    /// The last segment of `path`.
+    pub id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub data: Object,
+    /// Starts at 1 and grows by one on every write; also the `ETag`.
+    pub version: i64,
+    /// RFC 3339 UTC with microseconds.
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A query over one collection or a collection group (`POST /v1/query`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Query {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection_group: Option<String>,
+    #[serde(default, rename = "where", skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub order_by: Vec<OrderBy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// One `where` clause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// A dotted path (`address.city`) or `__id__`.
+    pub field: String,
+    pub op: Op,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub value: Value,
+}
+
+/// The ten filter operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Op {
+    #[serde(rename = "==")]
+    Eq,
+    #[serde(rename = "!=")]
+    Ne,
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = "<=")]
+    Le,
+    #[serde(rename = ">")]
+    Gt,
+    #[serde(rename = ">=")]
+    Ge,
+    #[serde(rename = "in")]
+    In,
+    #[serde(rename = "not-in")]
+    NotIn,
+    #[serde(rename = "array-contains")]
+    ArrayContains,
+    #[serde(rename = "array-contains-any")]
+    ArrayContainsAny,
+}
+
+impl Op {
+    /// Every operator, for tests and tools that enumerate them.
+    pub const ALL: [Op; 10] = [
+        Op::Eq,
+        Op::Ne,
+        Op::Lt,
+        Op::Le,
+        Op::Gt,
+        Op::Ge,
+        Op::In,
+        Op::NotIn,
+        Op::ArrayContains,
+        Op::ArrayContainsAny,
+    ];
+}
+
+/// One `order_by` clause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct OrderBy {
+    pub field: String,
+    #[serde(default)]
+    pub dir: Direction,
+}
+
+/// Sort direction; ascending by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    #[default]
+    Asc,
+    Desc,
+}
+
+/// A page of query results; `cursor` resumes right after the last document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueryPage {
+    pub docs: Vec<Document>,
+    pub cursor: Option<String>,
+}
+
+/// `POST /v1/aggregate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AggregateRequest {
+    pub query: Query,
+    #[serde(default)]
+    pub count: bool,
+    #[serde(default)]
+    pub sum: Vec<String>,
+    #[serde(default)]
+    pub avg: Vec<String>,
+}
+
+/// The answer to an aggregate; only the parts asked for are present.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AggregateResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub sum: Option<Map<String, Value>>,
+    /// `null` for a field no matching document holds a number in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub avg: Option<Map<String, Value>>,
+}
+
+/// `POST /v1/batch`: up to 500 writes that commit together or not at all.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub writes: Vec<BatchWrite>,
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BatchWrite {
+    pub op: BatchOp,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub data: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_version: Option<i64>,
+}
+
+/// What a batch write does: `create` fails if the document exists, `set` creates or
+/// replaces, `update` deep-merges into an existing one, `delete` removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum BatchOp {
+    Create,
+    Set,
+    Update,
+    Delete,
+}
+
+/// The answer to a batch, one result per write in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BatchResponse {
+    pub results: Vec<BatchResult>,
+}
+
+/// The version a batch write left; `0` for a delete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BatchResult {
+    pub path: String,
+    pub version: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_through_its_http_status() {
+        for code in [
+            ErrorCode::InvalidArgument,
+            ErrorCode::Unauthenticated,
+            ErrorCode::PermissionDenied,
+            ErrorCode::NotFound,
+            ErrorCode::AlreadyExists,
+            ErrorCode::FailedPrecondition,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::ResourceExhausted,
+            ErrorCode::DeadlineExceeded,
+            ErrorCode::Internal,
+            ErrorCode::Unavailable,
+        ] {
+            assert_eq!(ErrorCode::from_http_status(code.http_status()), code);
+            let json = serde_json::to_string(&code).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+
+    #[test]
+    fn query_parses_the_contract_example_and_refuses_unknown_fields() {
+        let q: Query = serde_json::from_str(
+            r#"{"collection": "rooms/r1/messages",
+                "where": [{"field": "score", "op": ">=", "value": 10},
+                          {"field": "tags", "op": "array-contains", "value": "rust"}],
+                "order_by": [{"field": "score", "dir": "desc"}], "limit": 20}"#,
+        )
+        .expect("parses");
+        assert_eq!(q.filters[1].op, Op::ArrayContains);
+        assert_eq!(q.order_by[0].dir, Direction::Desc);
+        assert!(serde_json::from_str::<Query>(r#"{"collection": "a", "bogus": 1}"#).is_err());
+        assert!(
+            serde_json::from_str::<Query>(
+                r#"{"collection": "a", "where": [{"field": "x", "op": "~", "value": 1}]}"#
+            )
+            .is_err()
+        );
+    }
+}
