@@ -199,10 +199,10 @@ impl Config {
         if self.store.max_group_writes == 0 {
             anyhow::bail!("store.max_group_writes must be at least 1");
         }
-        if let Some(key) = &self.service_key {
-            if !key.expose().starts_with("hk_") || key.expose().len() < 24 {
-                anyhow::bail!("service_key must start with `hk_` and be at least 24 characters");
-            }
+        if let Some(key) = &self.service_key
+            && (!key.expose().starts_with("hk_") || key.expose().len() < 24)
+        {
+            anyhow::bail!("service_key must start with `hk_` and be at least 24 characters");
         }
         Ok(())
     }

@@ -80,11 +80,9 @@ pub fn normalize(value: &mut Value, depth: usize) -> Result<(), ShapeError> {
         return Err(ShapeError::TooDeep);
     }
     match value {
-        Value::Number(n) => {
-            if n.as_i64().is_none() {
-                if let Some(f) = n.as_f64() {
-                    *n = normalized_float(f);
-                }
+        Value::Number(n) if n.as_i64().is_none() => {
+            if let Some(f) = n.as_f64() {
+                *n = normalized_float(f);
             }
         }
         Value::Array(items) => {
@@ -105,7 +103,7 @@ pub fn normalize(value: &mut Value, depth: usize) -> Result<(), ShapeError> {
 /// A float as stored: integral values within `i64` become integers.
 pub fn normalized_float(f: f64) -> Number {
     const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
-    if f.fract() == 0.0 && f >= -LIMIT && f < LIMIT {
+    if f.fract() == 0.0 && (-LIMIT..LIMIT).contains(&f) {
         Number::from(f as i64)
     } else {
         Number::from_f64(f).unwrap_or_else(|| Number::from(0))
@@ -167,8 +165,8 @@ mod tests {
             json!(""),
             json!("a"),
             json!("b"),
-            json!([]),
             json!([1]),
+            json!([2]),
             json!({}),
         ];
         for pair in ordered.windows(2) {

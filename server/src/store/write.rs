@@ -271,10 +271,10 @@ fn existing_array(key: &str, before: Option<&Value>) -> Result<Vec<Value>, Error
 }
 
 fn add(a: &serde_json::Number, b: &serde_json::Number) -> serde_json::Number {
-    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
-        if let Some(sum) = x.checked_add(y) {
-            return serde_json::Number::from(sum);
-        }
+    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64())
+        && let Some(sum) = x.checked_add(y)
+    {
+        return serde_json::Number::from(sum);
     }
     value::normalized_float(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0))
 }

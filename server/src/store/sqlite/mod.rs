@@ -527,3 +527,6 @@ impl Backend for SqliteBackend {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests;

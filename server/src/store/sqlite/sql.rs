@@ -234,14 +234,47 @@ pub fn target_term(target: &Target) -> String {
 }
 
 /// The `ORDER BY` clause of a query; ties break on path.
+///
+/// When a filter pins an order field to one type (`==`, a range, `array-contains`), the
+/// rank column is left out: it is constant over the result, and SQLite only recognises
+/// an index as already sorted when the `ORDER BY` names no such constant expression.
 pub fn order_clause(spec: &QuerySpec) -> String {
     let mut columns: Vec<String> = spec
         .order
         .iter()
-        .map(|key| FieldSql::of(&key.field).order_columns(key.dir))
+        .map(|key| {
+            let field = FieldSql::of(&key.field);
+            if pinned_rank(spec, &key.field) {
+                let dir = if key.dir == Direction::Desc {
+                    "DESC"
+                } else {
+                    "ASC"
+                };
+                format!("{} {dir}", field.value)
+            } else {
+                field.order_columns(key.dir)
+            }
+        })
         .collect();
     columns.push("path ASC".into());
     columns.join(", ")
+}
+
+/// Whether some filter makes every matching document hold `field` with one type rank.
+fn pinned_rank(spec: &QuerySpec, field: &Field) -> bool {
+    spec.filters.iter().any(|filter| {
+        &filter.field == field
+            && matches!(
+                filter.op,
+                Op::Eq
+                    | Op::Lt
+                    | Op::Le
+                    | Op::Gt
+                    | Op::Ge
+                    | Op::ArrayContains
+                    | Op::ArrayContainsAny
+            )
+    })
 }
 
 /// The page query: one row more than the limit tells whether more follow.
