@@ -77,6 +77,11 @@ fn page_response(page: Page, spec: &QuerySpec, state: &AppState) -> QueryPage {
     }
 }
 
+/// `/v1/docs` and `/v1/docs/` name no collection.
+pub async fn empty_path() -> ApiError {
+    ApiError::invalid("path is empty: name a collection (`rooms`) or a document (`rooms/r1`)")
+}
+
 /// `?limit=&cursor=` of the list route.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -75,6 +75,8 @@ pub fn router(state: AppState) -> Router {
                 .patch(docs::patch)
                 .delete(docs::delete),
         )
+        .route("/v1/docs", axum::routing::any(docs::empty_path))
+        .route("/v1/docs/", axum::routing::any(docs::empty_path))
         .route("/v1/query", post(docs::query))
         .route("/v1/aggregate", post(docs::aggregate))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes));

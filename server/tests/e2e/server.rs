@@ -1,0 +1,274 @@
+//! Running the server: health, metrics, OpenAPI, the service key, shutdown and durability.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{App, KEY, Options, assert_error};
+
+#[tokio::test]
+async fn health_readiness_metrics_and_openapi_answer() {
+    let app = App::spawn().await;
+    let (status, body) = app.send(app.client.get(app.url("/healthz"))).await;
+    assert_eq!(
+        (status.as_u16(), body["status"].clone()),
+        (200, json!("ok"))
+    );
+    let (status, _) = app.send(app.client.get(app.url("/readyz"))).await;
+    assert_eq!(status, 200);
+    app.call(Method::PUT, "/v1/docs/c/d", Some(json!({}))).await;
+
+    let (status, body) = app.send(app.client.get(app.url("/metrics"))).await;
+    assert_error(status, &body, 401, "unauthenticated");
+    let metrics = app
+        .admin(Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    for name in [
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "route=\"/v1/docs/{*path}\"",
+        "hearth_writer_queue_depth",
+        "hearth_group_commit_writes_bucket",
+        "hearth_db_readers",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+
+    let (status, spec) = app.send(app.client.get(app.url("/v1/openapi.json"))).await;
+    assert_eq!(status, 200);
+    assert!(spec["openapi"].as_str().expect("version").starts_with("3."));
+    let paths = spec["paths"].as_object().expect("paths");
+    for (path, methods) in [
+        (
+            "/v1/docs/{path}",
+            &["get", "post", "put", "patch", "delete"][..],
+        ),
+        ("/v1/query", &["post"][..]),
+        ("/v1/aggregate", &["post"][..]),
+        ("/v1/batch", &["post"][..]),
+        ("/healthz", &["get"][..]),
+        ("/readyz", &["get"][..]),
+        ("/metrics", &["get"][..]),
+        ("/v1/openapi.json", &["get"][..]),
+    ] {
+        for method in methods {
+            assert!(
+                paths[path].get(*method).is_some(),
+                "OpenAPI lacks {method} {path}"
+            );
+        }
+    }
+    assert!(spec["components"]["schemas"]["Document"].is_object());
+}
+
+#[tokio::test]
+async fn metrics_can_be_public() {
+    let app = App::spawn_with(Options {
+        config: Some("[metrics]\npublic = true\n".into()),
+        ..Options::default()
+    })
+    .await;
+    let response = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn the_first_start_prints_a_service_key_once_and_it_works() {
+    let mut app = App::spawn().await;
+    let output = app.output_text();
+    let key = output
+        .split_whitespace()
+        .find(|word| word.starts_with("hk_") && *word != KEY)
+        .expect("a service key is printed at first start")
+        .to_owned();
+    let (status, _) = app
+        .send(app.client.get(app.url("/v1/docs/c/x")).bearer_auth(&key))
+        .await;
+    assert_eq!(status, 404, "the printed key is accepted");
+    assert_eq!(app.terminate(), Some(0));
+    let dir = app.keep_dir().expect("dir");
+    let again = App::start_in(dir.path(), &Options::default());
+    assert!(
+        !again.output_text().contains(&key),
+        "the key is shown only once"
+    );
+    let stored = std::fs::read(dir.path().join("hearth_data/hearth.db")).expect("database file");
+    assert!(
+        !stored
+            .windows(key.len())
+            .any(|window| window == key.as_bytes()),
+        "only a hash is stored"
+    );
+    let (status, _) = again
+        .send(
+            again
+                .client
+                .get(again.url("/v1/docs/c/x"))
+                .bearer_auth(&key),
+        )
+        .await;
+    assert_eq!(status, 404, "the key still works after a restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
+    let mut app = App::spawn().await;
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        let client = app.client.clone();
+        let base = app.url("/v1/docs/inflight");
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let path = format!("w{writer}-{i}");
+                let sent = client
+                    .put(format!("{base}/{path}"))
+                    .bearer_auth(KEY)
+                    .json(&json!({"i": i}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == 201 => {
+                        acknowledged.lock().expect("lock").push(path)
+                    }
+                    _ => break, // refused or closed: the server is stopping
+                }
+            }
+        }));
+    }
+    while acknowledged.lock().expect("lock").len() < 200 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let code = tokio::task::block_in_place(|| app.terminate());
+    assert_eq!(code, Some(0), "exit code 0 after SIGTERM");
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    assert!(app.output_text().contains("stopped"));
+    let dir = app.keep_dir().expect("dir");
+    let again = App::start_in(dir.path(), &Options::default());
+    let (_, page) = again
+        .call(
+            Method::POST,
+            "/v1/query",
+            Some(json!({"collection": "inflight", "limit": 1000})),
+        )
+        .await;
+    let stored: std::collections::HashSet<String> = page["docs"]
+        .as_array()
+        .expect("docs")
+        .iter()
+        .map(|doc| doc["id"].as_str().expect("id").to_owned())
+        .collect();
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    assert!(
+        acknowledged.iter().all(|path| stored.contains(path)),
+        "an acknowledged write was lost"
+    );
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_sigkill() {
+    let mut app = App::spawn().await;
+    let app_ref = &app;
+    let mut tasks = Vec::new();
+    for writer in 0..10 {
+        tasks.push(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..50 {
+                let path = format!("/v1/docs/durable/w{writer}-{i}");
+                let (status, body) = app_ref
+                    .call(Method::PUT, &path, Some(json!({"writer": writer, "i": i})))
+                    .await;
+                assert_eq!(status, 201, "{body}");
+                acknowledged.push(body["path"].as_str().expect("path").to_owned());
+            }
+            acknowledged
+        });
+    }
+    let mut acknowledged: Vec<String> = Vec::new();
+    for batch in futures::future::join_all(tasks).await {
+        acknowledged.extend(batch);
+    }
+    assert_eq!(acknowledged.len(), 500);
+    app.kill_hard();
+    let dir = app.keep_dir().expect("dir");
+    let again = App::start_in(dir.path(), &Options::default());
+    let mut found = Vec::new();
+    let mut cursor = Value::Null;
+    loop {
+        let (status, page) = again
+            .call(
+                Method::POST,
+                "/v1/query",
+                Some(json!({"collection": "durable", "limit": 1000, "cursor": cursor})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        found.extend(
+            page["docs"]
+                .as_array()
+                .expect("docs")
+                .iter()
+                .map(|doc| doc["path"].as_str().expect("path").to_owned()),
+        );
+        cursor = page["cursor"].clone();
+        if cursor.is_null() {
+            break;
+        }
+    }
+    acknowledged.sort();
+    found.sort();
+    assert_eq!(
+        found, acknowledged,
+        "every acknowledged write is there after SIGKILL"
+    );
+}
+
+#[tokio::test]
+async fn json_logs_carry_request_ids() {
+    let app = App::spawn_with(Options {
+        extra_args: vec!["--log-format".into(), "json".into()],
+        ..Options::default()
+    })
+    .await;
+    let response = app
+        .admin(Method::GET, "/v1/docs/c/x")
+        .send()
+        .await
+        .expect("sent");
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let mut found = false;
+    for _ in 0..100 {
+        found = app.output_text().lines().any(|line| {
+            serde_json::from_str::<Value>(line)
+                .is_ok_and(|entry| entry.to_string().contains(&request_id))
+        });
+        if found {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        found,
+        "no JSON log line with request id {request_id}:\n{}",
+        app.output_text()
+    );
+    assert!(
+        !app.output_text().contains(KEY),
+        "the service key never reaches the log"
+    );
+}

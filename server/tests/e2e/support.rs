@@ -1,0 +1,188 @@
+//! Starting the real binary and talking to it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// The service key every test server accepts (besides the one it makes).
+pub const KEY: &str = "hk_test_0123456789abcdefghijklmnopqrstuv";
+
+/// A running server; killed when dropped.
+pub struct App {
+    pub addr: String,
+    pub client: reqwest::Client,
+    pub child: Child,
+    pub output: Arc<Mutex<Vec<String>>>,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// What a start may change.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub config: Option<String>,
+    pub extra_args: Vec<String>,
+}
+
+impl App {
+    /// A fresh server in a fresh temp dir.
+    pub async fn spawn() -> App {
+        App::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> App {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if let Some(config) = &options.config {
+            std::fs::write(dir.path().join("hearth.toml"), config).expect("write config");
+        }
+        let path = dir.path().to_owned();
+        let mut app = App::start_in(&path, &options);
+        app.dir = Some(dir);
+        app
+    }
+
+    /// A server on an existing project dir (to restart on the same data).
+    pub fn start_in(dir: &Path, options: &Options) -> App {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .arg("serve")
+            .arg("--dir")
+            .arg(dir)
+            .args(["--addr", "127.0.0.1:0"])
+            .args(&options.extra_args)
+            .env("HEARTH_SERVICE_KEY", KEY)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the hearth binary starts");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for (stream, ready) in [
+            (
+                Box::new(stdout) as Box<dyn std::io::Read + Send>,
+                Some(ready_tx),
+            ),
+            (Box::new(stderr), None),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if let (Some(ready), Some(at)) = (&ready, line.find("listening on http://")) {
+                        let addr: String = line[at + "listening on http://".len()..]
+                            .chars()
+                            .take_while(|c| !c.is_whitespace() && *c != '"')
+                            .collect();
+                        let _ = ready.send(addr);
+                    }
+                    output.lock().expect("lock").push(line);
+                }
+            });
+        }
+        let addr = match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start: {:?}", output.lock().expect("lock"));
+            }
+        };
+        App {
+            addr,
+            client: reqwest::Client::new(),
+            child,
+            output,
+            dir: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A request with the service key.
+    pub fn admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path)).bearer_auth(KEY)
+    }
+
+    /// Sends a request and returns its status and JSON body (null when empty).
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let bytes = response.bytes().await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
+        (status, body)
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.admin(method, path);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.send(request).await
+    }
+
+    /// Everything the server printed so far.
+    pub fn output_text(&self) -> String {
+        self.output.lock().expect("lock").join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        // `kill` from the shell keeps the tests free of unsafe code.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Keeps the project dir after this server is gone.
+    pub fn keep_dir(&mut self) -> Option<tempfile::TempDir> {
+        self.dir.take()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts the contract's error shape and code; returns the message.
+pub fn assert_error(status: StatusCode, body: &Value, expected_status: u16, code: &str) -> String {
+    assert_eq!(status.as_u16(), expected_status, "body: {body}");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(body["error"]["details"].is_object(), "body: {body}");
+    body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned()
+}
