@@ -1,1 +1,535 @@
-fn main() {}
+//! Hearth load benchmark: starts the release `hearth` binary on loopback and measures
+//! throughput and p50/p99 latency of creates, gets, an indexed query and 500-write
+//! batches, with group commit on and off; and, in the same run, the references: raw
+//! SQLite inserts (WAL, synchronous=NORMAL, 1 KB JSON rows) and a bare axum hello world.
+//!
+//! Run with `bench/run.sh` (builds in release first). `--quick` shortens every phase.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use tokio::net::TcpStream;
+
+const KEY: &str = "hk_bench_0123456789abcdefghijklmnopqrstuvwxyz";
+const SEEDED: usize = 100_000;
+const OWNERS: usize = 5_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("hello") {
+        return hello_world();
+    }
+    if args.get(1).map(String::as_str) == Some("load") {
+        return load_only(&args[2..]);
+    }
+    let quick = args.iter().any(|arg| arg == "--quick");
+    let phase = if quick {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(phase, quick));
+}
+
+/// One measured phase.
+struct Outcome {
+    name: String,
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<u32>,
+    /// Rows or writes per request, for per-row rates.
+    per_request: usize,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[index] as f64 / 1000.0
+    }
+
+    fn row(&self) -> String {
+        let per_row = if self.per_request > 1 {
+            format!("{:.0} writes/s", self.rate() * self.per_request as f64)
+        } else {
+            String::new()
+        };
+        format!(
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            self.name,
+            self.rate(),
+            self.percentile(0.50),
+            self.percentile(0.99),
+            self.errors,
+            per_row
+        )
+    }
+}
+
+type MakeRequest = Arc<dyn Fn(u64) -> (Method, String, Option<Bytes>) + Send + Sync>;
+
+/// How long a phase runs: for a time, or for a number of requests.
+#[derive(Clone)]
+enum Budget {
+    Time(Duration),
+    Count(Arc<std::sync::atomic::AtomicUsize>),
+}
+
+impl Budget {
+    fn count(total: usize) -> Budget {
+        Budget::Count(Arc::new(std::sync::atomic::AtomicUsize::new(total)))
+    }
+
+    /// Whether one more request may go.
+    fn take(&self, deadline: Instant) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        match self {
+            Budget::Time(_) => Instant::now() < deadline,
+            Budget::Count(left) => left
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok(),
+        }
+    }
+}
+
+/// `concurrency` keep-alive connections, each sending requests back to back until the
+/// budget is spent.
+async fn load(
+    name: &str,
+    addr: SocketAddr,
+    concurrency: usize,
+    budget: Budget,
+    make: MakeRequest,
+) -> Outcome {
+    let started = Instant::now();
+    let deadline = match &budget {
+        Budget::Time(phase) => started + *phase,
+        Budget::Count(_) => started + Duration::from_secs(3600),
+    };
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let make = make.clone();
+        let budget = budget.clone();
+        workers.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+                .await
+                .expect("handshake");
+            tokio::spawn(connection);
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut counter = worker as u64;
+            while budget.take(deadline) {
+                let (method, path, body) = make(counter);
+                counter += concurrency as u64;
+                let request = Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header("host", "bench")
+                    .header("authorization", format!("Bearer {KEY}"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.unwrap_or_default()))
+                    .expect("request");
+                let sent = Instant::now();
+                match sender.send_request(request).await {
+                    Ok(response) => {
+                        let ok = response.status().is_success();
+                        let _ = response.into_body().collect().await;
+                        latencies.push(sent.elapsed().as_micros() as u32);
+                        if !ok {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        let (mut l, e) = worker.await.expect("worker");
+        latencies.append(&mut l);
+        errors += e;
+    }
+    Outcome {
+        name: name.into(),
+        requests: latencies.len(),
+        errors,
+        elapsed: started.elapsed(),
+        latencies,
+        per_request: 1,
+    }
+}
+
+/// About 1 KB of JSON, like the SQLite reference rows.
+fn document(i: u64) -> String {
+    format!(
+        r#"{{"owner":"u{}","score":{},"title":"document number {i}","tags":["bench","load","json"],"body":"{}"}}"#,
+        i as usize % OWNERS,
+        (i * 7919) % 100_000,
+        "lorem ipsum dolor sit amet ".repeat(34)
+    )
+}
+
+struct Hearth {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Hearth {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn server_binary() -> std::path::PathBuf {
+    let me = std::env::current_exe().expect("own path");
+    let binary = me.with_file_name("hearth");
+    assert!(
+        binary.exists(),
+        "build the server first: cargo build --release -p hearth-server"
+    );
+    binary
+}
+
+/// Starts a process and waits for it to print `listening on http://ADDR`.
+fn start(mut command: Command) -> (Child, SocketAddr) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("printed before exiting").expect("line");
+        if let Some(at) = line.find("listening on http://") {
+            let addr: String = line[at + 20..]
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .collect();
+            break addr.parse().expect("address");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn start_hearth(group_commit: bool) -> Hearth {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("hearth.toml"),
+        "[[indexes]]\ncollection = \"items\"\nfields = [\"owner\", \"score desc\"]\n",
+    )
+    .expect("config");
+    let mut command = Command::new(server_binary());
+    command
+        .args(["serve", "--addr", "127.0.0.1:0", "--dir"])
+        .arg(dir.path())
+        .env("HEARTH_SERVICE_KEY", KEY)
+        .env("HEARTH_STORE__GROUP_COMMIT", group_commit.to_string())
+        .env("RUST_LOG", "info,tower_http=off");
+    let (child, addr) = start(command);
+    Hearth {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+async fn run(phase: Duration, quick: bool) {
+    println!("# Hearth benchmark\n");
+    println!("machine: {} cores, {}", cores(), cpu_model());
+    println!(
+        "phase length: {} s per row; load generator in this process, on the same cores\n",
+        phase.as_secs()
+    );
+    println!("| phase | req/s | p50 ms | p99 ms | errors | rows |");
+    println!("|---|---|---|---|---|---|");
+
+    let reference = sqlite_reference(quick);
+    for outcome in &reference {
+        println!("{}", outcome.row());
+    }
+    let hello = hello_reference(phase).await;
+    println!("{}", hello.row());
+
+    let mut creates_on = Vec::new();
+    let mut creates_off = Vec::new();
+    for group_commit in [true, false] {
+        let hearth = start_hearth(group_commit);
+        let label = if group_commit {
+            "group commit on"
+        } else {
+            "group commit off"
+        };
+        for concurrency in [1, 16, 64] {
+            let make: MakeRequest = Arc::new(|i| {
+                (
+                    Method::POST,
+                    "/v1/docs/creates".into(),
+                    Some(Bytes::from(document(i))),
+                )
+            });
+            let outcome = load(
+                &format!("hearth create c={concurrency} ({label})"),
+                hearth.addr,
+                concurrency,
+                Budget::Time(phase),
+                make,
+            )
+            .await;
+            println!("{}", outcome.row());
+            if group_commit {
+                &mut creates_on
+            } else {
+                &mut creates_off
+            }
+            .push(outcome.rate());
+        }
+        if !group_commit {
+            break;
+        }
+        // 100,000 documents through 500-write batches: the batch benchmark and the seed.
+        let seeded = if quick { 20_000 } else { SEEDED };
+        let batches = seeded / 500;
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let make: MakeRequest = {
+            let counter = counter.clone();
+            Arc::new(move |_| {
+                let batch = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let writes: Vec<String> = (0..500)
+                    .map(|j| {
+                        let i = batch * 500 + j;
+                        format!(
+                            r#"{{"op":"set","path":"items/i{i}","data":{}}}"#,
+                            document(i)
+                        )
+                    })
+                    .collect();
+                (
+                    Method::POST,
+                    "/v1/batch".into(),
+                    Some(Bytes::from(format!(
+                        r#"{{"writes":[{}]}}"#,
+                        writes.join(",")
+                    ))),
+                )
+            })
+        };
+        let mut outcome = load(
+            "hearth batch of 500 c=2",
+            hearth.addr,
+            2,
+            Budget::count(batches),
+            make,
+        )
+        .await;
+        outcome.per_request = 500;
+        println!("{}", outcome.row());
+
+        for concurrency in [16, 64] {
+            let make: MakeRequest = Arc::new(move |i| {
+                let id = (i * 2_654_435_761) as usize % seeded;
+                (Method::GET, format!("/v1/docs/items/i{id}"), None)
+            });
+            let outcome = load(
+                &format!("hearth get by id c={concurrency}"),
+                hearth.addr,
+                concurrency,
+                Budget::Time(phase),
+                make,
+            )
+            .await;
+            println!("{}", outcome.row());
+        }
+        for concurrency in [16, 64] {
+            let make: MakeRequest = Arc::new(move |i| {
+                let owner = (i * 2_654_435_761) as usize % OWNERS.min(seeded);
+                let body = format!(
+                    r#"{{"collection":"items","where":[{{"field":"owner","op":"==","value":"u{owner}"}}],"order_by":[{{"field":"score","dir":"desc"}}],"limit":20}}"#
+                );
+                (Method::POST, "/v1/query".into(), Some(Bytes::from(body)))
+            });
+            let outcome = load(
+                &format!("hearth indexed query, 20 of {seeded} c={concurrency}"),
+                hearth.addr,
+                concurrency,
+                Budget::Time(phase),
+                make,
+            )
+            .await;
+            println!("{}", outcome.row());
+        }
+    }
+    println!();
+    for (i, concurrency) in [1, 16, 64].iter().enumerate() {
+        println!(
+            "creates c={concurrency}: group commit on/off = {:.0}/{:.0} = {:.2}x",
+            creates_on[i],
+            creates_off[i],
+            creates_on[i] / creates_off[i]
+        );
+    }
+    println!(
+        "creates c=64 vs raw SQLite 1000-row transactions: {:.2}",
+        creates_on[2] / (reference[1].rate() * reference[1].per_request as f64)
+    );
+}
+
+/// Raw SQLite: WAL, synchronous=NORMAL, 1 KB JSON rows; one row per transaction, then
+/// a thousand per transaction.
+fn sqlite_reference(quick: bool) -> Vec<Outcome> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conn = rusqlite::Connection::open(dir.path().join("ref.db")).expect("opens");
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; CREATE TABLE docs (path TEXT PRIMARY KEY, data TEXT NOT NULL);",
+    )
+    .expect("schema");
+    let single = if quick { 5_000 } else { 20_000 };
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(single);
+    for i in 0..single as u64 {
+        let sent = Instant::now();
+        conn.execute_batch("BEGIN").expect("begin");
+        conn.prepare_cached("INSERT INTO docs VALUES (?1, ?2)")
+            .expect("prepare")
+            .execute(rusqlite::params![format!("a/{i}"), document(i)])
+            .expect("insert");
+        conn.execute_batch("COMMIT").expect("commit");
+        latencies.push(sent.elapsed().as_micros() as u32);
+    }
+    let one = Outcome {
+        name: "raw SQLite insert, 1 row per transaction".into(),
+        requests: single,
+        errors: 0,
+        elapsed: started.elapsed(),
+        latencies,
+        per_request: 1,
+    };
+    let batched = if quick { 20_000 } else { 100_000 };
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    for chunk in 0..(batched / 1000) as u64 {
+        let sent = Instant::now();
+        conn.execute_batch("BEGIN").expect("begin");
+        for j in 0..1000 {
+            let i = chunk * 1000 + j;
+            conn.prepare_cached("INSERT INTO docs VALUES (?1, ?2)")
+                .expect("prepare")
+                .execute(rusqlite::params![format!("b/{i}"), document(i)])
+                .expect("insert");
+        }
+        conn.execute_batch("COMMIT").expect("commit");
+        latencies.push(sent.elapsed().as_micros() as u32);
+    }
+    let thousand = Outcome {
+        name: "raw SQLite insert, 1000 rows per transaction".into(),
+        requests: batched / 1000,
+        errors: 0,
+        elapsed: started.elapsed(),
+        latencies,
+        per_request: 1000,
+    };
+    vec![one, thousand]
+}
+
+async fn hello_reference(phase: Duration) -> Outcome {
+    let mut command = Command::new(std::env::current_exe().expect("own path"));
+    command.arg("hello");
+    let (mut child, addr) = start(command);
+    let make: MakeRequest = Arc::new(|_| (Method::GET, "/".into(), None));
+    let outcome = load("axum hello world c=64", addr, 64, Budget::Time(phase), make).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome
+}
+
+/// `load ADDR create|get CONCURRENCY SECONDS`: one phase against a running server, for
+/// profiling it from outside.
+fn load_only(args: &[String]) {
+    let [addr, kind, concurrency, seconds] = args else {
+        panic!("usage: hearth-bench load ADDR create|get CONCURRENCY SECONDS");
+    };
+    let addr: SocketAddr = addr.parse().expect("address");
+    let concurrency: usize = concurrency.parse().expect("concurrency");
+    let phase = Duration::from_secs(seconds.parse().expect("seconds"));
+    let make: MakeRequest = match kind.as_str() {
+        "create" => Arc::new(|i| {
+            (
+                Method::POST,
+                "/v1/docs/creates".into(),
+                Some(Bytes::from(document(i))),
+            )
+        }),
+        _ => Arc::new(|i| (Method::GET, format!("/v1/docs/creates/missing{i}"), None)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let outcome = runtime.block_on(load(kind, addr, concurrency, Budget::Time(phase), make));
+    println!("{}", outcome.row());
+}
+
+/// The hello-world reference server (a child process, like Hearth).
+fn hello_world() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "Hello, World!" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!(
+            "listening on http://{}",
+            listener.local_addr().expect("addr")
+        );
+        axum::serve(listener, app).await.expect("serve");
+    });
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}

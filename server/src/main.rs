@@ -6,6 +6,11 @@ use clap::{Parser, Subcommand};
 use hearth_server::{Config, LogFormat, Overrides, Server};
 use tracing_subscriber::EnvFilter;
 
+// The request path allocates many small, short-lived buffers (JSON values, headers);
+// mimalloc serves them faster than glibc's allocator under multi-threaded load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "hearth",

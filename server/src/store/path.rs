@@ -150,14 +150,26 @@ impl fmt::Display for CollectionPath {
     }
 }
 
-/// A fresh server-made id: 20 random alphanumerics.
+/// A fresh server-made id: 20 alphanumerics, the first 8 the creation time in
+/// milliseconds (base 62, so ids sort by creation), the other 12 random (71 bits).
+///
+/// Time-ordered ids append to the end of every index instead of landing on a random
+/// page, which makes creates several times faster on a b-tree store; the random part
+/// keeps them unguessable.
 pub fn new_id() -> String {
     use rand::Rng;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut id = [0u8; 20];
+    let mut millis = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    for slot in id[..8].iter_mut().rev() {
+        *slot = ALPHABET[(millis % 62) as usize];
+        millis /= 62;
+    }
     let mut rng = rand::rng();
-    (0..20)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
+    for slot in id[8..].iter_mut() {
+        *slot = ALPHABET[rng.random_range(0..ALPHABET.len())];
+    }
+    id.iter().map(|&b| b as char).collect()
 }
 
 #[cfg(test)]
@@ -198,10 +210,12 @@ mod tests {
     }
 
     #[test]
-    fn new_ids_are_twenty_alphanumerics() {
+    fn new_ids_are_twenty_alphanumerics_in_creation_order() {
         let id = new_id();
         assert_eq!(id.len(), 20);
         assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
         assert_ne!(id, new_id());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(new_id() > id, "later ids sort after earlier ones");
     }
 }

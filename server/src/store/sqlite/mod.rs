@@ -84,7 +84,73 @@ impl IndexDef {
 pub struct SqliteBackend {
     writer: mpsc::Sender<Command>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: Mutex<Option<Checkpointer>>,
     readers: Arc<Readers>,
+}
+
+/// Moves WAL checkpoints off the writer thread: the writer only appends to the WAL, and
+/// this thread copies committed pages back into the database file (PASSIVE, so it never
+/// blocks the writer or readers).
+/// SQLite's default busy handler sleeps in whole milliseconds (and longer as it retries),
+/// which is an eternity for the writer when the checkpointer briefly holds a lock; poll
+/// every 50 µs instead, for up to 5 s.
+fn short_busy_waits(conn: &Connection) -> Result<(), Error> {
+    fn wait(attempt: i32) -> bool {
+        std::thread::sleep(std::time::Duration::from_micros(50));
+        attempt < 100_000
+    }
+    conn.busy_handler(Some(wait))?;
+    Ok(())
+}
+
+/// WAL size (in pages) past which the checkpointer restarts the WAL.
+const RESTART_WAL_FRAMES: i64 = 16384;
+
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &std::path::Path) -> Result<Checkpointer, Error> {
+        let conn = Connection::open(path)
+            .map_err(|e| Error::Unavailable(format!("cannot open the checkpointer: {e}")))?;
+        conn.execute_batch("PRAGMA busy_timeout = 5000;")?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("hearth-checkpoint".into())
+            .spawn(move || {
+                let interval = std::time::Duration::from_millis(100);
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(interval)
+                {
+                    // PASSIVE copies what it can without blocking anyone. Under a steady
+                    // stream of writes it never catches up, and the WAL would grow without
+                    // end; once it is large, RESTART waits for the writer's current
+                    // transaction so the next one starts the WAL from the beginning.
+                    let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                        row.get::<_, i64>(1)
+                    });
+                    let outcome = match passive {
+                        Ok(frames) if frames > RESTART_WAL_FRAMES => {
+                            conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+                        }
+                        other => other.map(|_| ()),
+                    };
+                    if let Err(error) = outcome {
+                        tracing::warn!(%error, "WAL checkpoint failed");
+                    }
+                }
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the checkpointer: {e}")))?;
+        Ok(Checkpointer { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
 }
 
 impl SqliteBackend {
@@ -105,12 +171,17 @@ impl SqliteBackend {
         };
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000; \
-             PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
+             PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0; \
+             PRAGMA journal_size_limit = 67108864; PRAGMA cache_size = -16384; PRAGMA mmap_size = 1073741824;"
         ))?;
+        short_busy_waits(&conn)?;
+        // The writer keeps a modest page cache: every commit walks the cache's hash
+        // table, so a large cache makes each commit slower; readers keep the big caches.
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
         reconcile_indexes(&conn, &options.indexes)?;
         let readers = Arc::new(Readers::open(&options.path, options.readers.max(1))?);
+        let checkpointer = Checkpointer::start(&options.path)?;
         let (sender, receiver) = mpsc::channel(options.queue_capacity.max(1));
         let writer_options = options.writer;
         let thread = std::thread::Builder::new()
@@ -120,6 +191,7 @@ impl SqliteBackend {
         Ok(SqliteBackend {
             writer: sender,
             thread: Mutex::new(Some(thread)),
+            checkpointer: Mutex::new(Some(checkpointer)),
             readers,
         })
     }
@@ -466,9 +538,20 @@ impl Backend for SqliteBackend {
                 let _ = finished.await;
             }
             let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(thread) = thread {
-                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-            }
+            let checkpointer = self
+                .checkpointer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(thread) = thread {
+                    let _ = thread.join();
+                }
+                if let Some(checkpointer) = checkpointer {
+                    checkpointer.stop();
+                }
+            })
+            .await;
         }
         .boxed()
     }

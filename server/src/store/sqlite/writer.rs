@@ -83,7 +83,7 @@ pub fn run(
                 while let Ok(command) = receiver.try_recv() {
                     refuse(command);
                 }
-                let _ = conn.execute_batch("PRAGMA optimize; PRAGMA wal_checkpoint(PASSIVE);");
+                let _ = conn.execute_batch("PRAGMA optimize;");
                 let _ = done.send(());
                 return;
             }
@@ -118,6 +118,19 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
     let outcome = (|| -> Result<(), Error> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for job in &jobs {
+            // A single write checks everything before it changes a row, so only requests
+            // of several writes need a savepoint to fail alone.
+            if job.writes.len() == 1 {
+                match apply_job(&tx, &job.writes, job.batch, now) {
+                    Ok((results, job_changes)) => {
+                        answers.push(Ok(results));
+                        changes.extend(job_changes);
+                    }
+                    Err(error @ (Error::Internal(_) | Error::Unavailable(_))) => return Err(error),
+                    Err(error) => answers.push(Err(error)),
+                }
+                continue;
+            }
             let savepoint = tx.savepoint()?;
             match apply_job(&savepoint, &job.writes, job.batch, now) {
                 Ok((results, job_changes)) => {
