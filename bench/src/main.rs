@@ -490,6 +490,27 @@ fn load_only(args: &[String]) {
                 Some(Bytes::from(document(i))),
             )
         }),
+        "seed" => Arc::new(|i| {
+            (
+                Method::PUT,
+                format!("/v1/docs/items/i{i}"),
+                Some(Bytes::from(document(i))),
+            )
+        }),
+        "query" => Arc::new(|i| {
+            let owner = (i * 2_654_435_761) as usize % OWNERS;
+            let body = format!(
+                r#"{{"collection":"items","where":[{{"field":"owner","op":"==","value":"u{owner}"}}],"order_by":[{{"field":"score","dir":"desc"}}],"limit":20}}"#
+            );
+            (Method::POST, "/v1/query".into(), Some(Bytes::from(body)))
+        }),
+        "getitem" => Arc::new(|i| {
+            (
+                Method::GET,
+                format!("/v1/docs/items/i{}", (i * 2_654_435_761) % 100_000),
+                None,
+            )
+        }),
         _ => Arc::new(|i| (Method::GET, format!("/v1/docs/creates/missing{i}"), None)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

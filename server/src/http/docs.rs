@@ -58,11 +58,10 @@ fn etag(version: i64) -> HeaderValue {
 }
 
 /// A document answer with its `ETag`.
-fn doc_response(status: StatusCode, doc: &StoredDoc) -> Response {
-    let mut response = (status, Json(doc.to_wire())).into_response();
-    response
-        .headers_mut()
-        .insert(header::ETAG, etag(doc.version));
+fn doc_response(status: StatusCode, doc: StoredDoc) -> Response {
+    let version = doc.version;
+    let mut response = (status, Json(doc.into_wire())).into_response();
+    response.headers_mut().insert(header::ETAG, etag(version));
     response
 }
 
@@ -112,7 +111,7 @@ pub async fn get_path(
                 ));
             }
             match state.store().get(doc.clone()).await? {
-                Some(stored) => Ok(doc_response(StatusCode::OK, &stored)),
+                Some(stored) => Ok(doc_response(StatusCode::OK, stored)),
                 None => Err(ApiError::not_found(format!("no document at `{doc}`"))),
             }
         }
@@ -165,8 +164,9 @@ pub async fn create(
     let stored = result
         .doc
         .ok_or_else(|| ApiError::internal("create stored nothing"))?;
-    let mut response = doc_response(StatusCode::CREATED, &stored);
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/docs/{}", stored.path)) {
+    let location = HeaderValue::from_str(&format!("/v1/docs/{}", stored.path));
+    let mut response = doc_response(StatusCode::CREATED, stored);
+    if let Ok(location) = location {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
@@ -221,7 +221,7 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
-    Ok(doc_response(status, &stored))
+    Ok(doc_response(status, stored))
 }
 
 /// Deep-merge into a document, with transforms.
@@ -256,7 +256,7 @@ pub async fn patch(
     let stored = result
         .doc
         .ok_or_else(|| ApiError::internal("patch stored nothing"))?;
-    Ok(doc_response(StatusCode::OK, &stored))
+    Ok(doc_response(StatusCode::OK, stored))
 }
 
 /// Delete a document; deleting an absent one is fine.

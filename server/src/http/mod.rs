@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hearth_types::ErrorCode;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowMethods, AllowOrigin, CorsLayer};
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -92,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(system::openapi))
         .fallback(system::not_found)
         .layer(CatchPanicLayer::custom(system::panic_response))
+        .layer(cors())
         .layer(middleware::from_fn(observe))
         .layer(
             TraceLayer::new_for_http()
@@ -109,6 +111,28 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Browsers may call Hearth from any origin: credentials travel in the `Authorization`
+/// header, never in cookies, so there is nothing for another origin to ride on.
+fn cors() -> CorsLayer {
+    use axum::http::header;
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods(AllowMethods::any())
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::LOCATION,
+            REQUEST_ID,
+            header::RETRY_AFTER,
+        ])
+        .max_age(std::time::Duration::from_secs(3600))
 }
 
 /// Records request metrics, logs internal errors inside the request span, and gives every

@@ -73,6 +73,18 @@ pub struct StoredDoc {
 }
 
 impl StoredDoc {
+    /// The contract's shape of this document, consuming it (no copy of the data).
+    pub fn into_wire(self) -> Document {
+        Document {
+            id: self.path.id().to_owned(),
+            created_at: format_time(self.created_at),
+            updated_at: format_time(self.updated_at),
+            path: self.path.0,
+            data: self.data,
+            version: self.version,
+        }
+    }
+
     /// The contract's shape of this document.
     pub fn to_wire(&self) -> Document {
         Document {
@@ -248,8 +260,30 @@ pub fn now_micros() -> i64 {
 
 /// RFC 3339 UTC with microseconds, as the contract writes times.
 pub fn format_time(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
+    use chrono::{Datelike, Timelike};
+    // Written by hand: chrono's `format` re-parses its pattern on every call, and every
+    // document answer formats two times.
+    let time = chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        time.year(),
+        time.month(),
+        time.day(),
+        time.hour(),
+        time.minute(),
+        time.second(),
+        time.timestamp_subsec_micros()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_rfc3339_utc_with_microseconds() {
+        assert_eq!(super::format_time(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            super::format_time(1_795_773_600_123_456),
+            "2026-11-27T10:00:00.123456Z"
+        );
+    }
 }

@@ -358,3 +358,83 @@ async fn every_write_appends_to_the_log_and_publishes_after_commit() {
     let after = store.changes_since(0, 10).await.expect("log");
     assert!(after[0].seq > logged[2].seq, "a pruned seq is never reused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_in_a_group_commit_fails_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), Vec::new()).await;
+    let data = |n: i64| json!({"n": n}).as_object().cloned().unwrap_or_default();
+    store
+        .write(vec![Write {
+            path: DocPath::parse("g/taken").expect("path"),
+            op: WriteOp::Set(data(0)),
+            if_version: None,
+        }])
+        .await
+        .expect("seeded");
+    let mut requests = Vec::new();
+    for i in 0..200i64 {
+        let store = store.clone();
+        requests.push(tokio::spawn(async move {
+            let writes = match i % 4 {
+                // Fails: the path exists.
+                0 => vec![Write {
+                    path: DocPath::parse("g/taken").expect("path"),
+                    op: WriteOp::Create(data(i)),
+                    if_version: None,
+                }],
+                // Fails at its second write; its first write must not survive.
+                1 => vec![
+                    Write {
+                        path: DocPath::parse(&format!("g/partial{i}")).expect("path"),
+                        op: WriteOp::Set(data(i)),
+                        if_version: None,
+                    },
+                    Write {
+                        path: DocPath::parse("g/taken").expect("path"),
+                        op: WriteOp::Set(data(i)),
+                        if_version: Some(99),
+                    },
+                ],
+                _ => vec![Write {
+                    path: DocPath::parse(&format!("g/ok{i}")).expect("path"),
+                    op: WriteOp::Create(data(i)),
+                    if_version: None,
+                }],
+            };
+            (i, store.batch(writes).await)
+        }));
+    }
+    for request in requests {
+        let (i, result) = request.await.expect("task");
+        match i % 4 {
+            0 => assert!(
+                matches!(result, Err(Error::InBatch { index: 0, .. })),
+                "{i}: {result:?}"
+            ),
+            1 => assert!(
+                matches!(result, Err(Error::InBatch { index: 1, .. })),
+                "{i}: {result:?}"
+            ),
+            _ => assert!(result.is_ok(), "{i}: {result:?}"),
+        }
+    }
+    let spec = QuerySpec::parse(
+        &serde_json::from_value(json!({"collection": "g", "limit": 1000})).expect("wire"),
+        store.signer(),
+    )
+    .expect("valid");
+    let page = store.query(spec).await.expect("runs");
+    let ids: Vec<&str> = page.docs.iter().map(|doc| doc.path.id()).collect();
+    assert_eq!(ids.len(), 101, "100 creates and the seed");
+    assert!(
+        ids.iter().all(|id| !id.starts_with("partial")),
+        "a failed request left a write behind"
+    );
+    let taken = store
+        .get(DocPath::parse("g/taken").expect("path"))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!((taken.version, taken.data["n"].clone()), (1, json!(0)));
+}

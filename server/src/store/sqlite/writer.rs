@@ -9,7 +9,13 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::changes::{Change, ChangeBus, ChangeKind};
-use crate::store::write::{self, Effect, Write};
+use crate::store::write::{self, Effect, Write, WriteOp};
+
+const INSERT_NEW: &str = "INSERT INTO documents (path, collection, coll_id, id, data, version, created_at, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, jsonb(?5), ?6, ?7, ?8) ON CONFLICT (path) DO NOTHING";
+const UPSERT: &str = "INSERT INTO documents (path, collection, coll_id, id, data, version, created_at, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, jsonb(?5), ?6, ?7, ?8) \
+     ON CONFLICT (path) DO UPDATE SET data = excluded.data, version = excluded.version, updated_at = excluded.updated_at";
 use crate::store::{Error, StoredDoc, WriteResult, now_micros};
 
 /// A closure run on the write connection, outside the document write path (set-up,
@@ -183,7 +189,13 @@ fn apply_job(
                 error
             }
         };
-        let current = load(conn, write)?;
+        // A create needs no read: the insert itself finds out whether the path is taken.
+        let blind_create = matches!(write.op, WriteOp::Create(_)) && write.if_version.is_none();
+        let current = if blind_create {
+            None
+        } else {
+            load(conn, write)?
+        };
         let effect =
             write::apply(current.as_ref().map(|(doc, _)| doc), write, now).map_err(located)?;
         let old_logged = current.as_ref().map(|(doc, text)| logged(doc, text));
@@ -192,13 +204,8 @@ fn apply_job(
             Effect::Put(doc) => {
                 let text =
                     serde_json::to_string(&doc.data).map_err(|e| Error::Internal(e.to_string()))?;
-                conn.prepare_cached(
-                    "INSERT INTO documents (path, collection, coll_id, id, data, version, created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, jsonb(?5), ?6, ?7, ?8) \
-                     ON CONFLICT (path) DO UPDATE SET data = excluded.data, version = excluded.version, \
-                     updated_at = excluded.updated_at",
-                )?
-                .execute(params![
+                let statement = if blind_create { INSERT_NEW } else { UPSERT };
+                let stored = conn.prepare_cached(statement)?.execute(params![
                     path,
                     write.path.collection(),
                     write.path.collection_id(),
@@ -208,6 +215,11 @@ fn apply_job(
                     doc.created_at,
                     doc.updated_at
                 ])?;
+                if stored == 0 {
+                    return Err(located(Error::AlreadyExists(format!(
+                        "`{path}` already exists"
+                    ))));
+                }
                 let kind = if current.is_some() {
                     ChangeKind::Update
                 } else {
