@@ -32,8 +32,9 @@ pub enum WriteOp {
 /// What a write does to the stored state.
 #[derive(Debug, Clone)]
 pub enum Effect {
-    /// Store this document (created when there was none before).
-    Put(StoredDoc),
+    /// Store this document (created when there was none before); `text` is its data as
+    /// JSON, serialised once while checking the size limit.
+    Put { doc: StoredDoc, text: String },
     /// Remove the document.
     Delete,
     /// Nothing changes (a delete of an absent document).
@@ -78,8 +79,8 @@ pub fn apply(current: Option<&StoredDoc>, write: &Write, now: i64) -> Result<Eff
             merged
         }
     };
-    let data = checked(data)?;
-    Ok(Effect::Put(match current {
+    let (data, text) = checked(data)?;
+    let doc = match current {
         Some(doc) => StoredDoc {
             path: path.clone(),
             data,
@@ -94,10 +95,11 @@ pub fn apply(current: Option<&StoredDoc>, write: &Write, now: i64) -> Result<Eff
             created_at: now,
             updated_at: now,
         },
-    }))
+    };
+    Ok(Effect::Put { doc, text })
 }
 
-fn checked(mut data: Map<String, Value>) -> Result<Map<String, Value>, Error> {
+fn checked(mut data: Map<String, Value>) -> Result<(Map<String, Value>, String), Error> {
     value::check_document(&mut data).map_err(|error| match error {
         ShapeError::TooDeep => Error::InvalidArgument(format!(
             "document nests deeper than {} levels",
@@ -107,16 +109,16 @@ fn checked(mut data: Map<String, Value>) -> Result<Map<String, Value>, Error> {
             "`{key}`: keys starting with `$` are reserved for transforms (`$increment`, `$server_time`, `$array_union`, `$array_remove`), which are allowed only as object values outside arrays"
         )),
     })?;
-    // Serialising to count is exact and cheap next to the write itself.
-    let size = serde_json::to_vec(&data)
-        .map(|bytes| bytes.len())
-        .unwrap_or(0);
-    if size > MAX_DOC_BYTES {
+    // The encoding that is measured is the one that is stored.
+    let text = serde_json::to_string(&data)
+        .map_err(|e| Error::Internal(format!("encoding a document: {e}")))?;
+    if text.len() > MAX_DOC_BYTES {
         return Err(Error::TooLarge(format!(
-            "document is {size} bytes encoded; the limit is {MAX_DOC_BYTES}"
+            "document is {} bytes encoded; the limit is {MAX_DOC_BYTES}",
+            text.len()
         )));
     }
-    Ok(data)
+    Ok((data, text))
 }
 
 /// A transform found as a value: `{"$increment": 1}` and friends.
@@ -311,7 +313,7 @@ mod tests {
 
     fn put(effect: Result<Effect, Error>) -> StoredDoc {
         match effect {
-            Ok(Effect::Put(doc)) => doc,
+            Ok(Effect::Put { doc, .. }) => doc,
             other => panic!("expected a put, got {other:?}"),
         }
     }

@@ -315,6 +315,33 @@ impl Readers {
     }
 }
 
+impl Readers {
+    /// Runs a read that is known to be short (one row by its primary key) on the calling
+    /// thread when a connection is idle: handing a 10 µs lookup to the blocking pool
+    /// costs more in thread wake-ups than the lookup itself. Falls back to [`Readers::run`].
+    async fn run_short<R, F>(self: &Arc<Self>, read: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, Error> + Send + 'static,
+    {
+        let Ok(permit) = self.permits.try_acquire() else {
+            return self.run(read).await;
+        };
+        let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let Some(conn) = conn else {
+            drop(permit);
+            return self.run(read).await;
+        };
+        let result = read(&conn);
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        drop(permit);
+        result
+    }
+}
+
 fn open_reader(path: &std::path::Path) -> Result<Connection, Error> {
     let conn = Connection::open_with_flags(
         path,
@@ -398,7 +425,7 @@ impl Backend for SqliteBackend {
 
     fn get(&self, path: DocPath) -> BoxFuture<'_, Result<Option<StoredDoc>, Error>> {
         self.readers
-            .run(move |conn| {
+            .run_short(move |conn| {
                 let row = conn
                     .prepare_cached(
                         "SELECT path, json(data), version, created_at, updated_at FROM documents WHERE path = ?1",

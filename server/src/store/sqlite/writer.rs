@@ -201,9 +201,7 @@ fn apply_job(
         let old_logged = current.as_ref().map(|(doc, text)| logged(doc, text));
         let path = write.path.as_str();
         match effect {
-            Effect::Put(doc) => {
-                let text =
-                    serde_json::to_string(&doc.data).map_err(|e| Error::Internal(e.to_string()))?;
+            Effect::Put { doc, text } => {
                 let statement = if blind_create { INSERT_NEW } else { UPSERT };
                 let stored = conn.prepare_cached(statement)?.execute(params![
                     path,
