@@ -193,8 +193,14 @@ fn document(i: u64) -> String {
         r#"{{"owner":"u{}","score":{},"title":"document number {i}","tags":["bench","load","json"],"body":"{}"}}"#,
         i as usize % OWNERS,
         (i * 7919) % 100_000,
-        "lorem ipsum dolor sit amet ".repeat(34)
+        filler()
     )
+}
+
+/// The constant part of every document, made once so the load generator stays lean.
+fn filler() -> &'static str {
+    static FILLER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILLER.get_or_init(|| "lorem ipsum dolor sit amet ".repeat(34))
 }
 
 struct Hearth {

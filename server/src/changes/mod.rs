@@ -44,9 +44,9 @@ pub struct Change {
     pub kind: ChangeKind,
     pub path: DocPath,
     /// The document after the write; `None` for a delete.
-    pub doc: Option<StoredDoc>,
+    pub doc: Option<Arc<StoredDoc>>,
     /// The document before the write; `None` for a create.
-    pub old: Option<StoredDoc>,
+    pub old: Option<Arc<StoredDoc>>,
     /// Commit time, microseconds since the epoch.
     pub committed_at: i64,
 }

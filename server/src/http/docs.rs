@@ -1,6 +1,8 @@
 //! Document routes: get, create, put, patch, delete, list, query, aggregate, batch.
 //! Handlers parse, authorize, call the store and shape the answer.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -163,6 +165,7 @@ pub async fn create(
         .await?;
     let stored = result
         .doc
+        .map(Arc::unwrap_or_clone)
         .ok_or_else(|| ApiError::internal("create stored nothing"))?;
     let location = HeaderValue::from_str(&format!("/v1/docs/{}", stored.path));
     let mut response = doc_response(StatusCode::CREATED, stored);
@@ -215,6 +218,7 @@ pub async fn put(
         .await?;
     let stored = result
         .doc
+        .map(Arc::unwrap_or_clone)
         .ok_or_else(|| ApiError::internal("put stored nothing"))?;
     let status = if stored.version == 1 {
         StatusCode::CREATED
@@ -255,6 +259,7 @@ pub async fn patch(
         .await?;
     let stored = result
         .doc
+        .map(Arc::unwrap_or_clone)
         .ok_or_else(|| ApiError::internal("patch stored nothing"))?;
     Ok(doc_response(StatusCode::OK, stored))
 }

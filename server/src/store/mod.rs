@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 pub use crate::changes::{Change, ChangeBus, ChangeKind};
 pub use path::{AnyPath, CollectionPath, DocPath};
 pub use query::{CursorSigner, QuerySpec};
-pub use write::{Write, WriteOp};
+pub use write::{Prepared, Write, WriteOp};
 
 /// Why a store call failed. Each kind maps to one contract code in `http`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -103,7 +103,7 @@ impl StoredDoc {
 pub struct WriteResult {
     pub path: DocPath,
     /// The stored document, `None` after a delete.
-    pub doc: Option<StoredDoc>,
+    pub doc: Option<Arc<StoredDoc>>,
 }
 
 impl WriteResult {
@@ -144,7 +144,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Applies `writes` atomically (all or none). `batch` names the failing index in errors.
     fn commit(
         &self,
-        writes: Vec<Write>,
+        writes: Vec<Prepared>,
         batch: bool,
     ) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>>;
     fn get(&self, path: DocPath) -> BoxFuture<'_, Result<Option<StoredDoc>, Error>>;
@@ -190,12 +190,26 @@ impl Store {
 
     /// The one write path: applies `writes` atomically.
     pub async fn write(&self, writes: Vec<Write>) -> Result<Vec<WriteResult>, Error> {
-        self.backend.commit(writes, false).await
+        let prepared = writes
+            .into_iter()
+            .map(Prepared::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.backend.commit(prepared, false).await
     }
 
     /// Like [`Store::write`], with errors naming the index of the failing write.
     pub async fn batch(&self, writes: Vec<Write>) -> Result<Vec<WriteResult>, Error> {
-        self.backend.commit(writes, true).await
+        let prepared = writes
+            .into_iter()
+            .enumerate()
+            .map(|(index, write)| {
+                Prepared::new(write).map_err(|error| Error::InBatch {
+                    index,
+                    error: Box::new(error),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.backend.commit(prepared, true).await
     }
 
     /// One write; its result.

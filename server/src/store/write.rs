@@ -41,8 +41,39 @@ pub enum Effect {
     Nothing,
 }
 
+/// A write made ready for the writer on the caller's thread: a create or set whose data
+/// holds no transform does not depend on the stored document, so it is checked,
+/// normalised and encoded before it reaches the single writer.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub write: Write,
+    /// The encoded data, when it could be settled in advance.
+    text: Option<String>,
+}
+
+impl Prepared {
+    /// Checks what can be checked without the stored document.
+    pub fn new(mut write: Write) -> Result<Prepared, Error> {
+        let text = match &mut write.op {
+            WriteOp::Create(data) | WriteOp::Set(data) if !has_transform(data) => {
+                let (checked, text) = checked(std::mem::take(data))?;
+                *data = checked;
+                Some(text)
+            }
+            _ => None,
+        };
+        Ok(Prepared { write, text })
+    }
+}
+
+fn has_transform(data: &Map<String, Value>) -> bool {
+    data.iter()
+        .any(|(key, value)| key.starts_with('$') || value.as_object().is_some_and(has_transform))
+}
+
 /// Applies `write` to `current` at time `now` (microseconds since the epoch).
-pub fn apply(current: Option<&StoredDoc>, write: &Write, now: i64) -> Result<Effect, Error> {
+pub fn apply(current: Option<&StoredDoc>, prepared: Prepared, now: i64) -> Result<Effect, Error> {
+    let Prepared { write, text } = prepared;
     let path = &write.path;
     if let Some(expected) = write.if_version {
         match current {
@@ -61,40 +92,36 @@ pub fn apply(current: Option<&StoredDoc>, write: &Write, now: i64) -> Result<Eff
         }
     }
     let context = Transforms { now };
-    let data = match (&write.op, current) {
-        (WriteOp::Delete, Some(_)) => return Ok(Effect::Delete),
-        (WriteOp::Delete, None) => return Ok(Effect::Nothing),
-        (WriteOp::Create(_), Some(_)) => {
+    let (data, text) = match (write.op, current, text) {
+        (WriteOp::Delete, Some(_), _) => return Ok(Effect::Delete),
+        (WriteOp::Delete, None, _) => return Ok(Effect::Nothing),
+        (WriteOp::Create(_), Some(_), _) => {
             return Err(Error::AlreadyExists(format!("`{path}` already exists")));
         }
-        (WriteOp::Update(_), None) => {
+        (WriteOp::Update(_), None, _) => {
             return Err(Error::NotFound(format!("`{path}` does not exist")));
         }
-        (WriteOp::Create(data) | WriteOp::Set(data), current) => {
-            context.materialize(data, current.map(|doc| &doc.data))?
+        // Settled by `Prepared::new`: nothing here depends on the stored document.
+        (WriteOp::Create(data) | WriteOp::Set(data), _, Some(text)) => (data, text),
+        (WriteOp::Create(data) | WriteOp::Set(data), current, None) => {
+            checked(context.materialize(&data, current.map(|doc| &doc.data))?)?
         }
-        (WriteOp::Update(patch), Some(doc)) => {
+        (WriteOp::Update(patch), Some(doc), _) => {
             let mut merged = doc.data.clone();
-            context.merge(&mut merged, patch)?;
-            merged
+            context.merge(&mut merged, &patch)?;
+            checked(merged)?
         }
     };
-    let (data, text) = checked(data)?;
-    let doc = match current {
-        Some(doc) => StoredDoc {
-            path: path.clone(),
-            data,
-            version: doc.version + 1,
-            created_at: doc.created_at,
-            updated_at: now,
-        },
-        None => StoredDoc {
-            path: path.clone(),
-            data,
-            version: 1,
-            created_at: now,
-            updated_at: now,
-        },
+    let (version, created_at) = match current {
+        Some(doc) => (doc.version + 1, doc.created_at),
+        None => (1, now),
+    };
+    let doc = StoredDoc {
+        path: write.path,
+        data,
+        version,
+        created_at,
+        updated_at: now,
     };
     Ok(Effect::Put { doc, text })
 }
@@ -311,6 +338,11 @@ mod tests {
         }
     }
 
+    /// Prepares and applies, as the write path does.
+    fn run(current: Option<&StoredDoc>, write: &Write, now: i64) -> Result<Effect, Error> {
+        Prepared::new(write.clone()).and_then(|prepared| apply(current, prepared, now))
+    }
+
     fn put(effect: Result<Effect, Error>) -> StoredDoc {
         match effect {
             Ok(Effect::Put { doc, .. }) => doc,
@@ -321,7 +353,7 @@ mod tests {
     #[test]
     fn patch_deep_merges_and_null_removes() {
         let current = doc(json!({"a": {"b": 1, "c": 2}, "d": 1, "e": "x"}));
-        let after = put(apply(
+        let after = put(run(
             Some(&current),
             &update(json!({"a": {"c": null, "z": 9}, "d": null, "e": {"f": 1}})),
             10,
@@ -338,7 +370,7 @@ mod tests {
     #[test]
     fn the_four_transforms_apply_to_the_stored_values() {
         let current = doc(json!({"n": 1, "tags": ["a", "b"], "f": 1.5}));
-        let after = put(apply(
+        let after = put(run(
             Some(&current),
             &update(json!({
                 "n": {"$increment": 2},
@@ -356,7 +388,7 @@ mod tests {
         assert_eq!(after.data["at"], json!("1970-01-01T00:00:00.000000Z"));
         assert_eq!(after.data["tags"], json!(["a", "b", "c"]));
         assert_eq!(after.data["gone"], json!([]));
-        let removed = put(apply(
+        let removed = put(run(
             Some(&after),
             &update(json!({"tags": {"$array_remove": ["a", "c"]}})),
             0,
@@ -376,7 +408,7 @@ mod tests {
             json!({"s": {"$array_union": [1]}}),
             json!({"x": [{"$increment": 1}]}),
         ] {
-            let result = apply(Some(&current), &update(patch.clone()), 0);
+            let result = run(Some(&current), &update(patch.clone()), 0);
             assert!(
                 matches!(result, Err(Error::InvalidArgument(_))),
                 "{patch}: {result:?}"
@@ -394,7 +426,7 @@ mod tests {
             if_version: None,
         };
         assert!(matches!(
-            apply(Some(&current), &create, 0),
+            run(Some(&current), &create, 0),
             Err(Error::AlreadyExists(_))
         ));
         let stale = Write {
@@ -403,7 +435,7 @@ mod tests {
             if_version: Some(2),
         };
         assert!(matches!(
-            apply(Some(&current), &stale, 0),
+            run(Some(&current), &stale, 0),
             Err(Error::FailedPrecondition(_))
         ));
         let fresh = Write {
@@ -411,9 +443,9 @@ mod tests {
             op: WriteOp::Set(Map::new()),
             if_version: Some(3),
         };
-        assert_eq!(put(apply(Some(&current), &fresh, 0)).version, 4);
+        assert_eq!(put(run(Some(&current), &fresh, 0)).version, 4);
         assert!(matches!(
-            apply(None, &update(json!({})), 0),
+            run(None, &update(json!({})), 0),
             Err(Error::NotFound(_))
         ));
         let delete = Write {
@@ -421,7 +453,7 @@ mod tests {
             op: WriteOp::Delete,
             if_version: None,
         };
-        assert!(matches!(apply(None, &delete, 0), Ok(Effect::Nothing)));
+        assert!(matches!(run(None, &delete, 0), Ok(Effect::Nothing)));
     }
 
     #[test]
@@ -432,6 +464,6 @@ mod tests {
             op: WriteOp::Set(object(big)),
             if_version: None,
         };
-        assert!(matches!(apply(None, &write, 0), Err(Error::TooLarge(_))));
+        assert!(matches!(run(None, &write, 0), Err(Error::TooLarge(_))));
     }
 }

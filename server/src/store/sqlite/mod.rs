@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::query::{Field, Target};
 use super::{
     AggregateValues, Aggregation, Backend, Change, ChangeBus, ChangeKind, DocPath, Error, Page,
-    QuerySpec, StoredDoc, Write, WriteResult,
+    Prepared, QuerySpec, StoredDoc, WriteResult,
 };
 pub use writer::WriterOptions;
 use writer::{Command, Exec, Job};
@@ -407,7 +407,7 @@ fn parse_logged(path: &DocPath, text: Option<String>) -> Result<Option<StoredDoc
 impl Backend for SqliteBackend {
     fn commit(
         &self,
-        writes: Vec<Write>,
+        writes: Vec<Prepared>,
         batch: bool,
     ) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>> {
         async move {
@@ -531,8 +531,8 @@ impl Backend for SqliteBackend {
                     changes.push(Change {
                         seq,
                         kind,
-                        doc: parse_logged(&path, doc)?,
-                        old: parse_logged(&path, old)?,
+                        doc: parse_logged(&path, doc)?.map(Arc::new),
+                        old: parse_logged(&path, old)?.map(Arc::new),
                         path,
                         committed_at,
                     });

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::store::query::QuerySpec;
-use crate::store::{Store, WriteOp};
+use crate::store::{Store, Write, WriteOp};
 
 async fn open(dir: &std::path::Path, indexes: Vec<IndexDef>) -> Store {
     let bus = ChangeBus::new(64);
@@ -112,8 +112,8 @@ fn random_query(rng: &mut StdRng, target: &str) -> Query {
 }
 
 /// What the in-memory evaluator says a page is.
-fn expected_page(spec: &QuerySpec, docs: &BTreeMap<String, StoredDoc>) -> Vec<String> {
-    let mut matching: Vec<&StoredDoc> = docs
+fn expected_page(spec: &QuerySpec, docs: &BTreeMap<String, Arc<StoredDoc>>) -> Vec<String> {
+    let mut matching: Vec<&Arc<StoredDoc>> = docs
         .values()
         .filter(|doc| spec.matches(doc) && spec.is_after_cursor(doc))
         .collect();

@@ -3,20 +3,21 @@
 //! precondition fails only its own request. Changes are appended to the log in the same
 //! transaction and published only after `COMMIT` succeeds.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::changes::{Change, ChangeBus, ChangeKind};
-use crate::store::write::{self, Effect, Write, WriteOp};
+use crate::store::write::{self, Effect, Prepared, WriteOp};
 
 const INSERT_NEW: &str = "INSERT INTO documents (path, collection, coll_id, id, data, version, created_at, updated_at) \
      VALUES (?1, ?2, ?3, ?4, jsonb(?5), ?6, ?7, ?8) ON CONFLICT (path) DO NOTHING";
 const UPSERT: &str = "INSERT INTO documents (path, collection, coll_id, id, data, version, created_at, updated_at) \
      VALUES (?1, ?2, ?3, ?4, jsonb(?5), ?6, ?7, ?8) \
      ON CONFLICT (path) DO UPDATE SET data = excluded.data, version = excluded.version, updated_at = excluded.updated_at";
-use crate::store::{Error, StoredDoc, WriteResult, now_micros};
+use crate::store::{DocPath, Error, StoredDoc, WriteResult, now_micros};
 
 /// A closure run on the write connection, outside the document write path (set-up,
 /// pruning, key storage).
@@ -32,7 +33,7 @@ pub enum Command {
 
 /// One atomic request: all its writes commit or none do.
 pub struct Job {
-    pub writes: Vec<Write>,
+    pub writes: Vec<Prepared>,
     pub batch: bool,
     pub reply: oneshot::Sender<Result<Vec<WriteResult>, Error>>,
 }
@@ -123,30 +124,38 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
     let mut changes = Vec::new();
     let outcome = (|| -> Result<(), Error> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for job in &jobs {
+        for Job {
+            writes,
+            batch,
+            reply,
+        } in jobs
+        {
             // A single write checks everything before it changes a row, so only requests
             // of several writes need a savepoint to fail alone.
-            if job.writes.len() == 1 {
-                match apply_job(&tx, &job.writes, job.batch, now) {
+            if writes.len() == 1 {
+                match apply_job(&tx, writes, batch, now) {
                     Ok((results, job_changes)) => {
-                        answers.push(Ok(results));
+                        answers.push((reply, Ok(results)));
                         changes.extend(job_changes);
                     }
-                    Err(error @ (Error::Internal(_) | Error::Unavailable(_))) => return Err(error),
-                    Err(error) => answers.push(Err(error)),
+                    Err(error @ (Error::Internal(_) | Error::Unavailable(_))) => {
+                        answers.push((reply, Err(error.clone())));
+                        return Err(error);
+                    }
+                    Err(error) => answers.push((reply, Err(error))),
                 }
                 continue;
             }
             let savepoint = tx.savepoint()?;
-            match apply_job(&savepoint, &job.writes, job.batch, now) {
+            match apply_job(&savepoint, writes, batch, now) {
                 Ok((results, job_changes)) => {
                     savepoint.commit()?;
-                    answers.push(Ok(results));
+                    answers.push((reply, Ok(results)));
                     changes.extend(job_changes);
                 }
                 Err(error) => {
                     drop(savepoint); // rolls back this request only
-                    answers.push(Err(error));
+                    answers.push((reply, Err(error)));
                 }
             }
         }
@@ -155,15 +164,16 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
     })();
     match outcome {
         Ok(()) => {
-            for (job, answer) in jobs.into_iter().zip(answers) {
-                let _ = job.reply.send(answer);
+            for (reply, answer) in answers {
+                let _ = reply.send(answer);
             }
             bus.publish(changes);
         }
         Err(error) => {
+            // Nothing of the group committed: every request hears so, none is published.
             tracing::error!(%error, "group commit failed");
-            for job in jobs {
-                let _ = job.reply.send(Err(error.clone()));
+            for (reply, _) in answers {
+                let _ = reply.send(Err(error.clone()));
             }
         }
     }
@@ -172,13 +182,13 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
 
 fn apply_job(
     conn: &Connection,
-    writes: &[Write],
+    writes: Vec<Prepared>,
     batch: bool,
     now: i64,
 ) -> Result<(Vec<WriteResult>, Vec<Change>), Error> {
     let mut results = Vec::with_capacity(writes.len());
     let mut changes = Vec::with_capacity(writes.len());
-    for (index, write) in writes.iter().enumerate() {
+    for (index, prepared) in writes.into_iter().enumerate() {
         let located = |error: Error| {
             if batch {
                 Error::InBatch {
@@ -189,25 +199,27 @@ fn apply_job(
                 error
             }
         };
+        let write = &prepared.write;
         // A create needs no read: the insert itself finds out whether the path is taken.
         let blind_create = matches!(write.op, WriteOp::Create(_)) && write.if_version.is_none();
         let current = if blind_create {
             None
         } else {
-            load(conn, write)?
+            load(conn, &write.path)?
         };
+        let doc_path = write.path.clone();
         let effect =
-            write::apply(current.as_ref().map(|(doc, _)| doc), write, now).map_err(located)?;
+            write::apply(current.as_ref().map(|(doc, _)| doc), prepared, now).map_err(located)?;
         let old_logged = current.as_ref().map(|(doc, text)| logged(doc, text));
-        let path = write.path.as_str();
+        let path = doc_path.as_str();
         match effect {
             Effect::Put { doc, text } => {
                 let statement = if blind_create { INSERT_NEW } else { UPSERT };
                 let stored = conn.prepare_cached(statement)?.execute(params![
                     path,
-                    write.path.collection(),
-                    write.path.collection_id(),
-                    write.path.id(),
+                    doc_path.collection(),
+                    doc_path.collection_id(),
+                    doc_path.id(),
                     text,
                     doc.version,
                     doc.created_at,
@@ -231,17 +243,19 @@ fn apply_job(
                     old_logged.as_deref(),
                     now,
                 )?;
-                let (old, _) = current.unzip();
+                let old = current.map(|(old, _)| Arc::new(old));
+                // One copy of the document, shared by the answer and the bus.
+                let doc = Arc::new(doc);
                 changes.push(Change {
                     seq,
                     kind,
-                    path: write.path.clone(),
+                    path: doc_path.clone(),
                     doc: Some(doc.clone()),
                     old,
                     committed_at: now,
                 });
                 results.push(WriteResult {
-                    path: write.path.clone(),
+                    path: doc_path.clone(),
                     doc: Some(doc),
                 });
             }
@@ -256,22 +270,22 @@ fn apply_job(
                     old_logged.as_deref(),
                     now,
                 )?;
-                let (old, _) = current.unzip();
+                let old = current.map(|(old, _)| Arc::new(old));
                 changes.push(Change {
                     seq,
                     kind: ChangeKind::Delete,
-                    path: write.path.clone(),
+                    path: doc_path.clone(),
                     doc: None,
                     old,
                     committed_at: now,
                 });
                 results.push(WriteResult {
-                    path: write.path.clone(),
+                    path: doc_path.clone(),
                     doc: None,
                 });
             }
             Effect::Nothing => results.push(WriteResult {
-                path: write.path.clone(),
+                path: doc_path.clone(),
                 doc: None,
             }),
         }
@@ -280,12 +294,12 @@ fn apply_job(
 }
 
 /// The stored document and its data as JSON text (kept to log without re-serialising).
-fn load(conn: &Connection, write: &Write) -> Result<Option<(StoredDoc, String)>, Error> {
+fn load(conn: &Connection, path: &DocPath) -> Result<Option<(StoredDoc, String)>, Error> {
     let row = conn
         .prepare_cached(
             "SELECT json(data), version, created_at, updated_at FROM documents WHERE path = ?1",
         )?
-        .query_row([write.path.as_str()], |row| {
+        .query_row([path.as_str()], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, i64>(1)?,
@@ -301,7 +315,7 @@ fn load(conn: &Connection, write: &Write) -> Result<Option<(StoredDoc, String)>,
         serde_json::from_str(&text).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?;
     Ok(Some((
         StoredDoc {
-            path: write.path.clone(),
+            path: path.clone(),
             data,
             version,
             created_at,
