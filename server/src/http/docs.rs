@@ -19,7 +19,8 @@ use super::extract::{Caller, JsonBody, Preconditions, QueryParams};
 use super::state::AppState;
 use crate::store::query::Field;
 use crate::store::{
-    Aggregation, AnyPath, DocPath, Page, QuerySpec, StoredDoc, Write, WriteOp, path::new_id,
+    Aggregation, AnyPath, DocPath, Page, QuerySpec, RawDoc, StoredDoc, Write, WriteOp, format_time,
+    path::new_id,
 };
 
 /// Most writes in one batch.
@@ -67,15 +68,64 @@ fn doc_response(status: StatusCode, doc: StoredDoc) -> Response {
     response
 }
 
-fn page_response(page: Page, spec: &QuerySpec, state: &AppState) -> QueryPage {
+/// A stored document in the contract's shape, written out directly: its data goes
+/// through as the database gave it, never parsed and re-encoded.
+fn write_doc(out: &mut String, doc: &RawDoc) {
+    let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
+    out.push_str("{\"path\":");
+    out.push_str(&quoted(doc.path.as_str()));
+    out.push_str(",\"id\":");
+    out.push_str(&quoted(doc.path.id()));
+    out.push_str(",\"data\":");
+    out.push_str(&doc.data);
+    out.push_str(",\"version\":");
+    out.push_str(&doc.version.to_string());
+    out.push_str(",\"created_at\":\"");
+    out.push_str(&format_time(doc.created_at));
+    out.push_str("\",\"updated_at\":\"");
+    out.push_str(&format_time(doc.updated_at));
+    out.push_str("\"}");
+}
+
+fn json_body(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A read document with its `ETag`.
+fn raw_doc_response(doc: &RawDoc) -> Response {
+    let mut body = String::with_capacity(doc.data.len() + 160);
+    write_doc(&mut body, doc);
+    let mut response = json_body(StatusCode::OK, body);
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(doc.version));
+    response
+}
+
+/// A page of a query or list (`QueryPage` on the wire).
+fn page_response(page: Page, spec: &QuerySpec, state: &AppState) -> Result<Response, ApiError> {
     let cursor = match (page.more, page.docs.last()) {
-        (true, Some(last)) => Some(spec.cursor_after(last, state.store().signer())),
+        (true, Some(last)) => Some(spec.cursor_after(&last.parse()?, state.store().signer())),
         _ => None,
     };
-    QueryPage {
-        docs: page.docs.iter().map(StoredDoc::to_wire).collect(),
-        cursor,
+    let mut body = String::with_capacity(
+        page.docs
+            .iter()
+            .map(|doc| doc.data.len() + 160)
+            .sum::<usize>()
+            + 64,
+    );
+    body.push_str("{\"docs\":[");
+    for (index, doc) in page.docs.iter().enumerate() {
+        if index > 0 {
+            body.push(',');
+        }
+        write_doc(&mut body, doc);
     }
+    body.push_str("],\"cursor\":");
+    body.push_str(&serde_json::to_string(&cursor).unwrap_or_else(|_| "null".into()));
+    body.push('}');
+    Ok(json_body(StatusCode::OK, body))
 }
 
 /// `/v1/docs` and `/v1/docs/` name no collection.
@@ -112,8 +162,8 @@ pub async fn get_path(
                     "`limit` and `cursor` apply to collections, not documents",
                 ));
             }
-            match state.store().get(doc.clone()).await? {
-                Some(stored) => Ok(doc_response(StatusCode::OK, stored)),
+            match state.store().get_raw(doc.clone()).await? {
+                Some(stored) => Ok(raw_doc_response(&stored)),
                 None => Err(ApiError::not_found(format!("no document at `{doc}`"))),
             }
         }
@@ -125,7 +175,7 @@ pub async fn get_path(
                 state.store().signer(),
             )?;
             let page = state.store().query(spec.clone()).await?;
-            Ok(Json(page_response(page, &spec, &state)).into_response())
+            page_response(page, &spec, &state)
         }
     }
 }
@@ -298,11 +348,11 @@ pub async fn query(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(query): JsonBody<Query>,
-) -> Result<Json<QueryPage>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require_service()?;
     let spec = QuerySpec::parse(&query, state.store().signer())?;
     let page = state.store().query(spec.clone()).await?;
-    Ok(Json(page_response(page, &spec, &state)))
+    page_response(page, &spec, &state)
 }
 
 /// Count, sum and average over a query's documents (all of them unless `limit` is set).

@@ -84,17 +84,31 @@ impl StoredDoc {
             version: self.version,
         }
     }
+}
 
-    /// The contract's shape of this document.
-    pub fn to_wire(&self) -> Document {
-        Document {
-            path: self.path.as_str().to_owned(),
-            id: self.path.id().to_owned(),
-            data: self.data.clone(),
+/// A document as read, its data still the JSON text the database gave: answers pass it
+/// through without a parse and a re-encode; [`RawDoc::parse`] gives a [`StoredDoc`]
+/// where the data itself is needed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawDoc {
+    pub path: DocPath,
+    /// A JSON object, as text.
+    pub data: String,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl RawDoc {
+    pub fn parse(&self) -> Result<StoredDoc, Error> {
+        Ok(StoredDoc {
+            path: self.path.clone(),
+            data: serde_json::from_str(&self.data)
+                .map_err(|e| Error::Internal(format!("stored JSON: {e}")))?,
             version: self.version,
-            created_at: format_time(self.created_at),
-            updated_at: format_time(self.updated_at),
-        }
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
     }
 }
 
@@ -134,7 +148,7 @@ pub struct AggregateValues {
 /// A page of a query: the documents and whether more follow.
 #[derive(Debug, Clone)]
 pub struct Page {
-    pub docs: Vec<StoredDoc>,
+    pub docs: Vec<RawDoc>,
     pub more: bool,
 }
 
@@ -147,7 +161,7 @@ pub trait Backend: Send + Sync + 'static {
         writes: Vec<Prepared>,
         batch: bool,
     ) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>>;
-    fn get(&self, path: DocPath) -> BoxFuture<'_, Result<Option<StoredDoc>, Error>>;
+    fn get(&self, path: DocPath) -> BoxFuture<'_, Result<Option<RawDoc>, Error>>;
     /// Up to `spec.limit` documents after the cursor, in query order.
     fn query(&self, spec: QuerySpec) -> BoxFuture<'_, Result<Page, Error>>;
     fn aggregate(
@@ -221,6 +235,15 @@ impl Store {
     }
 
     pub async fn get(&self, path: DocPath) -> Result<Option<StoredDoc>, Error> {
+        self.backend
+            .get(path)
+            .await?
+            .map(|raw| raw.parse())
+            .transpose()
+    }
+
+    /// Like [`Store::get`], with the data left as JSON text.
+    pub async fn get_raw(&self, path: DocPath) -> Result<Option<RawDoc>, Error> {
         self.backend.get(path).await
     }
 

@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::query::{Field, Target};
 use super::{
     AggregateValues, Aggregation, Backend, Change, ChangeBus, ChangeKind, DocPath, Error, Page,
-    Prepared, QuerySpec, StoredDoc, WriteResult,
+    Prepared, QuerySpec, RawDoc, StoredDoc, WriteResult,
 };
 pub use writer::WriterOptions;
 use writer::{Command, Exec, Job};
@@ -368,12 +368,11 @@ fn doc_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i6
 }
 
 fn parse_doc(
-    (path, text, version, created_at, updated_at): (String, String, i64, i64, i64),
-) -> Result<StoredDoc, Error> {
-    Ok(StoredDoc {
+    (path, data, version, created_at, updated_at): (String, String, i64, i64, i64),
+) -> Result<RawDoc, Error> {
+    Ok(RawDoc {
         path: DocPath::parse(&path).map_err(|e| Error::Internal(format!("stored path: {e}")))?,
-        data: serde_json::from_str(&text)
-            .map_err(|e| Error::Internal(format!("stored JSON: {e}")))?,
+        data,
         version,
         created_at,
         updated_at,
@@ -423,7 +422,7 @@ impl Backend for SqliteBackend {
         .boxed()
     }
 
-    fn get(&self, path: DocPath) -> BoxFuture<'_, Result<Option<StoredDoc>, Error>> {
+    fn get(&self, path: DocPath) -> BoxFuture<'_, Result<Option<RawDoc>, Error>> {
         self.readers
             .run_short(move |conn| {
                 let row = conn

@@ -211,7 +211,8 @@ async fn cursors_resume_right_after_the_last_document_while_documents_come_and_g
             let Some(last) = page.docs.last().filter(|_| page.more) else {
                 break;
             };
-            wire.cursor = Some(spec.cursor_after(last, store.signer()));
+            wire.cursor =
+                Some(spec.cursor_after(&last.parse().expect("stored JSON"), store.signer()));
             // Between pages: inserts, updates and deletes anywhere in the order.
             let mut changes = vec![write(&mut rng, &mut next_id)];
             if let Some(victim) = docs.keys().nth(rng.random_range(0..docs.len())).cloned() {
