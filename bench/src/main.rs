@@ -363,7 +363,12 @@ async fn run(phase: Duration, quick: bool) {
         println!("{}", outcome.row());
         // Reads are measured in the steady state: let the checkpointer fold the bulk load
         // from the WAL into the database file first.
-        tokio::time::sleep(if quick { Duration::from_secs(1) } else { Duration::from_secs(5) }).await;
+        tokio::time::sleep(if quick {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        })
+        .await;
 
         for concurrency in [16, 64] {
             let make: MakeRequest = Arc::new(move |i| {

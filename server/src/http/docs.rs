@@ -60,46 +60,86 @@ fn etag(version: i64) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
-/// A document answer with its `ETag`.
-fn doc_response(status: StatusCode, doc: StoredDoc) -> Response {
-    let version = doc.version;
-    let mut response = (status, Json(doc.into_wire())).into_response();
-    response.headers_mut().insert(header::ETAG, etag(version));
-    response
+/// A stored document in the contract's shape (`Document`), written out directly: its
+/// data is the JSON text the store holds, never parsed and re-encoded on the way out.
+struct DocJson<'a> {
+    path: &'a DocPath,
+    data: &'a str,
+    version: i64,
+    created_at: i64,
+    updated_at: i64,
 }
 
-/// A stored document in the contract's shape, written out directly: its data goes
-/// through as the database gave it, never parsed and re-encoded.
-fn write_doc(out: &mut String, doc: &RawDoc) {
-    let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
-    out.push_str("{\"path\":");
-    out.push_str(&quoted(doc.path.as_str()));
-    out.push_str(",\"id\":");
-    out.push_str(&quoted(doc.path.id()));
-    out.push_str(",\"data\":");
-    out.push_str(&doc.data);
-    out.push_str(",\"version\":");
-    out.push_str(&doc.version.to_string());
-    out.push_str(",\"created_at\":\"");
-    out.push_str(&format_time(doc.created_at));
-    out.push_str("\",\"updated_at\":\"");
-    out.push_str(&format_time(doc.updated_at));
-    out.push_str("\"}");
+impl<'a> DocJson<'a> {
+    fn read(doc: &'a RawDoc) -> DocJson<'a> {
+        let RawDoc {
+            path,
+            data,
+            version,
+            created_at,
+            updated_at,
+        } = doc;
+        DocJson {
+            path,
+            data,
+            version: *version,
+            created_at: *created_at,
+            updated_at: *updated_at,
+        }
+    }
+
+    fn written(doc: &'a StoredDoc, data: &'a str) -> DocJson<'a> {
+        DocJson {
+            path: &doc.path,
+            data,
+            version: doc.version,
+            created_at: doc.created_at,
+            updated_at: doc.updated_at,
+        }
+    }
+
+    fn write_to(&self, out: &mut String) {
+        let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
+        out.push_str("{\"path\":");
+        out.push_str(&quoted(self.path.as_str()));
+        out.push_str(",\"id\":");
+        out.push_str(&quoted(self.path.id()));
+        out.push_str(",\"data\":");
+        out.push_str(self.data);
+        out.push_str(",\"version\":");
+        out.push_str(&self.version.to_string());
+        out.push_str(",\"created_at\":\"");
+        out.push_str(&format_time(self.created_at));
+        out.push_str("\",\"updated_at\":\"");
+        out.push_str(&format_time(self.updated_at));
+        out.push_str("\"}");
+    }
+
+    /// The answer for one document, with its `ETag`.
+    fn response(&self, status: StatusCode) -> Response {
+        let mut body = String::with_capacity(self.data.len() + 160);
+        self.write_to(&mut body);
+        let mut response = json_body(status, body);
+        response
+            .headers_mut()
+            .insert(header::ETAG, etag(self.version));
+        response
+    }
+}
+
+/// The one document a write left, or an internal error if it left none.
+async fn write_one(state: &AppState, write: Write) -> Result<(Arc<StoredDoc>, Arc<str>), ApiError> {
+    let result = state.store().write_one(write).await?;
+    match (result.doc, result.data_json) {
+        (Some(doc), Some(json)) => Ok((doc, json)),
+        _ => Err(ApiError::internal(
+            "a write that stores a document stored none",
+        )),
+    }
 }
 
 fn json_body(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-/// A read document with its `ETag`.
-fn raw_doc_response(doc: &RawDoc) -> Response {
-    let mut body = String::with_capacity(doc.data.len() + 160);
-    write_doc(&mut body, doc);
-    let mut response = json_body(StatusCode::OK, body);
-    response
-        .headers_mut()
-        .insert(header::ETAG, etag(doc.version));
-    response
 }
 
 /// A page of a query or list (`QueryPage` on the wire).
@@ -120,7 +160,7 @@ fn page_response(page: Page, spec: &QuerySpec, state: &AppState) -> Result<Respo
         if index > 0 {
             body.push(',');
         }
-        write_doc(&mut body, doc);
+        DocJson::read(doc).write_to(&mut body);
     }
     body.push_str("],\"cursor\":");
     body.push_str(&serde_json::to_string(&cursor).unwrap_or_else(|_| "null".into()));
@@ -163,7 +203,7 @@ pub async fn get_path(
                 ));
             }
             match state.store().get_raw(doc.clone()).await? {
-                Some(stored) => Ok(raw_doc_response(&stored)),
+                Some(stored) => Ok(DocJson::read(&stored).response(StatusCode::OK)),
                 None => Err(ApiError::not_found(format!("no document at `{doc}`"))),
             }
         }
@@ -205,21 +245,14 @@ pub async fn create(
     let doc = collection
         .doc(&new_id())
         .map_err(|e| ApiError::internal(e.0))?;
-    let result = state
-        .store()
-        .write_one(Write {
-            path: doc,
-            op: WriteOp::Create(data),
-            if_version: None,
-        })
-        .await?;
-    let stored = result
-        .doc
-        .map(Arc::unwrap_or_clone)
-        .ok_or_else(|| ApiError::internal("create stored nothing"))?;
-    let location = HeaderValue::from_str(&format!("/v1/docs/{}", stored.path));
-    let mut response = doc_response(StatusCode::CREATED, stored);
-    if let Ok(location) = location {
+    let write = Write {
+        path: doc,
+        op: WriteOp::Create(data),
+        if_version: None,
+    };
+    let (stored, json) = write_one(&state, write).await?;
+    let mut response = DocJson::written(&stored, &json).response(StatusCode::CREATED);
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/docs/{}", stored.path)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
@@ -258,24 +291,22 @@ pub async fn put(
         } => WriteOp::Create(data),
         _ => WriteOp::Set(data),
     };
-    let result = state
-        .store()
-        .write_one(Write {
+    let (stored, json) = write_one(
+        &state,
+        Write {
             path,
             op,
             if_version: preconditions.if_match,
-        })
-        .await?;
-    let stored = result
-        .doc
-        .map(Arc::unwrap_or_clone)
-        .ok_or_else(|| ApiError::internal("put stored nothing"))?;
+        },
+    )
+    .await?;
+    // Versions start at 1, so version 1 is a document this PUT created.
     let status = if stored.version == 1 {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok(doc_response(status, stored))
+    Ok(DocJson::written(&stored, &json).response(status))
 }
 
 /// Deep-merge into a document, with transforms.
@@ -299,19 +330,13 @@ pub async fn patch(
         ));
     }
     let data = object(body, "the patch")?;
-    let result = state
-        .store()
-        .write_one(Write {
-            path,
-            op: WriteOp::Update(data),
-            if_version: preconditions.if_match,
-        })
-        .await?;
-    let stored = result
-        .doc
-        .map(Arc::unwrap_or_clone)
-        .ok_or_else(|| ApiError::internal("patch stored nothing"))?;
-    Ok(doc_response(StatusCode::OK, stored))
+    let write = Write {
+        path,
+        op: WriteOp::Update(data),
+        if_version: preconditions.if_match,
+    };
+    let (stored, json) = write_one(&state, write).await?;
+    Ok(DocJson::written(&stored, &json).response(StatusCode::OK))
 }
 
 /// Delete a document; deleting an absent one is fine.

@@ -118,6 +118,8 @@ pub struct WriteResult {
     pub path: DocPath,
     /// The stored document, `None` after a delete.
     pub doc: Option<Arc<StoredDoc>>,
+    /// Its data as stored JSON text, so answers need not encode it again.
+    pub data_json: Option<Arc<str>>,
 }
 
 impl WriteResult {

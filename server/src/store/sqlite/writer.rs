@@ -257,6 +257,7 @@ fn apply_job(
                 results.push(WriteResult {
                     path: doc_path.clone(),
                     doc: Some(doc),
+                    data_json: Some(text.into()),
                 });
             }
             Effect::Delete => {
@@ -282,11 +283,13 @@ fn apply_job(
                 results.push(WriteResult {
                     path: doc_path.clone(),
                     doc: None,
+                    data_json: None,
                 });
             }
             Effect::Nothing => results.push(WriteResult {
                 path: doc_path.clone(),
                 doc: None,
+                data_json: None,
             }),
         }
     }
