@@ -19,7 +19,7 @@ use hearth_types::ErrorCode;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowMethods, AllowOrigin, CorsLayer};
 use tower_http::request_id::{
-    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -63,6 +63,29 @@ impl utoipa::Modify for BearerAuth {
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids in UUID v4 form from the thread's userspace RNG (a UUID crate v4 asks the
+/// kernel for randomness on every request). A client's own `x-request-id` is kept.
+#[derive(Clone, Copy)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        let bits: u128 = rand::random();
+        let bits = (bits & !(0xF000 << 64) & !(0xC << 60)) | (0x4000 << 64) | (0x8 << 60);
+        let text = format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            (bits >> 96) as u32,
+            (bits >> 80) as u16,
+            (bits >> 64) as u16,
+            (bits >> 48) as u16,
+            bits & 0xFFFF_FFFF_FFFF
+        );
+        axum::http::HeaderValue::from_str(&text)
+            .ok()
+            .map(RequestId::new)
+    }
+}
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
@@ -109,7 +132,7 @@ pub fn router(state: AppState) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
         .with_state(state)
 }
 
@@ -185,4 +208,21 @@ fn reshape(response: Response) -> Response {
         }
     }
     shaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let request = axum::http::Request::new(());
+        let id = RandomRequestId.make_request_id(&request).expect("an id");
+        let text = id.header_value().to_str().expect("ascii").to_owned();
+        assert_eq!(text.len(), 36);
+        assert_eq!(text.as_bytes()[14], b'4', "{text}");
+        assert!(matches!(text.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{text}");
+        let other = RandomRequestId.make_request_id(&request).expect("an id");
+        assert_ne!(other.header_value(), id.header_value());
+    }
 }
