@@ -29,15 +29,8 @@ fn main() {
         return load_only(&args[2..]);
     }
     let quick = args.iter().any(|arg| arg == "--quick");
-    let phase = if quick {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(5)
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let phase = if quick { Duration::from_secs(1) } else { Duration::from_secs(5) };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(run(phase, quick));
 }
 
@@ -104,22 +97,14 @@ impl Budget {
         use std::sync::atomic::Ordering::SeqCst;
         match self {
             Budget::Time(_) => Instant::now() < deadline,
-            Budget::Count(left) => left
-                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-                .is_ok(),
+            Budget::Count(left) => left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok(),
         }
     }
 }
 
 /// `concurrency` keep-alive connections, each sending requests back to back until the
 /// budget is spent.
-async fn load(
-    name: &str,
-    addr: SocketAddr,
-    concurrency: usize,
-    budget: Budget,
-    make: MakeRequest,
-) -> Outcome {
+async fn load(name: &str, addr: SocketAddr, concurrency: usize, budget: Budget, make: MakeRequest) -> Outcome {
     let started = Instant::now();
     let deadline = match &budget {
         Budget::Time(phase) => started + *phase,
@@ -133,9 +118,7 @@ async fn load(
             let stream = TcpStream::connect(addr).await.expect("connect");
             stream.set_nodelay(true).expect("nodelay");
             let io = hyper_util::rt::TokioIo::new(stream);
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-                .await
-                .expect("handshake");
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.expect("handshake");
             tokio::spawn(connection);
             let mut latencies = Vec::new();
             let mut errors = 0;
@@ -219,29 +202,19 @@ impl Drop for Hearth {
 fn server_binary() -> std::path::PathBuf {
     let me = std::env::current_exe().expect("own path");
     let binary = me.with_file_name("hearth");
-    assert!(
-        binary.exists(),
-        "build the server first: cargo build --release -p hearth-server"
-    );
+    assert!(binary.exists(), "build the server first: cargo build --release -p hearth-server");
     binary
 }
 
 /// Starts a process and waits for it to print `listening on http://ADDR`.
 fn start(mut command: Command) -> (Child, SocketAddr) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starts");
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let addr = loop {
         let line = lines.next().expect("printed before exiting").expect("line");
         if let Some(at) = line.find("listening on http://") {
-            let addr: String = line[at + 20..]
-                .chars()
-                .take_while(|c| !c.is_whitespace())
-                .collect();
+            let addr: String = line[at + 20..].chars().take_while(|c| !c.is_whitespace()).collect();
             break addr.parse().expect("address");
         }
     };
@@ -264,20 +237,13 @@ fn start_hearth(group_commit: bool) -> Hearth {
         .env("HEARTH_STORE__GROUP_COMMIT", group_commit.to_string())
         .env("RUST_LOG", "info,tower_http=off");
     let (child, addr) = start(command);
-    Hearth {
-        child,
-        addr,
-        _dir: dir,
-    }
+    Hearth { child, addr, _dir: dir }
 }
 
 async fn run(phase: Duration, quick: bool) {
     println!("# Hearth benchmark\n");
     println!("machine: {} cores, {}", cores(), cpu_model());
-    println!(
-        "phase length: {} s per row; load generator in this process, on the same cores\n",
-        phase.as_secs()
-    );
+    println!("phase length: {} s per row; load generator in this process, on the same cores\n", phase.as_secs());
     println!("| phase | req/s | p50 ms | p99 ms | errors | rows |");
     println!("|---|---|---|---|---|---|");
 
@@ -292,19 +258,10 @@ async fn run(phase: Duration, quick: bool) {
     let mut creates_off = Vec::new();
     for group_commit in [true, false] {
         let hearth = start_hearth(group_commit);
-        let label = if group_commit {
-            "group commit on"
-        } else {
-            "group commit off"
-        };
+        let label = if group_commit { "group commit on" } else { "group commit off" };
         for concurrency in [1, 16, 64] {
-            let make: MakeRequest = Arc::new(|i| {
-                (
-                    Method::POST,
-                    "/v1/docs/creates".into(),
-                    Some(Bytes::from(document(i))),
-                )
-            });
+            let make: MakeRequest =
+                Arc::new(|i| (Method::POST, "/v1/docs/creates".into(), Some(Bytes::from(document(i)))));
             let outcome = load(
                 &format!("hearth create c={concurrency} ({label})"),
                 hearth.addr,
@@ -314,12 +271,7 @@ async fn run(phase: Duration, quick: bool) {
             )
             .await;
             println!("{}", outcome.row());
-            if group_commit {
-                &mut creates_on
-            } else {
-                &mut creates_off
-            }
-            .push(outcome.rate());
+            if group_commit { &mut creates_on } else { &mut creates_off }.push(outcome.rate());
         }
         if !group_commit {
             break;
@@ -335,54 +287,27 @@ async fn run(phase: Duration, quick: bool) {
                 let writes: Vec<String> = (0..500)
                     .map(|j| {
                         let i = batch * 500 + j;
-                        format!(
-                            r#"{{"op":"set","path":"items/i{i}","data":{}}}"#,
-                            document(i)
-                        )
+                        format!(r#"{{"op":"set","path":"items/i{i}","data":{}}}"#, document(i))
                     })
                     .collect();
-                (
-                    Method::POST,
-                    "/v1/batch".into(),
-                    Some(Bytes::from(format!(
-                        r#"{{"writes":[{}]}}"#,
-                        writes.join(",")
-                    ))),
-                )
+                (Method::POST, "/v1/batch".into(), Some(Bytes::from(format!(r#"{{"writes":[{}]}}"#, writes.join(",")))))
             })
         };
-        let mut outcome = load(
-            "hearth batch of 500 c=2",
-            hearth.addr,
-            2,
-            Budget::count(batches),
-            make,
-        )
-        .await;
+        let mut outcome = load("hearth batch of 500 c=2", hearth.addr, 2, Budget::count(batches), make).await;
         outcome.per_request = 500;
         println!("{}", outcome.row());
         // Reads are measured in the steady state: let the checkpointer fold the bulk load
         // from the WAL into the database file first.
-        tokio::time::sleep(if quick {
-            Duration::from_secs(1)
-        } else {
-            Duration::from_secs(5)
-        })
-        .await;
+        tokio::time::sleep(if quick { Duration::from_secs(1) } else { Duration::from_secs(5) }).await;
 
         for concurrency in [16, 64] {
             let make: MakeRequest = Arc::new(move |i| {
                 let id = (i * 2_654_435_761) as usize % seeded;
                 (Method::GET, format!("/v1/docs/items/i{id}"), None)
             });
-            let outcome = load(
-                &format!("hearth get by id c={concurrency}"),
-                hearth.addr,
-                concurrency,
-                Budget::Time(phase),
-                make,
-            )
-            .await;
+            let outcome =
+                load(&format!("hearth get by id c={concurrency}"), hearth.addr, concurrency, Budget::Time(phase), make)
+                    .await;
             println!("{}", outcome.row());
         }
         for concurrency in [16, 64] {
@@ -497,20 +422,8 @@ fn load_only(args: &[String]) {
     let concurrency: usize = concurrency.parse().expect("concurrency");
     let phase = Duration::from_secs(seconds.parse().expect("seconds"));
     let make: MakeRequest = match kind.as_str() {
-        "create" => Arc::new(|i| {
-            (
-                Method::POST,
-                "/v1/docs/creates".into(),
-                Some(Bytes::from(document(i))),
-            )
-        }),
-        "seed" => Arc::new(|i| {
-            (
-                Method::PUT,
-                format!("/v1/docs/items/i{i}"),
-                Some(Bytes::from(document(i))),
-            )
-        }),
+        "create" => Arc::new(|i| (Method::POST, "/v1/docs/creates".into(), Some(Bytes::from(document(i))))),
+        "seed" => Arc::new(|i| (Method::PUT, format!("/v1/docs/items/i{i}"), Some(Bytes::from(document(i))))),
         "query" => Arc::new(|i| {
             let owner = (i * 2_654_435_761) as usize % OWNERS;
             let body = format!(
@@ -518,38 +431,21 @@ fn load_only(args: &[String]) {
             );
             (Method::POST, "/v1/query".into(), Some(Bytes::from(body)))
         }),
-        "getitem" => Arc::new(|i| {
-            (
-                Method::GET,
-                format!("/v1/docs/items/i{}", (i * 2_654_435_761) % 100_000),
-                None,
-            )
-        }),
+        "getitem" => Arc::new(|i| (Method::GET, format!("/v1/docs/items/i{}", (i * 2_654_435_761) % 100_000), None)),
         _ => Arc::new(|i| (Method::GET, format!("/v1/docs/creates/missing{i}"), None)),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let outcome = runtime.block_on(load(kind, addr, concurrency, Budget::Time(phase), make));
     println!("{}", outcome.row());
 }
 
 /// The hello-world reference server (a child process, like Hearth).
 fn hello_world() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "Hello, World!" }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        println!(
-            "listening on http://{}",
-            listener.local_addr().expect("addr")
-        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        println!("listening on http://{}", listener.local_addr().expect("addr"));
         axum::serve(listener, app).await.expect("serve");
     });
 }

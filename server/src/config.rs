@@ -59,6 +59,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
+    pub auth: AuthConfig,
     /// Expression indexes over document fields.
     pub indexes: Vec<IndexConfig>,
 }
@@ -109,10 +110,7 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig {
-            max_body_bytes: 1024 * 1024,
-            max_batch_body_bytes: 16 * 1024 * 1024,
-        }
+        LimitsConfig { max_body_bytes: 1024 * 1024, max_batch_body_bytes: 16 * 1024 * 1024 }
     }
 }
 
@@ -122,6 +120,51 @@ impl Default for LimitsConfig {
 pub struct MetricsConfig {
     /// Serve `/metrics` without the service key.
     pub public: bool,
+}
+
+/// Sign-in and tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `iss` of access tokens.
+    pub issuer: String,
+    /// `aud` of access tokens.
+    pub audience: String,
+    /// Lifetime of an access token.
+    pub access_token_seconds: u64,
+    /// Lifetime of a session (its refresh tokens) from sign-in.
+    pub session_days: u64,
+    pub password: PasswordConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            issuer: "hearth".into(),
+            audience: "hearth".into(),
+            access_token_seconds: 900,
+            session_days: 30,
+            password: PasswordConfig::default(),
+        }
+    }
+}
+
+/// argon2id cost. The defaults are OWASP's (19 MiB, 2 passes, 1 lane); lower them only
+/// for tests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PasswordConfig {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// Hashes computed at once; 0 means one per core.
+    pub max_concurrent: usize,
+}
+
+impl Default for PasswordConfig {
+    fn default() -> Self {
+        PasswordConfig { memory_kib: 19_456, iterations: 2, parallelism: 1, max_concurrent: 0 }
+    }
 }
 
 /// One declared index: `fields` like `["owner", "score desc"]` on a collection path or on
@@ -147,6 +190,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
+            auth: AuthConfig::default(),
             indexes: Vec::new(),
         }
     }
@@ -196,6 +240,9 @@ impl Config {
         if self.store.readers == 0 || self.store.readers > 256 {
             anyhow::bail!("store.readers must be 1 to 256");
         }
+        if self.auth.access_token_seconds < 30 || self.auth.access_token_seconds > 86_400 {
+            anyhow::bail!("auth.access_token_seconds must be 30 to 86400");
+        }
         if self.store.max_group_writes == 0 {
             anyhow::bail!("store.max_group_writes must be at least 1");
         }
@@ -208,9 +255,7 @@ impl Config {
     }
 
     pub fn socket_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.addr
-            .parse()
-            .map_err(|error| anyhow::anyhow!("addr `{}` is not HOST:PORT: {error}", self.addr))
+        self.addr.parse().map_err(|error| anyhow::anyhow!("addr `{}` is not HOST:PORT: {error}", self.addr))
     }
 
     /// The data dir inside the project dir.
@@ -222,20 +267,11 @@ impl Config {
         match self.database_url.as_deref() {
             None | Some("") => Ok(Database::Sqlite(self.data_dir().join("hearth.db"))),
             Some(url) => {
-                if let Some(path) = url
-                    .strip_prefix("sqlite://")
-                    .or_else(|| url.strip_prefix("sqlite:"))
-                {
+                if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
                     let path = PathBuf::from(path);
-                    Ok(Database::Sqlite(if path.is_relative() {
-                        self.dir.join(path)
-                    } else {
-                        path
-                    }))
+                    Ok(Database::Sqlite(if path.is_relative() { self.dir.join(path) } else { path }))
                 } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                    anyhow::bail!(
-                        "the PostgreSQL backend is not available in this build yet; use sqlite:PATH"
-                    )
+                    anyhow::bail!("the PostgreSQL backend is not available in this build yet; use sqlite:PATH")
                 } else {
                     anyhow::bail!("database_url must start with sqlite:")
                 }
@@ -250,13 +286,10 @@ impl Config {
             .map(|index| {
                 let target = match (&index.collection, &index.collection_group) {
                     (Some(collection), None) => Target::Collection(
-                        CollectionPath::parse(collection)
-                            .map_err(|e| anyhow::anyhow!("index: {e}"))?,
+                        CollectionPath::parse(collection).map_err(|e| anyhow::anyhow!("index: {e}"))?,
                     ),
                     (None, Some(group)) if is_valid_id(group) => Target::Group(group.clone()),
-                    _ => anyhow::bail!(
-                        "an index names exactly one valid `collection` or `collection_group`"
-                    ),
+                    _ => anyhow::bail!("an index names exactly one valid `collection` or `collection_group`"),
                 };
                 if index.fields.is_empty() {
                     anyhow::bail!("an index names at least one field");
@@ -274,8 +307,7 @@ impl Config {
                                 anyhow::bail!("index field `{spec}`: `{other}` is not asc or desc")
                             }
                         };
-                        let field = Field::parse(name)
-                            .map_err(|e| anyhow::anyhow!("index field `{spec}`: {e}"))?;
+                        let field = Field::parse(name).map_err(|e| anyhow::anyhow!("index field `{spec}`: {e}"))?;
                         Ok((field, dir))
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
@@ -303,14 +335,8 @@ mod tests {
         assert!(!config.store.group_commit);
         assert_eq!(config.index_defs().expect("valid").len(), 1);
         assert!(!format!("{config:?}").contains("hk_0123"));
-        let flagged = Config::load(
-            dir.path(),
-            Overrides {
-                addr: Some("127.0.0.1:0".into()),
-                ..Overrides::default()
-            },
-        )
-        .expect("loads");
+        let flagged = Config::load(dir.path(), Overrides { addr: Some("127.0.0.1:0".into()), ..Overrides::default() })
+            .expect("loads");
         assert_eq!(flagged.addr, "127.0.0.1:0");
     }
 
@@ -319,11 +345,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("hearth.toml"), "bogus = 1\n").expect("write");
         assert!(Config::load(dir.path(), Overrides::default()).is_err());
-        std::fs::write(
-            dir.path().join("hearth.toml"),
-            "[[indexes]]\ncollection = \"a/b\"\nfields = [\"x\"]\n",
-        )
-        .expect("write");
+        std::fs::write(dir.path().join("hearth.toml"), "[[indexes]]\ncollection = \"a/b\"\nfields = [\"x\"]\n")
+            .expect("write");
         assert!(Config::load(dir.path(), Overrides::default()).is_err());
     }
 }

@@ -8,6 +8,7 @@
 //! path), `changes` (the change log record and the bus), `http` (routes, extractors,
 //! errors, middleware).
 
+pub mod auth;
 pub mod changes;
 pub mod config;
 pub mod http;
@@ -22,6 +23,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
+use auth::Auth;
 pub use config::{Config, LogFormat, Overrides};
 use http::extract::{ServiceKeys, new_service_key};
 use store::sqlite::{SqliteBackend, SqliteOptions, WriterOptions};
@@ -38,7 +40,8 @@ impl Server {
     /// Opens the database, makes the first service key if there is none, and binds.
     pub async fn build(config: Config) -> anyhow::Result<Server> {
         let metrics = metrics_handle()?;
-        let store = open_store(&config).await?;
+        let (store, sqlite) = open_store(&config).await?;
+        let auth = Auth::new(auth::repo::Repo::new(sqlite), config.auth.clone()).await?;
         let mut hashes = store.backend().service_key_hashes().await?;
         let mut first_key = None;
         if hashes.is_empty() {
@@ -52,22 +55,14 @@ impl Server {
             hashes.push(ServiceKeys::hash(key.expose()));
         }
         let addr = config.socket_addr()?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        let state = http::AppState::new(store, config, ServiceKeys::new(hashes), metrics);
-        Ok(Server {
-            listener,
-            state,
-            new_service_key: first_key,
-        })
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let state = http::AppState::new(store, auth, config, ServiceKeys::new(hashes), metrics);
+        Ok(Server { listener, state, new_service_key: first_key })
     }
 
     /// The address the server listens on (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// The service key made at this start, if this is the first start. Shown once:
@@ -83,34 +78,31 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops accepting, finishes in-flight
     /// requests, flushes the writer and returns.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let state = self.state.clone();
         let pruner = tokio::spawn(prune_changes(state.clone()));
+        let key_reloader = tokio::spawn(reload_keys(state.auth().clone()));
         let app = http::router(state.clone());
         tracing::info!("listening on http://{}", self.local_addr());
         let stopping = state.clone();
-        axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.begin_stopping();
-            tracing::info!("shutting down: finishing in-flight requests");
-        })
-        .await
-        .context("server failed")?;
+        axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stopping.begin_stopping();
+                tracing::info!("shutting down: finishing in-flight requests");
+            })
+            .await
+            .context("server failed")?;
         pruner.abort();
+        key_reloader.abort();
         state.store().close().await;
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<Store> {
+/// Opens the database: the document store, and the backend auth shares with it.
+async fn open_store(config: &Config) -> anyhow::Result<(Store, Arc<SqliteBackend>)> {
     let bus = ChangeBus::new(4096);
     let backend = match config.database()? {
         config::Database::Sqlite(path) => {
@@ -126,30 +118,49 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
                 indexes: config.index_defs()?,
             };
             let bus = bus.clone();
-            tokio::task::spawn_blocking(move || SqliteBackend::open(options, bus)).await??
+            Arc::new(tokio::task::spawn_blocking(move || SqliteBackend::open(options, bus)).await??)
         }
     };
-    Ok(Store::new(Arc::new(backend), bus).await?)
+    Ok((Store::new(backend.clone(), bus).await?, backend))
 }
 
 /// Deletes changes older than the retention window, now and then.
 async fn prune_changes(state: http::AppState) {
     let config = &state.config().store;
     let retention = (config.change_retention_hours * 3600.0 * 1e6) as i64;
-    let mut ticker =
-        tokio::time::interval(Duration::from_secs(config.prune_interval_seconds.max(1)));
+    let mut ticker = tokio::time::interval(Duration::from_secs(config.prune_interval_seconds.max(1)));
     loop {
         ticker.tick().await;
-        match state
-            .store()
-            .prune_changes(store::now_micros() - retention)
-            .await
-        {
+        match state.store().prune_changes(store::now_micros() - retention).await {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "pruned old changes"),
             Err(error) => tracing::warn!(%error, "pruning changes failed"),
         }
     }
+}
+
+/// Picks up keys added by `hearth keys rotate` and drops expired ones.
+async fn reload_keys(auth: Auth) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(30));
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if let Err(error) = auth.reload_keys().await {
+            tracing::warn!(%error, "reloading signing keys failed");
+        }
+    }
+}
+
+/// Adds a new signing key to the project's database; the old ones keep verifying until
+/// their tokens expire. Running servers pick it up within 30 s.
+pub async fn rotate_keys(config: &Config) -> anyhow::Result<String> {
+    let (store, sqlite) = open_store(config).await?;
+    let repo = auth::repo::Repo::new(sqlite);
+    let key = auth::keys::generate(store::now_micros());
+    let kid = key.kid.clone();
+    repo.add_key(key).await?;
+    store.close().await;
+    Ok(kid)
 }
 
 /// The process-wide Prometheus recorder (a process has one, however many servers).
@@ -160,20 +171,15 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     }
     let recorder = PrometheusBuilder::new()
         .set_buckets(&[
-            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-            2.5, 5.0, 10.0,
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ])?
         .set_buckets_for_metric(
             Matcher::Prefix("hearth_group_commit_".into()),
-            &[
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
-            ],
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0],
         )?
         .set_buckets_for_metric(
             Matcher::Full("hearth_group_commit_seconds".into()),
-            &[
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ],
+            &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
         )?
         .build_recorder();
     let handle = recorder.handle();

@@ -12,11 +12,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(
-    name = "hearth",
-    version,
-    about = "Hearth: a self-hosted Firebase-style backend"
-)]
+#[command(name = "hearth", version, about = "Hearth: a self-hosted Firebase-style backend")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,22 +34,44 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
     },
+    /// Manage the keys that sign access tokens.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new signing key; old keys keep verifying until their tokens expire.
+    Rotate {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long)]
+        database_url: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve {
-            dir,
-            addr,
-            database_url,
-            log_format,
-        } => {
-            let overrides = Overrides {
-                addr,
-                database_url,
-                log_format,
-            };
+        Command::Keys { command: KeysCommand::Rotate { dir, database_url } } => {
+            let overrides = Overrides { database_url, ..Overrides::default() };
+            let rotated = Config::load(&dir, overrides)
+                .and_then(|config| tokio::runtime::Runtime::new()?.block_on(hearth_server::rotate_keys(&config)));
+            match rotated {
+                Ok(kid) => {
+                    println!("added signing key {kid}; running servers use it within 30 s");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("hearth: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve { dir, addr, database_url, log_format } => {
+            let overrides = Overrides { addr, database_url, log_format };
             let config = match Config::load(&dir, overrides) {
                 Ok(config) => config,
                 Err(error) => {
@@ -119,15 +137,9 @@ async fn shutdown_signal() {
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
     match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
         LogFormat::Text => builder.init(),
     }
 }

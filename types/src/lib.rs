@@ -178,18 +178,8 @@ pub enum Op {
 
 impl Op {
     /// Every operator, for tests and tools that enumerate them.
-    pub const ALL: [Op; 10] = [
-        Op::Eq,
-        Op::Ne,
-        Op::Lt,
-        Op::Le,
-        Op::Gt,
-        Op::Ge,
-        Op::In,
-        Op::NotIn,
-        Op::ArrayContains,
-        Op::ArrayContainsAny,
-    ];
+    pub const ALL: [Op; 10] =
+        [Op::Eq, Op::Ne, Op::Lt, Op::Le, Op::Gt, Op::Ge, Op::In, Op::NotIn, Op::ArrayContains, Op::ArrayContainsAny];
 }
 
 /// One `order_by` clause.
@@ -298,6 +288,119 @@ pub struct BatchResult {
     pub version: i64,
 }
 
+/// A user, as the auth routes return it. `data` is the user's own profile object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct User {
+    pub id: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub anonymous: bool,
+    pub disabled: bool,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub claims: Object,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub data: Object,
+    /// Whether TOTP multi-factor sign-in is on.
+    pub mfa: bool,
+    pub created_at: String,
+    pub providers: Vec<String>,
+}
+
+/// The answer of every route that signs someone in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Session {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until `access_token` expires.
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub user: User,
+}
+
+/// `{email, password}`: signup, login, link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub email: String,
+    pub password: String,
+}
+
+/// `POST /v1/auth/refresh`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// `POST /v1/auth/logout`: this session, or with `all` every session of the user.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LogoutRequest {
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `PATCH /v1/auth/user`: any of a new e-mail, a new password, a new profile.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UserUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Replaces the profile object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub data: Option<Object>,
+}
+
+/// `POST /v1/admin/users`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AdminUserCreate {
+    pub email: String,
+    pub password: String,
+    #[serde(default)]
+    pub email_verified: bool,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub claims: Object,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub data: Object,
+}
+
+/// `PATCH /v1/admin/users/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AdminUserUpdate {
+    /// Replaces the custom claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub claims: Option<Object>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+}
+
+/// A page of users.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UserPage {
+    pub users: Vec<User>,
+    pub cursor: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,10 +439,8 @@ mod tests {
         assert_eq!(q.order_by[0].dir, Direction::Desc);
         assert!(serde_json::from_str::<Query>(r#"{"collection": "a", "bogus": 1}"#).is_err());
         assert!(
-            serde_json::from_str::<Query>(
-                r#"{"collection": "a", "where": [{"field": "x", "op": "~", "value": 1}]}"#
-            )
-            .is_err()
+            serde_json::from_str::<Query>(r#"{"collection": "a", "where": [{"field": "x", "op": "~", "value": 1}]}"#)
+                .is_err()
         );
     }
 }

@@ -8,8 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hearth_types::{
-    AggregateRequest, AggregateResult, BatchOp, BatchRequest, BatchResponse, BatchResult, Document,
-    ErrorBody, Query, QueryPage,
+    AggregateRequest, AggregateResult, BatchOp, BatchRequest, BatchResponse, BatchResult, Document, ErrorBody, Query,
+    QueryPage,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -19,8 +19,7 @@ use super::extract::{Caller, JsonBody, Preconditions, QueryParams};
 use super::state::AppState;
 use crate::store::query::Field;
 use crate::store::{
-    Aggregation, AnyPath, DocPath, Page, QuerySpec, RawDoc, StoredDoc, Write, WriteOp, format_time,
-    path::new_id,
+    Aggregation, AnyPath, DocPath, Page, QuerySpec, RawDoc, StoredDoc, Write, WriteOp, format_time, path::new_id,
 };
 
 /// Most writes in one batch.
@@ -37,10 +36,7 @@ fn doc_path(path: &str) -> Result<DocPath, ApiError> {
 fn object(value: Value, what: &str) -> Result<Map<String, Value>, ApiError> {
     match value {
         Value::Object(map) => Ok(map),
-        other => Err(ApiError::invalid(format!(
-            "{what} must be a JSON object, not {}",
-            json_kind(&other)
-        ))),
+        other => Err(ApiError::invalid(format!("{what} must be a JSON object, not {}", json_kind(&other)))),
     }
 }
 
@@ -56,8 +52,7 @@ fn json_kind(value: &Value) -> &'static str {
 }
 
 fn etag(version: i64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\""))
-        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
 /// A stored document in the contract's shape (`Document`), written out directly: its
@@ -72,30 +67,12 @@ struct DocJson<'a> {
 
 impl<'a> DocJson<'a> {
     fn read(doc: &'a RawDoc) -> DocJson<'a> {
-        let RawDoc {
-            path,
-            data,
-            version,
-            created_at,
-            updated_at,
-        } = doc;
-        DocJson {
-            path,
-            data,
-            version: *version,
-            created_at: *created_at,
-            updated_at: *updated_at,
-        }
+        let RawDoc { path, data, version, created_at, updated_at } = doc;
+        DocJson { path, data, version: *version, created_at: *created_at, updated_at: *updated_at }
     }
 
     fn written(doc: &'a StoredDoc, data: &'a str) -> DocJson<'a> {
-        DocJson {
-            path: &doc.path,
-            data,
-            version: doc.version,
-            created_at: doc.created_at,
-            updated_at: doc.updated_at,
-        }
+        DocJson { path: &doc.path, data, version: doc.version, created_at: doc.created_at, updated_at: doc.updated_at }
     }
 
     fn write_to(&self, out: &mut String) {
@@ -120,9 +97,7 @@ impl<'a> DocJson<'a> {
         let mut body = String::with_capacity(self.data.len() + 160);
         self.write_to(&mut body);
         let mut response = json_body(status, body);
-        response
-            .headers_mut()
-            .insert(header::ETAG, etag(self.version));
+        response.headers_mut().insert(header::ETAG, etag(self.version));
         response
     }
 }
@@ -132,9 +107,7 @@ async fn write_one(state: &AppState, write: Write) -> Result<(Arc<StoredDoc>, Ar
     let result = state.store().write_one(write).await?;
     match (result.doc, result.data_json) {
         (Some(doc), Some(json)) => Ok((doc, json)),
-        _ => Err(ApiError::internal(
-            "a write that stores a document stored none",
-        )),
+        _ => Err(ApiError::internal("a write that stores a document stored none")),
     }
 }
 
@@ -148,13 +121,7 @@ fn page_response(page: Page, spec: &QuerySpec, state: &AppState) -> Result<Respo
         (true, Some(last)) => Some(spec.cursor_after(&last.parse()?, state.store().signer())),
         _ => None,
     };
-    let mut body = String::with_capacity(
-        page.docs
-            .iter()
-            .map(|doc| doc.data.len() + 160)
-            .sum::<usize>()
-            + 64,
-    );
+    let mut body = String::with_capacity(page.docs.iter().map(|doc| doc.data.len() + 160).sum::<usize>() + 64);
     body.push_str("{\"docs\":[");
     for (index, doc) in page.docs.iter().enumerate() {
         if index > 0 {
@@ -198,9 +165,7 @@ pub async fn get_path(
     match parse_path(&path)? {
         AnyPath::Doc(doc) => {
             if params.limit.is_some() || params.cursor.is_some() {
-                return Err(ApiError::invalid(
-                    "`limit` and `cursor` apply to collections, not documents",
-                ));
+                return Err(ApiError::invalid("`limit` and `cursor` apply to collections, not documents"));
             }
             match state.store().get_raw(doc.clone()).await? {
                 Some(stored) => Ok(DocJson::read(&stored).response(StatusCode::OK)),
@@ -208,12 +173,7 @@ pub async fn get_path(
             }
         }
         AnyPath::Collection(collection) => {
-            let spec = QuerySpec::list(
-                collection,
-                params.limit,
-                params.cursor,
-                state.store().signer(),
-            )?;
+            let spec = QuerySpec::list(collection, params.limit, params.cursor, state.store().signer())?;
             let page = state.store().query(spec.clone()).await?;
             page_response(page, &spec, &state)
         }
@@ -242,14 +202,8 @@ pub async fn create(
         }
     };
     let data = object(body, "the document")?;
-    let doc = collection
-        .doc(&new_id())
-        .map_err(|e| ApiError::internal(e.0))?;
-    let write = Write {
-        path: doc,
-        op: WriteOp::Create(data),
-        if_version: None,
-    };
+    let doc = collection.doc(&new_id()).map_err(|e| ApiError::internal(e.0))?;
+    let write = Write { path: doc, op: WriteOp::Create(data), if_version: None };
     let (stored, json) = write_one(&state, write).await?;
     let mut response = DocJson::written(&stored, &json).response(StatusCode::CREATED);
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/docs/{}", stored.path)) {
@@ -277,35 +231,15 @@ pub async fn put(
     let path = doc_path(&path)?;
     let data = object(body, "the document")?;
     let op = match preconditions {
-        Preconditions {
-            if_none_match_any: true,
-            if_match: Some(_),
-        } => {
-            return Err(ApiError::invalid(
-                "If-Match and If-None-Match together can never both hold",
-            ));
+        Preconditions { if_none_match_any: true, if_match: Some(_) } => {
+            return Err(ApiError::invalid("If-Match and If-None-Match together can never both hold"));
         }
-        Preconditions {
-            if_none_match_any: true,
-            ..
-        } => WriteOp::Create(data),
+        Preconditions { if_none_match_any: true, .. } => WriteOp::Create(data),
         _ => WriteOp::Set(data),
     };
-    let (stored, json) = write_one(
-        &state,
-        Write {
-            path,
-            op,
-            if_version: preconditions.if_match,
-        },
-    )
-    .await?;
+    let (stored, json) = write_one(&state, Write { path, op, if_version: preconditions.if_match }).await?;
     // Versions start at 1, so version 1 is a document this PUT created.
-    let status = if stored.version == 1 {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if stored.version == 1 { StatusCode::CREATED } else { StatusCode::OK };
     Ok(DocJson::written(&stored, &json).response(status))
 }
 
@@ -325,16 +259,10 @@ pub async fn patch(
     caller.require_service()?;
     let path = doc_path(&path)?;
     if preconditions.if_none_match_any {
-        return Err(ApiError::invalid(
-            "PATCH changes an existing document; If-None-Match does not apply",
-        ));
+        return Err(ApiError::invalid("PATCH changes an existing document; If-None-Match does not apply"));
     }
     let data = object(body, "the patch")?;
-    let write = Write {
-        path,
-        op: WriteOp::Update(data),
-        if_version: preconditions.if_match,
-    };
+    let write = Write { path, op: WriteOp::Update(data), if_version: preconditions.if_match };
     let (stored, json) = write_one(&state, write).await?;
     Ok(DocJson::written(&stored, &json).response(StatusCode::OK))
 }
@@ -355,14 +283,7 @@ pub async fn delete(
     if preconditions.if_none_match_any {
         return Err(ApiError::invalid("If-None-Match does not apply to DELETE"));
     }
-    state
-        .store()
-        .write_one(Write {
-            path,
-            op: WriteOp::Delete,
-            if_version: preconditions.if_match,
-        })
-        .await?;
+    state.store().write_one(Write { path, op: WriteOp::Delete, if_version: preconditions.if_match }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -390,17 +311,10 @@ pub async fn aggregate(
 ) -> Result<Json<AggregateResult>, ApiError> {
     caller.require_service()?;
     if !request.count && request.sum.is_empty() && request.avg.is_empty() {
-        return Err(ApiError::invalid(
-            "ask for at least one of `count`, `sum`, `avg`",
-        ));
+        return Err(ApiError::invalid("ask for at least one of `count`, `sum`, `avg`"));
     }
     let spec = QuerySpec::parse(&request.query, state.store().signer())?;
-    let fields = |names: &[String]| {
-        names
-            .iter()
-            .map(|name| Field::parse(name))
-            .collect::<Result<Vec<_>, _>>()
-    };
+    let fields = |names: &[String]| names.iter().map(|name| Field::parse(name)).collect::<Result<Vec<_>, _>>();
     let aggregation = Aggregation {
         count: request.count,
         sum: fields(&request.sum)?,
@@ -441,11 +355,7 @@ pub async fn batch(
         .enumerate()
         .map(|(index, write)| {
             let located = |error: ApiError| {
-                ApiError {
-                    message: format!("write {index}: {}", error.message),
-                    ..error
-                }
-                .with_detail("index", index)
+                ApiError { message: format!("write {index}: {}", error.message), ..error }.with_detail("index", index)
             };
             let path = doc_path(&write.path).map_err(located)?;
             let data = match (write.op, write.data) {
@@ -462,21 +372,14 @@ pub async fn batch(
                 (BatchOp::Update, Some(data)) => WriteOp::Update(data),
                 _ => WriteOp::Delete,
             };
-            Ok(Write {
-                path,
-                op,
-                if_version: write.if_version,
-            })
+            Ok(Write { path, op, if_version: write.if_version })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let results = state.store().batch(writes).await?;
     Ok(Json(BatchResponse {
         results: results
             .iter()
-            .map(|result| BatchResult {
-                path: result.path.as_str().to_owned(),
-                version: result.version(),
-            })
+            .map(|result| BatchResult { path: result.path.as_str().to_owned(), version: result.version() })
             .collect(),
     }))
 }

@@ -29,12 +29,7 @@ pub struct InternalCause(pub String);
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            code,
-            message: message.into(),
-            details: Object::new(),
-            cause: None,
-        }
+        ApiError { code, message: message.into(), details: Object::new(), cause: None }
     }
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
@@ -47,10 +42,7 @@ impl ApiError {
 
     /// A bug: the client sees only "internal error"; the cause goes to the log.
     pub fn internal(cause: impl Into<String>) -> ApiError {
-        ApiError {
-            cause: Some(cause.into()),
-            ..ApiError::new(ErrorCode::Internal, "internal error")
-        }
+        ApiError { cause: Some(cause.into()), ..ApiError::new(ErrorCode::Internal, "internal error") }
     }
 
     pub fn with_detail(mut self, key: &str, value: impl Into<Value>) -> ApiError {
@@ -72,38 +64,38 @@ impl From<store::Error> for ApiError {
             E::Internal(cause) => ApiError::internal(cause),
             E::InBatch { index, error } => {
                 let inner = ApiError::from(*error);
-                ApiError {
-                    message: format!("write {index}: {}", inner.message),
-                    ..inner
-                }
-                .with_detail("index", index)
+                ApiError { message: format!("write {index}: {}", inner.message), ..inner }.with_detail("index", index)
             }
+        }
+    }
+}
+
+impl From<crate::auth::Error> for ApiError {
+    fn from(error: crate::auth::Error) -> ApiError {
+        use crate::auth::Error as E;
+        match error {
+            E::InvalidArgument(message) => ApiError::new(ErrorCode::InvalidArgument, message),
+            E::Unauthenticated(message) => ApiError::new(ErrorCode::Unauthenticated, message),
+            E::PermissionDenied(message) => ApiError::new(ErrorCode::PermissionDenied, message),
+            E::NotFound(message) => ApiError::new(ErrorCode::NotFound, message),
+            E::AlreadyExists(message) => ApiError::new(ErrorCode::AlreadyExists, message),
+            E::Store(error) => ApiError::from(error),
+            E::Internal(cause) => ApiError::internal(cause),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code,
-                message: self.message,
-                details: self.details,
-            },
-        };
+        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, details: self.details } };
         let mut response = (status, Json(body)).into_response();
         response.extensions_mut().insert(Shaped);
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(InternalCause(cause));
         }
-        if self.code == ErrorCode::ResourceExhausted
-            && !response.headers().contains_key("retry-after")
-        {
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+        if self.code == ErrorCode::ResourceExhausted && !response.headers().contains_key("retry-after") {
+            response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
         }
         response
     }

@@ -12,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::auth::AuthUser;
 
 /// A JSON body parsed with the contract's errors: malformed JSON and wrong shapes are
 /// invalid-argument, a body over the route's limit is payload-too-large.
@@ -23,10 +24,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    "request body is over the size limit",
-                )
+                ApiError::new(ErrorCode::PayloadTooLarge, "request body is over the size limit")
             } else {
                 ApiError::invalid(format!("cannot read the body: {rejection}"))
             }
@@ -44,9 +42,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             Category::Syntax | Category::Eof if message.contains("recursion limit") => {
                 ApiError::invalid("body nests deeper than 32 levels")
             }
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::invalid(format!("malformed JSON: {message}"))
-            }
+            Category::Syntax | Category::Eof | Category::Io => ApiError::invalid(format!("malformed JSON: {message}")),
             Category::Data => ApiError::invalid(format!("invalid body: {message}")),
         }
     })
@@ -66,15 +62,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
     }
 }
 
-/// Who is calling, from the `Authorization` header.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who is calling, from the `Authorization` header. A header that is present but not a
+/// valid credential is an error, never an anonymous caller.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Caller {
     /// A valid service key: admin rights, bypasses rules.
     Service,
     /// No credentials.
     Anonymous,
-    /// A bearer token that is not a service key (a user token, once auth exists).
-    User,
+    /// A valid access token.
+    User(AuthUser),
 }
 
 impl Caller {
@@ -86,10 +83,7 @@ impl Caller {
                 ErrorCode::Unauthenticated,
                 "this route needs credentials: `Authorization: Bearer <service key>`",
             )),
-            Caller::User => Err(ApiError::new(
-                ErrorCode::PermissionDenied,
-                "this route needs the service key",
-            )),
+            Caller::User(_) => Err(ApiError::new(ErrorCode::PermissionDenied, "this route needs the service key")),
         }
     }
 }
@@ -97,23 +91,51 @@ impl Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        caller_from_headers(&parts.headers, state.service_keys())
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        caller_from_headers(&parts.headers, state)
+    }
+}
+
+/// A signed-in user: a valid access token is required.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignedIn(pub AuthUser);
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match caller_from_headers(&parts.headers, state)? {
+            Caller::User(user) => Ok(SignedIn(user)),
+            Caller::Anonymous | Caller::Service => Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "this route needs a signed-in user: `Authorization: Bearer <access token>`",
+            )),
+        }
+    }
+}
+
+/// A signed-in user if there is a token; `None` without one. A bad token is still 401.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaybeSignedIn(pub Option<AuthUser>);
+
+impl FromRequestParts<AppState> for MaybeSignedIn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match caller_from_headers(&parts.headers, state)? {
+            Caller::User(user) => Ok(MaybeSignedIn(Some(user))),
+            Caller::Anonymous | Caller::Service => Ok(MaybeSignedIn(None)),
+        }
     }
 }
 
 /// Decides the caller from the headers.
-pub fn caller_from_headers(headers: &HeaderMap, keys: &ServiceKeys) -> Result<Caller, ApiError> {
+pub fn caller_from_headers(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiError> {
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(Caller::Anonymous);
     };
     let unauthenticated = |message: &str| ApiError::new(ErrorCode::Unauthenticated, message);
-    let value = value
-        .to_str()
-        .map_err(|_| unauthenticated("malformed Authorization header"))?;
+    let value = value.to_str().map_err(|_| unauthenticated("malformed Authorization header"))?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
@@ -121,13 +143,13 @@ pub fn caller_from_headers(headers: &HeaderMap, keys: &ServiceKeys) -> Result<Ca
         .filter(|token| !token.is_empty())
         .ok_or_else(|| unauthenticated("Authorization must be `Bearer <token>`"))?;
     if token.starts_with("hk_") {
-        return if keys.verify(token) {
+        return if state.service_keys().verify(token) {
             Ok(Caller::Service)
         } else {
             Err(unauthenticated("invalid service key"))
         };
     }
-    Ok(Caller::User)
+    state.auth().verify(token).map(Caller::User).map_err(ApiError::from)
 }
 
 /// The accepted service keys, as SHA-256 hashes (keys are 256-bit random, so a fast
@@ -149,12 +171,7 @@ impl ServiceKeys {
     pub fn verify(&self, key: &str) -> bool {
         let hash = ServiceKeys::hash(key);
         // Every stored hash is compared, so timing does not tell which one matched.
-        self.hashes
-            .iter()
-            .fold(subtle::Choice::from(0), |found, stored| {
-                found | stored.ct_eq(&hash)
-            })
-            .into()
+        self.hashes.iter().fold(subtle::Choice::from(0), |found, stored| found | stored.ct_eq(&hash)).into()
     }
 }
 
@@ -162,10 +179,7 @@ impl ServiceKeys {
 pub fn new_service_key() -> String {
     use base64::Engine;
     let bytes: [u8; 32] = rand::random();
-    format!(
-        "hk_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    format!("hk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// `If-Match` / `If-None-Match` of a write.
@@ -182,11 +196,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Preconditions {
         let if_match = match parts.headers.get(axum::http::header::IF_MATCH) {
             None => None,
             Some(value) => Some(
-                parse_version(value.to_str().unwrap_or_default()).ok_or_else(|| {
-                    ApiError::invalid(
-                        "If-Match takes a document version: `3`, `\"3\"` or `W/\"3\"`",
-                    )
-                })?,
+                parse_version(value.to_str().unwrap_or_default())
+                    .ok_or_else(|| ApiError::invalid("If-Match takes a document version: `3`, `\"3\"` or `W/\"3\"`"))?,
             ),
         };
         let if_none_match_any = match parts.headers.get(axum::http::header::IF_NONE_MATCH) {
@@ -194,10 +205,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Preconditions {
             Some(value) if value.as_bytes() == b"*" => true,
             Some(_) => return Err(ApiError::invalid("If-None-Match on a write takes only `*`")),
         };
-        Ok(Preconditions {
-            if_match,
-            if_none_match_any,
-        })
+        Ok(Preconditions { if_match, if_none_match_any })
     }
 }
 
@@ -205,10 +213,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Preconditions {
 pub fn parse_version(value: &str) -> Option<i64> {
     let value = value.trim();
     let value = value.strip_prefix("W/").unwrap_or(value);
-    let value = value
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .unwrap_or(value);
+    let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
     value.parse().ok().filter(|version: &i64| *version >= 1)
 }
 

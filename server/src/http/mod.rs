@@ -1,6 +1,7 @@
 //! HTTP: the router, the middleware stack and the mapping of every failure to the
 //! contract's error shape. The only module that knows axum and tower.
 
+pub mod auth;
 pub mod docs;
 pub mod error;
 pub mod extract;
@@ -18,9 +19,7 @@ use axum::routing::{get, post};
 use hearth_types::ErrorCode;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowMethods, AllowOrigin, CorsLayer};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
@@ -36,6 +35,10 @@ pub use state::AppState;
         docs::get_path, docs::create, docs::put, docs::patch, docs::delete,
         docs::query, docs::aggregate, docs::batch,
         system::healthz, system::readyz, system::metrics, system::openapi,
+        auth::signup, auth::login, auth::anonymous, auth::refresh, auth::logout,
+        auth::get_user, auth::update_user, auth::delete_user, auth::link, auth::jwks,
+        auth::admin_list, auth::admin_create, auth::admin_get, auth::admin_update, auth::admin_delete,
+        auth::admin_revoke,
     ),
     components(schemas(
         hearth_types::Document, hearth_types::Query, hearth_types::Filter, hearth_types::Op,
@@ -44,6 +47,9 @@ pub use state::AppState;
         hearth_types::BatchRequest, hearth_types::BatchWrite, hearth_types::BatchOp,
         hearth_types::BatchResponse, hearth_types::BatchResult,
         hearth_types::ErrorBody, hearth_types::ErrorDetail, hearth_types::ErrorCode,
+        hearth_types::User, hearth_types::Session, hearth_types::Credentials, hearth_types::RefreshRequest,
+        hearth_types::LogoutRequest, hearth_types::UserUpdate, hearth_types::AdminUserCreate,
+        hearth_types::AdminUserUpdate, hearth_types::UserPage,
     )),
     modifiers(&BearerAuth),
 )]
@@ -55,12 +61,12 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "service_key",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
+        components.add_security_scheme("service_key", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     }
 }
+
+/// Auth bodies are small; a profile is at most 64 KiB.
+const AUTH_BODY_LIMIT: usize = 128 * 1024;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -81,9 +87,7 @@ impl MakeRequestId for RandomRequestId {
             (bits >> 48) as u16,
             bits & 0xFFFF_FFFF_FFFF
         );
-        axum::http::HeaderValue::from_str(&text)
-            .ok()
-            .map(RequestId::new)
+        axum::http::HeaderValue::from_str(&text).ok().map(RequestId::new)
     }
 }
 
@@ -93,23 +97,32 @@ pub fn router(state: AppState) -> Router {
     let documents = Router::new()
         .route(
             "/v1/docs/{*path}",
-            get(docs::get_path)
-                .post(docs::create)
-                .put(docs::put)
-                .patch(docs::patch)
-                .delete(docs::delete),
+            get(docs::get_path).post(docs::create).put(docs::put).patch(docs::patch).delete(docs::delete),
         )
         .route("/v1/docs", axum::routing::any(docs::empty_path))
         .route("/v1/docs/", axum::routing::any(docs::empty_path))
         .route("/v1/query", post(docs::query))
         .route("/v1/aggregate", post(docs::aggregate))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes));
-    let batch = Router::new()
-        .route("/v1/batch", post(docs::batch))
-        .layer(DefaultBodyLimit::max(limits.max_batch_body_bytes));
+    let batch =
+        Router::new().route("/v1/batch", post(docs::batch)).layer(DefaultBodyLimit::max(limits.max_batch_body_bytes));
+    let accounts = Router::new()
+        .route("/v1/auth/signup", post(auth::signup))
+        .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/anonymous", post(auth::anonymous))
+        .route("/v1/auth/refresh", post(auth::refresh))
+        .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/auth/user", get(auth::get_user).patch(auth::update_user).delete(auth::delete_user))
+        .route("/v1/auth/link", post(auth::link))
+        .route("/v1/admin/users", get(auth::admin_list).post(auth::admin_create))
+        .route("/v1/admin/users/{id}", get(auth::admin_get).patch(auth::admin_update).delete(auth::admin_delete))
+        .route("/v1/admin/users/{id}/revoke", post(auth::admin_revoke))
+        .route("/.well-known/jwks.json", get(auth::jwks))
+        .layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT));
     Router::new()
         .merge(documents)
         .merge(batch)
+        .merge(accounts)
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
@@ -143,18 +156,8 @@ fn cors() -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::any())
         .allow_methods(AllowMethods::any())
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::IF_MATCH,
-            header::IF_NONE_MATCH,
-        ])
-        .expose_headers([
-            header::ETAG,
-            header::LOCATION,
-            REQUEST_ID,
-            header::RETRY_AFTER,
-        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH, header::IF_NONE_MATCH])
+        .expose_headers([header::ETAG, header::LOCATION, REQUEST_ID, header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(3600))
 }
 
@@ -174,19 +177,12 @@ async fn observe(request: Request, next: Next) -> Response {
         tracing::error!(%cause, "internal error");
     }
     let status = response.status();
-    if (status.is_client_error() || status.is_server_error())
-        && response.extensions().get::<Shaped>().is_none()
-    {
+    if (status.is_client_error() || status.is_server_error()) && response.extensions().get::<Shaped>().is_none() {
         response = reshape(response);
     }
-    let labels = [
-        ("method", method.to_string()),
-        ("route", route),
-        ("status", response.status().as_u16().to_string()),
-    ];
+    let labels = [("method", method.to_string()), ("route", route), ("status", response.status().as_u16().to_string())];
     metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
     response
 }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::extract::ServiceKeys;
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::store::Store;
 
@@ -14,6 +15,7 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     store: Store,
+    auth: Auth,
     config: Config,
     service_keys: ServiceKeys,
     metrics: PrometheusHandle,
@@ -23,21 +25,20 @@ struct Inner {
 impl AppState {
     pub fn new(
         store: Store,
+        auth: Auth,
         config: Config,
         service_keys: ServiceKeys,
         metrics: PrometheusHandle,
     ) -> AppState {
-        AppState(Arc::new(Inner {
-            store,
-            config,
-            service_keys,
-            metrics,
-            stopping: AtomicBool::new(false),
-        }))
+        AppState(Arc::new(Inner { store, auth, config, service_keys, metrics, stopping: AtomicBool::new(false) }))
     }
 
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.0.auth
     }
 
     pub fn config(&self) -> &Config {

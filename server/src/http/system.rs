@@ -25,12 +25,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
     if state.is_stopping() {
         return Err(ApiError::new(ErrorCode::Unavailable, "shutting down"));
     }
-    state.store().ping().await.map_err(|error| {
-        ApiError::new(
-            ErrorCode::Unavailable,
-            format!("database unreachable: {error}"),
-        )
-    })?;
+    state
+        .store()
+        .ping()
+        .await
+        .map_err(|error| ApiError::new(ErrorCode::Unavailable, format!("database unreachable: {error}")))?;
     Ok(Json(json!({"status": "ready"})))
 }
 

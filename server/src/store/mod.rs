@@ -50,10 +50,7 @@ impl From<rusqlite::Error> for Error {
     fn from(error: rusqlite::Error) -> Error {
         match &error {
             rusqlite::Error::SqliteFailure(code, _)
-                if matches!(
-                    code.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) =>
+                if matches!(code.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
             {
                 Error::Unavailable("database is busy".into())
             }
@@ -103,8 +100,7 @@ impl RawDoc {
     pub fn parse(&self) -> Result<StoredDoc, Error> {
         Ok(StoredDoc {
             path: self.path.clone(),
-            data: serde_json::from_str(&self.data)
-                .map_err(|e| Error::Internal(format!("stored JSON: {e}")))?,
+            data: serde_json::from_str(&self.data).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?,
             version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -158,19 +154,11 @@ pub struct Page {
 /// append each change to their log in the same transaction, and publish after commit.
 pub trait Backend: Send + Sync + 'static {
     /// Applies `writes` atomically (all or none). `batch` names the failing index in errors.
-    fn commit(
-        &self,
-        writes: Vec<Prepared>,
-        batch: bool,
-    ) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>>;
+    fn commit(&self, writes: Vec<Prepared>, batch: bool) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>>;
     fn get(&self, path: DocPath) -> BoxFuture<'_, Result<Option<RawDoc>, Error>>;
     /// Up to `spec.limit` documents after the cursor, in query order.
     fn query(&self, spec: QuerySpec) -> BoxFuture<'_, Result<Page, Error>>;
-    fn aggregate(
-        &self,
-        spec: QuerySpec,
-        aggregation: Aggregation,
-    ) -> BoxFuture<'_, Result<AggregateValues, Error>>;
+    fn aggregate(&self, spec: QuerySpec, aggregation: Aggregation) -> BoxFuture<'_, Result<AggregateValues, Error>>;
     /// Logged changes with `seq > after`, oldest first, at most `limit`.
     fn changes_since(&self, after: i64, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, Error>>;
     /// Removes logged changes committed before `before` (microseconds); returns how many.
@@ -197,19 +185,12 @@ pub struct Store {
 impl Store {
     pub async fn new(backend: Arc<dyn Backend>, bus: ChangeBus) -> Result<Store, Error> {
         let signer = CursorSigner::new(backend.cursor_key().await?);
-        Ok(Store {
-            backend,
-            bus,
-            signer,
-        })
+        Ok(Store { backend, bus, signer })
     }
 
     /// The one write path: applies `writes` atomically.
     pub async fn write(&self, writes: Vec<Write>) -> Result<Vec<WriteResult>, Error> {
-        let prepared = writes
-            .into_iter()
-            .map(Prepared::new)
-            .collect::<Result<Vec<_>, _>>()?;
+        let prepared = writes.into_iter().map(Prepared::new).collect::<Result<Vec<_>, _>>()?;
         self.backend.commit(prepared, false).await
     }
 
@@ -219,10 +200,7 @@ impl Store {
             .into_iter()
             .enumerate()
             .map(|(index, write)| {
-                Prepared::new(write).map_err(|error| Error::InBatch {
-                    index,
-                    error: Box::new(error),
-                })
+                Prepared::new(write).map_err(|error| Error::InBatch { index, error: Box::new(error) })
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.backend.commit(prepared, true).await
@@ -230,18 +208,11 @@ impl Store {
 
     /// One write; its result.
     pub async fn write_one(&self, write: Write) -> Result<WriteResult, Error> {
-        self.write(vec![write])
-            .await?
-            .pop()
-            .ok_or_else(|| Error::Internal("a write gave no result".into()))
+        self.write(vec![write]).await?.pop().ok_or_else(|| Error::Internal("a write gave no result".into()))
     }
 
     pub async fn get(&self, path: DocPath) -> Result<Option<StoredDoc>, Error> {
-        self.backend
-            .get(path)
-            .await?
-            .map(|raw| raw.parse())
-            .transpose()
+        self.backend.get(path).await?.map(|raw| raw.parse()).transpose()
     }
 
     /// Like [`Store::get`], with the data left as JSON text.
@@ -253,11 +224,7 @@ impl Store {
         self.backend.query(spec).await
     }
 
-    pub async fn aggregate(
-        &self,
-        spec: QuerySpec,
-        aggregation: Aggregation,
-    ) -> Result<AggregateValues, Error> {
+    pub async fn aggregate(&self, spec: QuerySpec, aggregation: Aggregation) -> Result<AggregateValues, Error> {
         self.backend.aggregate(spec, aggregation).await
     }
 
@@ -338,16 +305,11 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let shifted_month = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -357,9 +319,6 @@ mod tests {
     #[test]
     fn times_are_rfc3339_utc_with_microseconds() {
         assert_eq!(super::format_time(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(
-            super::format_time(1_795_773_600_123_456),
-            "2026-11-27T10:00:00.123456Z"
-        );
+        assert_eq!(super::format_time(1_795_773_600_123_456), "2026-11-27T10:00:00.123456Z");
     }
 }

@@ -50,9 +50,7 @@ impl Field {
         for segment in &segments {
             let bad = segment.is_empty()
                 || segment.len() > 256
-                || segment
-                    .chars()
-                    .any(|c| c == '"' || c == '\\' || c.is_control());
+                || segment.chars().any(|c| c == '"' || c == '\\' || c.is_control());
             if bad {
                 return Err(Error::InvalidArgument(format!(
                     "field `{field}` is not a dotted path of non-empty names without `\"`, `\\` or control characters"
@@ -112,14 +110,12 @@ impl QuerySpec {
     /// Validates a wire query. `signer` checks the cursor, if any.
     pub fn parse(query: &Query, signer: &CursorSigner) -> Result<QuerySpec, Error> {
         let target = match (&query.collection, &query.collection_group) {
-            (Some(collection), None) => Target::Collection(
-                CollectionPath::parse(collection).map_err(|e| Error::InvalidArgument(e.0))?,
-            ),
+            (Some(collection), None) => {
+                Target::Collection(CollectionPath::parse(collection).map_err(|e| Error::InvalidArgument(e.0))?)
+            }
             (None, Some(group)) if is_valid_id(group) => Target::Group(group.clone()),
             (None, Some(group)) => {
-                return Err(Error::InvalidArgument(format!(
-                    "collection_group `{group}` is not a valid collection id"
-                )));
+                return Err(Error::InvalidArgument(format!("collection_group `{group}` is not a valid collection id")));
             }
             _ => {
                 return Err(Error::InvalidArgument(
@@ -138,16 +134,11 @@ impl QuerySpec {
             .map(|filter| {
                 let field = Field::parse(&filter.field)?;
                 let mut value = filter.value.clone();
-                value::normalize(&mut value, 1).map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "the value for `{}` nests too deep",
-                        filter.field
-                    ))
-                })?;
+                value::normalize(&mut value, 1)
+                    .map_err(|_| Error::InvalidArgument(format!("the value for `{}` nests too deep", filter.field)))?;
                 if matches!(filter.op, Op::In | Op::NotIn | Op::ArrayContainsAny) {
                     match &value {
-                        Value::Array(items)
-                            if !items.is_empty() && items.len() <= MAX_LIST_VALUES => {}
+                        Value::Array(items) if !items.is_empty() && items.len() <= MAX_LIST_VALUES => {}
                         _ => {
                             return Err(Error::InvalidArgument(format!(
                                 "`{}` on `{}` takes an array of 1 to {MAX_LIST_VALUES} values",
@@ -157,59 +148,35 @@ impl QuerySpec {
                         }
                     }
                 }
-                Ok(FieldFilter {
-                    field,
-                    op: filter.op,
-                    value,
-                })
+                Ok(FieldFilter { field, op: filter.op, value })
             })
             .collect::<Result<Vec<_>, Error>>()?;
         let order = query
             .order_by
             .iter()
-            .map(|order| {
-                Ok(OrderKey {
-                    field: Field::parse(&order.field)?,
-                    dir: order.dir,
-                })
-            })
+            .map(|order| Ok(OrderKey { field: Field::parse(&order.field)?, dir: order.dir }))
             .collect::<Result<Vec<_>, Error>>()?;
         let limit = match query.limit {
             None => DEFAULT_LIMIT,
             Some(0) => return Err(Error::InvalidArgument("`limit` must be at least 1".into())),
             Some(n) if n as usize > MAX_LIMIT => {
-                return Err(Error::InvalidArgument(format!(
-                    "`limit` is at most {MAX_LIMIT}"
-                )));
+                return Err(Error::InvalidArgument(format!("`limit` is at most {MAX_LIMIT}")));
             }
             Some(n) => n as usize,
         };
-        let shape = Query {
-            limit: None,
-            cursor: None,
-            ..query.clone()
-        };
+        let shape = Query { limit: None, cursor: None, ..query.clone() };
         let fingerprint = serde_json::to_string(&shape).unwrap_or_default();
         let after = match &query.cursor {
             None => None,
             Some(cursor) => {
                 let after = signer.open(cursor, &fingerprint)?;
                 if after.keys.len() != order.len() {
-                    return Err(Error::InvalidArgument(
-                        "cursor does not fit this query".into(),
-                    ));
+                    return Err(Error::InvalidArgument("cursor does not fit this query".into()));
                 }
                 Some(after)
             }
         };
-        Ok(QuerySpec {
-            target,
-            filters,
-            order,
-            limit,
-            after,
-            fingerprint,
-        })
+        Ok(QuerySpec { target, filters, order, limit, after, fingerprint })
     }
 
     /// A query over a whole collection in id order (the list route).
@@ -219,12 +186,7 @@ impl QuerySpec {
         cursor: Option<String>,
         signer: &CursorSigner,
     ) -> Result<QuerySpec, Error> {
-        let query = Query {
-            collection: Some(collection.as_str().to_owned()),
-            limit,
-            cursor,
-            ..Query::default()
-        };
+        let query = Query { collection: Some(collection.as_str().to_owned()), limit, cursor, ..Query::default() };
         QuerySpec::parse(&query, signer)
     }
 
@@ -239,13 +201,8 @@ impl QuerySpec {
             return false;
         }
         let id = Value::String(doc.path.id().to_owned());
-        self.order
-            .iter()
-            .all(|key| key.field.value_in(doc, &id).is_some())
-            && self
-                .filters
-                .iter()
-                .all(|filter| filter_matches(filter, filter.field.value_in(doc, &id)))
+        self.order.iter().all(|key| key.field.value_in(doc, &id).is_some())
+            && self.filters.iter().all(|filter| filter_matches(filter, filter.field.value_in(doc, &id)))
     }
 
     /// Whether `doc` sorts strictly after the cursor position.
@@ -254,54 +211,30 @@ impl QuerySpec {
             None => true,
             Some(after) => {
                 let keys = self.sort_values(doc);
-                compare_positions(
-                    &self.order,
-                    &keys,
-                    doc.path.as_str(),
-                    &after.keys,
-                    &after.path,
-                ) == Ordering::Greater
+                compare_positions(&self.order, &keys, doc.path.as_str(), &after.keys, &after.path) == Ordering::Greater
             }
         }
     }
 
     /// The result order of two matching documents.
     pub fn compare_docs(&self, a: &StoredDoc, b: &StoredDoc) -> Ordering {
-        compare_positions(
-            &self.order,
-            &self.sort_values(a),
-            a.path.as_str(),
-            &self.sort_values(b),
-            b.path.as_str(),
-        )
+        compare_positions(&self.order, &self.sort_values(a), a.path.as_str(), &self.sort_values(b), b.path.as_str())
     }
 
     /// The values of the order fields of `doc` (null where absent).
     pub fn sort_values(&self, doc: &StoredDoc) -> Vec<Value> {
         let id = Value::String(doc.path.id().to_owned());
-        self.order
-            .iter()
-            .map(|key| key.field.value_in(doc, &id).cloned().unwrap_or(Value::Null))
-            .collect()
+        self.order.iter().map(|key| key.field.value_in(doc, &id).cloned().unwrap_or(Value::Null)).collect()
     }
 
     /// The cursor that resumes right after `last`.
     pub fn cursor_after(&self, last: &StoredDoc, signer: &CursorSigner) -> String {
-        let after = After {
-            keys: self.sort_values(last),
-            path: last.path.as_str().to_owned(),
-        };
+        let after = After { keys: self.sort_values(last), path: last.path.as_str().to_owned() };
         signer.seal(&after, &self.fingerprint)
     }
 }
 
-fn compare_positions(
-    order: &[OrderKey],
-    a: &[Value],
-    a_path: &str,
-    b: &[Value],
-    b_path: &str,
-) -> Ordering {
+fn compare_positions(order: &[OrderKey], a: &[Value], a_path: &str, b: &[Value], b_path: &str) -> Ordering {
     for ((key, x), y) in order.iter().zip(a).zip(b) {
         let ordering = compare(x, y);
         let ordering = match key.dir {
@@ -332,14 +265,10 @@ pub fn filter_matches(filter: &FieldFilter, value: Option<&Value>) -> bool {
         Op::Ge => same_type && compare(value, wanted) != Ordering::Less,
         Op::In => list().iter().any(|item| equal(value, item)),
         Op::NotIn => !list().iter().any(|item| equal(value, item)),
-        Op::ArrayContains => value
+        Op::ArrayContains => value.as_array().is_some_and(|items| items.iter().any(|item| equal(item, wanted))),
+        Op::ArrayContainsAny => value
             .as_array()
-            .is_some_and(|items| items.iter().any(|item| equal(item, wanted))),
-        Op::ArrayContainsAny => value.as_array().is_some_and(|items| {
-            items
-                .iter()
-                .any(|item| list().iter().any(|candidate| equal(item, candidate)))
-        }),
+            .is_some_and(|items| items.iter().any(|item| list().iter().any(|candidate| equal(item, candidate)))),
     }
 }
 
@@ -374,8 +303,7 @@ impl CursorSigner {
     }
 
     fn mac(&self, payload: &[u8], fingerprint: &str) -> Hmac<Sha256> {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
         mac.update(fingerprint.as_bytes());
         mac.update(&[0]);
         mac.update(payload);
@@ -385,22 +313,15 @@ impl CursorSigner {
     pub fn seal(&self, after: &After, fingerprint: &str) -> String {
         let payload = serde_json::to_vec(after).unwrap_or_default();
         let tag = self.mac(&payload, fingerprint).finalize().into_bytes();
-        format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(&payload),
-            URL_SAFE_NO_PAD.encode(&tag[..MAC_BYTES])
-        )
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(&tag[..MAC_BYTES]))
     }
 
     pub fn open(&self, cursor: &str, fingerprint: &str) -> Result<After, Error> {
-        let forged =
-            || Error::InvalidArgument("cursor is not one this server issued for this query".into());
+        let forged = || Error::InvalidArgument("cursor is not one this server issued for this query".into());
         let (payload, tag) = cursor.split_once('.').ok_or_else(forged)?;
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| forged())?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| forged())?;
-        self.mac(&payload, fingerprint)
-            .verify_truncated_left(&tag)
-            .map_err(|_| forged())?;
+        self.mac(&payload, fingerprint).verify_truncated_left(&tag).map_err(|_| forged())?;
         if tag.len() != MAC_BYTES {
             return Err(forged());
         }
@@ -435,10 +356,7 @@ mod tests {
 
     #[test]
     fn filters_follow_the_type_rules() {
-        let d = doc(
-            "c/d",
-            json!({"n": 5, "s": "5", "tags": ["a", 1], "o": {"x": null}}),
-        );
+        let d = doc("c/d", json!({"n": 5, "s": "5", "tags": ["a", 1], "o": {"x": null}}));
         let yes = |q: Value| assert!(spec(q.clone()).matches(&d), "{q}");
         let no = |q: Value| assert!(!spec(q.clone()).matches(&d), "{q}");
         yes(json!({"collection": "c", "where": [{"field": "n", "op": ">", "value": 4}]}));
@@ -446,15 +364,9 @@ mod tests {
         yes(json!({"collection": "c", "where": [{"field": "s", "op": "!=", "value": 5}]}));
         no(json!({"collection": "c", "where": [{"field": "missing", "op": "!=", "value": 5}]}));
         yes(json!({"collection": "c", "where": [{"field": "o.x", "op": "==", "value": null}]}));
-        yes(
-            json!({"collection": "c", "where": [{"field": "tags", "op": "array-contains", "value": 1.0}]}),
-        );
-        yes(
-            json!({"collection": "c", "where": [{"field": "tags", "op": "array-contains-any", "value": ["z", "a"]}]}),
-        );
-        yes(
-            json!({"collection": "c", "where": [{"field": "__id__", "op": "in", "value": ["d", "e"]}]}),
-        );
+        yes(json!({"collection": "c", "where": [{"field": "tags", "op": "array-contains", "value": 1.0}]}));
+        yes(json!({"collection": "c", "where": [{"field": "tags", "op": "array-contains-any", "value": ["z", "a"]}]}));
+        yes(json!({"collection": "c", "where": [{"field": "__id__", "op": "in", "value": ["d", "e"]}]}));
         no(json!({"collection": "c", "where": [{"field": "n", "op": "not-in", "value": [5]}]}));
         no(json!({"collection": "other", "where": []}));
         yes(json!({"collection_group": "c"}));
@@ -485,24 +397,21 @@ mod tests {
         let signer = CursorSigner::new([3; 32]);
         let q = spec(json!({"collection": "c", "order_by": [{"field": "n"}]}));
         let cursor = q.cursor_after(&doc("c/a", json!({"n": 1})), &signer);
-        let again: Query = serde_json::from_value(
-            json!({"collection": "c", "order_by": [{"field": "n"}], "cursor": cursor}),
-        )
-        .expect("wire");
+        let again: Query =
+            serde_json::from_value(json!({"collection": "c", "order_by": [{"field": "n"}], "cursor": cursor}))
+                .expect("wire");
         let resumed = QuerySpec::parse(&again, &signer).expect("own cursor opens");
         assert!(resumed.is_after_cursor(&doc("c/b", json!({"n": 1}))));
         assert!(!resumed.is_after_cursor(&doc("c/0", json!({"n": 1}))));
-        let other: Query = serde_json::from_value(
-            json!({"collection": "c", "order_by": [{"field": "m"}], "cursor": cursor}),
-        )
-        .expect("wire");
+        let other: Query =
+            serde_json::from_value(json!({"collection": "c", "order_by": [{"field": "m"}], "cursor": cursor}))
+                .expect("wire");
         assert!(QuerySpec::parse(&other, &signer).is_err());
         let mut tampered = cursor.clone();
         tampered.replace_range(0..1, if cursor.starts_with('A') { "B" } else { "A" });
-        let forged: Query = serde_json::from_value(
-            json!({"collection": "c", "order_by": [{"field": "n"}], "cursor": tampered}),
-        )
-        .expect("wire");
+        let forged: Query =
+            serde_json::from_value(json!({"collection": "c", "order_by": [{"field": "n"}], "cursor": tampered}))
+                .expect("wire");
         assert!(QuerySpec::parse(&forged, &signer).is_err());
     }
 }

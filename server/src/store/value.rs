@@ -38,9 +38,7 @@ pub fn compare(a: &Value, b: &Value) -> Ordering {
         (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
         (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
         (Value::String(x), Value::String(y)) => x.as_bytes().cmp(y.as_bytes()),
-        (Value::Array(_), Value::Array(_)) | (Value::Object(_), Value::Object(_)) => {
-            canonical(a).cmp(&canonical(b))
-        }
+        (Value::Array(_), Value::Array(_)) | (Value::Object(_), Value::Object(_)) => canonical(a).cmp(&canonical(b)),
         _ => Ordering::Equal,
     }
 }
@@ -115,13 +113,9 @@ pub fn normalized_float(f: f64) -> Number {
 pub fn check_document(data: &mut Map<String, Value>) -> Result<(), ShapeError> {
     fn reserved(value: &Value) -> Option<String> {
         match value {
-            Value::Object(map) => map.iter().find_map(|(key, item)| {
-                if key.starts_with('$') {
-                    Some(key.clone())
-                } else {
-                    reserved(item)
-                }
-            }),
+            Value::Object(map) => {
+                map.iter().find_map(|(key, item)| if key.starts_with('$') { Some(key.clone()) } else { reserved(item) })
+            }
             Value::Array(items) => items.iter().find_map(reserved),
             _ => None,
         }
@@ -191,9 +185,6 @@ mod tests {
     fn reserved_keys_are_found_at_any_depth() {
         let mut data = json!({"a": [{"$increment": 1}]});
         let map = data.as_object_mut().expect("object");
-        assert_eq!(
-            check_document(map),
-            Err(ShapeError::ReservedKey("$increment".into()))
-        );
+        assert_eq!(check_document(map), Err(ShapeError::ReservedKey("$increment".into())));
     }
 }

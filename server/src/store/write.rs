@@ -67,8 +67,7 @@ impl Prepared {
 }
 
 fn has_transform(data: &Map<String, Value>) -> bool {
-    data.iter()
-        .any(|(key, value)| key.starts_with('$') || value.as_object().is_some_and(has_transform))
+    data.iter().any(|(key, value)| key.starts_with('$') || value.as_object().is_some_and(has_transform))
 }
 
 /// Applies `write` to `current` at time `now` (microseconds since the epoch).
@@ -116,13 +115,7 @@ pub fn apply(current: Option<&StoredDoc>, prepared: Prepared, now: i64) -> Resul
         Some(doc) => (doc.version + 1, doc.created_at),
         None => (1, now),
     };
-    let doc = StoredDoc {
-        path: write.path,
-        data,
-        version,
-        created_at,
-        updated_at: now,
-    };
+    let doc = StoredDoc { path: write.path, data, version, created_at, updated_at: now };
     Ok(Effect::Put { doc, text })
 }
 
@@ -137,13 +130,9 @@ fn checked(mut data: Map<String, Value>) -> Result<(Map<String, Value>, String),
         )),
     })?;
     // The encoding that is measured is the one that is stored.
-    let text = serde_json::to_string(&data)
-        .map_err(|e| Error::Internal(format!("encoding a document: {e}")))?;
+    let text = serde_json::to_string(&data).map_err(|e| Error::Internal(format!("encoding a document: {e}")))?;
     if text.len() > MAX_DOC_BYTES {
-        return Err(Error::TooLarge(format!(
-            "document is {} bytes encoded; the limit is {MAX_DOC_BYTES}",
-            text.len()
-        )));
+        return Err(Error::TooLarge(format!("document is {} bytes encoded; the limit is {MAX_DOC_BYTES}", text.len())));
     }
     Ok((data, text))
 }
@@ -164,9 +153,7 @@ fn transform_of(value: &Value) -> Result<Option<Transform<'_>>, Error> {
         return Ok(None);
     };
     if map.len() != 1 {
-        return Err(Error::InvalidArgument(format!(
-            "a transform object holds only its `{key}` key"
-        )));
+        return Err(Error::InvalidArgument(format!("a transform object holds only its `{key}` key")));
     }
     let transform = match (key.as_str(), argument) {
         ("$increment", Value::Number(n)) => Transform::Increment(n),
@@ -197,11 +184,7 @@ struct Transforms {
 
 impl Transforms {
     /// RFC 7396 merge of `patch` into `target`, resolving transforms against `target`.
-    fn merge(
-        &self,
-        target: &mut Map<String, Value>,
-        patch: &Map<String, Value>,
-    ) -> Result<(), Error> {
+    fn merge(&self, target: &mut Map<String, Value>, patch: &Map<String, Value>) -> Result<(), Error> {
         for (key, value) in patch {
             if value.is_null() {
                 target.remove(key);
@@ -214,9 +197,7 @@ impl Transforms {
             }
             match value {
                 Value::Object(inner_patch) => {
-                    let slot = target
-                        .entry(key.clone())
-                        .or_insert_with(|| Value::Object(Map::new()));
+                    let slot = target.entry(key.clone()).or_insert_with(|| Value::Object(Map::new()));
                     if !slot.is_object() {
                         *slot = Value::Object(Map::new());
                     }
@@ -254,20 +235,13 @@ impl Transforms {
         Ok(out)
     }
 
-    fn resolve(
-        &self,
-        key: &str,
-        transform: Transform<'_>,
-        before: Option<&Value>,
-    ) -> Result<Value, Error> {
+    fn resolve(&self, key: &str, transform: Transform<'_>, before: Option<&Value>) -> Result<Value, Error> {
         Ok(match transform {
             Transform::Increment(by) => match before {
                 None | Some(Value::Null) => Value::Number(by.clone()),
                 Some(Value::Number(current)) => Value::Number(add(current, by)),
                 Some(_) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "`$increment` on `{key}`, which is not a number"
-                    )));
+                    return Err(Error::InvalidArgument(format!("`$increment` on `{key}`, which is not a number")));
                 }
             },
             Transform::ServerTime => Value::String(super::format_time(self.now)),
@@ -293,9 +267,7 @@ fn existing_array(key: &str, before: Option<&Value>) -> Result<Vec<Value>, Error
     match before {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => Ok(items.clone()),
-        Some(_) => Err(Error::InvalidArgument(format!(
-            "array transform on `{key}`, which is not an array"
-        ))),
+        Some(_) => Err(Error::InvalidArgument(format!("array transform on `{key}`, which is not an array"))),
     }
 }
 
@@ -331,11 +303,7 @@ mod tests {
     }
 
     fn update(patch: Value) -> Write {
-        Write {
-            path: DocPath::parse("c/d").expect("valid"),
-            op: WriteOp::Update(object(patch)),
-            if_version: None,
-        }
+        Write { path: DocPath::parse("c/d").expect("valid"), op: WriteOp::Update(object(patch)), if_version: None }
     }
 
     /// Prepares and applies, as the write path does.
@@ -353,15 +321,8 @@ mod tests {
     #[test]
     fn patch_deep_merges_and_null_removes() {
         let current = doc(json!({"a": {"b": 1, "c": 2}, "d": 1, "e": "x"}));
-        let after = put(run(
-            Some(&current),
-            &update(json!({"a": {"c": null, "z": 9}, "d": null, "e": {"f": 1}})),
-            10,
-        ));
-        assert_eq!(
-            Value::Object(after.data),
-            json!({"a": {"b": 1, "z": 9}, "e": {"f": 1}})
-        );
+        let after = put(run(Some(&current), &update(json!({"a": {"c": null, "z": 9}, "d": null, "e": {"f": 1}})), 10));
+        assert_eq!(Value::Object(after.data), json!({"a": {"b": 1, "z": 9}, "e": {"f": 1}}));
         assert_eq!(after.version, 4);
         assert_eq!(after.created_at, 1);
         assert_eq!(after.updated_at, 10);
@@ -388,11 +349,7 @@ mod tests {
         assert_eq!(after.data["at"], json!("1970-01-01T00:00:00.000000Z"));
         assert_eq!(after.data["tags"], json!(["a", "b", "c"]));
         assert_eq!(after.data["gone"], json!([]));
-        let removed = put(run(
-            Some(&after),
-            &update(json!({"tags": {"$array_remove": ["a", "c"]}})),
-            0,
-        ));
+        let removed = put(run(Some(&after), &update(json!({"tags": {"$array_remove": ["a", "c"]}})), 0));
         assert_eq!(removed.data["tags"], json!(["b"]));
     }
 
@@ -409,10 +366,7 @@ mod tests {
             json!({"x": [{"$increment": 1}]}),
         ] {
             let result = run(Some(&current), &update(patch.clone()), 0);
-            assert!(
-                matches!(result, Err(Error::InvalidArgument(_))),
-                "{patch}: {result:?}"
-            );
+            assert!(matches!(result, Err(Error::InvalidArgument(_))), "{patch}: {result:?}");
         }
     }
 
@@ -420,50 +374,22 @@ mod tests {
     fn preconditions_decide_before_anything_changes() {
         let current = doc(json!({}));
         let path = DocPath::parse("c/d").expect("valid");
-        let create = Write {
-            path: path.clone(),
-            op: WriteOp::Create(Map::new()),
-            if_version: None,
-        };
-        assert!(matches!(
-            run(Some(&current), &create, 0),
-            Err(Error::AlreadyExists(_))
-        ));
-        let stale = Write {
-            path: path.clone(),
-            op: WriteOp::Set(Map::new()),
-            if_version: Some(2),
-        };
-        assert!(matches!(
-            run(Some(&current), &stale, 0),
-            Err(Error::FailedPrecondition(_))
-        ));
-        let fresh = Write {
-            path: path.clone(),
-            op: WriteOp::Set(Map::new()),
-            if_version: Some(3),
-        };
+        let create = Write { path: path.clone(), op: WriteOp::Create(Map::new()), if_version: None };
+        assert!(matches!(run(Some(&current), &create, 0), Err(Error::AlreadyExists(_))));
+        let stale = Write { path: path.clone(), op: WriteOp::Set(Map::new()), if_version: Some(2) };
+        assert!(matches!(run(Some(&current), &stale, 0), Err(Error::FailedPrecondition(_))));
+        let fresh = Write { path: path.clone(), op: WriteOp::Set(Map::new()), if_version: Some(3) };
         assert_eq!(put(run(Some(&current), &fresh, 0)).version, 4);
-        assert!(matches!(
-            run(None, &update(json!({})), 0),
-            Err(Error::NotFound(_))
-        ));
-        let delete = Write {
-            path,
-            op: WriteOp::Delete,
-            if_version: None,
-        };
+        assert!(matches!(run(None, &update(json!({})), 0), Err(Error::NotFound(_))));
+        let delete = Write { path, op: WriteOp::Delete, if_version: None };
         assert!(matches!(run(None, &delete, 0), Ok(Effect::Nothing)));
     }
 
     #[test]
     fn documents_over_the_limits_are_refused() {
         let big = json!({"x": "a".repeat(MAX_DOC_BYTES)});
-        let write = Write {
-            path: DocPath::parse("c/d").expect("valid"),
-            op: WriteOp::Set(object(big)),
-            if_version: None,
-        };
+        let write =
+            Write { path: DocPath::parse("c/d").expect("valid"), op: WriteOp::Set(object(big)), if_version: None };
         assert!(matches!(run(None, &write, 0), Err(Error::TooLarge(_))));
     }
 }

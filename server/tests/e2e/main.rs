@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts the real `hearth` binary on a random loopback port with
 //! a fresh project dir and talks to it over HTTP.
 
+mod auth;
 mod bad_input;
 mod documents;
 mod server;

@@ -9,24 +9,14 @@ use crate::support::{App, KEY, Options, assert_error};
 async fn health_readiness_metrics_and_openapi_answer() {
     let app = App::spawn().await;
     let (status, body) = app.send(app.client.get(app.url("/healthz"))).await;
-    assert_eq!(
-        (status.as_u16(), body["status"].clone()),
-        (200, json!("ok"))
-    );
+    assert_eq!((status.as_u16(), body["status"].clone()), (200, json!("ok")));
     let (status, _) = app.send(app.client.get(app.url("/readyz"))).await;
     assert_eq!(status, 200);
     app.call(Method::PUT, "/v1/docs/c/d", Some(json!({}))).await;
 
     let (status, body) = app.send(app.client.get(app.url("/metrics"))).await;
     assert_error(status, &body, 401, "unauthenticated");
-    let metrics = app
-        .admin(Method::GET, "/metrics")
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.admin(Method::GET, "/metrics").send().await.expect("sent").text().await.expect("text");
     for name in [
         "http_requests_total",
         "http_request_duration_seconds_bucket",
@@ -43,10 +33,7 @@ async fn health_readiness_metrics_and_openapi_answer() {
     assert!(spec["openapi"].as_str().expect("version").starts_with("3."));
     let paths = spec["paths"].as_object().expect("paths");
     for (path, methods) in [
-        (
-            "/v1/docs/{path}",
-            &["get", "post", "put", "patch", "delete"][..],
-        ),
+        ("/v1/docs/{path}", &["get", "post", "put", "patch", "delete"][..]),
         ("/v1/query", &["post"][..]),
         ("/v1/aggregate", &["post"][..]),
         ("/v1/batch", &["post"][..]),
@@ -56,10 +43,7 @@ async fn health_readiness_metrics_and_openapi_answer() {
         ("/v1/openapi.json", &["get"][..]),
     ] {
         for method in methods {
-            assert!(
-                paths[path].get(*method).is_some(),
-                "OpenAPI lacks {method} {path}"
-            );
+            assert!(paths[path].get(*method).is_some(), "OpenAPI lacks {method} {path}");
         }
     }
     assert!(spec["components"]["schemas"]["Document"].is_object());
@@ -67,17 +51,9 @@ async fn health_readiness_metrics_and_openapi_answer() {
 
 #[tokio::test]
 async fn metrics_can_be_public() {
-    let app = App::spawn_with(Options {
-        config: Some("[metrics]\npublic = true\n".into()),
-        ..Options::default()
-    })
-    .await;
-    let response = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("sent");
+    let app =
+        App::spawn_with(Options { config: Some("[metrics]\npublic = true\n".into()), ..Options::default() }).await;
+    let response = app.client.get(app.url("/metrics")).send().await.expect("sent");
     assert_eq!(response.status(), 200);
 }
 
@@ -90,32 +66,15 @@ async fn the_first_start_prints_a_service_key_once_and_it_works() {
         .find(|word| word.starts_with("hk_") && *word != KEY)
         .expect("a service key is printed at first start")
         .to_owned();
-    let (status, _) = app
-        .send(app.client.get(app.url("/v1/docs/c/x")).bearer_auth(&key))
-        .await;
+    let (status, _) = app.send(app.client.get(app.url("/v1/docs/c/x")).bearer_auth(&key)).await;
     assert_eq!(status, 404, "the printed key is accepted");
     assert_eq!(app.terminate(), Some(0));
     let dir = app.keep_dir().expect("dir");
     let again = App::start_in(dir.path(), &Options::default());
-    assert!(
-        !again.output_text().contains(&key),
-        "the key is shown only once"
-    );
+    assert!(!again.output_text().contains(&key), "the key is shown only once");
     let stored = std::fs::read(dir.path().join("hearth_data/hearth.db")).expect("database file");
-    assert!(
-        !stored
-            .windows(key.len())
-            .any(|window| window == key.as_bytes()),
-        "only a hash is stored"
-    );
-    let (status, _) = again
-        .send(
-            again
-                .client
-                .get(again.url("/v1/docs/c/x"))
-                .bearer_auth(&key),
-        )
-        .await;
+    assert!(!stored.windows(key.len()).any(|window| window == key.as_bytes()), "only a hash is stored");
+    let (status, _) = again.send(again.client.get(again.url("/v1/docs/c/x")).bearer_auth(&key)).await;
     assert_eq!(status, 404, "the key still works after a restart");
 }
 
@@ -131,16 +90,9 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
         writers.push(tokio::spawn(async move {
             for i in 0.. {
                 let path = format!("w{writer}-{i}");
-                let sent = client
-                    .put(format!("{base}/{path}"))
-                    .bearer_auth(KEY)
-                    .json(&json!({"i": i}))
-                    .send()
-                    .await;
+                let sent = client.put(format!("{base}/{path}")).bearer_auth(KEY).json(&json!({"i": i})).send().await;
                 match sent {
-                    Ok(response) if response.status() == 201 => {
-                        acknowledged.lock().expect("lock").push(path)
-                    }
+                    Ok(response) if response.status() == 201 => acknowledged.lock().expect("lock").push(path),
                     _ => break, // refused or closed: the server is stopping
                 }
             }
@@ -157,24 +109,11 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
     assert!(app.output_text().contains("stopped"));
     let dir = app.keep_dir().expect("dir");
     let again = App::start_in(dir.path(), &Options::default());
-    let (_, page) = again
-        .call(
-            Method::POST,
-            "/v1/query",
-            Some(json!({"collection": "inflight", "limit": 1000})),
-        )
-        .await;
-    let stored: std::collections::HashSet<String> = page["docs"]
-        .as_array()
-        .expect("docs")
-        .iter()
-        .map(|doc| doc["id"].as_str().expect("id").to_owned())
-        .collect();
+    let (_, page) = again.call(Method::POST, "/v1/query", Some(json!({"collection": "inflight", "limit": 1000}))).await;
+    let stored: std::collections::HashSet<String> =
+        page["docs"].as_array().expect("docs").iter().map(|doc| doc["id"].as_str().expect("id").to_owned()).collect();
     let acknowledged = acknowledged.lock().expect("lock").clone();
-    assert!(
-        acknowledged.iter().all(|path| stored.contains(path)),
-        "an acknowledged write was lost"
-    );
+    assert!(acknowledged.iter().all(|path| stored.contains(path)), "an acknowledged write was lost");
 }
 
 #[tokio::test]
@@ -187,9 +126,7 @@ async fn acknowledged_writes_survive_sigkill() {
             let mut acknowledged = Vec::new();
             for i in 0..50 {
                 let path = format!("/v1/docs/durable/w{writer}-{i}");
-                let (status, body) = app_ref
-                    .call(Method::PUT, &path, Some(json!({"writer": writer, "i": i})))
-                    .await;
+                let (status, body) = app_ref.call(Method::PUT, &path, Some(json!({"writer": writer, "i": i}))).await;
                 assert_eq!(status, 201, "{body}");
                 acknowledged.push(body["path"].as_str().expect("path").to_owned());
             }
@@ -208,19 +145,11 @@ async fn acknowledged_writes_survive_sigkill() {
     let mut cursor = Value::Null;
     loop {
         let (status, page) = again
-            .call(
-                Method::POST,
-                "/v1/query",
-                Some(json!({"collection": "durable", "limit": 1000, "cursor": cursor})),
-            )
+            .call(Method::POST, "/v1/query", Some(json!({"collection": "durable", "limit": 1000, "cursor": cursor})))
             .await;
         assert_eq!(status, 200);
         found.extend(
-            page["docs"]
-                .as_array()
-                .expect("docs")
-                .iter()
-                .map(|doc| doc["path"].as_str().expect("path").to_owned()),
+            page["docs"].as_array().expect("docs").iter().map(|doc| doc["path"].as_str().expect("path").to_owned()),
         );
         cursor = page["cursor"].clone();
         if cursor.is_null() {
@@ -229,46 +158,26 @@ async fn acknowledged_writes_survive_sigkill() {
     }
     acknowledged.sort();
     found.sort();
-    assert_eq!(
-        found, acknowledged,
-        "every acknowledged write is there after SIGKILL"
-    );
+    assert_eq!(found, acknowledged, "every acknowledged write is there after SIGKILL");
 }
 
 #[tokio::test]
 async fn json_logs_carry_request_ids() {
-    let app = App::spawn_with(Options {
-        extra_args: vec!["--log-format".into(), "json".into()],
-        ..Options::default()
-    })
-    .await;
-    let response = app
-        .admin(Method::GET, "/v1/docs/c/x")
-        .send()
-        .await
-        .expect("sent");
-    let request_id = response.headers()["x-request-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
+    let app =
+        App::spawn_with(Options { extra_args: vec!["--log-format".into(), "json".into()], ..Options::default() }).await;
+    let response = app.admin(Method::GET, "/v1/docs/c/x").send().await.expect("sent");
+    let request_id = response.headers()["x-request-id"].to_str().expect("ascii").to_owned();
     let mut found = false;
     for _ in 0..100 {
-        found = app.output_text().lines().any(|line| {
-            serde_json::from_str::<Value>(line)
-                .is_ok_and(|entry| entry.to_string().contains(&request_id))
-        });
+        found = app
+            .output_text()
+            .lines()
+            .any(|line| serde_json::from_str::<Value>(line).is_ok_and(|entry| entry.to_string().contains(&request_id)));
         if found {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(
-        found,
-        "no JSON log line with request id {request_id}:\n{}",
-        app.output_text()
-    );
-    assert!(
-        !app.output_text().contains(KEY),
-        "the service key never reaches the log"
-    );
+    assert!(found, "no JSON log line with request id {request_id}:\n{}", app.output_text());
+    assert!(!app.output_text().contains(KEY), "the service key never reaches the log");
 }

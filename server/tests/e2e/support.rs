@@ -19,6 +19,7 @@ pub struct App {
     pub child: Child,
     pub output: Arc<Mutex<Vec<String>>>,
     dir: Option<tempfile::TempDir>,
+    project: std::path::PathBuf,
 }
 
 /// What a start may change.
@@ -54,6 +55,9 @@ impl App {
             .args(["--addr", "127.0.0.1:0"])
             .args(&options.extra_args)
             .env("HEARTH_SERVICE_KEY", KEY)
+            // Cheap password hashing keeps the suite fast; production keeps OWASP's cost.
+            .env("HEARTH_AUTH__PASSWORD__MEMORY_KIB", "1024")
+            .env("HEARTH_AUTH__PASSWORD__ITERATIONS", "1")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -63,13 +67,9 @@ impl App {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
-        for (stream, ready) in [
-            (
-                Box::new(stdout) as Box<dyn std::io::Read + Send>,
-                Some(ready_tx),
-            ),
-            (Box::new(stderr), None),
-        ] {
+        for (stream, ready) in
+            [(Box::new(stdout) as Box<dyn std::io::Read + Send>, Some(ready_tx)), (Box::new(stderr), None)]
+        {
             let output = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
@@ -92,13 +92,7 @@ impl App {
                 panic!("server did not start: {:?}", output.lock().expect("lock"));
             }
         };
-        App {
-            addr,
-            client: reqwest::Client::new(),
-            child,
-            output,
-            dir: None,
-        }
+        App { addr, client: reqwest::Client::new(), child, output, dir: None, project: dir.to_owned() }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -115,20 +109,11 @@ impl App {
         let response = request.send().await.expect("request sent");
         let status = response.status();
         let bytes = response.bytes().await.expect("body");
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("JSON body")
-        };
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
         (status, body)
     }
 
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         let mut request = self.admin(method, path);
         if let Some(body) = body {
             request = request.json(&body);
@@ -144,9 +129,7 @@ impl App {
     /// Sends SIGTERM and waits for the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         // `kill` from the shell keeps the tests free of unsafe code.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -161,6 +144,11 @@ impl App {
     pub fn kill_hard(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The project dir.
+    pub fn dir(&self) -> std::path::PathBuf {
+        self.project.clone()
     }
 
     /// Keeps the project dir after this server is gone.
@@ -181,8 +169,5 @@ pub fn assert_error(status: StatusCode, body: &Value, expected_status: u16, code
     assert_eq!(status.as_u16(), expected_status, "body: {body}");
     assert_eq!(body["error"]["code"], code, "body: {body}");
     assert!(body["error"]["details"].is_object(), "body: {body}");
-    body["error"]["message"]
-        .as_str()
-        .expect("message")
-        .to_owned()
+    body["error"]["message"].as_str().expect("message").to_owned()
 }

@@ -17,18 +17,17 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::query::{Field, Target};
 use super::{
-    AggregateValues, Aggregation, Backend, Change, ChangeBus, ChangeKind, DocPath, Error, Page,
-    Prepared, QuerySpec, RawDoc, StoredDoc, WriteResult,
+    AggregateValues, Aggregation, Backend, Change, ChangeBus, ChangeKind, DocPath, Error, Page, Prepared, QuerySpec,
+    RawDoc, StoredDoc, WriteResult,
 };
 pub use writer::WriterOptions;
 use writer::{Command, Exec, Job};
 
 /// Hearth's own schema, applied in order; never edit one that has shipped.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../../../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../../../migrations/sqlite/0001_init.sql")),
+    (2, "auth", include_str!("../../../../migrations/sqlite/0002_auth.sql")),
+];
 
 /// How durable a commit is. `Normal` (WAL) survives a crash of the process; `Full`
 /// also survives a power cut, at one fsync per group commit.
@@ -62,17 +61,10 @@ pub struct IndexDef {
 impl IndexDef {
     /// The `CREATE INDEX` statement; its name is derived from its definition.
     pub fn ddl(&self) -> String {
-        let mut columns: Vec<String> = self
-            .fields
-            .iter()
-            .map(|(field, dir)| sql::FieldSql::of(field).order_columns(*dir))
-            .collect();
+        let mut columns: Vec<String> =
+            self.fields.iter().map(|(field, dir)| sql::FieldSql::of(field).order_columns(*dir)).collect();
         columns.push("path ASC".into());
-        let body = format!(
-            "ON documents ({}) WHERE {}",
-            columns.join(", "),
-            sql::target_term(&self.target)
-        );
+        let body = format!("ON documents ({}) WHERE {}", columns.join(", "), sql::target_term(&self.target));
         use sha2::Digest;
         let digest = sha2::Sha256::digest(body.as_bytes());
         let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
@@ -113,24 +105,20 @@ struct Checkpointer {
 
 impl Checkpointer {
     fn start(path: &std::path::Path) -> Result<Checkpointer, Error> {
-        let conn = Connection::open(path)
-            .map_err(|e| Error::Unavailable(format!("cannot open the checkpointer: {e}")))?;
+        let conn =
+            Connection::open(path).map_err(|e| Error::Unavailable(format!("cannot open the checkpointer: {e}")))?;
         conn.execute_batch("PRAGMA busy_timeout = 5000;")?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("hearth-checkpoint".into())
             .spawn(move || {
                 let interval = std::time::Duration::from_millis(100);
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(interval)
-                {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     // PASSIVE copies what it can without blocking anyone. Under a steady
                     // stream of writes it never catches up, and the WAL would grow without
                     // end; once it is large, RESTART waits for the writer's current
                     // transaction so the next one starts the WAL from the beginning.
-                    let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                        row.get::<_, i64>(1)
-                    });
+                    let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1));
                     let outcome = match passive {
                         Ok(frames) if frames > RESTART_WAL_FRAMES => {
                             conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
@@ -158,13 +146,11 @@ impl SqliteBackend {
     /// indexes and starts the writer.
     pub fn open(options: SqliteOptions, bus: ChangeBus) -> Result<SqliteBackend, Error> {
         if let Some(parent) = options.path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                Error::Unavailable(format!("cannot create {}: {e}", parent.display()))
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
         }
-        let mut conn = Connection::open(&options.path).map_err(|e| {
-            Error::Unavailable(format!("cannot open {}: {e}", options.path.display()))
-        })?;
+        let mut conn = Connection::open(&options.path)
+            .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", options.path.display())))?;
         let synchronous = match options.synchronous {
             Synchronous::Normal => "NORMAL",
             Synchronous::Full => "FULL",
@@ -196,6 +182,32 @@ impl SqliteBackend {
         })
     }
 
+    /// Runs `write` on the write connection, between group commits: for Hearth's own
+    /// tables outside the document store (users, sessions, keys). Use a transaction
+    /// inside `write` when several statements must hold together.
+    pub async fn write_with<R, F>(&self, write: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, Error> + Send + 'static,
+    {
+        let (sender, result) = oneshot::channel();
+        self.exec(Box::new(move |conn| {
+            let _ = sender.send(write(conn));
+            Ok(0)
+        }))
+        .await?;
+        result.await.map_err(|_| shutting_down())?
+    }
+
+    /// Runs `read` on a read-only connection.
+    pub async fn read_with<R, F>(&self, read: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, Error> + Send + 'static,
+    {
+        self.readers.run(read).await
+    }
+
     async fn exec(&self, exec: Exec) -> Result<u64, Error> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Exec(exec, reply)).await?;
@@ -203,10 +215,7 @@ impl SqliteBackend {
     }
 
     async fn send(&self, command: Command) -> Result<(), Error> {
-        self.writer
-            .send(command)
-            .await
-            .map_err(|_| shutting_down())?;
+        self.writer.send(command).await.map_err(|_| shutting_down())?;
         let depth = self.writer.max_capacity() - self.writer.capacity();
         metrics::gauge!("hearth_writer_queue_depth").set(depth as f64);
         Ok(())
@@ -223,11 +232,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     )?;
     for (version, name, sql) in MIGRATIONS {
         let applied: Option<i64> = conn
-            .query_row(
-                "SELECT version FROM _hearth_migrations WHERE version = ?1",
-                [version],
-                |row| row.get(0),
-            )
+            .query_row("SELECT version FROM _hearth_migrations WHERE version = ?1", [version], |row| row.get(0))
             .optional()?;
         if applied.is_some() {
             continue;
@@ -272,15 +277,9 @@ struct Readers {
 
 impl Readers {
     fn open(path: &std::path::Path, size: usize) -> Result<Readers, Error> {
-        let connections = (0..size)
-            .map(|_| open_reader(path))
-            .collect::<Result<Vec<_>, _>>()?;
+        let connections = (0..size).map(|_| open_reader(path)).collect::<Result<Vec<_>, _>>()?;
         metrics::gauge!("hearth_db_readers").set(size as f64);
-        Ok(Readers {
-            path: path.to_owned(),
-            idle: Mutex::new(connections),
-            permits: Semaphore::new(size),
-        })
+        Ok(Readers { path: path.to_owned(), idle: Mutex::new(connections), permits: Semaphore::new(size) })
     }
 
     async fn run<R, F>(self: &Arc<Self>, read: F) -> Result<R, Error>
@@ -303,10 +302,7 @@ impl Readers {
         metrics::gauge!("hearth_db_readers_busy").decrement(1.0);
         match outcome {
             Ok((conn, result)) => {
-                self.idle
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(conn);
+                self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
                 result
             }
             // The connection went down with the panicking read; the next read opens another.
@@ -333,10 +329,7 @@ impl Readers {
             return self.run(read).await;
         };
         let result = read(&conn);
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         drop(permit);
         result
     }
@@ -345,31 +338,19 @@ impl Readers {
 fn open_reader(path: &std::path::Path) -> Result<Connection, Error> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|e| Error::Unavailable(format!("cannot open a reader: {e}")))?;
-    conn.execute_batch(
-        "PRAGMA busy_timeout = 5000; PRAGMA cache_size = -32768; PRAGMA mmap_size = 268435456;",
-    )?;
+    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -32768; PRAGMA mmap_size = 268435456;")?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
 
 fn doc_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64, i64, i64)> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-    ))
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
 }
 
-fn parse_doc(
-    (path, data, version, created_at, updated_at): (String, String, i64, i64, i64),
-) -> Result<RawDoc, Error> {
+fn parse_doc((path, data, version, created_at, updated_at): (String, String, i64, i64, i64)) -> Result<RawDoc, Error> {
     Ok(RawDoc {
         path: DocPath::parse(&path).map_err(|e| Error::Internal(format!("stored path: {e}")))?,
         data,
@@ -392,8 +373,7 @@ fn parse_logged(path: &DocPath, text: Option<String>) -> Result<Option<StoredDoc
     let Some(text) = text else {
         return Ok(None);
     };
-    let logged: Logged =
-        serde_json::from_str(&text).map_err(|e| Error::Internal(format!("logged JSON: {e}")))?;
+    let logged: Logged = serde_json::from_str(&text).map_err(|e| Error::Internal(format!("logged JSON: {e}")))?;
     Ok(Some(StoredDoc {
         path: path.clone(),
         data: logged.d,
@@ -404,19 +384,10 @@ fn parse_logged(path: &DocPath, text: Option<String>) -> Result<Option<StoredDoc
 }
 
 impl Backend for SqliteBackend {
-    fn commit(
-        &self,
-        writes: Vec<Prepared>,
-        batch: bool,
-    ) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>> {
+    fn commit(&self, writes: Vec<Prepared>, batch: bool) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>> {
         async move {
             let (reply, answer) = oneshot::channel();
-            self.send(Command::Write(Job {
-                writes,
-                batch,
-                reply,
-            }))
-            .await?;
+            self.send(Command::Write(Job { writes, batch, reply })).await?;
             answer.await.map_err(|_| shutting_down())?
         }
         .boxed()
@@ -441,10 +412,7 @@ impl Backend for SqliteBackend {
             .run(move |conn| {
                 let compiled = sql::select(&spec);
                 let mut statement = conn.prepare_cached(&compiled.sql)?;
-                let rows = statement.query_map(
-                    rusqlite::params_from_iter(compiled.params.iter()),
-                    doc_from_row,
-                )?;
+                let rows = statement.query_map(rusqlite::params_from_iter(compiled.params.iter()), doc_from_row)?;
                 let mut docs = Vec::with_capacity(spec.limit + 1);
                 for row in rows {
                     docs.push(parse_doc(row?)?);
@@ -456,15 +424,10 @@ impl Backend for SqliteBackend {
             .boxed()
     }
 
-    fn aggregate(
-        &self,
-        spec: QuerySpec,
-        aggregation: Aggregation,
-    ) -> BoxFuture<'_, Result<AggregateValues, Error>> {
+    fn aggregate(&self, spec: QuerySpec, aggregation: Aggregation) -> BoxFuture<'_, Result<AggregateValues, Error>> {
         self.readers
             .run(move |conn| {
-                let compiled =
-                    sql::aggregate(&spec, &aggregation.sum, &aggregation.avg, aggregation.limit);
+                let compiled = sql::aggregate(&spec, &aggregation.sum, &aggregation.avg, aggregation.limit);
                 let mut statement = conn.prepare_cached(&compiled.sql)?;
                 let sums = aggregation.sum.len();
                 let avgs = aggregation.avg.len();
@@ -474,30 +437,18 @@ impl Backend for SqliteBackend {
                         let number = |index: usize| -> rusqlite::Result<Value> {
                             Ok(match row.get::<_, rusqlite::types::Value>(index)? {
                                 rusqlite::types::Value::Integer(i) => Value::from(i),
-                                rusqlite::types::Value::Real(f) => {
-                                    Value::Number(super::value::normalized_float(f))
-                                }
+                                rusqlite::types::Value::Real(f) => Value::Number(super::value::normalized_float(f)),
                                 _ => Value::Null,
                             })
                         };
                         let sum = (0..sums)
-                            .map(|i| {
-                                number(1 + i).map(|v| if v.is_null() { Value::from(0) } else { v })
-                            })
+                            .map(|i| number(1 + i).map(|v| if v.is_null() { Value::from(0) } else { v }))
                             .collect::<rusqlite::Result<Vec<_>>>()?;
-                        let avg = (0..avgs)
-                            .map(|i| number(1 + sums + i))
-                            .collect::<rusqlite::Result<Vec<_>>>()?;
-                        Ok(AggregateValues {
-                            count: count as u64,
-                            sum,
-                            avg,
-                        })
+                        let avg = (0..avgs).map(|i| number(1 + sums + i)).collect::<rusqlite::Result<Vec<_>>>()?;
+                        Ok(AggregateValues { count: count as u64, sum, avg })
                     })
                     .map_err(|error| match &error {
-                        rusqlite::Error::SqliteFailure(_, Some(message))
-                            if message.contains("overflow") =>
-                        {
+                        rusqlite::Error::SqliteFailure(_, Some(message)) if message.contains("overflow") => {
                             Error::InvalidArgument("a sum overflowed 64-bit integers".into())
                         }
                         _ => Error::from(error),
@@ -526,7 +477,8 @@ impl Backend for SqliteBackend {
                 for row in rows {
                     let (seq, path, kind, doc, old, committed_at) = row?;
                     let path = DocPath::parse(&path).map_err(|e| Error::Internal(format!("logged path: {e}")))?;
-                    let kind = ChangeKind::parse(&kind).ok_or_else(|| Error::Internal(format!("logged kind {kind}")))?;
+                    let kind =
+                        ChangeKind::parse(&kind).ok_or_else(|| Error::Internal(format!("logged kind {kind}")))?;
                     changes.push(Change {
                         seq,
                         kind,
@@ -564,11 +516,7 @@ impl Backend for SqliteBackend {
                 let _ = finished.await;
             }
             let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let checkpointer = self
-                .checkpointer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
+            let checkpointer = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take();
             let _ = tokio::task::spawn_blocking(move || {
                 if let Some(thread) = thread {
                     let _ = thread.join();
@@ -613,25 +561,17 @@ impl Backend for SqliteBackend {
         async move {
             let fresh: [u8; 32] = rand::random();
             self.exec(Box::new(move |conn| {
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_key', ?1)",
-                    [fresh.to_vec()],
-                )?;
+                conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('cursor_key', ?1)", [fresh.to_vec()])?;
                 Ok(0)
             }))
             .await?;
             let stored: Vec<u8> = self
                 .readers
-                .run(|conn| {
-                    Ok(conn.query_row(
-                        "SELECT value FROM meta WHERE key = 'cursor_key'",
-                        [],
-                        |row| row.get(0),
-                    )?)
-                })
+                .run(
+                    |conn| Ok(conn.query_row("SELECT value FROM meta WHERE key = 'cursor_key'", [], |row| row.get(0))?),
+                )
                 .await?;
-            <[u8; 32]>::try_from(stored)
-                .map_err(|_| Error::Internal("stored cursor key has the wrong size".into()))
+            <[u8; 32]>::try_from(stored).map_err(|_| Error::Internal("stored cursor key has the wrong size".into()))
         }
         .boxed()
     }

@@ -48,11 +48,7 @@ pub struct FieldSql {
 impl FieldSql {
     pub fn of(field: &Field) -> FieldSql {
         match field {
-            Field::Id => FieldSql {
-                rank: None,
-                value: "id".into(),
-                json_path: None,
-            },
+            Field::Id => FieldSql { rank: None, value: "id".into(), json_path: None },
             Field::Path(segments) => {
                 let mut path = String::from("$");
                 for segment in segments {
@@ -109,34 +105,16 @@ fn equals(rank: &str, value_expr: &str, value: &Value, params: &mut Vec<SqlValue
     format!("(({rank}) = {r} AND {value_expr} = ?)")
 }
 
-fn any_equals(
-    rank: &str,
-    value_expr: &str,
-    values: &[Value],
-    params: &mut Vec<SqlValue>,
-) -> String {
-    let terms: Vec<String> = values
-        .iter()
-        .map(|v| equals(rank, value_expr, v, params))
-        .collect();
+fn any_equals(rank: &str, value_expr: &str, values: &[Value], params: &mut Vec<SqlValue>) -> String {
+    let terms: Vec<String> = values.iter().map(|v| equals(rank, value_expr, v, params)).collect();
     format!("({})", terms.join(" OR "))
 }
 
-fn compare(
-    rank: &str,
-    value_expr: &str,
-    op: &str,
-    value: &Value,
-    params: &mut Vec<SqlValue>,
-) -> String {
+fn compare(rank: &str, value_expr: &str, op: &str, value: &Value, params: &mut Vec<SqlValue>) -> String {
     let r = type_rank(value);
     if r == 0 {
         // Only null equals null; nothing is strictly before or after it.
-        return if op.contains('=') {
-            format!("({rank}) = 0")
-        } else {
-            "0".into()
-        };
+        return if op.contains('=') { format!("({rank}) = 0") } else { "0".into() };
     }
     params.push(sql_value(value));
     format!("(({rank}) = {r} AND {value_expr} {op} ?)")
@@ -150,19 +128,13 @@ fn filter_sql(filter: &FieldFilter, params: &mut Vec<SqlValue>) -> String {
     let exists = format!("({rank}) IS NOT NULL");
     match filter.op {
         Op::Eq => equals(&rank, value_expr, &filter.value, params),
-        Op::Ne => format!(
-            "({exists} AND NOT {})",
-            equals(&rank, value_expr, &filter.value, params)
-        ),
+        Op::Ne => format!("({exists} AND NOT {})", equals(&rank, value_expr, &filter.value, params)),
         Op::Lt => compare(&rank, value_expr, "<", &filter.value, params),
         Op::Le => compare(&rank, value_expr, "<=", &filter.value, params),
         Op::Gt => compare(&rank, value_expr, ">", &filter.value, params),
         Op::Ge => compare(&rank, value_expr, ">=", &filter.value, params),
         Op::In => any_equals(&rank, value_expr, list, params),
-        Op::NotIn => format!(
-            "({exists} AND NOT {})",
-            any_equals(&rank, value_expr, list, params)
-        ),
+        Op::NotIn => format!("({exists} AND NOT {})", any_equals(&rank, value_expr, list, params)),
         Op::ArrayContains | Op::ArrayContainsAny => {
             let Some(json_path) = &field.json_path else {
                 return "0".into(); // an id is never an array
@@ -209,10 +181,7 @@ pub fn where_clause(spec: &QuerySpec, params: &mut Vec<SqlValue>) -> String {
                 format!("({rank}) {rank_op} 0")
             } else {
                 local.push(sql_value(last));
-                format!(
-                    "(({rank}) {rank_op} {r} OR (({rank}) = {r} AND {} {value_op} ?))",
-                    field.value
-                )
+                format!("(({rank}) {rank_op} {r} OR (({rank}) = {r} AND {} {value_op} ?))", field.value)
             };
             let same = equals(&rank, &field.value, last, &mut local);
             tail = format!("({beyond} OR ({same} AND {tail}))");
@@ -245,11 +214,7 @@ pub fn order_clause(spec: &QuerySpec) -> String {
         .map(|key| {
             let field = FieldSql::of(&key.field);
             if pinned_rank(spec, &key.field) {
-                let dir = if key.dir == Direction::Desc {
-                    "DESC"
-                } else {
-                    "ASC"
-                };
+                let dir = if key.dir == Direction::Desc { "DESC" } else { "ASC" };
                 format!("{} {dir}", field.value)
             } else {
                 field.order_columns(key.dir)
@@ -266,13 +231,7 @@ fn pinned_rank(spec: &QuerySpec, field: &Field) -> bool {
         &filter.field == field
             && matches!(
                 filter.op,
-                Op::Eq
-                    | Op::Lt
-                    | Op::Le
-                    | Op::Gt
-                    | Op::Ge
-                    | Op::ArrayContains
-                    | Op::ArrayContainsAny
+                Op::Eq | Op::Lt | Op::Le | Op::Gt | Op::Ge | Op::ArrayContains | Op::ArrayContainsAny
             )
     })
 }
@@ -297,11 +256,7 @@ pub fn aggregate(spec: &QuerySpec, sum: &[Field], avg: &[Field], limit: Option<u
     for (function, fields) in [("SUM", sum), ("AVG", avg)] {
         for field in fields {
             let field = FieldSql::of(field);
-            columns.push(format!(
-                "{function}(CASE WHEN ({}) = 2 THEN {} END)",
-                field.rank(),
-                field.value
-            ));
+            columns.push(format!("{function}(CASE WHEN ({}) = 2 THEN {} END)", field.rank(), field.value));
         }
     }
     let source = match limit {
@@ -311,8 +266,5 @@ pub fn aggregate(spec: &QuerySpec, sum: &[Field], avg: &[Field], limit: Option<u
         ),
         None => format!("documents WHERE {where_sql}"),
     };
-    Compiled {
-        sql: format!("SELECT {} FROM {source}", columns.join(", ")),
-        params,
-    }
+    Compiled { sql: format!("SELECT {} FROM {source}", columns.join(", ")), params }
 }

@@ -18,10 +18,7 @@ async fn open(dir: &std::path::Path, indexes: Vec<IndexDef>) -> Store {
     let options = SqliteOptions {
         path: dir.join("test.db"),
         readers: 2,
-        writer: WriterOptions {
-            group_commit: true,
-            max_group_writes: 1000,
-        },
+        writer: WriterOptions { group_commit: true, max_group_writes: 1000 },
         synchronous: Synchronous::Normal,
         queue_capacity: 64,
         indexes,
@@ -38,11 +35,7 @@ fn random_value(rng: &mut StdRng, depth: usize) -> Value {
         2 => json!(rng.random_range(-3..4)),
         3 => json!([-2.5, -0.5, 0.5, 1.5, 2.0, 1e-3][rng.random_range(0..6)]),
         4 => json!(["", "a", "b", "ab", "B", "é", "a\"b", "10", "2"][rng.random_range(0..9)]),
-        5 => Value::Array(
-            (0..rng.random_range(0..3))
-                .map(|_| random_value(rng, depth + 1))
-                .collect(),
-        ),
+        5 => Value::Array((0..rng.random_range(0..3)).map(|_| random_value(rng, depth + 1)).collect()),
         6 => json!({"x": random_value(rng, depth + 1)}),
         _ => json!({}),
     }
@@ -69,60 +62,32 @@ fn random_query(rng: &mut StdRng, target: &str) -> Query {
             let op = Op::ALL[rng.random_range(0..Op::ALL.len())];
             let field = FIELDS[rng.random_range(0..FIELDS.len())];
             let value = if matches!(op, Op::In | Op::NotIn | Op::ArrayContainsAny) {
-                Value::Array(
-                    (0..rng.random_range(1..4))
-                        .map(|_| random_value(rng, 1))
-                        .collect(),
-                )
+                Value::Array((0..rng.random_range(1..4)).map(|_| random_value(rng, 1)).collect())
             } else if field == "__id__" && rng.random_bool(0.7) {
                 json!(format!("d{}", rng.random_range(0..40)))
             } else {
                 random_value(rng, 1)
             };
-            Filter {
-                field: field.into(),
-                op,
-                value,
-            }
+            Filter { field: field.into(), op, value }
         })
         .collect();
     let order_by = (0..rng.random_range(0..3))
         .map(|_| OrderBy {
             field: FIELDS[rng.random_range(0..5)].into(),
-            dir: if rng.random() {
-                Direction::Asc
-            } else {
-                Direction::Desc
-            },
+            dir: if rng.random() { Direction::Asc } else { Direction::Desc },
         })
         .collect();
-    let (collection, collection_group) = if target == "group" {
-        (None, Some("c".to_owned()))
-    } else {
-        (Some(target.to_owned()), None)
-    };
-    Query {
-        collection,
-        collection_group,
-        filters,
-        order_by,
-        limit: Some(rng.random_range(1..60)),
-        cursor: None,
-    }
+    let (collection, collection_group) =
+        if target == "group" { (None, Some("c".to_owned())) } else { (Some(target.to_owned()), None) };
+    Query { collection, collection_group, filters, order_by, limit: Some(rng.random_range(1..60)), cursor: None }
 }
 
 /// What the in-memory evaluator says a page is.
 fn expected_page(spec: &QuerySpec, docs: &BTreeMap<String, Arc<StoredDoc>>) -> Vec<String> {
-    let mut matching: Vec<&Arc<StoredDoc>> = docs
-        .values()
-        .filter(|doc| spec.matches(doc) && spec.is_after_cursor(doc))
-        .collect();
+    let mut matching: Vec<&Arc<StoredDoc>> =
+        docs.values().filter(|doc| spec.matches(doc) && spec.is_after_cursor(doc)).collect();
     matching.sort_by(|a, b| spec.compare_docs(a, b));
-    matching
-        .iter()
-        .take(spec.limit)
-        .map(|doc| doc.path.as_str().to_owned())
-        .collect()
+    matching.iter().take(spec.limit).map(|doc| doc.path.as_str().to_owned()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,11 +98,7 @@ async fn sql_and_in_memory_evaluators_agree_on_random_documents_and_queries() {
     let mut docs = BTreeMap::new();
     let mut writes = Vec::new();
     for i in 0..200 {
-        let path = if i % 4 == 3 {
-            format!("x/y{}/c/d{i}", i % 3)
-        } else {
-            format!("c/d{i}")
-        };
+        let path = if i % 4 == 3 { format!("x/y{}/c/d{i}", i % 3) } else { format!("c/d{i}") };
         writes.push(Write {
             path: DocPath::parse(&path).expect("path"),
             op: WriteOp::Set(random_doc(&mut rng)),
@@ -155,25 +116,13 @@ async fn sql_and_in_memory_evaluators_agree_on_random_documents_and_queries() {
         let wire = random_query(&mut rng, target);
         let spec = QuerySpec::parse(&wire, store.signer()).expect("random query is valid");
         let page = store.query(spec.clone()).await.expect("query runs");
-        let got: Vec<String> = page
-            .docs
-            .iter()
-            .map(|doc| doc.path.as_str().to_owned())
-            .collect();
+        let got: Vec<String> = page.docs.iter().map(|doc| doc.path.as_str().to_owned()).collect();
         pairs += docs.len();
         nonempty += usize::from(!got.is_empty());
-        assert_eq!(
-            got,
-            expected_page(&spec, &docs),
-            "query {}",
-            serde_json::to_string(&wire).unwrap_or_default()
-        );
+        assert_eq!(got, expected_page(&spec, &docs), "query {}", serde_json::to_string(&wire).unwrap_or_default());
     }
     assert!(pairs >= 10_000, "only {pairs} document/query pairs");
-    assert!(
-        nonempty > 150,
-        "only {nonempty} of 400 queries found anything: the test would prove little"
-    );
+    assert!(nonempty > 150, "only {nonempty} of 400 queries found anything: the test would prove little");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,17 +151,12 @@ async fn cursors_resume_right_after_the_last_document_while_documents_come_and_g
         for _page in 0..6 {
             let spec = QuerySpec::parse(&wire, store.signer()).expect("valid");
             let page = store.query(spec.clone()).await.expect("runs");
-            let got: Vec<String> = page
-                .docs
-                .iter()
-                .map(|doc| doc.path.as_str().to_owned())
-                .collect();
+            let got: Vec<String> = page.docs.iter().map(|doc| doc.path.as_str().to_owned()).collect();
             assert_eq!(got, expected_page(&spec, &docs));
             let Some(last) = page.docs.last().filter(|_| page.more) else {
                 break;
             };
-            wire.cursor =
-                Some(spec.cursor_after(&last.parse().expect("stored JSON"), store.signer()));
+            wire.cursor = Some(spec.cursor_after(&last.parse().expect("stored JSON"), store.signer()));
             // Between pages: inserts, updates and deletes anywhere in the order.
             let mut changes = vec![write(&mut rng, &mut next_id)];
             if let Some(victim) = docs.keys().nth(rng.random_range(0..docs.len())).cloned() {
@@ -235,35 +179,22 @@ async fn cursors_resume_right_after_the_last_document_while_documents_come_and_g
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_indexes_serve_equality_range_and_order_without_a_scan() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let collection =
-        || Target::Collection(crate::store::CollectionPath::parse("rooms").expect("path"));
+    let collection = || Target::Collection(crate::store::CollectionPath::parse("rooms").expect("path"));
     let field = |name: &str| Field::parse(name).expect("field");
     let indexes = vec![
+        IndexDef { target: collection(), fields: vec![(field("owner"), Direction::Asc)] },
         IndexDef {
             target: collection(),
-            fields: vec![(field("owner"), Direction::Asc)],
+            fields: vec![(field("owner"), Direction::Asc), (field("score"), Direction::Desc)],
         },
-        IndexDef {
-            target: collection(),
-            fields: vec![
-                (field("owner"), Direction::Asc),
-                (field("score"), Direction::Desc),
-            ],
-        },
-        IndexDef {
-            target: collection(),
-            fields: vec![(field("score"), Direction::Asc)],
-        },
+        IndexDef { target: collection(), fields: vec![(field("score"), Direction::Asc)] },
     ];
     let store = open(dir.path(), indexes).await;
     let writes = (0..500)
         .map(|i| Write {
             path: DocPath::parse(&format!("rooms/r{i}")).expect("path"),
             op: WriteOp::Set(
-                json!({"owner": format!("u{}", i % 50), "score": i})
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default(),
+                json!({"owner": format!("u{}", i % 50), "score": i}).as_object().cloned().unwrap_or_default(),
             ),
             if_version: None,
         })
@@ -274,17 +205,11 @@ async fn declared_indexes_serve_equality_range_and_order_without_a_scan() {
         let wire: Query = serde_json::from_value(query).expect("wire");
         let spec = QuerySpec::parse(&wire, store.signer()).expect("valid");
         let compiled = sql::select(&spec);
-        let mut statement = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", compiled.sql))
-            .expect("explains");
+        let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", compiled.sql)).expect("explains");
         let rows = statement
-            .query_map(rusqlite::params_from_iter(compiled.params.iter()), |row| {
-                row.get::<_, String>(3)
-            })
+            .query_map(rusqlite::params_from_iter(compiled.params.iter()), |row| row.get::<_, String>(3))
             .expect("plan rows");
-        rows.map(|row| row.expect("row"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        rows.map(|row| row.expect("row")).collect::<Vec<_>>().join("\n")
     };
     for query in [
         json!({"collection": "rooms", "where": [{"field": "owner", "op": "==", "value": "u7"}]}),
@@ -312,48 +237,20 @@ async fn every_write_appends_to_the_log_and_publishes_after_commit() {
     };
     store.write(vec![set(1)]).await.expect("create");
     store.write(vec![set(2)]).await.expect("update");
-    let failed = store
-        .write(vec![Write {
-            if_version: Some(9),
-            ..set(3)
-        }])
-        .await;
+    let failed = store.write(vec![Write { if_version: Some(9), ..set(3) }]).await;
     assert!(matches!(failed, Err(Error::FailedPrecondition(_))));
-    store
-        .write(vec![Write {
-            path: path.clone(),
-            op: WriteOp::Delete,
-            if_version: None,
-        }])
-        .await
-        .expect("delete");
+    store.write(vec![Write { path: path.clone(), op: WriteOp::Delete, if_version: None }]).await.expect("delete");
     let logged = store.changes_since(0, 100).await.expect("log");
     let kinds: Vec<ChangeKind> = logged.iter().map(|change| change.kind).collect();
-    assert_eq!(
-        kinds,
-        [ChangeKind::Create, ChangeKind::Update, ChangeKind::Delete]
-    );
+    assert_eq!(kinds, [ChangeKind::Create, ChangeKind::Update, ChangeKind::Delete]);
     assert!(logged.windows(2).all(|pair| pair[0].seq < pair[1].seq));
-    assert_eq!(
-        logged[1].old.as_ref().map(|doc| doc.data["n"].clone()),
-        Some(json!(1))
-    );
+    assert_eq!(logged[1].old.as_ref().map(|doc| doc.data["n"].clone()), Some(json!(1)));
     assert_eq!(logged[1].doc.as_ref().map(|doc| doc.version), Some(2));
     let mut published = Vec::new();
     for _ in 0..3 {
-        published.extend(
-            receiver
-                .recv()
-                .await
-                .expect("published")
-                .iter()
-                .map(|change| change.seq),
-        );
+        published.extend(receiver.recv().await.expect("published").iter().map(|change| change.seq));
     }
-    assert_eq!(
-        published,
-        logged.iter().map(|change| change.seq).collect::<Vec<_>>()
-    );
+    assert_eq!(published, logged.iter().map(|change| change.seq).collect::<Vec<_>>());
     assert_eq!(store.prune_changes(i64::MAX).await.expect("pruned"), 3);
     store.write(vec![set(5)]).await.expect("create again");
     let after = store.changes_since(0, 10).await.expect("log");
@@ -409,14 +306,8 @@ async fn a_failing_request_in_a_group_commit_fails_alone() {
     for request in requests {
         let (i, result) = request.await.expect("task");
         match i % 4 {
-            0 => assert!(
-                matches!(result, Err(Error::InBatch { index: 0, .. })),
-                "{i}: {result:?}"
-            ),
-            1 => assert!(
-                matches!(result, Err(Error::InBatch { index: 1, .. })),
-                "{i}: {result:?}"
-            ),
+            0 => assert!(matches!(result, Err(Error::InBatch { index: 0, .. })), "{i}: {result:?}"),
+            1 => assert!(matches!(result, Err(Error::InBatch { index: 1, .. })), "{i}: {result:?}"),
             _ => assert!(result.is_ok(), "{i}: {result:?}"),
         }
     }
@@ -428,14 +319,7 @@ async fn a_failing_request_in_a_group_commit_fails_alone() {
     let page = store.query(spec).await.expect("runs");
     let ids: Vec<&str> = page.docs.iter().map(|doc| doc.path.id()).collect();
     assert_eq!(ids.len(), 101, "100 creates and the seed");
-    assert!(
-        ids.iter().all(|id| !id.starts_with("partial")),
-        "a failed request left a write behind"
-    );
-    let taken = store
-        .get(DocPath::parse("g/taken").expect("path"))
-        .await
-        .expect("read")
-        .expect("exists");
+    assert!(ids.iter().all(|id| !id.starts_with("partial")), "a failed request left a write behind");
+    let taken = store.get(DocPath::parse("g/taken").expect("path")).await.expect("read").expect("exists");
     assert_eq!((taken.version, taken.data["n"].clone()), (1, json!(0)));
 }

@@ -47,12 +47,7 @@ pub struct WriterOptions {
     pub max_group_writes: usize,
 }
 
-pub fn run(
-    mut conn: Connection,
-    mut receiver: mpsc::Receiver<Command>,
-    bus: ChangeBus,
-    options: WriterOptions,
-) {
+pub fn run(mut conn: Connection, mut receiver: mpsc::Receiver<Command>, bus: ChangeBus, options: WriterOptions) {
     while let Some(first) = receiver.blocking_recv() {
         let mut jobs = Vec::new();
         let mut control = None;
@@ -124,12 +119,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
     let mut changes = Vec::new();
     let outcome = (|| -> Result<(), Error> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for Job {
-            writes,
-            batch,
-            reply,
-        } in jobs
-        {
+        for Job { writes, batch, reply } in jobs {
             // A single write checks everything before it changes a row, so only requests
             // of several writes need a savepoint to fail alone.
             if writes.len() == 1 {
@@ -190,26 +180,14 @@ fn apply_job(
     let mut changes = Vec::with_capacity(writes.len());
     for (index, prepared) in writes.into_iter().enumerate() {
         let located = |error: Error| {
-            if batch {
-                Error::InBatch {
-                    index,
-                    error: Box::new(error),
-                }
-            } else {
-                error
-            }
+            if batch { Error::InBatch { index, error: Box::new(error) } } else { error }
         };
         let write = &prepared.write;
         // A create needs no read: the insert itself finds out whether the path is taken.
         let blind_create = matches!(write.op, WriteOp::Create(_)) && write.if_version.is_none();
-        let current = if blind_create {
-            None
-        } else {
-            load(conn, &write.path)?
-        };
+        let current = if blind_create { None } else { load(conn, &write.path)? };
         let doc_path = write.path.clone();
-        let effect =
-            write::apply(current.as_ref().map(|(doc, _)| doc), prepared, now).map_err(located)?;
+        let effect = write::apply(current.as_ref().map(|(doc, _)| doc), prepared, now).map_err(located)?;
         let old_logged = current.as_ref().map(|(doc, text)| logged(doc, text));
         let path = doc_path.as_str();
         match effect {
@@ -226,23 +204,10 @@ fn apply_job(
                     doc.updated_at
                 ])?;
                 if stored == 0 {
-                    return Err(located(Error::AlreadyExists(format!(
-                        "`{path}` already exists"
-                    ))));
+                    return Err(located(Error::AlreadyExists(format!("`{path}` already exists"))));
                 }
-                let kind = if current.is_some() {
-                    ChangeKind::Update
-                } else {
-                    ChangeKind::Create
-                };
-                let seq = log(
-                    conn,
-                    path,
-                    kind,
-                    Some(&logged(&doc, &text)),
-                    old_logged.as_deref(),
-                    now,
-                )?;
+                let kind = if current.is_some() { ChangeKind::Update } else { ChangeKind::Create };
+                let seq = log(conn, path, kind, Some(&logged(&doc, &text)), old_logged.as_deref(), now)?;
                 let old = current.map(|(old, _)| Arc::new(old));
                 // One copy of the document, shared by the answer and the bus.
                 let doc = Arc::new(doc);
@@ -254,23 +219,11 @@ fn apply_job(
                     old,
                     committed_at: now,
                 });
-                results.push(WriteResult {
-                    path: doc_path.clone(),
-                    doc: Some(doc),
-                    data_json: Some(text.into()),
-                });
+                results.push(WriteResult { path: doc_path.clone(), doc: Some(doc), data_json: Some(text.into()) });
             }
             Effect::Delete => {
-                conn.prepare_cached("DELETE FROM documents WHERE path = ?1")?
-                    .execute([path])?;
-                let seq = log(
-                    conn,
-                    path,
-                    ChangeKind::Delete,
-                    None,
-                    old_logged.as_deref(),
-                    now,
-                )?;
+                conn.prepare_cached("DELETE FROM documents WHERE path = ?1")?.execute([path])?;
+                let seq = log(conn, path, ChangeKind::Delete, None, old_logged.as_deref(), now)?;
                 let old = current.map(|(old, _)| Arc::new(old));
                 changes.push(Change {
                     seq,
@@ -280,17 +233,9 @@ fn apply_job(
                     old,
                     committed_at: now,
                 });
-                results.push(WriteResult {
-                    path: doc_path.clone(),
-                    doc: None,
-                    data_json: None,
-                });
+                results.push(WriteResult { path: doc_path.clone(), doc: None, data_json: None });
             }
-            Effect::Nothing => results.push(WriteResult {
-                path: doc_path.clone(),
-                doc: None,
-                data_json: None,
-            }),
+            Effect::Nothing => results.push(WriteResult { path: doc_path.clone(), doc: None, data_json: None }),
         }
     }
     Ok((results, changes))
@@ -299,41 +244,21 @@ fn apply_job(
 /// The stored document and its data as JSON text (kept to log without re-serialising).
 fn load(conn: &Connection, path: &DocPath) -> Result<Option<(StoredDoc, String)>, Error> {
     let row = conn
-        .prepare_cached(
-            "SELECT json(data), version, created_at, updated_at FROM documents WHERE path = ?1",
-        )?
+        .prepare_cached("SELECT json(data), version, created_at, updated_at FROM documents WHERE path = ?1")?
         .query_row([path.as_str()], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, i64>(3)?,
-            ))
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?, row.get::<_, i64>(3)?))
         })
         .optional()?;
     let Some((text, version, created_at, updated_at)) = row else {
         return Ok(None);
     };
-    let data =
-        serde_json::from_str(&text).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?;
-    Ok(Some((
-        StoredDoc {
-            path: path.clone(),
-            data,
-            version,
-            created_at,
-            updated_at,
-        },
-        text,
-    )))
+    let data = serde_json::from_str(&text).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?;
+    Ok(Some((StoredDoc { path: path.clone(), data, version, created_at, updated_at }, text)))
 }
 
 /// A document as the log keeps it: `{"v", "c", "u", "d"}`, data spliced in as text.
 fn logged(doc: &StoredDoc, data_text: &str) -> String {
-    format!(
-        r#"{{"v":{},"c":{},"u":{},"d":{data_text}}}"#,
-        doc.version, doc.created_at, doc.updated_at
-    )
+    format!(r#"{{"v":{},"c":{},"u":{},"d":{data_text}}}"#, doc.version, doc.created_at, doc.updated_at)
 }
 
 fn log(
@@ -344,9 +269,7 @@ fn log(
     old: Option<&str>,
     now: i64,
 ) -> Result<i64, Error> {
-    conn.prepare_cached(
-        "INSERT INTO changes (path, kind, doc, old, committed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![path, kind.as_str(), doc, old, now])?;
+    conn.prepare_cached("INSERT INTO changes (path, kind, doc, old, committed_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![path, kind.as_str(), doc, old, now])?;
     Ok(conn.last_insert_rowid())
 }

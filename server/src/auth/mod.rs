@@ -1,0 +1,537 @@
+//! Auth: users, password and anonymous sign-in, sessions with rotating refresh tokens,
+//! and access tokens (EdDSA JWTs) that anyone can verify with the published JWKS.
+//!
+//! Owns the `users`, `sessions`, `refresh_tokens` and `signing_keys` tables (through
+//! `repo`); knows nothing of HTTP. Access tokens are stateless: they are checked by
+//! signature and claims only, so revoking a session stops its refresh at once and its
+//! access token within `auth.access_token_seconds`.
+
+pub mod keys;
+pub mod password;
+pub mod repo;
+
+use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hearth_types::{Session, User};
+use jsonwebtoken::{Algorithm, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::AuthConfig;
+use crate::store::{self, format_time, now_micros, path::new_id};
+use password::{MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES, Passwords};
+use repo::{Refreshed, Repo, UserRecord};
+
+/// Claims Hearth puts in every access token; custom claims may not use these names.
+pub const RESERVED_CLAIMS: &[&str] =
+    &["sub", "iat", "exp", "nbf", "iss", "aud", "jti", "sid", "anon", "email", "email_verified", "kid", "typ"];
+
+/// Why an auth call failed. Mapped to contract codes in `http`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthUser {
+    pub uid: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub anonymous: bool,
+    /// Custom claims.
+    pub claims: Map<String, Value>,
+    /// The session the token belongs to.
+    pub session_id: String,
+}
+
+/// The claims of an access token.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    iat: i64,
+    exp: i64,
+    iss: String,
+    aud: String,
+    sid: String,
+    anon: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
+    #[serde(default)]
+    email_verified: bool,
+    #[serde(flatten)]
+    custom: Map<String, Value>,
+}
+
+/// The auth service. Cheap to clone.
+#[derive(Clone)]
+pub struct Auth {
+    repo: Repo,
+    passwords: Passwords,
+    keys: Arc<RwLock<keys::KeySet>>,
+    config: AuthConfig,
+}
+
+impl Auth {
+    /// Loads the signing keys, making the first one on a fresh database.
+    pub async fn new(repo: Repo, config: AuthConfig) -> anyhow::Result<Auth> {
+        let passwords = Passwords::new(&config.password)?;
+        if repo.keys().await?.iter().all(|key| key.retired_at.is_some()) {
+            repo.add_key(keys::generate(now_micros())).await?;
+        }
+        let auth = Auth { repo, passwords, keys: Arc::new(RwLock::new(keys::KeySet::from_records(&[], 0, 0))), config };
+        auth.reload_keys().await?;
+        Ok(auth)
+    }
+
+    fn token_lifetime_micros(&self) -> i64 {
+        (self.config.access_token_seconds as i64 + LEEWAY_SECONDS as i64) * 1_000_000
+    }
+
+    /// Re-reads the signing keys (after `hearth keys rotate`, or to drop expired ones).
+    pub async fn reload_keys(&self) -> Result<(), Error> {
+        let records = self.repo.keys().await?;
+        let set = keys::KeySet::from_records(&records, now_micros(), self.token_lifetime_micros());
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = set;
+        Ok(())
+    }
+
+    /// The JWKS document.
+    pub fn jwks(&self) -> String {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).jwks().to_owned()
+    }
+
+    pub async fn signup(&self, email: &str, password: &str) -> Result<Session, Error> {
+        let email = normalize_email(email)?;
+        check_password(password)?;
+        let hash = self.hash(password).await?;
+        let now = now_micros();
+        let user = UserRecord {
+            id: new_id(),
+            email: Some(email),
+            email_verified: false,
+            password_hash: Some(hash),
+            anonymous: false,
+            disabled: false,
+            claims: Map::new(),
+            data: Map::new(),
+            providers: vec!["password".into()],
+            created_at: now,
+            updated_at: now,
+        };
+        self.repo.insert_user(user.clone()).await.map_err(already_exists)?;
+        self.start_session(user).await
+    }
+
+    /// Same answer, and about the same time, for an unknown e-mail and a wrong password.
+    pub async fn login(&self, email: &str, password: &str) -> Result<Session, Error> {
+        let refused = || Error::Unauthenticated("wrong e-mail or password".into());
+        let Ok(email) = normalize_email(email) else {
+            self.passwords.verify(password, None).await;
+            return Err(refused());
+        };
+        let user = self.repo.user_by_email(&email).await?;
+        let hash = user.as_ref().and_then(|user| user.password_hash.as_deref());
+        if !self.passwords.verify(password, hash).await {
+            return Err(refused());
+        }
+        let user = user.ok_or_else(refused)?;
+        if user.disabled {
+            return Err(Error::PermissionDenied("this account is disabled".into()));
+        }
+        self.start_session(user).await
+    }
+
+    pub async fn anonymous(&self) -> Result<Session, Error> {
+        let now = now_micros();
+        let user = UserRecord {
+            id: new_id(),
+            email: None,
+            email_verified: false,
+            password_hash: None,
+            anonymous: true,
+            disabled: false,
+            claims: Map::new(),
+            data: Map::new(),
+            providers: vec!["anonymous".into()],
+            created_at: now,
+            updated_at: now,
+        };
+        self.repo.insert_user(user.clone()).await?;
+        self.start_session(user).await
+    }
+
+    /// Spends a refresh token for a new session answer; reuse revokes the family.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Session, Error> {
+        let (token, new_hash) = new_refresh_token();
+        match self.repo.refresh(hash_token(refresh_token), new_hash, now_micros()).await? {
+            Refreshed::Rotated { session_id, user } => self.session_answer(user, session_id, token),
+            Refreshed::Reused => {
+                tracing::warn!("a spent refresh token was presented again; its session is revoked");
+                Err(Error::Unauthenticated("refresh token is no longer valid".into()))
+            }
+            Refreshed::Refused => Err(Error::Unauthenticated("refresh token is no longer valid".into())),
+        }
+    }
+
+    pub async fn logout(&self, caller: &AuthUser, all: bool) -> Result<(), Error> {
+        let now = now_micros();
+        if all {
+            self.repo.revoke_all(&caller.uid, now).await?;
+        } else {
+            self.repo.revoke_session(&caller.uid, &caller.session_id, now).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn user(&self, uid: &str) -> Result<User, Error> {
+        Ok(wire_user(&self.existing(uid).await?))
+    }
+
+    async fn existing(&self, uid: &str) -> Result<UserRecord, Error> {
+        self.repo.user_by_id(uid).await?.ok_or_else(|| Error::NotFound(format!("no user `{uid}`")))
+    }
+
+    /// Changes the caller's e-mail, password or profile.
+    pub async fn update_self(&self, uid: &str, update: hearth_types::UserUpdate) -> Result<User, Error> {
+        let mut user = self.existing(uid).await?;
+        if let Some(email) = update.email {
+            let email = normalize_email(&email)?;
+            if user.email.as_deref() != Some(email.as_str()) {
+                user.email = Some(email);
+                user.email_verified = false;
+            }
+        }
+        if let Some(password) = update.password {
+            if user.anonymous {
+                return Err(Error::InvalidArgument(
+                    "an anonymous user links an e-mail first (`POST /v1/auth/link`)".into(),
+                ));
+            }
+            check_password(&password)?;
+            user.password_hash = Some(self.hash(&password).await?);
+            if !user.providers.iter().any(|provider| provider == "password") {
+                user.providers.push("password".into());
+            }
+        }
+        if let Some(data) = update.data {
+            check_profile(&data)?;
+            user.data = data;
+        }
+        user.updated_at = now_micros();
+        self.repo.save_user(user.clone()).await.map_err(already_exists)?;
+        Ok(wire_user(&user))
+    }
+
+    pub async fn delete(&self, uid: &str) -> Result<(), Error> {
+        if !self.repo.delete_user(uid).await? {
+            return Err(Error::NotFound(format!("no user `{uid}`")));
+        }
+        Ok(())
+    }
+
+    /// Turns the anonymous caller into a password user with the same id.
+    pub async fn link(&self, caller: &AuthUser, email: &str, password: &str) -> Result<Session, Error> {
+        let email = normalize_email(email)?;
+        check_password(password)?;
+        let mut user = self.existing(&caller.uid).await?;
+        if !user.anonymous {
+            return Err(Error::InvalidArgument("only an anonymous user can be linked to an e-mail".into()));
+        }
+        user.password_hash = Some(self.hash(password).await?);
+        user.email = Some(email);
+        user.anonymous = false;
+        user.providers = vec!["password".into()];
+        user.updated_at = now_micros();
+        self.repo.save_user(user.clone()).await.map_err(already_exists)?;
+        // The old session carried `anon: true`; the caller continues with a fresh one.
+        self.repo.revoke_session(&caller.uid, &caller.session_id, now_micros()).await?;
+        self.start_session(user).await
+    }
+
+    /// A page of users in id order.
+    pub async fn list(&self, cursor: Option<String>, limit: usize) -> Result<hearth_types::UserPage, Error> {
+        let after = match cursor {
+            None => None,
+            Some(cursor) => Some(
+                URL_SAFE_NO_PAD
+                    .decode(cursor.as_bytes())
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .ok_or_else(|| Error::InvalidArgument("cursor is not one this server issued".into()))?,
+            ),
+        };
+        let mut users = self.repo.list_users(after, limit).await?;
+        let more = users.len() > limit;
+        users.truncate(limit);
+        let cursor = match (more, users.last()) {
+            (true, Some(last)) => Some(URL_SAFE_NO_PAD.encode(last.id.as_bytes())),
+            _ => None,
+        };
+        Ok(hearth_types::UserPage { users: users.iter().map(wire_user).collect(), cursor })
+    }
+
+    /// An admin makes a password user.
+    pub async fn admin_create(&self, request: hearth_types::AdminUserCreate) -> Result<User, Error> {
+        let email = normalize_email(&request.email)?;
+        check_password(&request.password)?;
+        check_claims(&request.claims)?;
+        check_profile(&request.data)?;
+        let now = now_micros();
+        let user = UserRecord {
+            id: new_id(),
+            email: Some(email),
+            email_verified: request.email_verified,
+            password_hash: Some(self.hash(&request.password).await?),
+            anonymous: false,
+            disabled: false,
+            claims: request.claims,
+            data: request.data,
+            providers: vec!["password".into()],
+            created_at: now,
+            updated_at: now,
+        };
+        self.repo.insert_user(user.clone()).await.map_err(already_exists)?;
+        Ok(wire_user(&user))
+    }
+
+    /// An admin sets claims, disables or enables, or marks the e-mail verified. Disabling
+    /// revokes every session at once.
+    pub async fn admin_update(&self, uid: &str, update: hearth_types::AdminUserUpdate) -> Result<User, Error> {
+        let mut user = self.existing(uid).await?;
+        if let Some(claims) = update.claims {
+            check_claims(&claims)?;
+            user.claims = claims;
+        }
+        if let Some(verified) = update.email_verified {
+            user.email_verified = verified;
+        }
+        if let Some(disabled) = update.disabled {
+            user.disabled = disabled;
+        }
+        user.updated_at = now_micros();
+        self.repo.save_user(user.clone()).await?;
+        if user.disabled {
+            self.repo.revoke_all(uid, now_micros()).await?;
+        }
+        Ok(wire_user(&user))
+    }
+
+    /// Revokes every session of a user.
+    pub async fn revoke_all(&self, uid: &str) -> Result<(), Error> {
+        self.existing(uid).await?;
+        self.repo.revoke_all(uid, now_micros()).await?;
+        Ok(())
+    }
+
+    /// Checks an access token: signature by a published key (EdDSA only), `iss`, `aud`,
+    /// `exp` and `nbf`.
+    pub fn verify(&self, token: &str) -> Result<AuthUser, Error> {
+        let invalid = || Error::Unauthenticated("invalid or expired access token".into());
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(invalid());
+        }
+        let kid = header.kid.ok_or_else(invalid)?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECONDS;
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let key = keys.verifying(&kid).ok_or_else(invalid)?;
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|_| invalid())?.claims;
+        Ok(AuthUser {
+            uid: claims.sub,
+            email: claims.email,
+            email_verified: claims.email_verified,
+            anonymous: claims.anon,
+            claims: claims.custom,
+            session_id: claims.sid,
+        })
+    }
+
+    async fn hash(&self, password: &str) -> Result<String, Error> {
+        self.passwords.hash(password).await.map_err(|error| Error::Internal(error.to_string()))
+    }
+
+    async fn start_session(&self, user: UserRecord) -> Result<Session, Error> {
+        let session_id = new_id();
+        let (token, hash) = new_refresh_token();
+        let now = now_micros();
+        let expires = now + self.config.session_days as i64 * 86_400 * 1_000_000;
+        self.repo.create_session(session_id.clone(), user.id.clone(), hash, now, expires).await?;
+        self.session_answer(user, session_id, token)
+    }
+
+    fn session_answer(&self, user: UserRecord, session_id: String, refresh_token: String) -> Result<Session, Error> {
+        let now = now_micros() / 1_000_000;
+        let claims = Claims {
+            sub: user.id.clone(),
+            iat: now,
+            exp: now + self.config.access_token_seconds as i64,
+            iss: self.config.issuer.clone(),
+            aud: self.config.audience.clone(),
+            sid: session_id,
+            anon: user.anonymous,
+            email: user.email.clone(),
+            email_verified: user.email_verified,
+            custom: user.claims.clone(),
+        };
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let (kid, key) = keys.signing().ok_or_else(|| Error::Internal("no signing key".into()))?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.to_owned());
+        let access_token = jsonwebtoken::encode(&header, &claims, key)
+            .map_err(|error| Error::Internal(format!("signing: {error}")))?;
+        Ok(Session {
+            access_token,
+            token_type: "Bearer".into(),
+            expires_in: self.config.access_token_seconds,
+            refresh_token,
+            user: wire_user(&user),
+        })
+    }
+}
+
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECONDS: u64 = 30;
+
+fn already_exists(error: store::Error) -> Error {
+    match error {
+        store::Error::AlreadyExists(_) => Error::AlreadyExists("a user with this e-mail exists".into()),
+        other => Error::Store(other),
+    }
+}
+
+/// A fresh refresh token and the hash that is stored for it.
+fn new_refresh_token() -> (String, [u8; 32]) {
+    let bytes: [u8; 32] = rand::random();
+    let token = URL_SAFE_NO_PAD.encode(bytes);
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Trims and lower-cases an e-mail and checks its shape.
+pub fn normalize_email(email: &str) -> Result<String, Error> {
+    let email = email.trim().to_lowercase();
+    let malformed = || Error::InvalidArgument("e-mail is malformed".into());
+    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(malformed());
+    }
+    let (local, domain) = email.rsplit_once('@').ok_or_else(malformed)?;
+    let domain_ok = !domain.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+        && domain.chars().all(|c| c.is_alphanumeric() || c == '.' || c == '-');
+    if local.is_empty() || local.len() > 64 || local.contains('@') || !domain_ok {
+        return Err(malformed());
+    }
+    Ok(email)
+}
+
+fn check_password(password: &str) -> Result<(), Error> {
+    if password.len() < MIN_PASSWORD_BYTES || password.len() > MAX_PASSWORD_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "a password is {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_claims(claims: &Map<String, Value>) -> Result<(), Error> {
+    if let Some(reserved) = claims.keys().find(|key| RESERVED_CLAIMS.contains(&key.as_str())) {
+        return Err(Error::InvalidArgument(format!("`{reserved}` is a claim Hearth sets itself")));
+    }
+    if Value::Object(claims.clone()).to_string().len() > 1000 {
+        return Err(Error::InvalidArgument("custom claims are at most 1000 bytes of JSON".into()));
+    }
+    Ok(())
+}
+
+fn check_profile(data: &Map<String, Value>) -> Result<(), Error> {
+    if Value::Object(data.clone()).to_string().len() > 64 * 1024 {
+        return Err(Error::InvalidArgument("a profile is at most 64 KiB of JSON".into()));
+    }
+    Ok(())
+}
+
+/// The contract's shape of a user (never the password hash).
+pub fn wire_user(user: &UserRecord) -> User {
+    User {
+        id: user.id.clone(),
+        email: user.email.clone(),
+        email_verified: user.email_verified,
+        anonymous: user.anonymous,
+        disabled: user.disabled,
+        claims: user.claims.clone(),
+        data: user.data.clone(),
+        mfa: false,
+        created_at: format_time(user.created_at),
+        providers: user.providers.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(normalize_email("  Ada@Example.COM ").expect("valid"), "ada@example.com");
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a da@example.com",
+            "ada@exa mple.com",
+            "ada@.com",
+            "ada@example..com",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+        assert!(normalize_email(&format!("{}@example.com", "a".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn passwords_are_8_to_256_bytes() {
+        assert!(check_password("1234567").is_err());
+        assert!(check_password("12345678").is_ok());
+        assert!(check_password(&"x".repeat(256)).is_ok());
+        assert!(check_password(&"x".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn custom_claims_may_not_shadow_hearth_claims() {
+        let mut claims = Map::new();
+        claims.insert("role".into(), Value::from("admin"));
+        assert!(check_claims(&claims).is_ok());
+        claims.insert("sub".into(), Value::from("someone"));
+        assert!(check_claims(&claims).is_err());
+    }
+}

@@ -1,0 +1,349 @@
+//! Users, sessions, refresh tokens and signing keys in SQLite, through the backend's
+//! writer (so auth writes are serialised with document writes) and read pool.
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value};
+
+use crate::store::Error as StoreError;
+use crate::store::sqlite::SqliteBackend;
+
+/// A user row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRecord {
+    pub id: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub password_hash: Option<String>,
+    pub anonymous: bool,
+    pub disabled: bool,
+    pub claims: Map<String, Value>,
+    pub data: Map<String, Value>,
+    pub providers: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A signing key row.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub kid: String,
+    pub private_key: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
+}
+
+/// What presenting a refresh token found.
+#[derive(Debug)]
+pub enum Refreshed {
+    /// Rotated: the old token is spent and `new_hash` now stands for the session.
+    Rotated { session_id: String, user: UserRecord },
+    /// A token already spent was presented again: the session is now revoked.
+    Reused,
+    /// Unknown, expired or revoked session, or a disabled user.
+    Refused,
+}
+
+/// A refresh token with its session.
+struct TokenRow {
+    session_id: String,
+    used_at: Option<i64>,
+    user_id: String,
+    expires_at: i64,
+    revoked_at: Option<i64>,
+}
+
+const USER_COLUMNS: &str =
+    "id, email, email_verified, password_hash, anonymous, disabled, claims, data, providers, created_at, updated_at";
+
+fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
+    let json_map = |text: String| serde_json::from_str::<Map<String, Value>>(&text).unwrap_or_default();
+    Ok(UserRecord {
+        id: row.get(0)?,
+        email: row.get(1)?,
+        email_verified: row.get(2)?,
+        password_hash: row.get(3)?,
+        anonymous: row.get(4)?,
+        disabled: row.get(5)?,
+        claims: json_map(row.get(6)?),
+        data: json_map(row.get(7)?),
+        providers: serde_json::from_str(&row.get::<_, String>(8)?).unwrap_or_default(),
+        created_at: row.get(9)?,
+        updated_at: row.get(10)?,
+    })
+}
+
+fn is_unique_violation(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(failure, _)
+        if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+/// Storage for auth.
+#[derive(Clone)]
+pub struct Repo {
+    db: Arc<SqliteBackend>,
+}
+
+impl Repo {
+    pub fn new(db: Arc<SqliteBackend>) -> Repo {
+        Repo { db }
+    }
+
+    /// Inserts a user; `AlreadyExists` when the e-mail is taken.
+    pub async fn insert_user(&self, user: UserRecord) -> Result<(), StoreError> {
+        self.db
+            .write_with(move |conn| {
+                let inserted = conn.execute(
+                    &format!(
+                        "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                    ),
+                    params![
+                        user.id,
+                        user.email,
+                        user.email_verified,
+                        user.password_hash,
+                        user.anonymous,
+                        user.disabled,
+                        Value::Object(user.claims).to_string(),
+                        Value::Object(user.data).to_string(),
+                        serde_json::to_string(&user.providers).unwrap_or_else(|_| "[]".into()),
+                        user.created_at,
+                        user.updated_at
+                    ],
+                );
+                match inserted {
+                    Ok(_) => Ok(()),
+                    Err(error) if is_unique_violation(&error) => {
+                        Err(StoreError::AlreadyExists("a user with this e-mail exists".into()))
+                    }
+                    Err(error) => Err(error.into()),
+                }
+            })
+            .await
+    }
+
+    /// Saves every column of an existing user; `AlreadyExists` when a new e-mail is taken,
+    /// `NotFound` when the user is gone.
+    pub async fn save_user(&self, user: UserRecord) -> Result<(), StoreError> {
+        self.db
+            .write_with(move |conn| {
+                let saved = conn.execute(
+                    "UPDATE users SET email = ?2, email_verified = ?3, password_hash = ?4, anonymous = ?5, \
+                     disabled = ?6, claims = ?7, data = ?8, providers = ?9, updated_at = ?10 WHERE id = ?1",
+                    params![
+                        user.id,
+                        user.email,
+                        user.email_verified,
+                        user.password_hash,
+                        user.anonymous,
+                        user.disabled,
+                        Value::Object(user.claims).to_string(),
+                        Value::Object(user.data).to_string(),
+                        serde_json::to_string(&user.providers).unwrap_or_else(|_| "[]".into()),
+                        user.updated_at
+                    ],
+                );
+                match saved {
+                    Ok(0) => Err(StoreError::NotFound("no such user".into())),
+                    Ok(_) => Ok(()),
+                    Err(error) if is_unique_violation(&error) => {
+                        Err(StoreError::AlreadyExists("a user with this e-mail exists".into()))
+                    }
+                    Err(error) => Err(error.into()),
+                }
+            })
+            .await
+    }
+
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+        let id = id.to_owned();
+        self.db
+            .read_with(move |conn| {
+                Ok(conn
+                    .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+                    .query_row([id], user_from_row)
+                    .optional()?)
+            })
+            .await
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        let email = email.to_owned();
+        self.db
+            .read_with(move |conn| {
+                Ok(conn
+                    .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?1"))?
+                    .query_row([email], user_from_row)
+                    .optional()?)
+            })
+            .await
+    }
+
+    /// Users with ids after `after`, in id order; one more than `limit` tells whether more follow.
+    pub async fn list_users(&self, after: Option<String>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
+        self.db
+            .read_with(move |conn| {
+                let mut statement = conn
+                    .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id > ?1 ORDER BY id LIMIT ?2"))?;
+                let rows = statement.query_map(params![after.unwrap_or_default(), limit as i64 + 1], user_from_row)?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+    }
+
+    /// Deletes a user and, by cascade, its sessions; whether it existed.
+    pub async fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.db.write_with(move |conn| Ok(conn.execute("DELETE FROM users WHERE id = ?1", [id])? > 0)).await
+    }
+
+    /// Starts a session with its first refresh token.
+    pub async fn create_session(
+        &self,
+        session_id: String,
+        user_id: String,
+        refresh_hash: [u8; 32],
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.db
+            .write_with(move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute(
+                    "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![session_id, user_id, now, expires_at],
+                )?;
+                tx.execute(
+                    "INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES (?1, ?2, ?3)",
+                    params![refresh_hash.to_vec(), session_id, now],
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Spends a refresh token and issues `new_hash` in its place, in one transaction;
+    /// a spent token presented again revokes its whole session.
+    pub async fn refresh(&self, hash: [u8; 32], new_hash: [u8; 32], now: i64) -> Result<Refreshed, StoreError> {
+        self.db
+            .write_with(move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                let found = tx
+                    .query_row(
+                        "SELECT t.session_id, t.used_at, s.user_id, s.expires_at, s.revoked_at \
+                         FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.hash = ?1",
+                        [hash.to_vec()],
+                        |row| {
+                            Ok(TokenRow {
+                                session_id: row.get(0)?,
+                                used_at: row.get(1)?,
+                                user_id: row.get(2)?,
+                                expires_at: row.get(3)?,
+                                revoked_at: row.get(4)?,
+                            })
+                        },
+                    )
+                    .optional()?;
+                let Some(TokenRow { session_id, used_at, user_id, expires_at, revoked_at }) = found else {
+                    return Ok(Refreshed::Refused);
+                };
+                if used_at.is_some() {
+                    tx.execute(
+                        "UPDATE sessions SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                        params![session_id, now],
+                    )?;
+                    tx.commit()?;
+                    return Ok(Refreshed::Reused);
+                }
+                if revoked_at.is_some() || expires_at <= now {
+                    return Ok(Refreshed::Refused);
+                }
+                let user = tx
+                    .query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"), [user_id], user_from_row)
+                    .optional()?;
+                let Some(user) = user.filter(|user| !user.disabled) else {
+                    return Ok(Refreshed::Refused);
+                };
+                tx.execute("UPDATE refresh_tokens SET used_at = ?2 WHERE hash = ?1", params![hash.to_vec(), now])?;
+                tx.execute(
+                    "INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES (?1, ?2, ?3)",
+                    params![new_hash.to_vec(), session_id, now],
+                )?;
+                tx.commit()?;
+                Ok(Refreshed::Rotated { session_id, user })
+            })
+            .await
+    }
+
+    /// Revokes one session of a user.
+    pub async fn revoke_session(&self, user_id: &str, session_id: &str, now: i64) -> Result<(), StoreError> {
+        let (user_id, session_id) = (user_id.to_owned(), session_id.to_owned());
+        self.db
+            .write_with(move |conn| {
+                conn.execute(
+                    "UPDATE sessions SET revoked_at = ?3 WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
+                    params![session_id, user_id, now],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Revokes every session of a user.
+    pub async fn revoke_all(&self, user_id: &str, now: i64) -> Result<(), StoreError> {
+        let user_id = user_id.to_owned();
+        self.db
+            .write_with(move |conn| {
+                conn.execute(
+                    "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
+                    params![user_id, now],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.db.read_with(load_keys).await
+    }
+
+    /// Adds a signing key and retires every other one (they stay published until their
+    /// tokens have expired).
+    pub async fn add_key(&self, key: KeyRecord) -> Result<(), StoreError> {
+        self.db
+            .write_with(move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute(
+                    "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL",
+                    [key.created_at],
+                )?;
+                tx.execute(
+                    "INSERT INTO signing_keys (kid, algorithm, private_key, public_key, created_at) VALUES (?1, 'EdDSA', ?2, ?3, ?4)",
+                    params![key.kid, key.private_key, key.public_key, key.created_at],
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+fn load_keys(conn: &Connection) -> Result<Vec<KeyRecord>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT kid, private_key, public_key, created_at, retired_at FROM signing_keys ORDER BY created_at",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok(KeyRecord {
+            kid: row.get(0)?,
+            private_key: row.get(1)?,
+            public_key: row.get(2)?,
+            created_at: row.get(3)?,
+            retired_at: row.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}

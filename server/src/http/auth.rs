@@ -1,0 +1,198 @@
+//! Auth routes: sign-up and sign-in, sessions, the caller's own profile, admin user
+//! management and the JWKS.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hearth_types::{
+    AdminUserCreate, AdminUserUpdate, Credentials, ErrorBody, LogoutRequest, RefreshRequest, Session, User, UserPage,
+    UserUpdate,
+};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::extract::{Caller, JsonBody, QueryParams, SignedIn, parse_json};
+use super::state::AppState;
+
+/// Create a password user and sign them in.
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = Credentials,
+    responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn signup(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<Credentials>,
+) -> Result<Json<Session>, ApiError> {
+    Ok(Json(state.auth().signup(&body.email, &body.password).await?))
+}
+
+/// Sign in with e-mail and password.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Credentials,
+    responses((status = 200, body = Session), (status = 401, description = "wrong e-mail or password", body = ErrorBody)))]
+pub async fn login(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<Credentials>,
+) -> Result<Json<Session>, ApiError> {
+    Ok(Json(state.auth().login(&body.email, &body.password).await?))
+}
+
+/// Sign in as a new anonymous user.
+#[utoipa::path(post, path = "/v1/auth/anonymous", tag = "auth", responses((status = 200, body = Session)))]
+pub async fn anonymous(State(state): State<AppState>) -> Result<Json<Session>, ApiError> {
+    Ok(Json(state.auth().anonymous().await?))
+}
+
+/// Trade a refresh token for a new session answer; the old token dies.
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = Session), (status = 401, body = ErrorBody)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> Result<Json<Session>, ApiError> {
+    Ok(Json(state.auth().refresh(&body.refresh_token).await?))
+}
+
+/// End this session, or with `{"all": true}` every session of the caller.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", request_body(content = LogoutRequest, description = "optional"),
+    responses((status = 204, description = "signed out"), (status = 401, body = ErrorBody)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let request: LogoutRequest = if body.is_empty() { LogoutRequest::default() } else { parse_json(&body)? };
+    state.auth().logout(&user, request.all).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller.
+#[utoipa::path(get, path = "/v1/auth/user", tag = "auth", responses((status = 200, body = User), (status = 401, body = ErrorBody)))]
+pub async fn get_user(State(state): State<AppState>, SignedIn(user): SignedIn) -> Result<Json<User>, ApiError> {
+    Ok(Json(state.auth().user(&user.uid).await?))
+}
+
+/// Change the caller's e-mail, password or profile.
+#[utoipa::path(patch, path = "/v1/auth/user", tag = "auth", request_body = UserUpdate,
+    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_user(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    JsonBody(update): JsonBody<UserUpdate>,
+) -> Result<Json<User>, ApiError> {
+    Ok(Json(state.auth().update_self(&user.uid, update).await?))
+}
+
+/// Delete the caller's account.
+#[utoipa::path(delete, path = "/v1/auth/user", tag = "auth", responses((status = 204, description = "deleted")))]
+pub async fn delete_user(State(state): State<AppState>, SignedIn(user): SignedIn) -> Result<StatusCode, ApiError> {
+    state.auth().delete(&user.uid).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Turn the anonymous caller into a password user with the same id.
+#[utoipa::path(post, path = "/v1/auth/link", tag = "auth", request_body = Credentials,
+    responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn link(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    JsonBody(body): JsonBody<Credentials>,
+) -> Result<Json<Session>, ApiError> {
+    Ok(Json(state.auth().link(&user, &body.email, &body.password).await?))
+}
+
+/// The public keys that verify access tokens.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", responses((status = 200, description = "JWKS (RFC 7517)")))]
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "public, max-age=60")], state.auth().jwks())
+        .into_response()
+}
+
+/// `?limit=&cursor=` of the user list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserListParams {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// List users in id order (admin).
+#[utoipa::path(get, path = "/v1/admin/users", tag = "admin",
+    params(("limit" = Option<usize>, Query, description = "page size, default 100, max 1000"), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = UserPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("service_key" = [])))]
+pub async fn admin_list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(params): QueryParams<UserListParams>,
+) -> Result<Json<UserPage>, ApiError> {
+    caller.require_service()?;
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::invalid("`limit` is 1 to 1000"));
+    }
+    Ok(Json(state.auth().list(params.cursor, limit).await?))
+}
+
+/// Create a password user (admin).
+#[utoipa::path(post, path = "/v1/admin/users", tag = "admin", request_body = AdminUserCreate,
+    responses((status = 201, body = User), (status = 409, body = ErrorBody)), security(("service_key" = [])))]
+pub async fn admin_create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<AdminUserCreate>,
+) -> Result<(StatusCode, Json<User>), ApiError> {
+    caller.require_service()?;
+    Ok((StatusCode::CREATED, Json(state.auth().admin_create(request).await?)))
+}
+
+/// Read a user (admin).
+#[utoipa::path(get, path = "/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path)),
+    responses((status = 200, body = User), (status = 404, body = ErrorBody)), security(("service_key" = [])))]
+pub async fn admin_get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<User>, ApiError> {
+    caller.require_service()?;
+    Ok(Json(state.auth().user(&id).await?))
+}
+
+/// Set custom claims, disable or enable, mark the e-mail verified (admin).
+#[utoipa::path(patch, path = "/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path)), request_body = AdminUserUpdate,
+    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("service_key" = [])))]
+pub async fn admin_update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(update): JsonBody<AdminUserUpdate>,
+) -> Result<Json<User>, ApiError> {
+    caller.require_service()?;
+    Ok(Json(state.auth().admin_update(&id, update).await?))
+}
+
+/// Delete a user and their sessions (admin).
+#[utoipa::path(delete, path = "/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path)),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody)), security(("service_key" = [])))]
+pub async fn admin_delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_service()?;
+    state.auth().delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revoke every session of a user (admin).
+#[utoipa::path(post, path = "/v1/admin/users/{id}/revoke", tag = "admin", params(("id" = String, Path)),
+    responses((status = 204, description = "revoked"), (status = 404, body = ErrorBody)), security(("service_key" = [])))]
+pub async fn admin_revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_service()?;
+    state.auth().revoke_all(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,398 @@
+//! The Auth section of the contract through the real binary: sign-up and sign-in,
+//! refresh rotation and reuse detection, anonymous users, profiles, admin management,
+//! tokens anyone can verify with the JWKS, and every forged or stale token refused.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{App, KEY, Options, assert_error};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+async fn post(app: &App, path: &str, body: Value) -> (reqwest::StatusCode, Value) {
+    app.send(app.client.post(app.url(path)).json(&body)).await
+}
+
+async fn signup(app: &App, email: &str) -> Value {
+    let (status, session) = post(app, "/v1/auth/signup", json!({"email": email, "password": PASSWORD})).await;
+    assert_eq!(status, 200, "{session}");
+    session
+}
+
+fn bearer(app: &App, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+    app.client.request(method, app.url(path)).bearer_auth(token)
+}
+
+#[tokio::test]
+async fn sign_up_sign_in_refresh_and_sign_out() {
+    let app = App::spawn().await;
+    let session = signup(&app, "  Ada@Example.com ").await;
+    assert_eq!(session["token_type"], "Bearer");
+    assert_eq!(session["expires_in"], 900);
+    let user = &session["user"];
+    assert_eq!(user["email"], "ada@example.com", "e-mails are stored normalised");
+    assert_eq!((user["anonymous"].clone(), user["email_verified"].clone()), (json!(false), json!(false)));
+    assert_eq!(user["providers"], json!(["password"]));
+    assert!(user.get("password_hash").is_none());
+
+    let token = session["access_token"].as_str().expect("token");
+    let (status, me) = app.send(bearer(&app, Method::GET, "/v1/auth/user", token)).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["id"], user["id"]);
+
+    let (status, body) = post(&app, "/v1/auth/signup", json!({"email": "ADA@example.com", "password": PASSWORD})).await;
+    assert_error(status, &body, 409, "already-exists");
+
+    let (status, wrong) =
+        post(&app, "/v1/auth/login", json!({"email": "ada@example.com", "password": "not the password"})).await;
+    let wrong_message = assert_error(status, &wrong, 401, "unauthenticated");
+    let (status, unknown) =
+        post(&app, "/v1/auth/login", json!({"email": "nobody@example.com", "password": PASSWORD})).await;
+    assert_eq!(assert_error(status, &unknown, 401, "unauthenticated"), wrong_message, "same answer for both");
+    let (status, login) = post(&app, "/v1/auth/login", json!({"email": "Ada@example.com", "password": PASSWORD})).await;
+    assert_eq!(status, 200, "{login}");
+
+    // Rotation: each refresh token works once; presenting a spent one revokes the family.
+    let first = login["refresh_token"].as_str().expect("refresh token").to_owned();
+    let (status, rotated) = post(&app, "/v1/auth/refresh", json!({"refresh_token": first})).await;
+    assert_eq!(status, 200, "{rotated}");
+    let second = rotated["refresh_token"].as_str().expect("refresh token").to_owned();
+    assert_ne!(first, second);
+    let (status, body) = post(&app, "/v1/auth/refresh", json!({"refresh_token": first})).await;
+    assert_error(status, &body, 401, "unauthenticated");
+    let (status, body) = post(&app, "/v1/auth/refresh", json!({"refresh_token": second})).await;
+    assert_error(status, &body, 401, "unauthenticated");
+
+    // The other session (from signup) is untouched by that; logout ends it.
+    let signup_refresh = session["refresh_token"].as_str().expect("refresh token");
+    let (status, again) = post(&app, "/v1/auth/refresh", json!({"refresh_token": signup_refresh})).await;
+    assert_eq!(status, 200, "{again}");
+    let access = again["access_token"].as_str().expect("token");
+    let (status, _) = app.send(bearer(&app, Method::POST, "/v1/auth/logout", access)).await;
+    assert_eq!(status, 204);
+    let (status, body) =
+        post(&app, "/v1/auth/refresh", json!({"refresh_token": again["refresh_token"].as_str().expect("token")})).await;
+    assert_error(status, &body, 401, "unauthenticated");
+
+    // Secrets never reach the log.
+    let log = app.output_text();
+    for secret in [PASSWORD, first.as_str(), second.as_str(), token] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+}
+
+#[tokio::test]
+async fn logout_everywhere_ends_every_session() {
+    let app = App::spawn().await;
+    let one = signup(&app, "grace@example.com").await;
+    let (_, two) = post(&app, "/v1/auth/login", json!({"email": "grace@example.com", "password": PASSWORD})).await;
+    let token = one["access_token"].as_str().expect("token");
+    let (status, _) = app.send(bearer(&app, Method::POST, "/v1/auth/logout", token).json(&json!({"all": true}))).await;
+    assert_eq!(status, 204);
+    for session in [&one, &two] {
+        let (status, body) = post(&app, "/v1/auth/refresh", json!({"refresh_token": session["refresh_token"]})).await;
+        assert_error(status, &body, 401, "unauthenticated");
+    }
+}
+
+#[tokio::test]
+async fn an_anonymous_user_links_an_email_and_keeps_its_id() {
+    let app = App::spawn().await;
+    let (status, anonymous) = post(&app, "/v1/auth/anonymous", json!({})).await;
+    assert_eq!(status, 200, "{anonymous}");
+    assert_eq!(anonymous["user"]["anonymous"], true);
+    assert_eq!(anonymous["user"]["email"], Value::Null);
+    let token = anonymous["access_token"].as_str().expect("token");
+    let (status, linked) = app
+        .send(
+            bearer(&app, Method::POST, "/v1/auth/link", token)
+                .json(&json!({"email": "lin@example.com", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, 200, "{linked}");
+    assert_eq!(linked["user"]["id"], anonymous["user"]["id"]);
+    assert_eq!(linked["user"]["anonymous"], false);
+    let (status, login) = post(&app, "/v1/auth/login", json!({"email": "lin@example.com", "password": PASSWORD})).await;
+    assert_eq!(status, 200);
+    assert_eq!(login["user"]["id"], anonymous["user"]["id"]);
+    let token = linked["access_token"].as_str().expect("token");
+    let (status, body) = app
+        .send(
+            bearer(&app, Method::POST, "/v1/auth/link", token)
+                .json(&json!({"email": "x@example.com", "password": PASSWORD})),
+        )
+        .await;
+    assert_error(status, &body, 400, "invalid-argument");
+}
+
+#[tokio::test]
+async fn users_change_and_delete_their_own_account() {
+    let app = App::spawn().await;
+    let session = signup(&app, "ken@example.com").await;
+    signup(&app, "taken@example.com").await;
+    let token = session["access_token"].as_str().expect("token");
+    let (status, user) = app
+        .send(
+            bearer(&app, Method::PATCH, "/v1/auth/user", token)
+                .json(&json!({"data": {"name": "Ken"}, "email": "Ken2@Example.com"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{user}");
+    assert_eq!((user["data"].clone(), user["email"].clone()), (json!({"name": "Ken"}), json!("ken2@example.com")));
+    let (status, body) = app
+        .send(bearer(&app, Method::PATCH, "/v1/auth/user", token).json(&json!({"email": "taken@example.com"})))
+        .await;
+    assert_error(status, &body, 409, "already-exists");
+    let (status, _) = app
+        .send(bearer(&app, Method::PATCH, "/v1/auth/user", token).json(&json!({"password": "a new password"})))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) =
+        post(&app, "/v1/auth/login", json!({"email": "ken2@example.com", "password": "a new password"})).await;
+    assert_eq!(status, 200);
+    let (status, body) =
+        app.send(bearer(&app, Method::PATCH, "/v1/auth/user", token).json(&json!({"nickname": "x"}))).await;
+    assert_error(status, &body, 400, "invalid-argument");
+    let (status, _) = app.send(bearer(&app, Method::DELETE, "/v1/auth/user", token)).await;
+    assert_eq!(status, 204);
+    let (status, body) = post(&app, "/v1/auth/refresh", json!({"refresh_token": session["refresh_token"]})).await;
+    assert_error(status, &body, 401, "unauthenticated");
+    let (status, body) =
+        post(&app, "/v1/auth/login", json!({"email": "ken2@example.com", "password": "a new password"})).await;
+    assert_error(status, &body, 401, "unauthenticated");
+}
+
+#[tokio::test]
+async fn admins_list_create_change_disable_revoke_and_delete_users() {
+    let app = App::spawn().await;
+    for i in 0..5 {
+        signup(&app, &format!("u{i}@example.com")).await;
+    }
+    let (status, created) = app
+        .call(Method::POST, "/v1/admin/users", Some(json!({"email": "boss@example.com", "password": PASSWORD, "claims": {"role": "admin"}, "email_verified": true})))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["claims"], json!({"role": "admin"}));
+    let mut seen = Vec::new();
+    let mut path = "/v1/admin/users?limit=2".to_owned();
+    loop {
+        let (status, page) = app.call(Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(page["users"].as_array().expect("users").iter().map(|user| user["id"].clone()));
+        match page["cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/admin/users?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 6);
+
+    let (_, session) = post(&app, "/v1/auth/login", json!({"email": "boss@example.com", "password": PASSWORD})).await;
+    let claims = decode_claims(session["access_token"].as_str().expect("token"));
+    assert_eq!((claims["role"].clone(), claims["email_verified"].clone()), (json!("admin"), json!(true)));
+
+    let id = created["id"].as_str().expect("id");
+    let (status, body) =
+        app.call(Method::PATCH, &format!("/v1/admin/users/{id}"), Some(json!({"claims": {"sub": "x"}}))).await;
+    assert_error(status, &body, 400, "invalid-argument");
+    let (status, user) =
+        app.call(Method::PATCH, &format!("/v1/admin/users/{id}"), Some(json!({"disabled": true}))).await;
+    assert_eq!((status.as_u16(), user["disabled"].clone()), (200, json!(true)));
+    let (status, body) = post(&app, "/v1/auth/refresh", json!({"refresh_token": session["refresh_token"]})).await;
+    assert_error(status, &body, 401, "unauthenticated");
+    let (status, body) = post(&app, "/v1/auth/login", json!({"email": "boss@example.com", "password": PASSWORD})).await;
+    assert_error(status, &body, 403, "permission-denied");
+    app.call(Method::PATCH, &format!("/v1/admin/users/{id}"), Some(json!({"disabled": false}))).await;
+    let (_, session) = post(&app, "/v1/auth/login", json!({"email": "boss@example.com", "password": PASSWORD})).await;
+    let (status, _) = app.call(Method::POST, &format!("/v1/admin/users/{id}/revoke"), None).await;
+    assert_eq!(status, 204);
+    let (status, body) = post(&app, "/v1/auth/refresh", json!({"refresh_token": session["refresh_token"]})).await;
+    assert_error(status, &body, 401, "unauthenticated");
+    let (status, _) = app.call(Method::DELETE, &format!("/v1/admin/users/{id}"), None).await;
+    assert_eq!(status, 204);
+    let (status, body) = app.call(Method::GET, &format!("/v1/admin/users/{id}"), None).await;
+    assert_error(status, &body, 404, "not-found");
+
+    // Admin routes are for the service key only.
+    let user_token = signup(&app, "nosy@example.com").await;
+    let (status, body) = app
+        .send(bearer(&app, Method::GET, "/v1/admin/users", user_token["access_token"].as_str().expect("token")))
+        .await;
+    assert_error(status, &body, 403, "permission-denied");
+    let (status, body) = app.send(app.client.get(app.url("/v1/admin/users"))).await;
+    assert_error(status, &body, 401, "unauthenticated");
+}
+
+#[tokio::test]
+async fn bad_emails_and_passwords_are_invalid_arguments() {
+    let app = App::spawn().await;
+    for (email, password) in [
+        ("ada@example.com", "short"),
+        ("ada@example.com", &"x".repeat(257)[..]),
+        ("not-an-email", PASSWORD),
+        ("ada@", PASSWORD),
+        ("a b@example.com", PASSWORD),
+    ] {
+        let (status, body) = post(&app, "/v1/auth/signup", json!({"email": email, "password": password})).await;
+        assert_error(status, &body, 400, "invalid-argument");
+    }
+    let (status, body) = post(&app, "/v1/auth/signup", json!({"email": "ada@example.com"})).await;
+    assert_error(status, &body, 400, "invalid-argument");
+    let (status, body) = app.send(app.client.post(app.url("/v1/auth/login")).body("{nope")).await;
+    assert_error(status, &body, 400, "invalid-argument");
+}
+
+fn decode_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("payload");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("JSON")
+}
+
+fn encode_part(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+/// A token signed with `key`.
+fn sign(key: &SigningKey, header: &Value, claims: &Value) -> String {
+    let input = format!("{}.{}", encode_part(header), encode_part(claims));
+    let signature = key.sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+}
+
+/// The server's own signing key and its id, read from its database.
+fn server_key(app: &App) -> (String, SigningKey) {
+    let conn = rusqlite::Connection::open(app.dir().join("hearth_data/hearth.db")).expect("database");
+    let (kid, der): (String, Vec<u8>) = conn
+        .query_row("SELECT kid, private_key FROM signing_keys WHERE retired_at IS NULL", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .expect("a signing key");
+    let seed: [u8; 32] = der[16..48].try_into().expect("32-byte seed");
+    (kid, SigningKey::from_bytes(&seed))
+}
+
+#[tokio::test]
+async fn access_tokens_verify_with_nothing_but_the_jwks() {
+    let app = App::spawn().await;
+    let session = signup(&app, "verify@example.com").await;
+    let token = session["access_token"].as_str().expect("token");
+    let (status, jwks) = app.send(app.client.get(app.url("/.well-known/jwks.json"))).await;
+    assert_eq!(status, 200);
+    // Independent of the server's JWT library: split, look up `kid`, check Ed25519.
+    let mut parts = token.split('.');
+    let (header, payload, signature) = (parts.next().expect("h"), parts.next().expect("p"), parts.next().expect("s"));
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("b64")).expect("json");
+    assert_eq!(header["alg"], "EdDSA");
+    let jwk =
+        jwks["keys"].as_array().expect("keys").iter().find(|key| key["kid"] == header["kid"]).expect("kid in JWKS");
+    assert_eq!((jwk["kty"].clone(), jwk["crv"].clone()), (json!("OKP"), json!("Ed25519")));
+    let x: [u8; 32] = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().expect("x")).expect("b64").try_into().expect("32 bytes");
+    let signature: [u8; 64] = URL_SAFE_NO_PAD.decode(signature).expect("b64").try_into().expect("64 bytes");
+    VerifyingKey::from_bytes(&x)
+        .expect("public key")
+        .verify(
+            format!("{}.{payload}", token.split('.').next().expect("h")).as_bytes(),
+            &ed25519_dalek::Signature::from_bytes(&signature),
+        )
+        .expect("the JWKS verifies the token");
+    let claims = decode_claims(token);
+    assert_eq!(claims["sub"], session["user"]["id"]);
+    for claim in ["iat", "exp", "iss", "aud", "sid", "anon", "email", "email_verified"] {
+        assert!(claims.get(claim).is_some(), "claim {claim} missing: {claims}");
+    }
+    assert_eq!(claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat"), 900);
+}
+
+#[tokio::test]
+async fn forged_expired_and_foreign_tokens_are_refused() {
+    let app = App::spawn().await;
+    let session = signup(&app, "target@example.com").await;
+    let good = session["access_token"].as_str().expect("token").to_owned();
+    let claims = decode_claims(&good);
+    let (kid, key) = server_key(&app);
+    let now = claims["iat"].as_i64().expect("iat");
+    let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
+    let with = |change: Value| {
+        let mut claims = claims.clone();
+        for (name, value) in change.as_object().expect("object") {
+            claims[name] = value.clone();
+        }
+        claims
+    };
+    // The server's key itself signs a valid token (the harness is right)...
+    let control = sign(&key, &header, &claims);
+    let (status, _) = app.send(bearer(&app, Method::GET, "/v1/auth/user", &control)).await;
+    assert_eq!(status, 200, "a token made with the server's key and claims is accepted");
+
+    let other_key = SigningKey::from_bytes(&[7; 32]);
+    let public_key = URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes());
+    let hs256 = {
+        use hmac::{Hmac, Mac};
+        let input =
+            format!("{}.{}", encode_part(&json!({"alg": "HS256", "typ": "JWT", "kid": kid})), encode_part(&claims));
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(public_key.as_bytes()).expect("key");
+        mac.update(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    };
+    let tampered = {
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let payload = encode_part(&with(json!({"sub": "someone-else"})));
+        parts[1] = &payload;
+        parts.join(".")
+    };
+    let forged = [
+        ("alg none", format!("{}.{}.", encode_part(&json!({"alg": "none", "typ": "JWT"})), encode_part(&claims))),
+        ("HS256 with the public key", hs256),
+        ("another key", sign(&other_key, &header, &claims)),
+        ("unknown kid", sign(&key, &json!({"alg": "EdDSA", "kid": "nope"}), &claims)),
+        ("no kid", sign(&key, &json!({"alg": "EdDSA"}), &claims)),
+        ("expired", sign(&key, &header, &with(json!({"iat": now - 3600, "exp": now - 600})))),
+        ("not yet valid", sign(&key, &header, &with(json!({"nbf": now + 3600})))),
+        ("wrong issuer", sign(&key, &header, &with(json!({"iss": "someone-else"})))),
+        ("wrong audience", sign(&key, &header, &with(json!({"aud": "another-app"})))),
+        ("tampered payload", tampered),
+        ("garbage", "not.a.token".to_owned()),
+        ("empty parts", "..".to_owned()),
+        ("random", "eyJhbGciOiJFZERTQSJ9".to_owned()),
+    ];
+    for (what, token) in forged {
+        let (status, body) = app.send(bearer(&app, Method::GET, "/v1/auth/user", &token)).await;
+        assert_error(status, &body, 401, "unauthenticated");
+        let (status, body) = app.send(bearer(&app, Method::GET, "/v1/docs/c/d", &token)).await;
+        assert_eq!(status, 401, "{what} on documents: {body}");
+    }
+    // A valid user token is a known caller, but documents stay admin-only until rules land.
+    let (status, body) = app.send(bearer(&app, Method::GET, "/v1/docs/c/d", &good)).await;
+    assert_error(status, &body, 403, "permission-denied");
+    // The service key is no user.
+    let (status, body) = app.send(app.client.get(app.url("/v1/auth/user")).bearer_auth(KEY)).await;
+    assert_error(status, &body, 401, "unauthenticated");
+}
+
+#[tokio::test]
+async fn rotated_keys_keep_old_tokens_valid_and_sign_new_ones() {
+    let mut app = App::spawn().await;
+    let session = signup(&app, "rot@example.com").await;
+    let old_token = session["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(app.terminate(), Some(0));
+    let dir = app.keep_dir().expect("dir");
+    let rotated = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["keys", "rotate", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("hearth keys rotate runs");
+    assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
+    let again = App::start_in(dir.path(), &Options::default());
+    let (status, jwks) = again.send(again.client.get(again.url("/.well-known/jwks.json"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(2), "old and new key are both published");
+    let (status, _) = again.send(bearer(&again, Method::GET, "/v1/auth/user", &old_token)).await;
+    assert_eq!(status, 200, "a token signed before the rotation still verifies");
+    let (_, fresh) = post(&again, "/v1/auth/login", json!({"email": "rot@example.com", "password": PASSWORD})).await;
+    let kid = |token: &str| -> Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().expect("h")).expect("b64"))
+            .expect("json")
+    };
+    assert_ne!(kid(fresh["access_token"].as_str().expect("token"))["kid"], kid(&old_token)["kid"]);
+}
