@@ -134,7 +134,39 @@ pub struct AuthConfig {
     pub access_token_seconds: u64,
     /// Lifetime of a session (its refresh tokens) from sign-in.
     pub session_days: u64,
+    /// Lifetime of a mailed e-mail verification token.
+    pub verify_token_seconds: u64,
+    /// Lifetime of a mailed password reset token.
+    pub reset_token_seconds: u64,
     pub password: PasswordConfig,
+    pub rate_limit: RateLimitConfig,
+}
+
+/// Limits on the sign-in routes (signup, login, anonymous, refresh, recover, reset, MFA).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests a minute from one IP to those routes together.
+    pub per_ip_per_minute: u32,
+    /// How many of them may come at once.
+    pub per_ip_burst: u32,
+    /// Failed logins allowed per account in `failed_login_window_seconds`.
+    pub failed_logins: u32,
+    pub failed_login_window_seconds: u64,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_ip_per_minute: 120,
+            per_ip_burst: 30,
+            failed_logins: 10,
+            failed_login_window_seconds: 900,
+            trust_forwarded_for: false,
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -144,7 +176,10 @@ impl Default for AuthConfig {
             audience: "hearth".into(),
             access_token_seconds: 900,
             session_days: 30,
+            verify_token_seconds: 86_400,
+            reset_token_seconds: 3_600,
             password: PasswordConfig::default(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }

@@ -7,6 +7,8 @@
 //! access token within `auth.access_token_seconds`.
 
 pub mod keys;
+pub mod limits;
+pub mod mail;
 pub mod password;
 pub mod repo;
 
@@ -44,6 +46,8 @@ pub enum Error {
     AlreadyExists(String),
     #[error(transparent)]
     Store(#[from] store::Error),
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_seconds: u64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -83,6 +87,8 @@ struct Claims {
 #[derive(Clone)]
 pub struct Auth {
     repo: Repo,
+    mailer: mail::Mailer,
+    limits: Arc<limits::Limits>,
     passwords: Passwords,
     keys: Arc<RwLock<keys::KeySet>>,
     config: AuthConfig,
@@ -95,7 +101,14 @@ impl Auth {
         if repo.keys().await?.iter().all(|key| key.retired_at.is_some()) {
             repo.add_key(keys::generate(now_micros())).await?;
         }
-        let auth = Auth { repo, passwords, keys: Arc::new(RwLock::new(keys::KeySet::from_records(&[], 0, 0))), config };
+        let auth = Auth {
+            mailer: mail::Mailer::Outbox(repo.clone()),
+            limits: Arc::new(limits::Limits::new(&config.rate_limit)),
+            repo,
+            passwords,
+            keys: Arc::new(RwLock::new(keys::KeySet::from_records(&[], 0, 0))),
+            config,
+        };
         auth.reload_keys().await?;
         Ok(auth)
     }
@@ -140,15 +153,18 @@ impl Auth {
     }
 
     /// Same answer, and about the same time, for an unknown e-mail and a wrong password.
+    /// An account with too many recent failures is refused for a while, whoever asks.
     pub async fn login(&self, email: &str, password: &str) -> Result<Session, Error> {
         let refused = || Error::Unauthenticated("wrong e-mail or password".into());
         let Ok(email) = normalize_email(email) else {
             self.passwords.verify(password, None).await;
             return Err(refused());
         };
+        self.limits.check_account(&email)?;
         let user = self.repo.user_by_email(&email).await?;
         let hash = user.as_ref().and_then(|user| user.password_hash.as_deref());
         if !self.passwords.verify(password, hash).await {
+            self.limits.record_failure(&email);
             return Err(refused());
         }
         let user = user.ok_or_else(refused)?;
@@ -338,6 +354,97 @@ impl Auth {
         self.existing(uid).await?;
         self.repo.revoke_all(uid, now_micros()).await?;
         Ok(())
+    }
+
+    /// The per-IP limit of the sign-in routes.
+    pub fn limits(&self) -> &limits::Limits {
+        &self.limits
+    }
+
+    /// Mails the caller a token that confirms their e-mail address.
+    pub async fn request_verification(&self, uid: &str) -> Result<(), Error> {
+        let user = self.existing(uid).await?;
+        let Some(email) = user.email.clone() else {
+            return Err(Error::InvalidArgument("this user has no e-mail to verify".into()));
+        };
+        if user.email_verified {
+            return Err(Error::InvalidArgument("this e-mail is already verified".into()));
+        }
+        let token = self.mail_token(&user.id, repo::Purpose::Verify, &email, self.config.verify_token_seconds).await?;
+        self.mailer
+            .send(mail::Mail {
+                to: email,
+                subject: "Confirm your e-mail address".into(),
+                body: format!(
+                    "Confirm your e-mail address with this code:\n\n{token}\n\n(POST /v1/auth/verify/confirm {{\"token\": \"{token}\"}})\n"
+                ),
+            })
+            .await
+    }
+
+    /// Marks the address a verification token was sent to as verified.
+    pub async fn confirm_verification(&self, token: &str) -> Result<User, Error> {
+        let spent = self.repo.consume_mail_token(hash_token(token), repo::Purpose::Verify, now_micros()).await?;
+        let (uid, email) =
+            spent.ok_or_else(|| Error::InvalidArgument("the token is unknown, used or expired".into()))?;
+        let mut user = self.existing(&uid).await?;
+        if user.email.as_deref() != Some(email.as_str()) {
+            return Err(Error::InvalidArgument("the e-mail changed since this token was sent".into()));
+        }
+        user.email_verified = true;
+        user.updated_at = now_micros();
+        self.repo.save_user(user.clone()).await?;
+        Ok(wire_user(&user))
+    }
+
+    /// Mails a reset token if a password user has this e-mail; says nothing either way.
+    pub async fn recover(&self, email: &str) -> Result<(), Error> {
+        let email = normalize_email(email)?;
+        let Some(user) = self.repo.user_by_email(&email).await? else {
+            return Ok(());
+        };
+        if user.disabled || user.password_hash.is_none() {
+            return Ok(());
+        }
+        let token = self.mail_token(&user.id, repo::Purpose::Reset, &email, self.config.reset_token_seconds).await?;
+        self.mailer
+            .send(mail::Mail {
+                to: email,
+                subject: "Reset your password".into(),
+                body: format!(
+                    "Someone asked to reset the password of this account. If it was you, use this code:\n\n{token}\n\n\
+                     (POST /v1/auth/reset {{\"token\": \"{token}\", \"password\": \"...\"}})\n\
+                     If it was not you, ignore this mail.\n"
+                ),
+            })
+            .await
+    }
+
+    /// Sets a new password with a mailed reset token; every session of the user ends.
+    pub async fn reset(&self, token: &str, password: &str) -> Result<(), Error> {
+        check_password(password)?;
+        let spent = self.repo.consume_mail_token(hash_token(token), repo::Purpose::Reset, now_micros()).await?;
+        let (uid, _) = spent.ok_or_else(|| Error::InvalidArgument("the token is unknown, used or expired".into()))?;
+        let mut user = self.existing(&uid).await?;
+        user.password_hash = Some(self.hash(password).await?);
+        user.updated_at = now_micros();
+        self.repo.save_user(user).await?;
+        self.repo.revoke_all(&uid, now_micros()).await?;
+        Ok(())
+    }
+
+    /// The newest mails of the outbox.
+    pub async fn outbox(&self, limit: usize) -> Result<Vec<repo::OutboxMail>, Error> {
+        Ok(self.repo.outbox(limit).await?)
+    }
+
+    async fn mail_token(&self, uid: &str, purpose: repo::Purpose, email: &str, seconds: u64) -> Result<String, Error> {
+        let bytes: [u8; 32] = rand::random();
+        let token = URL_SAFE_NO_PAD.encode(bytes);
+        let now = now_micros();
+        let expires = now + seconds as i64 * 1_000_000;
+        self.repo.insert_mail_token(hash_token(&token), uid, purpose, email, now, expires).await?;
+        Ok(token)
     }
 
     /// Checks an access token: signature by a published key (EdDSA only), `iss`, `aud`,

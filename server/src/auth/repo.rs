@@ -347,3 +347,105 @@ fn load_keys(conn: &Connection) -> Result<Vec<KeyRecord>, StoreError> {
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
+
+/// What a mailed token is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Verify,
+    Reset,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Verify => "verify",
+            Purpose::Reset => "reset",
+        }
+    }
+}
+
+/// A mail kept in the outbox.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboxMail {
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+    pub sent_at: String,
+}
+
+impl Repo {
+    pub async fn insert_mail_token(
+        &self,
+        hash: [u8; 32],
+        user_id: &str,
+        purpose: Purpose,
+        email: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let (user_id, email) = (user_id.to_owned(), email.to_owned());
+        self.db
+            .write_with(move |conn| {
+                conn.execute(
+                    "INSERT INTO mail_tokens (hash, user_id, purpose, email, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![hash.to_vec(), user_id, purpose.as_str(), email, now, expires_at],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Spends a mailed token: the user and address it was sent for, if it is unused,
+    /// unexpired and of this purpose.
+    pub async fn consume_mail_token(
+        &self,
+        hash: [u8; 32],
+        purpose: Purpose,
+        now: i64,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        self.db
+            .write_with(move |conn| {
+                let spent = conn
+                    .query_row(
+                        "UPDATE mail_tokens SET used_at = ?3 WHERE hash = ?1 AND purpose = ?2 AND used_at IS NULL \
+                         AND expires_at > ?3 RETURNING user_id, email",
+                        params![hash.to_vec(), purpose.as_str(), now],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()?;
+                Ok(spent)
+            })
+            .await
+    }
+
+    pub async fn add_to_outbox(&self, to: String, subject: String, body: String, now: i64) -> Result<(), StoreError> {
+        self.db
+            .write_with(move |conn| {
+                conn.execute(
+                    "INSERT INTO outbox (recipient, subject, body, sent_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![to, subject, body, now],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The newest mails first, at most `limit`.
+    pub async fn outbox(&self, limit: usize) -> Result<Vec<OutboxMail>, StoreError> {
+        self.db
+            .read_with(move |conn| {
+                let mut statement = conn
+                    .prepare_cached("SELECT recipient, subject, body, sent_at FROM outbox ORDER BY id DESC LIMIT ?1")?;
+                let rows = statement.query_map([limit as i64], |row| {
+                    Ok(OutboxMail {
+                        to: row.get(0)?,
+                        subject: row.get(1)?,
+                        body: row.get(2)?,
+                        sent_at: crate::store::format_time(row.get(3)?),
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+    }
+}

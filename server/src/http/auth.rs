@@ -196,3 +196,95 @@ pub async fn admin_revoke(
     state.auth().revoke_all(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `{token}` of a mailed link.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    token: String,
+}
+
+/// `{email}` of a password recovery.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverRequest {
+    email: String,
+}
+
+/// `{token, password}` of a password reset.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    token: String,
+    password: String,
+}
+
+/// Mail the caller a code that confirms their e-mail.
+#[utoipa::path(post, path = "/v1/auth/verify/request", tag = "auth",
+    responses((status = 204, description = "mailed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn verify_request(State(state): State<AppState>, SignedIn(user): SignedIn) -> Result<StatusCode, ApiError> {
+    state.auth().request_verification(&user.uid).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Confirm an e-mail with the mailed code.
+#[utoipa::path(post, path = "/v1/auth/verify/confirm", tag = "auth", request_body = TokenRequest,
+    responses((status = 200, body = User), (status = 400, description = "unknown, used or expired", body = ErrorBody)))]
+pub async fn verify_confirm(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<TokenRequest>,
+) -> Result<Json<User>, ApiError> {
+    Ok(Json(state.auth().confirm_verification(&body.token).await?))
+}
+
+/// Mail a password reset code, if the e-mail belongs to a password user. Always 204.
+#[utoipa::path(post, path = "/v1/auth/recover", tag = "auth", request_body = RecoverRequest,
+    responses((status = 204, description = "mailed if the account exists")))]
+pub async fn recover(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RecoverRequest>,
+) -> Result<StatusCode, ApiError> {
+    state.auth().recover(&body.email).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Set a new password with the mailed code; every session of the user ends.
+#[utoipa::path(post, path = "/v1/auth/reset", tag = "auth", request_body = ResetRequest,
+    responses((status = 204, description = "password changed"), (status = 400, body = ErrorBody)))]
+pub async fn reset(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<ResetRequest>,
+) -> Result<StatusCode, ApiError> {
+    state.auth().reset(&body.token, &body.password).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Mail that went to the outbox (no SMTP configured), newest first (admin).
+#[utoipa::path(get, path = "/v1/admin/outbox", tag = "admin",
+    responses((status = 200, description = "`[{to, subject, body, sent_at}]`")), security(("service_key" = [])))]
+pub async fn outbox(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require_service()?;
+    Ok(Json(state.auth().outbox(1000).await?).into_response())
+}
+
+/// Applies the per-IP limit of the sign-in routes.
+pub async fn limit_by_ip(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limits = state.auth().limits();
+    let forwarded = limits
+        .trust_forwarded_for
+        .then(|| request.headers().get("x-forwarded-for"))
+        .flatten()
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(',').next())
+        .map(|ip| ip.trim().to_owned());
+    let ip = forwarded.unwrap_or_else(|| peer.ip().to_string());
+    match limits.check_ip(&ip) {
+        Ok(()) => next.run(request).await,
+        Err(error) => ApiError::from(error).into_response(),
+    }
+}

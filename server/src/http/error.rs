@@ -80,6 +80,8 @@ impl From<crate::auth::Error> for ApiError {
             E::NotFound(message) => ApiError::new(ErrorCode::NotFound, message),
             E::AlreadyExists(message) => ApiError::new(ErrorCode::AlreadyExists, message),
             E::Store(error) => ApiError::from(error),
+            E::RateLimited { message, retry_after_seconds } => ApiError::new(ErrorCode::ResourceExhausted, message)
+                .with_detail("retry_after_seconds", retry_after_seconds),
             E::Internal(cause) => ApiError::internal(cause),
         }
     }
@@ -88,14 +90,15 @@ impl From<crate::auth::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = self.details.get("retry_after_seconds").and_then(Value::as_u64).unwrap_or(1);
         let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, details: self.details } };
         let mut response = (status, Json(body)).into_response();
         response.extensions_mut().insert(Shaped);
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(InternalCause(cause));
         }
-        if self.code == ErrorCode::ResourceExhausted && !response.headers().contains_key("retry-after") {
-            response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        if self.code == ErrorCode::ResourceExhausted {
+            response.headers_mut().insert("retry-after", HeaderValue::from(retry_after));
         }
         response
     }

@@ -38,7 +38,7 @@ pub use state::AppState;
         auth::signup, auth::login, auth::anonymous, auth::refresh, auth::logout,
         auth::get_user, auth::update_user, auth::delete_user, auth::link, auth::jwks,
         auth::admin_list, auth::admin_create, auth::admin_get, auth::admin_update, auth::admin_delete,
-        auth::admin_revoke,
+        auth::admin_revoke, auth::verify_request, auth::verify_confirm, auth::recover, auth::reset, auth::outbox,
     ),
     components(schemas(
         hearth_types::Document, hearth_types::Query, hearth_types::Filter, hearth_types::Op,
@@ -50,6 +50,7 @@ pub use state::AppState;
         hearth_types::User, hearth_types::Session, hearth_types::Credentials, hearth_types::RefreshRequest,
         hearth_types::LogoutRequest, hearth_types::UserUpdate, hearth_types::AdminUserCreate,
         hearth_types::AdminUserUpdate, hearth_types::UserPage,
+        auth::TokenRequest, auth::RecoverRequest, auth::ResetRequest,
     )),
     modifiers(&BearerAuth),
 )]
@@ -106,12 +107,21 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limits.max_body_bytes));
     let batch =
         Router::new().route("/v1/batch", post(docs::batch)).layer(DefaultBodyLimit::max(limits.max_batch_body_bytes));
-    let accounts = Router::new()
+    // The routes that sign someone in share one per-IP budget.
+    let sign_in = Router::new()
         .route("/v1/auth/signup", post(auth::signup))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/anonymous", post(auth::anonymous))
         .route("/v1/auth/refresh", post(auth::refresh))
+        .route("/v1/auth/recover", post(auth::recover))
+        .route("/v1/auth/reset", post(auth::reset))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::limit_by_ip));
+    let accounts = Router::new()
+        .merge(sign_in)
         .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/auth/verify/request", post(auth::verify_request))
+        .route("/v1/auth/verify/confirm", post(auth::verify_confirm))
+        .route("/v1/admin/outbox", get(auth::outbox))
         .route("/v1/auth/user", get(auth::get_user).patch(auth::update_user).delete(auth::delete_user))
         .route("/v1/auth/link", post(auth::link))
         .route("/v1/admin/users", get(auth::admin_list).post(auth::admin_create))

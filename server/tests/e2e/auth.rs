@@ -396,3 +396,91 @@ async fn rotated_keys_keep_old_tokens_valid_and_sign_new_ones() {
     };
     assert_ne!(kid(fresh["access_token"].as_str().expect("token"))["kid"], kid(&old_token)["kid"]);
 }
+
+/// The code in the newest outbox mail to `to`.
+async fn mailed_code(app: &App, to: &str) -> String {
+    let (status, outbox) = app.call(Method::GET, "/v1/admin/outbox", None).await;
+    assert_eq!(status, 200, "{outbox}");
+    let mail = outbox.as_array().expect("mails").iter().find(|mail| mail["to"] == to).expect("a mail to this address");
+    let body = mail["body"].as_str().expect("body");
+    body.lines().map(str::trim).find(|line| line.len() == 43 && !line.contains(' ')).expect("a code line").to_owned()
+}
+
+#[tokio::test]
+async fn email_verification_and_password_reset_use_single_use_mailed_codes() {
+    let app = App::spawn().await;
+    let session = signup(&app, "mail@example.com").await;
+    let token = session["access_token"].as_str().expect("token");
+    let (status, _) = app.send(bearer(&app, Method::POST, "/v1/auth/verify/request", token)).await;
+    assert_eq!(status, 204);
+    let code = mailed_code(&app, "mail@example.com").await;
+    let (status, body) = post(&app, "/v1/auth/reset", json!({"token": code, "password": "another password"})).await;
+    assert_error(status, &body, 400, "invalid-argument");
+    let (status, user) = post(&app, "/v1/auth/verify/confirm", json!({"token": code})).await;
+    assert_eq!((status.as_u16(), user["email_verified"].clone()), (200, json!(true)), "{user}");
+    let (status, body) = post(&app, "/v1/auth/verify/confirm", json!({"token": code})).await;
+    assert_error(status, &body, 400, "invalid-argument");
+
+    // Recover answers 204 whether or not the account exists, and mails only real ones.
+    let (status, _) = post(&app, "/v1/auth/recover", json!({"email": "nobody@example.com"})).await;
+    assert_eq!(status, 204);
+    let (status, _) = post(&app, "/v1/auth/recover", json!({"email": "MAIL@example.com"})).await;
+    assert_eq!(status, 204);
+    let (_, outbox) = app.call(Method::GET, "/v1/admin/outbox", None).await;
+    assert!(outbox.as_array().expect("mails").iter().all(|mail| mail["to"] != "nobody@example.com"));
+    let reset = mailed_code(&app, "mail@example.com").await;
+    assert_ne!(reset, code);
+    let (status, body) = post(&app, "/v1/auth/reset", json!({"token": reset, "password": "short"})).await;
+    assert_error(status, &body, 400, "invalid-argument");
+    let (status, _) = post(&app, "/v1/auth/reset", json!({"token": reset, "password": "a brand new password"})).await;
+    assert_eq!(status, 204);
+    let (status, body) =
+        post(&app, "/v1/auth/reset", json!({"token": reset, "password": "yet another password"})).await;
+    assert_error(status, &body, 400, "invalid-argument");
+    let (status, body) = post(&app, "/v1/auth/refresh", json!({"refresh_token": session["refresh_token"]})).await;
+    assert_error(status, &body, 401, "unauthenticated");
+    let (status, _) =
+        post(&app, "/v1/auth/login", json!({"email": "mail@example.com", "password": "a brand new password"})).await;
+    assert_eq!(status, 200);
+    assert!(!app.output_text().contains(&reset), "mailed codes never reach the log");
+}
+
+#[tokio::test]
+async fn mailed_codes_expire() {
+    let app =
+        App::spawn_with(Options { config: Some("[auth]\nreset_token_seconds = 1\n".into()), ..Options::default() })
+            .await;
+    signup(&app, "late@example.com").await;
+    post(&app, "/v1/auth/recover", json!({"email": "late@example.com"})).await;
+    let code = mailed_code(&app, "late@example.com").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (status, body) = post(&app, "/v1/auth/reset", json!({"token": code, "password": "a brand new password"})).await;
+    assert_error(status, &body, 400, "invalid-argument");
+}
+
+#[tokio::test]
+async fn sign_in_routes_are_rate_limited_per_ip_and_per_account() {
+    let app = App::spawn_with(Options {
+        config: Some("[auth.rate_limit]\nper_ip_per_minute = 6\nper_ip_burst = 4\nfailed_logins = 2\n".into()),
+        ..Options::default()
+    })
+    .await;
+    signup(&app, "limited@example.com").await;
+    for _ in 0..2 {
+        let (status, _) =
+            post(&app, "/v1/auth/login", json!({"email": "limited@example.com", "password": "wrong password"})).await;
+        assert_eq!(status, 401);
+    }
+    // The account is locked for now, even with the right password.
+    let (status, body) =
+        post(&app, "/v1/auth/login", json!({"email": "limited@example.com", "password": PASSWORD})).await;
+    assert_error(status, &body, 429, "resource-exhausted");
+    // The address has spent its burst of 4: the next request waits.
+    let response = app.client.post(app.url("/v1/auth/anonymous")).send().await.expect("sent");
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // Other routes are not limited.
+    let (status, _) = app.send(app.client.get(app.url("/.well-known/jwks.json"))).await;
+    assert_eq!(status, 200);
+}
