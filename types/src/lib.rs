@@ -320,6 +320,60 @@ pub struct Session {
     pub user: User,
 }
 
+/// The second step a login asks for when the user has TOTP on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MfaChallenge {
+    /// Always `true`.
+    pub mfa_required: bool,
+    /// Give it to `POST /v1/auth/mfa/verify` with a code.
+    pub ticket: String,
+    pub expires_in: u64,
+}
+
+/// The answer of `POST /v1/auth/login`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum LoginAnswer {
+    Session(Session),
+    MfaRequired(MfaChallenge),
+}
+
+/// `POST /v1/auth/mfa/totp/enroll`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TotpEnrollment {
+    /// Base32, for typing into an authenticator.
+    pub secret: String,
+    /// `otpauth://totp/...`, for a QR code.
+    pub otpauth_uri: String,
+}
+
+/// Single-use codes that stand in for the authenticator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecoveryCodes {
+    pub recovery_codes: Vec<String>,
+}
+
+/// `{code}`: a TOTP code (or, where allowed, a recovery code).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CodeRequest {
+    pub code: String,
+}
+
+/// `POST /v1/auth/mfa/verify`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct MfaVerifyRequest {
+    pub ticket: String,
+    pub code: String,
+}
+
 /// `{email, password}`: signup, login, link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

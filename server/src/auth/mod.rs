@@ -9,6 +9,7 @@
 pub mod keys;
 pub mod limits;
 pub mod mail;
+pub mod mfa;
 pub mod password;
 pub mod repo;
 
@@ -16,7 +17,7 @@ use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hearth_types::{Session, User};
+use hearth_types::{LoginAnswer, MfaChallenge, RecoveryCodes, Session, TotpEnrollment, User};
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -145,6 +146,7 @@ impl Auth {
             claims: Map::new(),
             data: Map::new(),
             providers: vec!["password".into()],
+            mfa: false,
             created_at: now,
             updated_at: now,
         };
@@ -154,7 +156,7 @@ impl Auth {
 
     /// Same answer, and about the same time, for an unknown e-mail and a wrong password.
     /// An account with too many recent failures is refused for a while, whoever asks.
-    pub async fn login(&self, email: &str, password: &str) -> Result<Session, Error> {
+    pub async fn login(&self, email: &str, password: &str) -> Result<LoginAnswer, Error> {
         let refused = || Error::Unauthenticated("wrong e-mail or password".into());
         let Ok(email) = normalize_email(email) else {
             self.passwords.verify(password, None).await;
@@ -171,7 +173,81 @@ impl Auth {
         if user.disabled {
             return Err(Error::PermissionDenied("this account is disabled".into()));
         }
+        if user.mfa {
+            let bytes: [u8; 32] = rand::random();
+            let ticket = URL_SAFE_NO_PAD.encode(bytes);
+            let expires = now_micros() + MFA_TICKET_SECONDS as i64 * 1_000_000;
+            self.repo.insert_ticket(hash_token(&ticket), &user.id, expires).await?;
+            return Ok(LoginAnswer::MfaRequired(MfaChallenge {
+                mfa_required: true,
+                ticket,
+                expires_in: MFA_TICKET_SECONDS,
+            }));
+        }
+        Ok(LoginAnswer::Session(self.start_session(user).await?))
+    }
+
+    /// The second step of a login: a ticket and a TOTP or recovery code.
+    pub async fn verify_mfa(&self, ticket: &str, code: &str) -> Result<Session, Error> {
+        let refused = || Error::Unauthenticated("the ticket or the code is not valid".into());
+        let ticket_hash = hash_token(ticket);
+        let uid = self.repo.ticket_user(ticket_hash, now_micros()).await?.ok_or_else(refused)?;
+        if !self.second_factor(&uid, code).await? || !self.repo.spend_ticket(ticket_hash, now_micros()).await? {
+            return Err(refused());
+        }
+        let user = self.existing(&uid).await?;
+        if user.disabled {
+            return Err(Error::PermissionDenied("this account is disabled".into()));
+        }
         self.start_session(user).await
+    }
+
+    /// Whether `code` is a TOTP code not used before, or an unused recovery code.
+    async fn second_factor(&self, uid: &str, code: &str) -> Result<bool, Error> {
+        let Some(totp) = self.repo.totp(uid).await?.filter(|totp| totp.confirmed) else {
+            return Ok(false);
+        };
+        if let Some(step) = mfa::check(&totp.secret, code) {
+            return Ok(self.repo.use_totp_step(uid, step).await?);
+        }
+        Ok(self.repo.use_recovery_code(uid, hash_token(&code.trim().to_lowercase()), now_micros()).await?)
+    }
+
+    /// Starts TOTP enrolment for the caller.
+    pub async fn enroll_totp(&self, uid: &str) -> Result<TotpEnrollment, Error> {
+        let user = self.existing(uid).await?;
+        let account = user.email.clone().unwrap_or_else(|| user.id.clone());
+        let (secret, base32, otpauth_uri) = mfa::new_secret(&account)?;
+        if !self.repo.enrol_totp(uid, secret, now_micros()).await? {
+            return Err(Error::AlreadyExists("TOTP is already on; turn it off first".into()));
+        }
+        Ok(TotpEnrollment { secret: base32, otpauth_uri })
+    }
+
+    /// Confirms enrolment with a first code; answers the recovery codes, shown once.
+    pub async fn confirm_totp(&self, uid: &str, code: &str) -> Result<RecoveryCodes, Error> {
+        let totp = self
+            .repo
+            .totp(uid)
+            .await?
+            .filter(|totp| !totp.confirmed)
+            .ok_or_else(|| Error::InvalidArgument("no TOTP enrolment is waiting; enrol first".into()))?;
+        let step = mfa::check(&totp.secret, code).ok_or_else(|| Error::InvalidArgument("wrong code".into()))?;
+        if !self.repo.use_totp_step(uid, step).await? {
+            return Err(Error::InvalidArgument("this code was already used".into()));
+        }
+        let codes = mfa::recovery_codes();
+        self.repo.confirm_totp(uid, codes.iter().map(|code| hash_token(code)).collect(), now_micros()).await?;
+        Ok(RecoveryCodes { recovery_codes: codes })
+    }
+
+    /// Turns TOTP off, with a current code or a recovery code.
+    pub async fn disable_totp(&self, uid: &str, code: &str) -> Result<(), Error> {
+        if !self.second_factor(uid, code).await? {
+            return Err(Error::InvalidArgument("wrong code".into()));
+        }
+        self.repo.remove_totp(uid, now_micros()).await?;
+        Ok(())
     }
 
     pub async fn anonymous(&self) -> Result<Session, Error> {
@@ -186,6 +262,7 @@ impl Auth {
             claims: Map::new(),
             data: Map::new(),
             providers: vec!["anonymous".into()],
+            mfa: false,
             created_at: now,
             updated_at: now,
         };
@@ -320,6 +397,7 @@ impl Auth {
             claims: request.claims,
             data: request.data,
             providers: vec!["password".into()],
+            mfa: false,
             created_at: now,
             updated_at: now,
         };
@@ -518,6 +596,9 @@ impl Auth {
     }
 }
 
+/// Lifetime of the ticket between a password and a second factor.
+const MFA_TICKET_SECONDS: u64 = 300;
+
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 30;
 
@@ -596,7 +677,7 @@ pub fn wire_user(user: &UserRecord) -> User {
         disabled: user.disabled,
         claims: user.claims.clone(),
         data: user.data.clone(),
-        mfa: false,
+        mfa: user.mfa,
         created_at: format_time(user.created_at),
         providers: user.providers.clone(),
     }

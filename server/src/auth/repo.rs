@@ -21,6 +21,8 @@ pub struct UserRecord {
     pub claims: Map<String, Value>,
     pub data: Map<String, Value>,
     pub providers: Vec<String>,
+    /// TOTP sign-in is on.
+    pub mfa: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -55,8 +57,7 @@ struct TokenRow {
     revoked_at: Option<i64>,
 }
 
-const USER_COLUMNS: &str =
-    "id, email, email_verified, password_hash, anonymous, disabled, claims, data, providers, created_at, updated_at";
+const USER_COLUMNS: &str = "id, email, email_verified, password_hash, anonymous, disabled, claims, data, providers, created_at, updated_at, mfa";
 
 fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
     let json_map = |text: String| serde_json::from_str::<Map<String, Value>>(&text).unwrap_or_default();
@@ -72,6 +73,7 @@ fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
         providers: serde_json::from_str(&row.get::<_, String>(8)?).unwrap_or_default(),
         created_at: row.get(9)?,
         updated_at: row.get(10)?,
+        mfa: row.get(11)?,
     })
 }
 
@@ -98,7 +100,7 @@ impl Repo {
             .write_with(move |conn| {
                 let inserted = conn.execute(
                     &format!(
-                        "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                        "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
                     ),
                     params![
                         user.id,
@@ -111,7 +113,8 @@ impl Repo {
                         Value::Object(user.data).to_string(),
                         serde_json::to_string(&user.providers).unwrap_or_else(|_| "[]".into()),
                         user.created_at,
-                        user.updated_at
+                        user.updated_at,
+                        user.mfa
                     ],
                 );
                 match inserted {
@@ -132,7 +135,7 @@ impl Repo {
             .write_with(move |conn| {
                 let saved = conn.execute(
                     "UPDATE users SET email = ?2, email_verified = ?3, password_hash = ?4, anonymous = ?5, \
-                     disabled = ?6, claims = ?7, data = ?8, providers = ?9, updated_at = ?10 WHERE id = ?1",
+                     disabled = ?6, claims = ?7, data = ?8, providers = ?9, updated_at = ?10, mfa = ?11 WHERE id = ?1",
                     params![
                         user.id,
                         user.email,
@@ -143,7 +146,8 @@ impl Repo {
                         Value::Object(user.claims).to_string(),
                         Value::Object(user.data).to_string(),
                         serde_json::to_string(&user.providers).unwrap_or_else(|_| "[]".into()),
-                        user.updated_at
+                        user.updated_at,
+                        user.mfa
                     ],
                 );
                 match saved {
@@ -445,6 +449,144 @@ impl Repo {
                     })
                 })?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+    }
+}
+
+/// A user's authenticator.
+#[derive(Debug, Clone)]
+pub struct Totp {
+    pub secret: Vec<u8>,
+    pub confirmed: bool,
+}
+
+impl Repo {
+    pub async fn totp(&self, user_id: &str) -> Result<Option<Totp>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.db
+            .read_with(move |conn| {
+                Ok(conn
+                    .prepare_cached("SELECT secret, confirmed_at IS NOT NULL FROM mfa_totp WHERE user_id = ?1")?
+                    .query_row([user_id], |row| Ok(Totp { secret: row.get(0)?, confirmed: row.get(1)? }))
+                    .optional()?)
+            })
+            .await
+    }
+
+    /// Starts (or restarts) an enrolment; false if TOTP is already confirmed.
+    pub async fn enrol_totp(&self, user_id: &str, secret: Vec<u8>, now: i64) -> Result<bool, StoreError> {
+        let user_id = user_id.to_owned();
+        self.db
+            .write_with(move |conn| {
+                let changed = conn.execute(
+                    "INSERT INTO mfa_totp (user_id, secret, created_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (user_id) DO UPDATE SET secret = excluded.secret, created_at = excluded.created_at \
+                     WHERE mfa_totp.confirmed_at IS NULL",
+                    params![user_id, secret, now],
+                )?;
+                Ok(changed > 0)
+            })
+            .await
+    }
+
+    /// Accepts time step `step` for this user once: false if it (or a later one) was used.
+    pub async fn use_totp_step(&self, user_id: &str, step: i64) -> Result<bool, StoreError> {
+        let user_id = user_id.to_owned();
+        self.db
+            .write_with(move |conn| {
+                Ok(conn.execute(
+                    "UPDATE mfa_totp SET last_step = ?2 WHERE user_id = ?1 AND last_step < ?2",
+                    params![user_id, step],
+                )? > 0)
+            })
+            .await
+    }
+
+    /// Confirms an enrolment: TOTP is on, with these recovery codes (hashed).
+    pub async fn confirm_totp(&self, user_id: &str, recovery: Vec<[u8; 32]>, now: i64) -> Result<(), StoreError> {
+        let user_id = user_id.to_owned();
+        self.db
+            .write_with(move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute("UPDATE mfa_totp SET confirmed_at = ?2 WHERE user_id = ?1", params![user_id, now])?;
+                tx.execute("DELETE FROM mfa_recovery_codes WHERE user_id = ?1", [&user_id])?;
+                for hash in recovery {
+                    tx.execute(
+                        "INSERT INTO mfa_recovery_codes (hash, user_id) VALUES (?1, ?2)",
+                        params![hash.to_vec(), user_id],
+                    )?;
+                }
+                tx.execute("UPDATE users SET mfa = 1, updated_at = ?2 WHERE id = ?1", params![user_id, now])?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Spends a recovery code of this user; false if unknown or used.
+    pub async fn use_recovery_code(&self, user_id: &str, hash: [u8; 32], now: i64) -> Result<bool, StoreError> {
+        let user_id = user_id.to_owned();
+        self.db
+            .write_with(move |conn| {
+                Ok(conn.execute(
+                    "UPDATE mfa_recovery_codes SET used_at = ?3 WHERE hash = ?1 AND user_id = ?2 AND used_at IS NULL",
+                    params![hash.to_vec(), user_id, now],
+                )? > 0)
+            })
+            .await
+    }
+
+    /// Turns TOTP off.
+    pub async fn remove_totp(&self, user_id: &str, now: i64) -> Result<(), StoreError> {
+        let user_id = user_id.to_owned();
+        self.db
+            .write_with(move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute("DELETE FROM mfa_totp WHERE user_id = ?1", [&user_id])?;
+                tx.execute("DELETE FROM mfa_recovery_codes WHERE user_id = ?1", [&user_id])?;
+                tx.execute("UPDATE users SET mfa = 0, updated_at = ?2 WHERE id = ?1", params![user_id, now])?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    pub async fn insert_ticket(&self, hash: [u8; 32], user_id: &str, expires_at: i64) -> Result<(), StoreError> {
+        let user_id = user_id.to_owned();
+        self.db
+            .write_with(move |conn| {
+                conn.execute(
+                    "INSERT INTO mfa_tickets (hash, user_id, expires_at) VALUES (?1, ?2, ?3)",
+                    params![hash.to_vec(), user_id, expires_at],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The user of an unused, unexpired ticket.
+    pub async fn ticket_user(&self, hash: [u8; 32], now: i64) -> Result<Option<String>, StoreError> {
+        self.db
+            .read_with(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT user_id FROM mfa_tickets WHERE hash = ?1 AND used_at IS NULL AND expires_at > ?2",
+                    )?
+                    .query_row(params![hash.to_vec(), now], |row| row.get(0))
+                    .optional()?)
+            })
+            .await
+    }
+
+    /// Spends a ticket; false if someone else spent it first.
+    pub async fn spend_ticket(&self, hash: [u8; 32], now: i64) -> Result<bool, StoreError> {
+        self.db
+            .write_with(move |conn| {
+                Ok(conn.execute(
+                    "UPDATE mfa_tickets SET used_at = ?2 WHERE hash = ?1 AND used_at IS NULL",
+                    params![hash.to_vec(), now],
+                )? > 0)
             })
             .await
     }

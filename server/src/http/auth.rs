@@ -7,8 +7,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hearth_types::{
-    AdminUserCreate, AdminUserUpdate, Credentials, ErrorBody, LogoutRequest, RefreshRequest, Session, User, UserPage,
-    UserUpdate,
+    AdminUserCreate, AdminUserUpdate, CodeRequest, Credentials, ErrorBody, LoginAnswer, LogoutRequest,
+    MfaVerifyRequest, RecoveryCodes, RefreshRequest, Session, TotpEnrollment, User, UserPage, UserUpdate,
 };
 use serde::Deserialize;
 
@@ -28,11 +28,12 @@ pub async fn signup(
 
 /// Sign in with e-mail and password.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Credentials,
-    responses((status = 200, body = Session), (status = 401, description = "wrong e-mail or password", body = ErrorBody)))]
+    responses((status = 200, description = "a session, or `mfa_required` with a ticket", body = LoginAnswer),
+              (status = 401, description = "wrong e-mail or password", body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<Credentials>,
-) -> Result<Json<Session>, ApiError> {
+) -> Result<Json<LoginAnswer>, ApiError> {
     Ok(Json(state.auth().login(&body.email, &body.password).await?))
 }
 
@@ -287,4 +288,47 @@ pub async fn limit_by_ip(
         Ok(()) => next.run(request).await,
         Err(error) => ApiError::from(error).into_response(),
     }
+}
+
+/// Start TOTP enrolment: a secret and an `otpauth://` URI for an authenticator app.
+#[utoipa::path(post, path = "/v1/auth/mfa/totp/enroll", tag = "auth",
+    responses((status = 200, body = TotpEnrollment), (status = 409, description = "TOTP is already on", body = ErrorBody)))]
+pub async fn totp_enroll(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+) -> Result<Json<TotpEnrollment>, ApiError> {
+    Ok(Json(state.auth().enroll_totp(&user.uid).await?))
+}
+
+/// Confirm enrolment with a first code; answers single-use recovery codes, shown once.
+#[utoipa::path(post, path = "/v1/auth/mfa/totp/confirm", tag = "auth", request_body = CodeRequest,
+    responses((status = 200, body = RecoveryCodes), (status = 400, body = ErrorBody)))]
+pub async fn totp_confirm(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    JsonBody(body): JsonBody<CodeRequest>,
+) -> Result<Json<RecoveryCodes>, ApiError> {
+    Ok(Json(state.auth().confirm_totp(&user.uid, &body.code).await?))
+}
+
+/// Turn TOTP off with a current code or a recovery code.
+#[utoipa::path(delete, path = "/v1/auth/mfa/totp", tag = "auth", request_body = CodeRequest,
+    responses((status = 204, description = "off"), (status = 400, body = ErrorBody)))]
+pub async fn totp_disable(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    JsonBody(body): JsonBody<CodeRequest>,
+) -> Result<StatusCode, ApiError> {
+    state.auth().disable_totp(&user.uid, &body.code).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Second step of a login: the ticket and a TOTP code or an unused recovery code.
+#[utoipa::path(post, path = "/v1/auth/mfa/verify", tag = "auth", request_body = MfaVerifyRequest,
+    responses((status = 200, body = Session), (status = 401, body = ErrorBody)))]
+pub async fn mfa_verify(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<MfaVerifyRequest>,
+) -> Result<Json<Session>, ApiError> {
+    Ok(Json(state.auth().verify_mfa(&body.ticket, &body.code).await?))
 }

@@ -39,6 +39,7 @@ pub use state::AppState;
         auth::get_user, auth::update_user, auth::delete_user, auth::link, auth::jwks,
         auth::admin_list, auth::admin_create, auth::admin_get, auth::admin_update, auth::admin_delete,
         auth::admin_revoke, auth::verify_request, auth::verify_confirm, auth::recover, auth::reset, auth::outbox,
+        auth::totp_enroll, auth::totp_confirm, auth::totp_disable, auth::mfa_verify,
     ),
     components(schemas(
         hearth_types::Document, hearth_types::Query, hearth_types::Filter, hearth_types::Op,
@@ -51,6 +52,8 @@ pub use state::AppState;
         hearth_types::LogoutRequest, hearth_types::UserUpdate, hearth_types::AdminUserCreate,
         hearth_types::AdminUserUpdate, hearth_types::UserPage,
         auth::TokenRequest, auth::RecoverRequest, auth::ResetRequest,
+        hearth_types::LoginAnswer, hearth_types::MfaChallenge, hearth_types::TotpEnrollment,
+        hearth_types::RecoveryCodes, hearth_types::CodeRequest, hearth_types::MfaVerifyRequest,
     )),
     modifiers(&BearerAuth),
 )]
@@ -115,6 +118,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/refresh", post(auth::refresh))
         .route("/v1/auth/recover", post(auth::recover))
         .route("/v1/auth/reset", post(auth::reset))
+        .route("/v1/auth/mfa/verify", post(auth::mfa_verify))
+        .route("/v1/auth/mfa/totp/enroll", post(auth::totp_enroll))
+        .route("/v1/auth/mfa/totp/confirm", post(auth::totp_confirm))
+        .route("/v1/auth/mfa/totp", axum::routing::delete(auth::totp_disable))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::limit_by_ip));
     let accounts = Router::new()
         .merge(sign_in)

@@ -484,3 +484,78 @@ async fn sign_in_routes_are_rate_limited_per_ip_and_per_account() {
     let (status, _) = app.send(app.client.get(app.url("/.well-known/jwks.json"))).await;
     assert_eq!(status, 200);
 }
+
+/// The code of the authenticator with this base32 secret, `offset` seconds from now.
+fn totp_code(secret: &str, offset: u64) -> String {
+    let totp = totp_rs::Builder::new()
+        .with_secret(totp_rs::Secret::try_from_base32(secret).expect("base32 secret"))
+        .with_account_name("test")
+        .build()
+        .expect("authenticator");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    totp.generate(now + offset).to_string()
+}
+
+#[tokio::test]
+async fn totp_guards_the_login_and_each_code_works_once() {
+    let app = App::spawn().await;
+    let session = signup(&app, "mfa@example.com").await;
+    let token = session["access_token"].as_str().expect("token").to_owned();
+    let call = |method: Method, path: &str, body: Value| bearer(&app, method, path, &token).json(&body);
+
+    let (status, enrolment) = app.send(call(Method::POST, "/v1/auth/mfa/totp/enroll", json!({}))).await;
+    assert_eq!(status, 200, "{enrolment}");
+    let secret = enrolment["secret"].as_str().expect("secret").to_owned();
+    assert!(enrolment["otpauth_uri"].as_str().expect("uri").starts_with("otpauth://totp/"));
+    let (status, body) = app.send(call(Method::POST, "/v1/auth/mfa/totp/confirm", json!({"code": "000000"}))).await;
+    assert_error(status, &body, 400, "invalid-argument");
+    let first = totp_code(&secret, 0);
+    let (status, codes) = app.send(call(Method::POST, "/v1/auth/mfa/totp/confirm", json!({"code": first}))).await;
+    assert_eq!(status, 200, "{codes}");
+    let recovery: Vec<String> = codes["recovery_codes"]
+        .as_array()
+        .expect("codes")
+        .iter()
+        .map(|code| code.as_str().expect("code").to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+    let (_, me) = app.send(bearer(&app, Method::GET, "/v1/auth/user", &token)).await;
+    assert_eq!(me["mfa"], true);
+    let (status, body) = app.send(call(Method::POST, "/v1/auth/mfa/totp/enroll", json!({}))).await;
+    assert_error(status, &body, 409, "already-exists");
+
+    let login = || post(&app, "/v1/auth/login", json!({"email": "mfa@example.com", "password": PASSWORD}));
+    let (status, challenge) = login().await;
+    assert_eq!(status, 200);
+    assert_eq!(challenge["mfa_required"], true);
+    assert!(challenge.get("access_token").is_none(), "no session before the second factor");
+    let ticket = challenge["ticket"].as_str().expect("ticket").to_owned();
+    let verify = |ticket: &str, code: &str| post(&app, "/v1/auth/mfa/verify", json!({"ticket": ticket, "code": code}));
+    let (status, body) = verify(&ticket, &first).await;
+    assert_error(status, &body, 401, "unauthenticated");
+    let (status, body) = verify("not-a-ticket", &totp_code(&secret, 30)).await;
+    assert_error(status, &body, 401, "unauthenticated");
+    let next = totp_code(&secret, 30);
+    let (status, signed_in) = verify(&ticket, &next).await;
+    assert_eq!(status, 200, "{signed_in}");
+    assert_eq!(signed_in["user"]["email"], "mfa@example.com");
+    let (status, body) = verify(&ticket, &recovery[0]).await;
+    assert_error(status, &body, 401, "unauthenticated");
+
+    let (_, challenge) = login().await;
+    let ticket = challenge["ticket"].as_str().expect("ticket").to_owned();
+    let (status, body) = verify(&ticket, &next).await;
+    assert_error(status, &body, 401, "unauthenticated");
+    let (status, _) = verify(&ticket, &recovery[0].to_uppercase()).await;
+    assert_eq!(status, 200, "a recovery code stands in for the authenticator");
+    let (_, challenge) = login().await;
+    let (status, body) = verify(challenge["ticket"].as_str().expect("ticket"), &recovery[0]).await;
+    assert_error(status, &body, 401, "unauthenticated");
+
+    let (status, _) = app.send(call(Method::DELETE, "/v1/auth/mfa/totp", json!({"code": recovery[1]}))).await;
+    assert_eq!(status, 204);
+    let (status, session) = login().await;
+    assert_eq!(status, 200);
+    assert!(session["access_token"].is_string(), "without TOTP a login signs in directly");
+    assert!(!app.output_text().contains(&secret), "the TOTP secret never reaches the log");
+}

@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../../../migrations/sqlite/0001_init.sql")),
     (2, "auth", include_str!("../../../../migrations/sqlite/0002_auth.sql")),
     (3, "mail", include_str!("../../../../migrations/sqlite/0003_mail.sql")),
+    (4, "mfa", include_str!("../../../../migrations/sqlite/0004_mfa.sql")),
 ];
 
 /// How durable a commit is. `Normal` (WAL) survives a crash of the process; `Full`
