@@ -25,6 +25,12 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("hello") {
         return hello_world();
     }
+    if args.get(1).map(String::as_str) == Some("auth") {
+        let quick = args.iter().any(|arg| arg == "--quick");
+        let phase = if quick { Duration::from_secs(1) } else { Duration::from_secs(5) };
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        return runtime.block_on(auth_bench(phase));
+    }
     if args.get(1).map(String::as_str) == Some("load") {
         return load_only(&args[2..]);
     }
@@ -105,6 +111,19 @@ impl Budget {
 /// `concurrency` keep-alive connections, each sending requests back to back until the
 /// budget is spent.
 async fn load(name: &str, addr: SocketAddr, concurrency: usize, budget: Budget, make: MakeRequest) -> Outcome {
+    load_as(name, addr, concurrency, budget, make, KEY).await
+}
+
+/// Like [`load`], with `token` as the bearer credential.
+async fn load_as(
+    name: &str,
+    addr: SocketAddr,
+    concurrency: usize,
+    budget: Budget,
+    make: MakeRequest,
+    token: &str,
+) -> Outcome {
+    let authorization: Arc<str> = format!("Bearer {token}").into();
     let started = Instant::now();
     let deadline = match &budget {
         Budget::Time(phase) => started + *phase,
@@ -114,6 +133,7 @@ async fn load(name: &str, addr: SocketAddr, concurrency: usize, budget: Budget, 
     for worker in 0..concurrency {
         let make = make.clone();
         let budget = budget.clone();
+        let authorization = authorization.clone();
         workers.push(tokio::spawn(async move {
             let stream = TcpStream::connect(addr).await.expect("connect");
             stream.set_nodelay(true).expect("nodelay");
@@ -130,7 +150,7 @@ async fn load(name: &str, addr: SocketAddr, concurrency: usize, budget: Budget, 
                     .method(method)
                     .uri(path)
                     .header("host", "bench")
-                    .header("authorization", format!("Bearer {KEY}"))
+                    .header("authorization", &*authorization)
                     .header("content-type", "application/json")
                     .body(Full::new(body.unwrap_or_default()))
                     .expect("request");
@@ -235,6 +255,10 @@ fn start_hearth(group_commit: bool) -> Hearth {
         .arg(dir.path())
         .env("HEARTH_SERVICE_KEY", KEY)
         .env("HEARTH_STORE__GROUP_COMMIT", group_commit.to_string())
+        // Every request comes from loopback: lift the per-IP sign-in limit so the login
+        // phases measure hashing, not the limiter.
+        .env("HEARTH_AUTH__RATE_LIMIT__PER_IP_PER_MINUTE", "100000000")
+        .env("HEARTH_AUTH__RATE_LIMIT__PER_IP_BURST", "100000000")
         .env("RUST_LOG", "info,tower_http=off");
     let (child, addr) = start(command);
     Hearth { child, addr, _dir: dir }
@@ -341,6 +365,158 @@ async fn run(phase: Duration, quick: bool) {
     println!(
         "creates c=64 vs raw SQLite 1000-row transactions: {:.2}",
         creates_on[2] / (reference[1].rate() * reference[1].per_request as f64)
+    );
+}
+
+/// One request, its status and JSON answer.
+async fn request_json(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: serde_json::Value,
+    token: &str,
+) -> serde_json::Value {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "bench")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("answer");
+    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+}
+
+/// Argon2id hashes per second with the OWASP parameters Hearth uses, one thread per core.
+fn raw_argon2(phase: Duration) -> f64 {
+    use argon2::password_hash::PasswordHasher;
+    let started = Instant::now();
+    let threads: Vec<_> = (0..cores())
+        .map(|_| {
+            std::thread::spawn(move || {
+                let hasher = argon2::Argon2::default();
+                let mut hashes = 0u64;
+                while started.elapsed() < phase {
+                    hasher.hash_password(b"correct horse battery staple").expect("hash");
+                    hashes += 1;
+                }
+                hashes
+            })
+        })
+        .collect();
+    let hashes: u64 = threads.into_iter().map(|thread| thread.join().expect("thread")).sum();
+    hashes as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Access-token verification in process, in microseconds per token: the first time a
+/// token is seen (signature and claims), and again (from the cache of verified tokens).
+async fn verify_cost() -> (f64, f64) {
+    use hearth_server::auth::{Auth, repo::Repo};
+    use hearth_server::store::ChangeBus;
+    use hearth_server::store::sqlite::{SqliteBackend, SqliteOptions, Synchronous, WriterOptions};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = SqliteOptions {
+        path: dir.path().join("verify.db"),
+        readers: 1,
+        writer: WriterOptions { group_commit: true, max_group_writes: 100 },
+        synchronous: Synchronous::Normal,
+        queue_capacity: 16,
+        indexes: Vec::new(),
+    };
+    let backend = Arc::new(SqliteBackend::open(options, ChangeBus::new(16)).expect("database"));
+    let auth = Auth::new(Repo::new(backend), hearth_server::config::AuthConfig::default()).await.expect("auth");
+    let mut tokens = Vec::new();
+    for _ in 0..2_000 {
+        tokens.push(auth.anonymous().await.expect("session").access_token);
+    }
+    let started = Instant::now();
+    for token in &tokens {
+        auth.verify(token).expect("valid");
+    }
+    let first = started.elapsed().as_secs_f64() * 1e6 / tokens.len() as f64;
+    let rounds = 20_000;
+    let started = Instant::now();
+    for round in 0..rounds {
+        auth.verify(&tokens[round % tokens.len()]).expect("valid");
+    }
+    (first, started.elapsed().as_secs_f64() * 1e6 / rounds as f64)
+}
+
+/// Logins against raw argon2, and document gets with and without a login flood.
+async fn auth_bench(phase: Duration) {
+    println!("# Hearth auth benchmark\n");
+    println!("machine: {} cores, {}; {} s per phase\n", cores(), cpu_model(), phase.as_secs());
+    let hashes = raw_argon2(phase);
+    println!("raw argon2id (m=19456 KiB, t=2, p=1), {} threads: {hashes:.1} hashes/s", cores());
+    let (first, again) = verify_cost().await;
+    println!(
+        "access-token verification (EdDSA, in process): {first:.1} µs the first time a token is seen, {again:.2} µs after\n"
+    );
+    println!("| phase | req/s | p50 ms | p99 ms | errors | rows |");
+    println!("|---|---|---|---|---|---|");
+    let hearth = start_hearth(true);
+    let addr = hearth.addr;
+    let password = "correct horse battery staple";
+    let session = request_json(
+        addr,
+        Method::POST,
+        "/v1/auth/signup",
+        serde_json::json!({"email": "bench@example.com", "password": password}),
+        KEY,
+    )
+    .await;
+    let user_token: String = session["access_token"].as_str().expect("signed up").to_owned();
+    request_json(addr, Method::PUT, "/v1/docs/items/one", serde_json::json!({"n": 1, "body": filler()}), KEY).await;
+    let login: MakeRequest = Arc::new(move |_| {
+        let body = format!(r#"{{"email":"bench@example.com","password":"{password}"}}"#);
+        (Method::POST, "/v1/auth/login".into(), Some(Bytes::from(body)))
+    });
+    let get_doc: MakeRequest = Arc::new(|_| (Method::GET, "/v1/docs/items/one".into(), None));
+    let get_user: MakeRequest = Arc::new(|_| (Method::GET, "/v1/auth/user".into(), None));
+    let alone = load("logins c=16", addr, 16, Budget::Time(phase), login.clone()).await;
+    println!("{}", alone.row());
+    let doc_alone =
+        load("document get c=16 (service key), alone", addr, 16, Budget::Time(phase), get_doc.clone()).await;
+    println!("{}", doc_alone.row());
+    let user_alone = load_as(
+        "GET /v1/auth/user c=16 (access token), alone",
+        addr,
+        16,
+        Budget::Time(phase),
+        get_user.clone(),
+        &user_token,
+    )
+    .await;
+    println!("{}", user_alone.row());
+    let (flood, doc_during) = tokio::join!(
+        load("logins c=16, during document gets", addr, 16, Budget::Time(phase), login.clone()),
+        load("document get c=16, during a login flood", addr, 16, Budget::Time(phase), get_doc)
+    );
+    println!("{}\n{}", flood.row(), doc_during.row());
+    let (flood, user_during) = tokio::join!(
+        load("logins c=16, during user gets", addr, 16, Budget::Time(phase), login),
+        load_as("GET /v1/auth/user c=16, during a login flood", addr, 16, Budget::Time(phase), get_user, &user_token)
+    );
+    println!("{}\n{}", flood.row(), user_during.row());
+    println!();
+    println!("logins/s vs raw argon2 hashes/s: {:.2}", alone.rate() / hashes);
+    println!(
+        "document gets during the flood vs alone: {:.2}x throughput, p99 {:.2} ms vs {:.2} ms",
+        doc_during.rate() / doc_alone.rate(),
+        doc_during.percentile(0.99),
+        doc_alone.percentile(0.99)
+    );
+    println!(
+        "user gets during the flood vs alone: {:.2}x throughput, p99 {:.2} ms vs {:.2} ms",
+        user_during.rate() / user_alone.rate(),
+        user_during.percentile(0.99),
+        user_alone.percentile(0.99)
     );
 }
 

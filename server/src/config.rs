@@ -192,7 +192,7 @@ pub struct PasswordConfig {
     pub memory_kib: u32,
     pub iterations: u32,
     pub parallelism: u32,
-    /// Hashes computed at once; 0 means one per core.
+    /// Hashing threads (low priority); 0 means one per core.
     pub max_concurrent: usize,
 }
 

@@ -1,11 +1,11 @@
-//! Password hashing with argon2id, off the async runtime and bounded, so a flood of
-//! logins waits its turn instead of starving every other request.
+//! Password hashing with argon2id on a few dedicated low-priority threads: a flood of
+//! logins queues for them, and the scheduler keeps serving every other request first.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::PasswordConfig;
 
@@ -13,10 +13,14 @@ use crate::config::PasswordConfig;
 pub const MIN_PASSWORD_BYTES: usize = 8;
 pub const MAX_PASSWORD_BYTES: usize = 256;
 
+/// Hashing jobs that may wait; past that, callers wait to enqueue.
+const QUEUE: usize = 1024;
+
+type Job = Box<dyn FnOnce(&Params) + Send>;
+
 #[derive(Clone)]
 pub struct Passwords {
-    params: Params,
-    permits: Arc<Semaphore>,
+    jobs: mpsc::Sender<Job>,
     /// A hash of nothing anyone knows, verified when the e-mail is unknown so that an
     /// unknown e-mail and a wrong password take the same time.
     decoy: Arc<String>,
@@ -26,43 +30,64 @@ impl Passwords {
     pub fn new(config: &PasswordConfig) -> anyhow::Result<Passwords> {
         let params = Params::new(config.memory_kib, config.iterations, config.parallelism, None)
             .map_err(|error| anyhow::anyhow!("auth.password: {error}"))?;
-        let concurrent = if config.max_concurrent == 0 {
+        let threads = if config.max_concurrent == 0 {
             std::thread::available_parallelism().map_or(2, usize::from)
         } else {
             config.max_concurrent
         };
+        let (jobs, receiver) = mpsc::channel::<Job>(QUEUE);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for index in 0..threads {
+            let receiver = receiver.clone();
+            let params = params.clone();
+            std::thread::Builder::new().name(format!("hearth-hash-{index}")).spawn(move || {
+                // Lowest priority: hashing runs on what the rest of the server leaves.
+                if let Err(error) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
+                    tracing::debug!(?error, "could not lower the priority of a hashing thread");
+                }
+                loop {
+                    let job = receiver.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
+                    match job {
+                        Some(job) => job(&params),
+                        None => return,
+                    }
+                }
+            })?;
+        }
         let secret: [u8; 16] = rand::random();
         let decoy = hash_with(&params, &secret)?;
-        Ok(Passwords { params, permits: Arc::new(Semaphore::new(concurrent)), decoy: Arc::new(decoy) })
+        Ok(Passwords { jobs, decoy: Arc::new(decoy) })
+    }
+
+    async fn run<R: Send + 'static>(&self, work: impl FnOnce(&Params) -> R + Send + 'static) -> anyhow::Result<R> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |params| {
+            let _ = reply.send(work(params));
+        });
+        self.jobs.send(job).await.map_err(|_| anyhow::anyhow!("the hashing threads stopped"))?;
+        Ok(answer.await?)
     }
 
     /// The PHC string of `password`.
     pub async fn hash(&self, password: &str) -> anyhow::Result<String> {
-        let _permit = self.permits.acquire().await?;
-        let params = self.params.clone();
         let password = password.to_owned();
-        tokio::task::spawn_blocking(move || hash_with(&params, password.as_bytes())).await?
+        self.run(move |params| hash_with(params, password.as_bytes())).await?
     }
 
     /// Whether `password` matches `hash`; with no hash (unknown user), spends the same
     /// time on the decoy and answers false.
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return false;
-        };
-        let (hash, known) = match hash {
-            Some(hash) => (hash.to_owned(), true),
-            None => (self.decoy.as_str().to_owned(), false),
-        };
-        let params = self.params.clone();
+        let known = hash.is_some();
+        let hash = hash.map_or_else(|| self.decoy.as_str().to_owned(), str::to_owned);
         let password = password.to_owned();
-        let matched = tokio::task::spawn_blocking(move || {
-            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-                .verify_password(password.as_bytes(), hash.as_str())
-                .is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        let matched = self
+            .run(move |params| {
+                Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+                    .verify_password(password.as_bytes(), hash.as_str())
+                    .is_ok()
+            })
+            .await
+            .unwrap_or(false);
         matched && known
     }
 }
