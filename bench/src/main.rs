@@ -430,7 +430,13 @@ async fn verify_cost() -> (f64, f64) {
         indexes: Vec::new(),
     };
     let backend = Arc::new(SqliteBackend::open(options, ChangeBus::new(16)).expect("database"));
-    let auth = Auth::new(Repo::new(backend), hearth_server::config::AuthConfig::default()).await.expect("auth");
+    let auth = Auth::new(
+        Repo::new(backend),
+        hearth_server::config::AuthConfig::default(),
+        &hearth_server::config::MailConfig::default(),
+    )
+    .await
+    .expect("auth");
     let mut tokens = Vec::new();
     for _ in 0..2_000 {
         tokens.push(auth.anonymous().await.expect("session").access_token);

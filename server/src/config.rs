@@ -60,6 +60,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
     pub auth: AuthConfig,
+    pub mail: MailConfig,
     /// Expression indexes over document fields.
     pub indexes: Vec<IndexConfig>,
 }
@@ -120,6 +121,47 @@ impl Default for LimitsConfig {
 pub struct MetricsConfig {
     /// Serve `/metrics` without the service key.
     pub public: bool,
+}
+
+/// Outgoing mail. Without `smtp`, mail goes to the outbox (`GET /v1/admin/outbox`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailConfig {
+    /// `From:` of every mail, e.g. `"My App <noreply@example.com>"`.
+    pub from: String,
+    pub smtp: Option<SmtpConfig>,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig { from: "Hearth <noreply@localhost>".into(), smtp: None }
+    }
+}
+
+/// An SMTP relay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// `starttls` (default, port 587), `tls` (port 465) or `none` (plain, for a local relay).
+    #[serde(default)]
+    pub tls: SmtpTls,
+}
+
+/// How the connection to the relay is encrypted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    #[default]
+    Starttls,
+    Tls,
+    None,
 }
 
 /// Sign-in and tokens.
@@ -226,6 +268,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
             auth: AuthConfig::default(),
+            mail: MailConfig::default(),
             indexes: Vec::new(),
         }
     }

@@ -41,7 +41,7 @@ impl Server {
     pub async fn build(config: Config) -> anyhow::Result<Server> {
         let metrics = metrics_handle()?;
         let (store, sqlite) = open_store(&config).await?;
-        let auth = Auth::new(auth::repo::Repo::new(sqlite), config.auth.clone()).await?;
+        let auth = Auth::new(auth::repo::Repo::new(sqlite), config.auth.clone(), &config.mail).await?;
         let mut hashes = store.backend().service_key_hashes().await?;
         let mut first_key = None;
         if hashes.is_empty() {

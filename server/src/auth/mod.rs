@@ -98,14 +98,14 @@ pub struct Auth {
 
 impl Auth {
     /// Loads the signing keys, making the first one on a fresh database.
-    pub async fn new(repo: Repo, config: AuthConfig) -> anyhow::Result<Auth> {
+    pub async fn new(repo: Repo, config: AuthConfig, mail: &crate::config::MailConfig) -> anyhow::Result<Auth> {
         let passwords = Passwords::new(&config.password)?;
         if repo.keys().await?.iter().all(|key| key.retired_at.is_some()) {
             repo.add_key(keys::generate(now_micros())).await?;
         }
         let auth = Auth {
             verified: Arc::new(VerifiedTokens::default()),
-            mailer: mail::Mailer::Outbox(repo.clone()),
+            mailer: mail::Mailer::from_config(mail, repo.clone())?,
             limits: Arc::new(limits::Limits::new(&config.rate_limit)),
             repo,
             passwords,

@@ -559,3 +559,83 @@ async fn totp_guards_the_login_and_each_code_works_once() {
     assert!(session["access_token"].is_string(), "without TOTP a login signs in directly");
     assert!(!app.output_text().contains(&secret), "the TOTP secret never reaches the log");
 }
+
+/// A minimal SMTP server on loopback that accepts every mail and hands over its text.
+fn fake_smtp() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (sender, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut writer = stream;
+                let _ = writer.write_all(b"220 localhost ESMTP test\r\n");
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    let command = line.trim_end().to_uppercase();
+                    let answer: &[u8] = if command.starts_with("EHLO") || command.starts_with("HELO") {
+                        b"250 localhost\r\n"
+                    } else if command == "DATA" {
+                        let _ = writer.write_all(b"354 go ahead\r\n");
+                        let mut data = String::new();
+                        let mut data_line = String::new();
+                        while reader.read_line(&mut data_line).map(|n| n > 0).unwrap_or(false) {
+                            if data_line == ".\r\n" {
+                                break;
+                            }
+                            data.push_str(&data_line);
+                            data_line.clear();
+                        }
+                        let _ = sender.send(data);
+                        b"250 queued\r\n"
+                    } else if command == "QUIT" {
+                        let _ = writer.write_all(b"221 bye\r\n");
+                        break;
+                    } else {
+                        b"250 OK\r\n"
+                    };
+                    let _ = writer.write_all(answer);
+                    line.clear();
+                }
+            });
+        }
+    });
+    (port, received)
+}
+
+#[tokio::test]
+async fn mail_goes_out_over_smtp_when_a_relay_is_configured() {
+    let (port, received) = fake_smtp();
+    let config = format!(
+        "[mail]\nfrom = \"Test App <noreply@example.com>\"\n\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
+    );
+    let app = App::spawn_with(Options { config: Some(config), ..Options::default() }).await;
+    let session = signup(&app, "smtp@example.com").await;
+    let token = session["access_token"].as_str().expect("token");
+    let (status, body) = app.send(bearer(&app, Method::POST, "/v1/auth/verify/request", token)).await;
+    assert_eq!(status, 204, "{body}");
+    let mail = tokio::task::spawn_blocking(move || received.recv_timeout(std::time::Duration::from_secs(10)))
+        .await
+        .expect("task")
+        .expect("a mail reached the SMTP server");
+    assert!(mail.contains("To: smtp@example.com"), "{mail}");
+    assert!(
+        mail.contains("From: \"Test App\" <noreply@example.com>")
+            || mail.contains("From: Test App <noreply@example.com>"),
+        "{mail}"
+    );
+    let code = mail
+        .lines()
+        .map(str::trim)
+        .find(|line| line.len() == 43 && !line.contains(' ') && !line.contains(':'))
+        .expect("the code is in the mail")
+        .to_owned();
+    let (status, user) = post(&app, "/v1/auth/verify/confirm", json!({"token": code})).await;
+    assert_eq!((status.as_u16(), user["email_verified"].clone()), (200, json!(true)), "{user}");
+    let (_, outbox) = app.call(Method::GET, "/v1/admin/outbox", None).await;
+    assert_eq!(outbox, json!([]), "with a relay, nothing goes to the outbox");
+}
