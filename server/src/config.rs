@@ -182,6 +182,36 @@ pub struct AuthConfig {
     pub reset_token_seconds: u64,
     pub password: PasswordConfig,
     pub rate_limit: RateLimitConfig,
+    pub oauth: OAuthConfig,
+}
+
+/// OAuth2/OIDC sign-in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// The URL users reach this server at (for callback URLs); by default taken from the
+    /// request's `Host`.
+    pub public_url: Option<String>,
+    /// Prefixes an app may ask to be sent back to with the tokens (`redirect_to`).
+    pub allowed_redirects: Vec<String>,
+    /// OIDC providers by the name used in the routes (`/v1/auth/oauth/{name}`).
+    pub providers: std::collections::BTreeMap<String, OidcProviderConfig>,
+}
+
+/// One OIDC provider, found through its discovery document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProviderConfig {
+    /// Its issuer URL; `{issuer}/.well-known/openid-configuration` is fetched.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "email".into(), "profile".into()]
 }
 
 /// Limits on the sign-in routes (signup, login, anonymous, refresh, recover, reset, MFA).
@@ -222,6 +252,7 @@ impl Default for AuthConfig {
             reset_token_seconds: 3_600,
             password: PasswordConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            oauth: OAuthConfig::default(),
         }
     }
 }

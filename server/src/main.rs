@@ -100,6 +100,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let mut server = Server::build(config).await?;
     if let Some(key) = server.take_new_service_key() {
         // Printed once, straight to the terminal, never through the log.
@@ -108,29 +109,37 @@ async fn serve(config: Config) -> anyhow::Result<()> {
              Use it as `Authorization: Bearer <key>`. Only its hash is stored.\n"
         );
     }
-    server.run_until_stopped(shutdown_signal()).await
+    server.run_until_stopped(shutdown).await
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or Ctrl-C. The handlers are registered when this is called, not
+/// when the future is first polled, so a signal that arrives right after the server says
+/// it is listening still shuts it down gracefully.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (terminate, interrupt) {
+                (Ok(mut terminate), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

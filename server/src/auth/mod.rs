@@ -10,6 +10,7 @@ pub mod keys;
 pub mod limits;
 pub mod mail;
 pub mod mfa;
+pub mod oauth;
 pub mod password;
 pub mod repo;
 
@@ -89,6 +90,7 @@ struct Claims {
 pub struct Auth {
     repo: Repo,
     verified: Arc<VerifiedTokens>,
+    oauth: Arc<oauth::OAuth>,
     mailer: mail::Mailer,
     limits: Arc<limits::Limits>,
     passwords: Passwords,
@@ -105,6 +107,7 @@ impl Auth {
         }
         let auth = Auth {
             verified: Arc::new(VerifiedTokens::default()),
+            oauth: Arc::new(oauth::OAuth::new(config.oauth.clone())?),
             mailer: mail::Mailer::from_config(mail, repo.clone())?,
             limits: Arc::new(limits::Limits::new(&config.rate_limit)),
             repo,
@@ -436,6 +439,93 @@ impl Auth {
         Ok(())
     }
 
+    /// Starts an OAuth sign-in: the provider URL to send the browser to. `origin` is this
+    /// server's URL as the browser sees it (for the callback), `redirect_to` where the app
+    /// wants its tokens in the end (it must be allowed by `auth.oauth.allowed_redirects`).
+    pub async fn oauth_start(
+        &self,
+        provider: &str,
+        origin: &str,
+        redirect_to: Option<String>,
+    ) -> Result<String, Error> {
+        if let Some(target) = &redirect_to
+            && !self.oauth.allows_redirect(target)
+        {
+            return Err(Error::InvalidArgument("`redirect_to` is not in auth.oauth.allowed_redirects".into()));
+        }
+        let redirect_uri = self.oauth.redirect_uri(provider, origin);
+        let (url, state, pending) = self.oauth.start(provider, redirect_uri, redirect_to).await?;
+        let expires = now_micros() + OAUTH_STATE_SECONDS * 1_000_000;
+        self.repo.save_pending(hash_token(&state), pending, expires).await?;
+        Ok(url)
+    }
+
+    /// Finishes an OAuth sign-in: the session, and where the app wanted it sent.
+    ///
+    /// The provider identity decides the user: one seen before signs in as its user; a new
+    /// one with a verified e-mail that a user already has is linked to that user; any other
+    /// makes a new user.
+    pub async fn oauth_finish(&self, state: &str, code: &str) -> Result<(Session, Option<String>), Error> {
+        let pending = self
+            .repo
+            .take_pending(hash_token(state), now_micros())
+            .await?
+            .ok_or_else(|| Error::InvalidArgument("unknown or expired OAuth state".into()))?;
+        let identity = self.oauth.finish(&pending, code).await?;
+        let provider = pending.provider.clone();
+        let now = now_micros();
+        let user = match self.repo.user_by_id_for_identity(&provider, &identity.subject).await? {
+            Some(user) => user,
+            None => {
+                let email = identity.email.as_deref().map(normalize_email).transpose()?;
+                let existing = match &email {
+                    Some(email) => self.repo.user_by_email(email).await?,
+                    None => None,
+                };
+                match existing {
+                    Some(mut user) if identity.email_verified => {
+                        if !user.providers.contains(&provider) {
+                            user.providers.push(provider.clone());
+                        }
+                        user.email_verified = true;
+                        user.updated_at = now;
+                        self.repo.save_user(user.clone()).await?;
+                        user
+                    }
+                    Some(_) => {
+                        return Err(Error::AlreadyExists(
+                            "a user with this e-mail exists and the provider did not verify the address; sign in and link instead"
+                                .into(),
+                        ));
+                    }
+                    None => {
+                        let user = UserRecord {
+                            id: new_id(),
+                            email,
+                            email_verified: identity.email_verified,
+                            password_hash: None,
+                            anonymous: false,
+                            disabled: false,
+                            claims: Map::new(),
+                            data: Map::new(),
+                            providers: vec![provider.clone()],
+                            mfa: false,
+                            created_at: now,
+                            updated_at: now,
+                        };
+                        self.repo.insert_user(user.clone()).await.map_err(already_exists)?;
+                        user
+                    }
+                }
+            }
+        };
+        if user.disabled {
+            return Err(Error::PermissionDenied("this account is disabled".into()));
+        }
+        self.repo.add_identity(&provider, &identity.subject, &user.id, now).await?;
+        Ok((self.start_session(user).await?, pending.redirect_to))
+    }
+
     /// The per-IP limit of the sign-in routes.
     pub fn limits(&self) -> &limits::Limits {
         &self.limits
@@ -635,6 +725,9 @@ impl VerifiedTokens {
         tokens.insert(token.to_owned(), (user, expires));
     }
 }
+
+/// How long an OAuth sign-in may take between the redirect and the callback.
+const OAUTH_STATE_SECONDS: i64 = 600;
 
 /// Lifetime of the ticket between a password and a second factor.
 const MFA_TICKET_SECONDS: u64 = 300;

@@ -591,3 +591,101 @@ impl Repo {
             .await
     }
 }
+
+impl Repo {
+    pub async fn save_pending(
+        &self,
+        state_hash: [u8; 32],
+        pending: super::oauth::Pending,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.db
+            .write_with(move |conn| {
+                conn.execute(
+                    "INSERT INTO oauth_states (hash, provider, verifier, nonce, redirect_uri, redirect_to, expires_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        state_hash.to_vec(),
+                        pending.provider,
+                        pending.verifier,
+                        pending.nonce,
+                        pending.redirect_uri,
+                        pending.redirect_to,
+                        expires_at
+                    ],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Takes (and forgets) a sign-in in flight, if its state is known and fresh.
+    pub async fn take_pending(
+        &self,
+        state_hash: [u8; 32],
+        now: i64,
+    ) -> Result<Option<super::oauth::Pending>, StoreError> {
+        self.db
+            .write_with(move |conn| {
+                let pending = conn
+                    .query_row(
+                        "DELETE FROM oauth_states WHERE hash = ?1 AND expires_at > ?2 \
+                         RETURNING provider, verifier, nonce, redirect_uri, redirect_to",
+                        params![state_hash.to_vec(), now],
+                        |row| {
+                            Ok(super::oauth::Pending {
+                                provider: row.get(0)?,
+                                verifier: row.get(1)?,
+                                nonce: row.get(2)?,
+                                redirect_uri: row.get(3)?,
+                                redirect_to: row.get(4)?,
+                            })
+                        },
+                    )
+                    .optional()?;
+                conn.execute("DELETE FROM oauth_states WHERE expires_at <= ?1", [now])?;
+                Ok(pending)
+            })
+            .await
+    }
+
+    /// The user who signed in with this provider identity before.
+    pub async fn identity_user(&self, provider: &str, subject: &str) -> Result<Option<String>, StoreError> {
+        let (provider, subject) = (provider.to_owned(), subject.to_owned());
+        self.db
+            .read_with(move |conn| {
+                Ok(conn
+                    .prepare_cached("SELECT user_id FROM identities WHERE provider = ?1 AND subject = ?2")?
+                    .query_row([provider, subject], |row| row.get(0))
+                    .optional()?)
+            })
+            .await
+    }
+
+    pub async fn add_identity(&self, provider: &str, subject: &str, user_id: &str, now: i64) -> Result<(), StoreError> {
+        let (provider, subject, user_id) = (provider.to_owned(), subject.to_owned(), user_id.to_owned());
+        self.db
+            .write_with(move |conn| {
+                conn.execute(
+                    "INSERT OR IGNORE INTO identities (provider, subject, user_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![provider, subject, user_id, now],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+impl Repo {
+    /// The user linked to a provider identity, if any.
+    pub async fn user_by_id_for_identity(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        match self.identity_user(provider, subject).await? {
+            Some(user_id) => self.user_by_id(&user_id).await,
+            None => Ok(None),
+        }
+    }
+}

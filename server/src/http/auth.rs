@@ -332,3 +332,74 @@ pub async fn mfa_verify(
 ) -> Result<Json<Session>, ApiError> {
     Ok(Json(state.auth().verify_mfa(&body.ticket, &body.code).await?))
 }
+
+/// `?redirect_to=` of an OAuth sign-in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthStartParams {
+    redirect_to: Option<String>,
+}
+
+/// `?code=&state=` (or `?error=`) of an OAuth callback.
+#[derive(Debug, Deserialize)]
+pub struct OAuthCallbackParams {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// Start an OAuth/OIDC sign-in: redirects to the provider.
+#[utoipa::path(get, path = "/v1/auth/oauth/{provider}", tag = "auth",
+    params(("provider" = String, Path), ("redirect_to" = Option<String>, Query, description = "where to send the tokens in the end (must be allowed in config)")),
+    responses((status = 302, description = "to the provider"), (status = 404, body = ErrorBody)))]
+pub async fn oauth_start(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    headers: axum::http::HeaderMap,
+    QueryParams(params): QueryParams<OAuthStartParams>,
+) -> Result<Response, ApiError> {
+    let host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or("localhost");
+    let origin = format!("http://{host}");
+    let url = state.auth().oauth_start(&provider, &origin, params.redirect_to).await?;
+    Ok(redirect(&url))
+}
+
+/// The provider sends the browser back here: answers the session, or redirects to the
+/// app's `redirect_to` with the tokens in the fragment.
+#[utoipa::path(get, path = "/v1/auth/oauth/{provider}/callback", tag = "auth",
+    params(("provider" = String, Path), ("code" = String, Query), ("state" = String, Query)),
+    responses((status = 200, body = Session), (status = 302, description = "to `redirect_to`, tokens in the fragment"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn oauth_callback(
+    State(state): State<AppState>,
+    Path(_provider): Path<String>,
+    QueryParams(params): QueryParams<OAuthCallbackParams>,
+) -> Result<Response, ApiError> {
+    if let Some(error) = params.error {
+        return Err(ApiError::new(hearth_types::ErrorCode::Unauthenticated, format!("the provider said: {error}")));
+    }
+    let (Some(code), Some(oauth_state)) = (params.code, params.state) else {
+        return Err(ApiError::invalid("the callback needs `code` and `state`"));
+    };
+    let (session, redirect_to) = state.auth().oauth_finish(&oauth_state, &code).await?;
+    match redirect_to {
+        None => Ok(Json(session).into_response()),
+        Some(target) => {
+            let fragment = serde_urlencoded::to_string([
+                ("access_token", session.access_token.as_str()),
+                ("refresh_token", session.refresh_token.as_str()),
+                ("token_type", "Bearer"),
+                ("expires_in", &session.expires_in.to_string()),
+            ])
+            .unwrap_or_default();
+            Ok(redirect(&format!("{target}#{fragment}")))
+        }
+    }
+}
+
+fn redirect(url: &str) -> Response {
+    match axum::http::HeaderValue::from_str(url) {
+        Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
+        Err(_) => ApiError::internal("a redirect URL that is not a header value").into_response(),
+    }
+}

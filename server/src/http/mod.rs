@@ -40,6 +40,7 @@ pub use state::AppState;
         auth::admin_list, auth::admin_create, auth::admin_get, auth::admin_update, auth::admin_delete,
         auth::admin_revoke, auth::verify_request, auth::verify_confirm, auth::recover, auth::reset, auth::outbox,
         auth::totp_enroll, auth::totp_confirm, auth::totp_disable, auth::mfa_verify,
+        auth::oauth_start, auth::oauth_callback,
     ),
     components(schemas(
         hearth_types::Document, hearth_types::Query, hearth_types::Filter, hearth_types::Op,
@@ -119,6 +120,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/recover", post(auth::recover))
         .route("/v1/auth/reset", post(auth::reset))
         .route("/v1/auth/mfa/verify", post(auth::mfa_verify))
+        .route("/v1/auth/oauth/{provider}", get(auth::oauth_start))
+        .route("/v1/auth/oauth/{provider}/callback", get(auth::oauth_callback))
         .route("/v1/auth/mfa/totp/enroll", post(auth::totp_enroll))
         .route("/v1/auth/mfa/totp/confirm", post(auth::totp_confirm))
         .route("/v1/auth/mfa/totp", axum::routing::delete(auth::totp_disable))

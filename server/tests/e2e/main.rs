@@ -4,5 +4,6 @@
 mod auth;
 mod bad_input;
 mod documents;
+mod oauth;
 mod server;
 mod support;

@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "auth", include_str!("../../../../migrations/sqlite/0002_auth.sql")),
     (3, "mail", include_str!("../../../../migrations/sqlite/0003_mail.sql")),
     (4, "mfa", include_str!("../../../../migrations/sqlite/0004_mfa.sql")),
+    (5, "oauth", include_str!("../../../../migrations/sqlite/0005_oauth.sql")),
 ];
 
 /// How durable a commit is. `Normal` (WAL) survives a crash of the process; `Full`
