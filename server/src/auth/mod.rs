@@ -567,9 +567,12 @@ impl Auth {
         Ok(wire_user(&user))
     }
 
-    /// Mails a reset token if a password user has this e-mail; says nothing either way.
+    /// Mails a reset token if a password user has this e-mail; says nothing either way,
+    /// not even that the address is malformed.
     pub async fn recover(&self, email: &str) -> Result<(), Error> {
-        let email = normalize_email(email)?;
+        let Ok(email) = normalize_email(email) else {
+            return Ok(());
+        };
         let Some(user) = self.repo.user_by_email(&email).await? else {
             return Ok(());
         };

@@ -424,6 +424,8 @@ async fn email_verification_and_password_reset_use_single_use_mailed_codes() {
     // Recover answers 204 whether or not the account exists, and mails only real ones.
     let (status, _) = post(&app, "/v1/auth/recover", json!({"email": "nobody@example.com"})).await;
     assert_eq!(status, 204);
+    let (status, _) = post(&app, "/v1/auth/recover", json!({"email": "not an address"})).await;
+    assert_eq!(status, 204);
     let (status, _) = post(&app, "/v1/auth/recover", json!({"email": "MAIL@example.com"})).await;
     assert_eq!(status, 204);
     let (_, outbox) = app.call(Method::GET, "/v1/admin/outbox", None).await;
@@ -638,4 +640,35 @@ async fn mail_goes_out_over_smtp_when_a_relay_is_configured() {
     assert_eq!((status.as_u16(), user["email_verified"].clone()), (200, json!(true)), "{user}");
     let (_, outbox) = app.call(Method::GET, "/v1/admin/outbox", None).await;
     assert_eq!(outbox, json!([]), "with a relay, nothing goes to the outbox");
+}
+
+#[tokio::test]
+async fn a_mailed_code_acts_only_on_the_user_it_was_sent_to() {
+    let app = App::spawn().await;
+    let alice = signup(&app, "alice@example.com").await;
+    let bob = signup(&app, "bob@example.com").await;
+    let (status, _) = app
+        .send(bearer(&app, Method::POST, "/v1/auth/verify/request", alice["access_token"].as_str().expect("token")))
+        .await;
+    assert_eq!(status, 204);
+    let code = mailed_code(&app, "alice@example.com").await;
+    // Bob presents Alice's code: it verifies Alice, never Bob.
+    let (status, user) = app
+        .send(
+            bearer(&app, Method::POST, "/v1/auth/verify/confirm", bob["access_token"].as_str().expect("token"))
+                .json(&json!({"token": code})),
+        )
+        .await;
+    assert_eq!((status.as_u16(), user["id"].clone()), (200, alice["user"]["id"].clone()));
+    let (_, bob_now) =
+        app.send(bearer(&app, Method::GET, "/v1/auth/user", bob["access_token"].as_str().expect("token"))).await;
+    assert_eq!(bob_now["email_verified"], false);
+    // A code sent to an address the user has since left verifies nothing.
+    let token = alice["access_token"].as_str().expect("token");
+    app.send(bearer(&app, Method::PATCH, "/v1/auth/user", token).json(&json!({"email": "alice2@example.com"}))).await;
+    app.send(bearer(&app, Method::POST, "/v1/auth/verify/request", token)).await;
+    let second = mailed_code(&app, "alice2@example.com").await;
+    app.send(bearer(&app, Method::PATCH, "/v1/auth/user", token).json(&json!({"email": "alice3@example.com"}))).await;
+    let (status, body) = post(&app, "/v1/auth/verify/confirm", json!({"token": second})).await;
+    assert_error(status, &body, 400, "invalid-argument");
 }
