@@ -31,6 +31,16 @@ fn main() {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
         return runtime.block_on(auth_bench(phase));
     }
+    if args.get(1).map(String::as_str) == Some("seed") {
+        let addr: SocketAddr =
+            args.get(2).and_then(|addr| addr.parse().ok()).expect("usage: hearth-bench seed ADDR COUNT");
+        let count: usize =
+            args.get(3).and_then(|count| count.parse().ok()).expect("usage: hearth-bench seed ADDR COUNT");
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        let outcome = runtime.block_on(seed(addr, count));
+        eprintln!("{}", outcome.row());
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("load") {
         return load_only(&args[2..]);
     }
@@ -302,23 +312,7 @@ async fn run(phase: Duration, quick: bool) {
         }
         // 100,000 documents through 500-write batches: the batch benchmark and the seed.
         let seeded = if quick { 20_000 } else { SEEDED };
-        let batches = seeded / 500;
-        let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let make: MakeRequest = {
-            let counter = counter.clone();
-            Arc::new(move |_| {
-                let batch = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let writes: Vec<String> = (0..500)
-                    .map(|j| {
-                        let i = batch * 500 + j;
-                        format!(r#"{{"op":"set","path":"items/i{i}","data":{}}}"#, document(i))
-                    })
-                    .collect();
-                (Method::POST, "/v1/batch".into(), Some(Bytes::from(format!(r#"{{"writes":[{}]}}"#, writes.join(",")))))
-            })
-        };
-        let mut outcome = load("hearth batch of 500 c=2", hearth.addr, 2, Budget::count(batches), make).await;
-        outcome.per_request = 500;
+        let outcome = seed(hearth.addr, seeded).await;
         println!("{}", outcome.row());
         // Reads are measured in the steady state: let the checkpointer fold the bulk load
         // from the WAL into the database file first.
@@ -366,6 +360,25 @@ async fn run(phase: Duration, quick: bool) {
         "creates c=64 vs raw SQLite 1000-row transactions: {:.2}",
         creates_on[2] / (reference[1].rate() * reference[1].per_request as f64)
     );
+}
+
+/// `count` documents `items/i0`, `items/i1`, ... through batches of 500 `set` writes on
+/// two connections: the batch benchmark and the seed of the read benchmarks.
+async fn seed(addr: SocketAddr, count: usize) -> Outcome {
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let make: MakeRequest = Arc::new(move |_| {
+        let batch = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let writes: Vec<String> = (0..500)
+            .map(|j| {
+                let i = batch * 500 + j;
+                format!(r#"{{"op":"set","path":"items/i{i}","data":{}}}"#, document(i))
+            })
+            .collect();
+        (Method::POST, "/v1/batch".into(), Some(Bytes::from(format!(r#"{{"writes":[{}]}}"#, writes.join(",")))))
+    });
+    let mut outcome = load("hearth batch of 500 c=2", addr, 2, Budget::count(count / 500), make).await;
+    outcome.per_request = 500;
+    outcome
 }
 
 /// One request, its status and JSON answer.
