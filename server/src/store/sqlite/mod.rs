@@ -161,9 +161,11 @@ impl SqliteBackend {
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000; \
              PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0; \
-             PRAGMA journal_size_limit = 67108864; PRAGMA cache_size = -16384; PRAGMA mmap_size = 1073741824;"
+             PRAGMA journal_size_limit = 268435456; PRAGMA cache_size = -16384; PRAGMA mmap_size = 1073741824;"
         ))?;
         short_busy_waits(&conn)?;
+        // `journal_size_limit` stays above the restart threshold (16,384 pages ≈ 64 MiB), so
+        // a restarted WAL reuses its file instead of being truncated and grown again.
         // The writer keeps a modest page cache: every commit walks the cache's hash
         // table, so a large cache makes each commit slower; readers keep the big caches.
         conn.set_prepared_statement_cache_capacity(64);
