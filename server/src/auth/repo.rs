@@ -163,24 +163,21 @@ impl Repo {
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
-        let id = id.to_owned();
-        self.db
-            .read_with(move |conn| {
-                Ok(conn
-                    .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
-                    .query_row([id], user_from_row)
-                    .optional()?)
-            })
-            .await
+        self.user_where("id", id).await
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
-        let email = email.to_owned();
+        self.user_where("email", email).await
+    }
+
+    /// The user whose unique `column` holds `value`.
+    async fn user_where(&self, column: &'static str, value: &str) -> Result<Option<UserRecord>, StoreError> {
+        let value = value.to_owned();
         self.db
             .read_with(move |conn| {
                 Ok(conn
-                    .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?1"))?
-                    .query_row([email], user_from_row)
+                    .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE {column} = ?1"))?
+                    .query_row([value], user_from_row)
                     .optional()?)
             })
             .await
