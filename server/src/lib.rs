@@ -139,14 +139,25 @@ async fn prune_changes(state: http::AppState) {
     }
 }
 
-/// Picks up keys added by `hearth keys rotate` and drops expired ones.
+/// Picks up keys added by `hearth keys rotate` and drops expired ones; now and then,
+/// sweeps expired auth rows.
 async fn reload_keys(auth: Auth) {
     let mut ticker = tokio::time::interval(Duration::from_secs(30));
     ticker.tick().await;
+    let mut sweeps: u64 = 0;
     loop {
         ticker.tick().await;
         if let Err(error) = auth.reload_keys().await {
             tracing::warn!(%error, "reloading signing keys failed");
+        }
+        // Every 20th tick (10 minutes): sweep what auth can no longer use.
+        sweeps += 1;
+        if sweeps % 20 == 0 {
+            match auth.prune().await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "pruned expired auth rows"),
+                Err(error) => tracing::warn!(%error, "pruning auth rows failed"),
+            }
         }
     }
 }

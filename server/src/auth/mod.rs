@@ -526,6 +526,11 @@ impl Auth {
         Ok((self.start_session(user).await?, pending.redirect_to))
     }
 
+    /// Forgets expired sessions, spent codes and stale sign-ins.
+    pub async fn prune(&self) -> Result<u64, Error> {
+        Ok(self.repo.prune(now_micros()).await?)
+    }
+
     /// The per-IP limit of the sign-in routes.
     pub fn limits(&self) -> &limits::Limits {
         &self.limits

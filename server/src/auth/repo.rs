@@ -686,3 +686,81 @@ impl Repo {
         }
     }
 }
+
+impl Repo {
+    /// Forgets what can no longer be used: tokens and sessions that expired or were
+    /// revoked a day ago or more, spent or expired codes, tickets and OAuth states.
+    /// Returns how many rows went.
+    pub async fn prune(&self, now: i64) -> Result<u64, StoreError> {
+        let day_ago = now - 86_400 * 1_000_000;
+        self.db
+            .write_with(move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                let mut pruned = tx.execute(
+                    "DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions \
+                     WHERE expires_at < ?1 OR revoked_at < ?1)",
+                    [day_ago],
+                )?;
+                pruned += tx.execute("DELETE FROM sessions WHERE expires_at < ?1 OR revoked_at < ?1", [day_ago])?;
+                pruned += tx.execute("DELETE FROM mail_tokens WHERE expires_at < ?1 OR used_at IS NOT NULL", [now])?;
+                pruned += tx.execute("DELETE FROM mfa_tickets WHERE expires_at < ?1 OR used_at IS NOT NULL", [now])?;
+                pruned += tx.execute("DELETE FROM oauth_states WHERE expires_at < ?1", [now])?;
+                tx.commit()?;
+                Ok(pruned as u64)
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ChangeBus;
+    use crate::store::sqlite::{SqliteOptions, Synchronous, WriterOptions};
+
+    fn user(id: &str) -> UserRecord {
+        UserRecord {
+            id: id.into(),
+            email: Some(format!("{id}@example.com")),
+            email_verified: false,
+            password_hash: None,
+            anonymous: false,
+            disabled: false,
+            claims: Map::new(),
+            data: Map::new(),
+            providers: vec!["password".into()],
+            mfa: false,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pruning_forgets_only_what_can_no_longer_be_used() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = SqliteOptions {
+            path: dir.path().join("auth.db"),
+            readers: 1,
+            writer: WriterOptions { group_commit: true, max_group_writes: 100 },
+            synchronous: Synchronous::Normal,
+            queue_capacity: 16,
+            indexes: Vec::new(),
+        };
+        let repo = Repo::new(Arc::new(SqliteBackend::open(options, ChangeBus::new(4)).expect("database")));
+        let now = 10 * 86_400 * 1_000_000;
+        repo.insert_user(user("u1")).await.expect("user");
+        repo.create_session("live".into(), "u1".into(), [1; 32], now, now + 1_000_000).await.expect("session");
+        repo.create_session("old".into(), "u1".into(), [2; 32], 0, now - 2 * 86_400 * 1_000_000)
+            .await
+            .expect("session");
+        repo.insert_mail_token([3; 32], "u1", Purpose::Verify, "u1@example.com", 0, now - 1).await.expect("token");
+        repo.insert_mail_token([4; 32], "u1", Purpose::Reset, "u1@example.com", 0, now + 1_000_000)
+            .await
+            .expect("token");
+        // Expired session: its session and refresh token; expired mail token: itself.
+        assert_eq!(repo.prune(now).await.expect("pruned"), 3);
+        assert!(matches!(repo.refresh([1; 32], [5; 32], now).await.expect("refresh"), Refreshed::Rotated { .. }));
+        assert!(repo.consume_mail_token([4; 32], Purpose::Reset, now).await.expect("consume").is_some());
+        assert_eq!(repo.prune(now).await.expect("pruned"), 1, "a spent mail token goes");
+    }
+}

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -499,9 +499,26 @@ impl Backend for SqliteBackend {
     }
 
     fn prune_changes(&self, before: i64) -> BoxFuture<'_, Result<u64, Error>> {
-        self.exec(Box::new(move |conn| {
-            Ok(conn.execute("DELETE FROM changes WHERE committed_at < ?1", [before])? as u64)
-        }))
+        // In slices, each its own command, so a large backlog never holds the writer long.
+        const SLICE: u64 = 5_000;
+        async move {
+            let mut pruned = 0;
+            loop {
+                let deleted = self
+                    .exec(Box::new(move |conn| {
+                        Ok(conn.execute(
+                            "DELETE FROM changes WHERE seq IN \
+                             (SELECT seq FROM changes WHERE committed_at < ?1 ORDER BY seq LIMIT ?2)",
+                            params![before, SLICE as i64],
+                        )? as u64)
+                    }))
+                    .await?;
+                pruned += deleted;
+                if deleted < SLICE {
+                    return Ok(pruned);
+                }
+            }
+        }
         .boxed()
     }
 

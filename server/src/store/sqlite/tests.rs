@@ -323,3 +323,21 @@ async fn a_failing_request_in_a_group_commit_fails_alone() {
     let taken = store.get(DocPath::parse("g/taken").expect("path")).await.expect("read").expect("exists");
     assert_eq!((taken.version, taken.data["n"].clone()), (1, json!(0)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_a_large_log_goes_in_slices_and_misses_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), Vec::new()).await;
+    for batch in 0..25 {
+        let writes = (0..500)
+            .map(|i| Write {
+                path: DocPath::parse(&format!("p/d{batch}-{i}")).expect("path"),
+                op: WriteOp::Set(Map::new()),
+                if_version: None,
+            })
+            .collect();
+        store.batch(writes).await.expect("written");
+    }
+    assert_eq!(store.prune_changes(i64::MAX).await.expect("pruned"), 12_500);
+    assert!(store.changes_since(0, 10).await.expect("log").is_empty());
+}
