@@ -152,7 +152,7 @@ async fn reload_keys(auth: Auth) {
         }
         // Every 20th tick (10 minutes): sweep what auth can no longer use.
         sweeps += 1;
-        if sweeps % 20 == 0 {
+        if sweeps.is_multiple_of(20) {
             match auth.prune().await {
                 Ok(0) => {}
                 Ok(pruned) => tracing::info!(pruned, "pruned expired auth rows"),
