@@ -5,18 +5,15 @@ pub mod auth;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod observe;
 pub mod state;
 pub mod system;
 
-use std::time::Instant;
-
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderName;
+use axum::middleware;
 use axum::routing::{get, post};
-use hearth_types::ErrorCode;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowMethods, AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
@@ -24,7 +21,6 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
 
-use error::{ApiError, InternalCause, Shaped};
 pub use state::AppState;
 
 /// The OpenAPI 3 document, generated from the handlers' annotations.
@@ -150,7 +146,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(system::not_found)
         .layer(CatchPanicLayer::custom(system::panic_response))
         .layer(cors())
-        .layer(middleware::from_fn(observe))
+        .layer(observe::ObserveLayer)
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -179,51 +175,6 @@ fn cors() -> CorsLayer {
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH, header::IF_NONE_MATCH])
         .expose_headers([header::ETAG, header::LOCATION, REQUEST_ID, header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(3600))
-}
-
-/// Records request metrics, logs internal errors inside the request span, and gives every
-/// error answer that did not come from an [`ApiError`] (axum's own 405 or 413, a panic)
-/// the contract's shape.
-async fn observe(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let mut response = next.run(request).await;
-    if let Some(InternalCause(cause)) = response.extensions_mut().remove::<InternalCause>() {
-        tracing::error!(%cause, "internal error");
-    }
-    let status = response.status();
-    if (status.is_client_error() || status.is_server_error()) && response.extensions().get::<Shaped>().is_none() {
-        response = reshape(response);
-    }
-    let labels = [("method", method.to_string()), ("route", route), ("status", response.status().as_u16().to_string())];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
-    response
-}
-
-fn reshape(response: Response) -> Response {
-    let status = response.status();
-    let code = ErrorCode::from_http_status(status.as_u16());
-    let message = match status {
-        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route".to_owned(),
-        StatusCode::PAYLOAD_TOO_LARGE => "request body is over the size limit".to_owned(),
-        _ if code == ErrorCode::Internal => "internal error".to_owned(),
-        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
-    };
-    let (parts, _) = response.into_parts();
-    let mut shaped = ApiError::new(code, message).into_response();
-    *shaped.status_mut() = status;
-    for (name, value) in parts.headers.iter() {
-        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
-            shaped.headers_mut().insert(name.clone(), value.clone());
-        }
-    }
-    shaped
 }
 
 #[cfg(test)]

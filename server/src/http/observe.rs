@@ -1,0 +1,165 @@
+//! The outermost application layer: request metrics by route, method and status, the log
+//! line of internal errors (inside the request's span), and the contract's error shape for
+//! every error answer that did not come from an [`ApiError`] (axum's own 405 or 413).
+//!
+//! Written as a tower layer rather than `middleware::from_fn`: it runs on every request,
+//! and this way it costs no boxed future and no labelled-key lookup per request.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{LazyLock, RwLock};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hearth_types::ErrorCode;
+use tower::{Layer, Service};
+
+use super::error::{ApiError, InternalCause, Shaped};
+
+/// Adds [`Observe`] around a service.
+#[derive(Clone, Copy, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner }
+    }
+}
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let method = request.method().clone();
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        ObserveFuture { inner: self.inner.call(request), started: Instant::now(), method, route }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of the inner service, observed.
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        method: Method,
+        route: Option<MatchedPath>,
+    }
+}
+
+impl<F, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        if let Some(InternalCause(cause)) = response.extensions_mut().remove::<InternalCause>() {
+            tracing::error!(%cause, "internal error");
+        }
+        let status = response.status();
+        if (status.is_client_error() || status.is_server_error()) && response.extensions().get::<Shaped>().is_none() {
+            response = reshape(response);
+        }
+        let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        REQUEST_METRICS.record(route, this.method, response.status().as_u16(), this.started.elapsed().as_secs_f64());
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// An error answer in the contract's shape, keeping the status and headers.
+fn reshape(response: Response) -> Response {
+    let status = response.status();
+    let code = ErrorCode::from_http_status(status.as_u16());
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route".to_owned(),
+        StatusCode::PAYLOAD_TOO_LARGE => "request body is over the size limit".to_owned(),
+        _ if code == ErrorCode::Internal => "internal error".to_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let (parts, _) = response.into_parts();
+    let mut shaped = ApiError::new(code, message).into_response();
+    *shaped.status_mut() = status;
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            shaped.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    shaped
+}
+
+/// Metric handles by route, then method and status: made once per combination, so a
+/// request records through handles instead of building and looking up labelled keys.
+#[derive(Default)]
+struct RequestMetrics {
+    routes: RwLock<HashMap<String, Vec<Labelled>>>,
+}
+
+/// The handles of one method and status on a route.
+struct Labelled {
+    method: Method,
+    status: u16,
+    handles: Handles,
+}
+
+struct Handles {
+    count: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl Handles {
+    fn record(&self, seconds: f64) {
+        self.count.increment(1);
+        self.duration.record(seconds);
+    }
+}
+
+static REQUEST_METRICS: LazyLock<RequestMetrics> = LazyLock::new(RequestMetrics::default);
+
+impl RequestMetrics {
+    fn record(&self, route: &str, method: &Method, status: u16, seconds: f64) {
+        {
+            let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+            let known = routes.get(route).and_then(|entries| {
+                entries
+                    .iter()
+                    .find(|entry| entry.method == method && entry.status == status)
+                    .map(|entry| &entry.handles)
+            });
+            if let Some(handles) = known {
+                return handles.record(seconds);
+            }
+        }
+        let labels = [("method", method.to_string()), ("route", route.to_owned()), ("status", status.to_string())];
+        let handles = Handles {
+            count: metrics::counter!("http_requests_total", &labels),
+            duration: metrics::histogram!("http_request_duration_seconds", &labels),
+        };
+        handles.record(seconds);
+        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        routes.entry(route.to_owned()).or_default().push(Labelled { method: method.clone(), status, handles });
+    }
+}
