@@ -306,9 +306,11 @@ impl Auth {
         self.repo.user_by_id(uid).await?.ok_or_else(|| Error::NotFound(format!("no user `{uid}`")))
     }
 
-    /// Changes the caller's e-mail, password or profile.
-    pub async fn update_self(&self, uid: &str, update: hearth_types::UserUpdate) -> Result<User, Error> {
-        let mut user = self.existing(uid).await?;
+    /// Changes the caller's e-mail, password or profile. A new password signs out every
+    /// other session of the user.
+    pub async fn update_self(&self, caller: &AuthUser, update: hearth_types::UserUpdate) -> Result<User, Error> {
+        let mut user = self.existing(&caller.uid).await?;
+        let new_password = update.password.is_some();
         if let Some(email) = update.email {
             let email = normalize_email(&email)?;
             if user.email.as_deref() != Some(email.as_str()) {
@@ -334,6 +336,9 @@ impl Auth {
         }
         user.updated_at = now_micros();
         self.repo.save_user(user.clone()).await.map_err(already_exists)?;
+        if new_password {
+            self.repo.revoke_others(&caller.uid, &caller.session_id, now_micros()).await?;
+        }
         Ok(wire_user(&user))
     }
 

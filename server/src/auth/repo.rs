@@ -294,6 +294,20 @@ impl Repo {
             .await
     }
 
+    /// Revokes every session of a user but `keep`.
+    pub async fn revoke_others(&self, user_id: &str, keep: &str, now: i64) -> Result<(), StoreError> {
+        let (user_id, keep) = (user_id.to_owned(), keep.to_owned());
+        self.db
+            .write_with(move |conn| {
+                conn.execute(
+                    "UPDATE sessions SET revoked_at = ?3 WHERE user_id = ?1 AND id != ?2 AND revoked_at IS NULL",
+                    params![user_id, keep, now],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
     /// Revokes every session of a user.
     pub async fn revoke_all(&self, user_id: &str, now: i64) -> Result<(), StoreError> {
         let user_id = user_id.to_owned();

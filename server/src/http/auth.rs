@@ -80,7 +80,7 @@ pub async fn update_user(
     SignedIn(user): SignedIn,
     JsonBody(update): JsonBody<UserUpdate>,
 ) -> Result<Json<User>, ApiError> {
-    Ok(Json(state.auth().update_self(&user.uid, update).await?))
+    Ok(Json(state.auth().update_self(&user, update).await?))
 }
 
 /// Delete the caller's account.

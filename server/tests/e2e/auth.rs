@@ -146,10 +146,14 @@ async fn users_change_and_delete_their_own_account() {
         .send(bearer(&app, Method::PATCH, "/v1/auth/user", token).json(&json!({"email": "taken@example.com"})))
         .await;
     assert_error(status, &body, 409, "already-exists");
+    let (_, elsewhere) = post(&app, "/v1/auth/login", json!({"email": "ken2@example.com", "password": PASSWORD})).await;
     let (status, _) = app
         .send(bearer(&app, Method::PATCH, "/v1/auth/user", token).json(&json!({"password": "a new password"})))
         .await;
     assert_eq!(status, 200);
+    // A new password signs out the other sessions, not this one.
+    let (status, body) = post(&app, "/v1/auth/refresh", json!({"refresh_token": elsewhere["refresh_token"]})).await;
+    assert_error(status, &body, 401, "unauthenticated");
     let (status, _) =
         post(&app, "/v1/auth/login", json!({"email": "ken2@example.com", "password": "a new password"})).await;
     assert_eq!(status, 200);
