@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::config::AuthConfig;
 use crate::store::{self, format_time, now_micros, path::new_id};
 use password::{MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES, Passwords};
-use repo::{Refreshed, Repo, UserRecord};
+use repo::{Refreshed, Repo, Sessions, UserRecord};
 
 /// Claims Hearth puts in every access token; custom claims may not use these names.
 pub const RESERVED_CLAIMS: &[&str] =
@@ -291,9 +291,9 @@ impl Auth {
     pub async fn logout(&self, caller: &AuthUser, all: bool) -> Result<(), Error> {
         let now = now_micros();
         if all {
-            self.repo.revoke_all(&caller.uid, now).await?;
+            self.repo.revoke(&caller.uid, Sessions::All, now).await?;
         } else {
-            self.repo.revoke_session(&caller.uid, &caller.session_id, now).await?;
+            self.repo.revoke(&caller.uid, Sessions::One(caller.session_id.clone()), now).await?;
         }
         Ok(())
     }
@@ -337,7 +337,7 @@ impl Auth {
         user.updated_at = now_micros();
         self.repo.save_user(user.clone()).await.map_err(already_exists)?;
         if new_password {
-            self.repo.revoke_others(&caller.uid, &caller.session_id, now_micros()).await?;
+            self.repo.revoke(&caller.uid, Sessions::AllBut(caller.session_id.clone()), now_micros()).await?;
         }
         Ok(wire_user(&user))
     }
@@ -364,7 +364,7 @@ impl Auth {
         user.updated_at = now_micros();
         self.repo.save_user(user.clone()).await.map_err(already_exists)?;
         // The old session carried `anon: true`; the caller continues with a fresh one.
-        self.repo.revoke_session(&caller.uid, &caller.session_id, now_micros()).await?;
+        self.repo.revoke(&caller.uid, Sessions::One(caller.session_id.clone()), now_micros()).await?;
         self.start_session(user).await
     }
 
@@ -432,7 +432,7 @@ impl Auth {
         user.updated_at = now_micros();
         self.repo.save_user(user.clone()).await?;
         if user.disabled {
-            self.repo.revoke_all(uid, now_micros()).await?;
+            self.repo.revoke(uid, Sessions::All, now_micros()).await?;
         }
         Ok(wire_user(&user))
     }
@@ -440,7 +440,7 @@ impl Auth {
     /// Revokes every session of a user.
     pub async fn revoke_all(&self, uid: &str) -> Result<(), Error> {
         self.existing(uid).await?;
-        self.repo.revoke_all(uid, now_micros()).await?;
+        self.repo.revoke(uid, Sessions::All, now_micros()).await?;
         Ok(())
     }
 
@@ -612,7 +612,7 @@ impl Auth {
         user.password_hash = Some(self.hash(password).await?);
         user.updated_at = now_micros();
         self.repo.save_user(user).await?;
-        self.repo.revoke_all(&uid, now_micros()).await?;
+        self.repo.revoke(&uid, Sessions::All, now_micros()).await?;
         Ok(())
     }
 

@@ -37,6 +37,14 @@ pub struct KeyRecord {
     pub retired_at: Option<i64>,
 }
 
+/// Which sessions of a user to revoke.
+#[derive(Debug, Clone)]
+pub enum Sessions {
+    One(String),
+    AllBut(String),
+    All,
+}
+
 /// What presenting a refresh token found.
 #[derive(Debug)]
 pub enum Refreshed {
@@ -280,42 +288,22 @@ impl Repo {
             .await
     }
 
-    /// Revokes one session of a user.
-    pub async fn revoke_session(&self, user_id: &str, session_id: &str, now: i64) -> Result<(), StoreError> {
-        let (user_id, session_id) = (user_id.to_owned(), session_id.to_owned());
-        self.db
-            .write_with(move |conn| {
-                conn.execute(
-                    "UPDATE sessions SET revoked_at = ?3 WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
-                    params![session_id, user_id, now],
-                )?;
-                Ok(())
-            })
-            .await
-    }
-
-    /// Revokes every session of a user but `keep`.
-    pub async fn revoke_others(&self, user_id: &str, keep: &str, now: i64) -> Result<(), StoreError> {
-        let (user_id, keep) = (user_id.to_owned(), keep.to_owned());
-        self.db
-            .write_with(move |conn| {
-                conn.execute(
-                    "UPDATE sessions SET revoked_at = ?3 WHERE user_id = ?1 AND id != ?2 AND revoked_at IS NULL",
-                    params![user_id, keep, now],
-                )?;
-                Ok(())
-            })
-            .await
-    }
-
-    /// Revokes every session of a user.
-    pub async fn revoke_all(&self, user_id: &str, now: i64) -> Result<(), StoreError> {
+    /// Revokes sessions of a user: their refresh tokens fail from now on.
+    pub async fn revoke(&self, user_id: &str, which: Sessions, now: i64) -> Result<(), StoreError> {
         let user_id = user_id.to_owned();
         self.db
             .write_with(move |conn| {
+                let (condition, session) = match which {
+                    Sessions::One(id) => ("id = ?3", Some(id)),
+                    Sessions::AllBut(id) => ("id != ?3", Some(id)),
+                    // Always bind ?3, so every form takes the same parameters.
+                    Sessions::All => ("?3 IS NULL", None),
+                };
                 conn.execute(
-                    "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
-                    params![user_id, now],
+                    &format!(
+                        "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL AND {condition}"
+                    ),
+                    params![user_id, now, session],
                 )?;
                 Ok(())
             })
