@@ -210,6 +210,26 @@ fn document(i: u64) -> String {
     )
 }
 
+/// `POST` of a ~1 KB document with a server-made id.
+fn create_request(i: u64) -> (Method, String, Option<Bytes>) {
+    (Method::POST, "/v1/docs/creates".into(), Some(Bytes::from(document(i))))
+}
+
+/// `GET` of one of the `seeded` documents, spread over all of them.
+fn get_request(i: u64, seeded: usize) -> (Method, String, Option<Bytes>) {
+    let id = (i * 2_654_435_761) as usize % seeded;
+    (Method::GET, format!("/v1/docs/items/i{id}"), None)
+}
+
+/// One owner's 20 documents by score, out of the `seeded` ones.
+fn indexed_query(i: u64, seeded: usize) -> (Method, String, Option<Bytes>) {
+    let owner = (i * 2_654_435_761) as usize % OWNERS.min(seeded);
+    let body = format!(
+        r#"{{"collection":"items","where":[{{"field":"owner","op":"==","value":"u{owner}"}}],"order_by":[{{"field":"score","dir":"desc"}}],"limit":20}}"#
+    );
+    (Method::POST, "/v1/query".into(), Some(Bytes::from(body)))
+}
+
 /// The constant part of every document, made once so the load generator stays lean.
 fn filler() -> &'static str {
     static FILLER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -294,8 +314,7 @@ async fn run(phase: Duration, quick: bool) {
         let hearth = start_hearth(group_commit);
         let label = if group_commit { "group commit on" } else { "group commit off" };
         for concurrency in [1, 16, 64] {
-            let make: MakeRequest =
-                Arc::new(|i| (Method::POST, "/v1/docs/creates".into(), Some(Bytes::from(document(i)))));
+            let make: MakeRequest = Arc::new(create_request);
             let outcome = load(
                 &format!("hearth create c={concurrency} ({label})"),
                 hearth.addr,
@@ -319,23 +338,14 @@ async fn run(phase: Duration, quick: bool) {
         tokio::time::sleep(if quick { Duration::from_secs(1) } else { Duration::from_secs(5) }).await;
 
         for concurrency in [16, 64] {
-            let make: MakeRequest = Arc::new(move |i| {
-                let id = (i * 2_654_435_761) as usize % seeded;
-                (Method::GET, format!("/v1/docs/items/i{id}"), None)
-            });
+            let make: MakeRequest = Arc::new(move |i| get_request(i, seeded));
             let outcome =
                 load(&format!("hearth get by id c={concurrency}"), hearth.addr, concurrency, Budget::Time(phase), make)
                     .await;
             println!("{}", outcome.row());
         }
         for concurrency in [16, 64] {
-            let make: MakeRequest = Arc::new(move |i| {
-                let owner = (i * 2_654_435_761) as usize % OWNERS.min(seeded);
-                let body = format!(
-                    r#"{{"collection":"items","where":[{{"field":"owner","op":"==","value":"u{owner}"}}],"order_by":[{{"field":"score","dir":"desc"}}],"limit":20}}"#
-                );
-                (Method::POST, "/v1/query".into(), Some(Bytes::from(body)))
-            });
+            let make: MakeRequest = Arc::new(move |i| indexed_query(i, seeded));
             let outcome = load(
                 &format!("hearth indexed query, 20 of {seeded} c={concurrency}"),
                 hearth.addr,
@@ -617,16 +627,10 @@ fn load_only(args: &[String]) {
     let concurrency: usize = concurrency.parse().expect("concurrency");
     let phase = Duration::from_secs(seconds.parse().expect("seconds"));
     let make: MakeRequest = match kind.as_str() {
-        "create" => Arc::new(|i| (Method::POST, "/v1/docs/creates".into(), Some(Bytes::from(document(i))))),
+        "create" => Arc::new(create_request),
         "seed" => Arc::new(|i| (Method::PUT, format!("/v1/docs/items/i{i}"), Some(Bytes::from(document(i))))),
-        "query" => Arc::new(|i| {
-            let owner = (i * 2_654_435_761) as usize % OWNERS;
-            let body = format!(
-                r#"{{"collection":"items","where":[{{"field":"owner","op":"==","value":"u{owner}"}}],"order_by":[{{"field":"score","dir":"desc"}}],"limit":20}}"#
-            );
-            (Method::POST, "/v1/query".into(), Some(Bytes::from(body)))
-        }),
-        "getitem" => Arc::new(|i| (Method::GET, format!("/v1/docs/items/i{}", (i * 2_654_435_761) % 100_000), None)),
+        "query" => Arc::new(|i| indexed_query(i, SEEDED)),
+        "getitem" => Arc::new(|i| get_request(i, SEEDED)),
         _ => Arc::new(|i| (Method::GET, format!("/v1/docs/creates/missing{i}"), None)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
