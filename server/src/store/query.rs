@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hearth_types::{Direction, Op, Query};
 use hmac::{Hmac, Mac};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::Sha256;
 
 use super::path::{CollectionPath, is_valid_id};
@@ -329,17 +329,6 @@ impl CursorSigner {
     }
 }
 
-/// Documents with data, for tests that build them by hand.
-pub fn doc_for_tests(path: &str, data: Map<String, Value>) -> StoredDoc {
-    StoredDoc {
-        path: super::DocPath::parse(path).expect("valid test path"),
-        data,
-        version: 1,
-        created_at: 0,
-        updated_at: 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,7 +340,13 @@ mod tests {
     }
 
     fn doc(path: &str, data: Value) -> StoredDoc {
-        doc_for_tests(path, data.as_object().cloned().expect("object"))
+        StoredDoc {
+            path: crate::store::DocPath::parse(path).expect("valid test path"),
+            data: data.as_object().cloned().expect("object"),
+            version: 1,
+            created_at: 0,
+            updated_at: 0,
+        }
     }
 
     #[test]
