@@ -31,6 +31,7 @@ enum Command {
         /// `sqlite:PATH`; default hearth_data/hearth.db in the project dir.
         #[arg(long)]
         database_url: Option<String>,
+        /// Log lines as text (default) or JSON.
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
     },
