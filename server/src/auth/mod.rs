@@ -141,20 +141,7 @@ impl Auth {
         check_password(password)?;
         let hash = self.hash(password).await?;
         let now = now_micros();
-        let user = UserRecord {
-            id: new_id(),
-            email: Some(email),
-            email_verified: false,
-            password_hash: Some(hash),
-            anonymous: false,
-            disabled: false,
-            claims: Map::new(),
-            data: Map::new(),
-            providers: vec!["password".into()],
-            mfa: false,
-            created_at: now,
-            updated_at: now,
-        };
+        let user = UserRecord { password_hash: Some(hash), ..UserRecord::new(Some(email), &["password"], now) };
         self.repo.insert_user(user.clone()).await.map_err(already_exists)?;
         self.start_session(user).await
     }
@@ -179,8 +166,7 @@ impl Auth {
             return Err(Error::PermissionDenied("this account is disabled".into()));
         }
         if user.mfa {
-            let bytes: [u8; 32] = rand::random();
-            let ticket = URL_SAFE_NO_PAD.encode(bytes);
+            let ticket = random_token();
             let expires = now_micros() + MFA_TICKET_SECONDS as i64 * 1_000_000;
             self.repo.insert_ticket(hash_token(&ticket), &user.id, expires).await?;
             return Ok(LoginAnswer::MfaRequired(MfaChallenge {
@@ -257,20 +243,7 @@ impl Auth {
 
     pub async fn anonymous(&self) -> Result<Session, Error> {
         let now = now_micros();
-        let user = UserRecord {
-            id: new_id(),
-            email: None,
-            email_verified: false,
-            password_hash: None,
-            anonymous: true,
-            disabled: false,
-            claims: Map::new(),
-            data: Map::new(),
-            providers: vec!["anonymous".into()],
-            mfa: false,
-            created_at: now,
-            updated_at: now,
-        };
+        let user = UserRecord { anonymous: true, ..UserRecord::new(None, &["anonymous"], now) };
         self.repo.insert_user(user.clone()).await?;
         self.start_session(user).await
     }
@@ -398,18 +371,11 @@ impl Auth {
         check_profile(&request.data)?;
         let now = now_micros();
         let user = UserRecord {
-            id: new_id(),
-            email: Some(email),
             email_verified: request.email_verified,
             password_hash: Some(self.hash(&request.password).await?),
-            anonymous: false,
-            disabled: false,
             claims: request.claims,
             data: request.data,
-            providers: vec!["password".into()],
-            mfa: false,
-            created_at: now,
-            updated_at: now,
+            ..UserRecord::new(Some(email), &["password"], now)
         };
         self.repo.insert_user(user.clone()).await.map_err(already_exists)?;
         Ok(wire_user(&user))
@@ -505,18 +471,8 @@ impl Auth {
                     }
                     None => {
                         let user = UserRecord {
-                            id: new_id(),
-                            email,
                             email_verified: identity.email_verified,
-                            password_hash: None,
-                            anonymous: false,
-                            disabled: false,
-                            claims: Map::new(),
-                            data: Map::new(),
-                            providers: vec![provider.clone()],
-                            mfa: false,
-                            created_at: now,
-                            updated_at: now,
+                            ..UserRecord::new(email, &[provider.as_str()], now)
                         };
                         self.repo.insert_user(user.clone()).await.map_err(already_exists)?;
                         user
@@ -622,8 +578,7 @@ impl Auth {
     }
 
     async fn mail_token(&self, uid: &str, purpose: repo::Purpose, email: &str, seconds: u64) -> Result<String, Error> {
-        let bytes: [u8; 32] = rand::random();
-        let token = URL_SAFE_NO_PAD.encode(bytes);
+        let token = random_token();
         let now = now_micros();
         let expires = now + seconds as i64 * 1_000_000;
         self.repo.insert_mail_token(hash_token(&token), uid, purpose, email, now, expires).await?;
@@ -755,10 +710,14 @@ fn already_exists(error: store::Error) -> Error {
     }
 }
 
+/// 256 random bits, base64url: refresh tokens, mailed codes, tickets, OAuth state.
+pub fn random_token() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
 /// A fresh refresh token and the hash that is stored for it.
 fn new_refresh_token() -> (String, [u8; 32]) {
-    let bytes: [u8; 32] = rand::random();
-    let token = URL_SAFE_NO_PAD.encode(bytes);
+    let token = random_token();
     let hash = hash_token(&token);
     (token, hash)
 }

@@ -121,7 +121,7 @@ impl OAuth {
     ) -> Result<(String, String, Pending), Error> {
         let provider = self.provider(name)?;
         let discovery = self.discovery(name).await?;
-        let random = || URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        let random = super::random_token;
         let (state, verifier, nonce) = (random(), random(), random());
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
         let mut url = reqwest::Url::parse(&discovery.authorization_endpoint)

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 
@@ -25,6 +26,26 @@ pub struct UserRecord {
     pub mfa: bool,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+impl UserRecord {
+    /// A new enabled user without a password, claims or profile, made `now`.
+    pub fn new(email: Option<String>, providers: &[&str], now: i64) -> UserRecord {
+        UserRecord {
+            id: crate::store::path::new_id(),
+            email,
+            email_verified: false,
+            password_hash: None,
+            anonymous: false,
+            disabled: false,
+            claims: Map::new(),
+            data: Map::new(),
+            providers: providers.iter().map(|provider| (*provider).to_owned()).collect(),
+            mfa: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
 }
 
 /// A signing key row.
@@ -65,6 +86,11 @@ struct TokenRow {
     revoked_at: Option<i64>,
 }
 
+/// A text parameter.
+fn text(value: &str) -> SqlValue {
+    SqlValue::Text(value.to_owned())
+}
+
 const USER_COLUMNS: &str = "id, email, email_verified, password_hash, anonymous, disabled, claims, data, providers, created_at, updated_at, mfa";
 
 fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
@@ -100,6 +126,14 @@ pub struct Repo {
 impl Repo {
     pub fn new(db: Arc<SqliteBackend>) -> Repo {
         Repo { db }
+    }
+
+    /// Runs one statement on the writer; how many rows it changed.
+    async fn execute(&self, sql: impl Into<String>, params: Vec<SqlValue>) -> Result<usize, StoreError> {
+        let sql = sql.into();
+        self.db
+            .write_with(move |conn| Ok(conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(params))?))
+            .await
     }
 
     /// Inserts a user; `AlreadyExists` when the e-mail is taken.
@@ -205,8 +239,7 @@ impl Repo {
 
     /// Deletes a user and, by cascade, its sessions; whether it existed.
     pub async fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        self.db.write_with(move |conn| Ok(conn.execute("DELETE FROM users WHERE id = ?1", [id])? > 0)).await
+        Ok(self.execute("DELETE FROM users WHERE id = ?1", vec![text(id)]).await? > 0)
     }
 
     /// Starts a session with its first refresh token.
@@ -290,24 +323,15 @@ impl Repo {
 
     /// Revokes sessions of a user: their refresh tokens fail from now on.
     pub async fn revoke(&self, user_id: &str, which: Sessions, now: i64) -> Result<(), StoreError> {
-        let user_id = user_id.to_owned();
-        self.db
-            .write_with(move |conn| {
-                let (condition, session) = match which {
-                    Sessions::One(id) => ("id = ?3", Some(id)),
-                    Sessions::AllBut(id) => ("id != ?3", Some(id)),
-                    // Always bind ?3, so every form takes the same parameters.
-                    Sessions::All => ("?3 IS NULL", None),
-                };
-                conn.execute(
-                    &format!(
-                        "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL AND {condition}"
-                    ),
-                    params![user_id, now, session],
-                )?;
-                Ok(())
-            })
-            .await
+        let (condition, session) = match which {
+            Sessions::One(id) => ("id = ?3", Some(id)),
+            Sessions::AllBut(id) => ("id != ?3", Some(id)),
+            // Always bind ?3, so every form takes the same parameters.
+            Sessions::All => ("?3 IS NULL", None),
+        };
+        let sql =
+            format!("UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL AND {condition}");
+        self.execute(sql, vec![text(user_id), now.into(), session.into()]).await.map(drop)
     }
 
     pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
@@ -386,16 +410,17 @@ impl Repo {
         now: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        let (user_id, email) = (user_id.to_owned(), email.to_owned());
-        self.db
-            .write_with(move |conn| {
-                conn.execute(
-                    "INSERT INTO mail_tokens (hash, user_id, purpose, email, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![hash.to_vec(), user_id, purpose.as_str(), email, now, expires_at],
-                )?;
-                Ok(())
-            })
-            .await
+        let sql = "INSERT INTO mail_tokens (hash, user_id, purpose, email, created_at, expires_at) \
+                   VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+        let params = vec![
+            hash.to_vec().into(),
+            text(user_id),
+            text(purpose.as_str()),
+            text(email),
+            now.into(),
+            expires_at.into(),
+        ];
+        self.execute(sql, params).await.map(drop)
     }
 
     /// Spends a mailed token: the user and address it was sent for, if it is unused,
@@ -422,15 +447,8 @@ impl Repo {
     }
 
     pub async fn add_to_outbox(&self, to: String, subject: String, body: String, now: i64) -> Result<(), StoreError> {
-        self.db
-            .write_with(move |conn| {
-                conn.execute(
-                    "INSERT INTO outbox (recipient, subject, body, sent_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![to, subject, body, now],
-                )?;
-                Ok(())
-            })
-            .await
+        let sql = "INSERT INTO outbox (recipient, subject, body, sent_at) VALUES (?1, ?2, ?3, ?4)";
+        self.execute(sql, vec![to.into(), subject.into(), body.into(), now.into()]).await.map(drop)
     }
 
     /// The newest mails first, at most `limit`.
@@ -475,31 +493,16 @@ impl Repo {
 
     /// Starts (or restarts) an enrolment; false if TOTP is already confirmed.
     pub async fn enrol_totp(&self, user_id: &str, secret: Vec<u8>, now: i64) -> Result<bool, StoreError> {
-        let user_id = user_id.to_owned();
-        self.db
-            .write_with(move |conn| {
-                let changed = conn.execute(
-                    "INSERT INTO mfa_totp (user_id, secret, created_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (user_id) DO UPDATE SET secret = excluded.secret, created_at = excluded.created_at \
-                     WHERE mfa_totp.confirmed_at IS NULL",
-                    params![user_id, secret, now],
-                )?;
-                Ok(changed > 0)
-            })
-            .await
+        let sql = "INSERT INTO mfa_totp (user_id, secret, created_at) VALUES (?1, ?2, ?3) \
+                   ON CONFLICT (user_id) DO UPDATE SET secret = excluded.secret, created_at = excluded.created_at \
+                   WHERE mfa_totp.confirmed_at IS NULL";
+        Ok(self.execute(sql, vec![text(user_id), secret.into(), now.into()]).await? > 0)
     }
 
     /// Accepts time step `step` for this user once: false if it (or a later one) was used.
     pub async fn use_totp_step(&self, user_id: &str, step: i64) -> Result<bool, StoreError> {
-        let user_id = user_id.to_owned();
-        self.db
-            .write_with(move |conn| {
-                Ok(conn.execute(
-                    "UPDATE mfa_totp SET last_step = ?2 WHERE user_id = ?1 AND last_step < ?2",
-                    params![user_id, step],
-                )? > 0)
-            })
-            .await
+        let sql = "UPDATE mfa_totp SET last_step = ?2 WHERE user_id = ?1 AND last_step < ?2";
+        Ok(self.execute(sql, vec![text(user_id), step.into()]).await? > 0)
     }
 
     /// Confirms an enrolment: TOTP is on, with these recovery codes (hashed).
@@ -525,15 +528,8 @@ impl Repo {
 
     /// Spends a recovery code of this user; false if unknown or used.
     pub async fn use_recovery_code(&self, user_id: &str, hash: [u8; 32], now: i64) -> Result<bool, StoreError> {
-        let user_id = user_id.to_owned();
-        self.db
-            .write_with(move |conn| {
-                Ok(conn.execute(
-                    "UPDATE mfa_recovery_codes SET used_at = ?3 WHERE hash = ?1 AND user_id = ?2 AND used_at IS NULL",
-                    params![hash.to_vec(), user_id, now],
-                )? > 0)
-            })
-            .await
+        let sql = "UPDATE mfa_recovery_codes SET used_at = ?3 WHERE hash = ?1 AND user_id = ?2 AND used_at IS NULL";
+        Ok(self.execute(sql, vec![hash.to_vec().into(), text(user_id), now.into()]).await? > 0)
     }
 
     /// Turns TOTP off.
@@ -552,16 +548,8 @@ impl Repo {
     }
 
     pub async fn insert_ticket(&self, hash: [u8; 32], user_id: &str, expires_at: i64) -> Result<(), StoreError> {
-        let user_id = user_id.to_owned();
-        self.db
-            .write_with(move |conn| {
-                conn.execute(
-                    "INSERT INTO mfa_tickets (hash, user_id, expires_at) VALUES (?1, ?2, ?3)",
-                    params![hash.to_vec(), user_id, expires_at],
-                )?;
-                Ok(())
-            })
-            .await
+        let sql = "INSERT INTO mfa_tickets (hash, user_id, expires_at) VALUES (?1, ?2, ?3)";
+        self.execute(sql, vec![hash.to_vec().into(), text(user_id), expires_at.into()]).await.map(drop)
     }
 
     /// The user of an unused, unexpired ticket.
@@ -580,14 +568,8 @@ impl Repo {
 
     /// Spends a ticket; false if someone else spent it first.
     pub async fn spend_ticket(&self, hash: [u8; 32], now: i64) -> Result<bool, StoreError> {
-        self.db
-            .write_with(move |conn| {
-                Ok(conn.execute(
-                    "UPDATE mfa_tickets SET used_at = ?2 WHERE hash = ?1 AND used_at IS NULL",
-                    params![hash.to_vec(), now],
-                )? > 0)
-            })
-            .await
+        let sql = "UPDATE mfa_tickets SET used_at = ?2 WHERE hash = ?1 AND used_at IS NULL";
+        Ok(self.execute(sql, vec![hash.to_vec().into(), now.into()]).await? > 0)
     }
 }
 
@@ -662,16 +644,8 @@ impl Repo {
     }
 
     pub async fn add_identity(&self, provider: &str, subject: &str, user_id: &str, now: i64) -> Result<(), StoreError> {
-        let (provider, subject, user_id) = (provider.to_owned(), subject.to_owned(), user_id.to_owned());
-        self.db
-            .write_with(move |conn| {
-                conn.execute(
-                    "INSERT OR IGNORE INTO identities (provider, subject, user_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![provider, subject, user_id, now],
-                )?;
-                Ok(())
-            })
-            .await
+        let sql = "INSERT OR IGNORE INTO identities (provider, subject, user_id, created_at) VALUES (?1, ?2, ?3, ?4)";
+        self.execute(sql, vec![text(provider), text(subject), text(user_id), now.into()]).await.map(drop)
     }
 }
 
@@ -721,20 +695,7 @@ mod tests {
     use crate::store::sqlite::{SqliteOptions, Synchronous, WriterOptions};
 
     fn user(id: &str) -> UserRecord {
-        UserRecord {
-            id: id.into(),
-            email: Some(format!("{id}@example.com")),
-            email_verified: false,
-            password_hash: None,
-            anonymous: false,
-            disabled: false,
-            claims: Map::new(),
-            data: Map::new(),
-            providers: vec!["password".into()],
-            mfa: false,
-            created_at: 0,
-            updated_at: 0,
-        }
+        UserRecord { id: id.into(), ..UserRecord::new(Some(format!("{id}@example.com")), &["password"], 0) }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

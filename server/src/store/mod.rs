@@ -15,7 +15,6 @@ pub mod write;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use hearth_types::Document;
 use serde_json::{Map, Value};
 
 pub use crate::changes::{Change, ChangeBus, ChangeKind};
@@ -67,20 +66,6 @@ pub struct StoredDoc {
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
-}
-
-impl StoredDoc {
-    /// The contract's shape of this document, consuming it (no copy of the data).
-    pub fn into_wire(self) -> Document {
-        Document {
-            id: self.path.id().to_owned(),
-            created_at: format_time(self.created_at),
-            updated_at: format_time(self.updated_at),
-            path: self.path.0,
-            data: self.data,
-            version: self.version,
-        }
-    }
 }
 
 /// A document as read, its data still the JSON text the database gave: answers pass it

@@ -46,7 +46,7 @@ fn check_segments(path: &str) -> Result<usize, PathError> {
 
 /// A path to a document: an even number of valid segments (`rooms/r1`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DocPath(pub(super) String);
+pub struct DocPath(String);
 
 /// A path to a collection: an odd number of valid segments (`rooms/r1/messages`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
