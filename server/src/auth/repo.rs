@@ -138,68 +138,45 @@ impl Repo {
 
     /// Inserts a user; `AlreadyExists` when the e-mail is taken.
     pub async fn insert_user(&self, user: UserRecord) -> Result<(), StoreError> {
-        self.db
-            .write_with(move |conn| {
-                let inserted = conn.execute(
-                    &format!(
-                        "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-                    ),
-                    params![
-                        user.id,
-                        user.email,
-                        user.email_verified,
-                        user.password_hash,
-                        user.anonymous,
-                        user.disabled,
-                        Value::Object(user.claims).to_string(),
-                        Value::Object(user.data).to_string(),
-                        serde_json::to_string(&user.providers).unwrap_or_else(|_| "[]".into()),
-                        user.created_at,
-                        user.updated_at,
-                        user.mfa
-                    ],
-                );
-                match inserted {
-                    Ok(_) => Ok(()),
-                    Err(error) if is_unique_violation(&error) => {
-                        Err(StoreError::AlreadyExists("a user with this e-mail exists".into()))
-                    }
-                    Err(error) => Err(error.into()),
-                }
-            })
-            .await
+        let sql =
+            format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
+        self.write_user(sql, user).await.map(drop)
     }
 
-    /// Saves every column of an existing user; `AlreadyExists` when a new e-mail is taken,
-    /// `NotFound` when the user is gone.
+    /// Saves every column of an existing user but `created_at`; `AlreadyExists` when a new
+    /// e-mail is taken, `NotFound` when the user is gone.
     pub async fn save_user(&self, user: UserRecord) -> Result<(), StoreError> {
+        let sql = "UPDATE users SET email = ?2, email_verified = ?3, password_hash = ?4, anonymous = ?5, \
+                   disabled = ?6, claims = ?7, data = ?8, providers = ?9, updated_at = ?11, mfa = ?12 WHERE id = ?1";
+        match self.write_user(sql.to_owned(), user).await? {
+            0 => Err(StoreError::NotFound("no such user".into())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `sql` with the user's columns bound in `USER_COLUMNS` order.
+    async fn write_user(&self, sql: String, user: UserRecord) -> Result<usize, StoreError> {
+        let params: Vec<SqlValue> = vec![
+            user.id.into(),
+            user.email.into(),
+            user.email_verified.into(),
+            user.password_hash.into(),
+            user.anonymous.into(),
+            user.disabled.into(),
+            Value::Object(user.claims).to_string().into(),
+            Value::Object(user.data).to_string().into(),
+            serde_json::to_string(&user.providers).unwrap_or_else(|_| "[]".into()).into(),
+            user.created_at.into(),
+            user.updated_at.into(),
+            user.mfa.into(),
+        ];
         self.db
-            .write_with(move |conn| {
-                let saved = conn.execute(
-                    "UPDATE users SET email = ?2, email_verified = ?3, password_hash = ?4, anonymous = ?5, \
-                     disabled = ?6, claims = ?7, data = ?8, providers = ?9, updated_at = ?10, mfa = ?11 WHERE id = ?1",
-                    params![
-                        user.id,
-                        user.email,
-                        user.email_verified,
-                        user.password_hash,
-                        user.anonymous,
-                        user.disabled,
-                        Value::Object(user.claims).to_string(),
-                        Value::Object(user.data).to_string(),
-                        serde_json::to_string(&user.providers).unwrap_or_else(|_| "[]".into()),
-                        user.updated_at,
-                        user.mfa
-                    ],
-                );
-                match saved {
-                    Ok(0) => Err(StoreError::NotFound("no such user".into())),
-                    Ok(_) => Ok(()),
-                    Err(error) if is_unique_violation(&error) => {
-                        Err(StoreError::AlreadyExists("a user with this e-mail exists".into()))
-                    }
-                    Err(error) => Err(error.into()),
+            .write_with(move |conn| match conn.execute(&sql, rusqlite::params_from_iter(params)) {
+                Ok(changed) => Ok(changed),
+                Err(error) if is_unique_violation(&error) => {
+                    Err(StoreError::AlreadyExists("a user with this e-mail exists".into()))
                 }
+                Err(error) => Err(error.into()),
             })
             .await
     }
