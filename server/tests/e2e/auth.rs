@@ -219,6 +219,24 @@ async fn admins_list_create_change_disable_revoke_and_delete_users() {
     let (status, body) = app.call(Method::GET, &format!("/v1/admin/users/{id}"), None).await;
     assert_error(status, &body, 404, "not-found");
 
+    // Bad admin input is refused with its reason.
+    for path in [
+        "/v1/admin/users?limit=0",
+        "/v1/admin/users?limit=1001",
+        "/v1/admin/users?cursor=%%%",
+        "/v1/admin/users?bogus=1",
+    ] {
+        let (status, body) = app.call(Method::GET, path, None).await;
+        assert_error(status, &body, 400, "invalid-argument");
+    }
+    let (status, body) = app.call(Method::PATCH, "/v1/admin/users/nobody", Some(json!({"disabled": true}))).await;
+    assert_error(status, &body, 404, "not-found");
+    let (status, body) = app.call(Method::PATCH, "/v1/admin/users/nobody", Some(json!({"role": "x"}))).await;
+    assert_error(status, &body, 400, "invalid-argument");
+    let (status, body) =
+        app.call(Method::POST, "/v1/admin/users", Some(json!({"email": "u0@example.com", "password": PASSWORD}))).await;
+    assert_error(status, &body, 409, "already-exists");
+
     // Admin routes are for the service key only.
     let user_token = signup(&app, "nosy@example.com").await;
     let (status, body) = app
