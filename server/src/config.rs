@@ -367,6 +367,11 @@ impl Config {
         self.addr.parse().map_err(|error| anyhow::anyhow!("addr `{}` is not HOST:PORT: {error}", self.addr))
     }
 
+    /// The access rules file in the project dir.
+    pub fn rules_file(&self) -> PathBuf {
+        self.dir.join("rules.toml")
+    }
+
     /// The data dir inside the project dir.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("hearth_data")

@@ -5,13 +5,14 @@
 //! shutdown future resolves.
 //!
 //! Modules: `config` (file + env + flags), `store` (documents, queries, the one write
-//! path), `changes` (the change log record and the bus), `http` (routes, extractors,
-//! errors, middleware).
+//! path), `changes` (the change log record and the bus), `auth` (users, sessions,
+//! tokens), `rules` (access rules), `http` (routes, extractors, errors, middleware).
 
 pub mod auth;
 pub mod changes;
 pub mod config;
 pub mod http;
+pub mod rules;
 pub mod store;
 
 use std::future::Future;
@@ -56,7 +57,9 @@ impl Server {
         }
         let addr = config.socket_addr()?;
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let state = http::AppState::new(store, auth, config, ServiceKeys::new(hashes), metrics);
+        let rules = rules::Rules::open(config.rules_file(), store.clone())
+            .map_err(|error| anyhow::anyhow!("{}: {error}", config.rules_file().display()))?;
+        let state = http::AppState::new(store, auth, rules, config, ServiceKeys::new(hashes), metrics);
         Ok(Server { listener, state, new_service_key: first_key })
     }
 
@@ -82,6 +85,7 @@ impl Server {
         let state = self.state.clone();
         let pruner = tokio::spawn(prune_changes(state.clone()));
         let key_reloader = tokio::spawn(reload_keys(state.auth().clone()));
+        let rules_watcher = tokio::spawn(state.rules().clone().watch(Duration::from_secs(1)));
         let app = http::router(state.clone());
         tracing::info!("listening on http://{}", self.local_addr());
         let stopping = state.clone();
@@ -95,6 +99,7 @@ impl Server {
             .context("server failed")?;
         pruner.abort();
         key_reloader.abort();
+        rules_watcher.abort();
         state.store().close().await;
         tracing::info!("stopped");
         Ok(())

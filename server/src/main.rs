@@ -40,6 +40,29 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Work with access rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Run rules unit tests (a TOML file of cases) without a server.
+    Test {
+        /// The test file.
+        file: PathBuf,
+        /// The rules file (default: the test file's `rules` key).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// Check that a rules file compiles.
+    Check {
+        /// The rules file.
+        #[arg(default_value = "rules.toml")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -56,6 +79,33 @@ enum KeysCommand {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Rules { command: RulesCommand::Test { file, rules } } => {
+            match hearth_server::rules::testing::run(&file, rules.as_deref()) {
+                Ok(report) => {
+                    print!("{}", report.text);
+                    if report.failed == 0 { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE }
+                }
+                Err(error) => {
+                    eprintln!("hearth: {error:#}");
+                    std::process::ExitCode::from(2)
+                }
+            }
+        }
+        Command::Rules { command: RulesCommand::Check { file } } => {
+            let checked = std::fs::read_to_string(&file)
+                .map_err(|error| error.to_string())
+                .and_then(|source| hearth_server::rules::RuleSet::parse(&source).map_err(|error| error.to_string()));
+            match checked {
+                Ok(set) => {
+                    println!("{}: {} patterns compile", file.display(), set.docs.len() + set.channels.len());
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{}: {error}", file.display());
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Keys { command: KeysCommand::Rotate { dir, database_url } } => {
             let overrides = Overrides { database_url, ..Overrides::default() };
             let rotated = Config::load(&dir, overrides)

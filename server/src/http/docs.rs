@@ -17,9 +17,10 @@ use serde_json::{Map, Value};
 use super::error::ApiError;
 use super::extract::{Caller, JsonBody, Preconditions, QueryParams};
 use super::state::AppState;
+use crate::rules::{Access, Filtered, Op};
 use crate::store::query::Field;
 use crate::store::{
-    Aggregation, AnyPath, DocPath, Page, QuerySpec, RawDoc, StoredDoc, Write, WriteOp, format_time, path::new_id,
+    Aggregation, AnyPath, DocPath, QuerySpec, RawDoc, StoredDoc, Write, WriteGuard, WriteOp, format_time, path::new_id,
 };
 
 /// Most writes in one batch.
@@ -102,9 +103,15 @@ impl<'a> DocJson<'a> {
     }
 }
 
+/// The write guard of `caller`'s rules; none for the service key.
+fn guard(state: &AppState, caller: &Caller) -> Option<Arc<dyn WriteGuard>> {
+    caller.principal().map(|principal| state.rules().guard(&principal))
+}
+
 /// The one document a write left, or an internal error if it left none.
-async fn write_one(state: &AppState, write: Write) -> Result<(Arc<StoredDoc>, Arc<str>), ApiError> {
-    let result = state.store().write_one(write).await?;
+async fn write_one(state: &AppState, caller: &Caller, write: Write) -> Result<(Arc<StoredDoc>, Arc<str>), ApiError> {
+    let mut results = state.store().write_guarded(vec![write], guard(state, caller)).await?;
+    let result = results.pop().ok_or_else(|| ApiError::internal("a write gave no result"))?;
     match (result.doc, result.data_json) {
         (Some(doc), Some(json)) => Ok((doc, json)),
         _ => Err(ApiError::internal("a write that stores a document stored none")),
@@ -115,12 +122,24 @@ fn json_body(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// Runs a query as `caller`: through the rules, or straight for the service key.
+async fn run_query(state: &AppState, caller: &Caller, spec: &QuerySpec) -> Result<Filtered, ApiError> {
+    match caller.principal() {
+        Some(principal) => Ok(state.rules().query(&principal, spec.clone()).await?),
+        None => {
+            let page = state.store().query(spec.clone()).await?;
+            let resume = match (page.more, page.docs.last()) {
+                (true, Some(last)) => Some(spec.position_of(&last.parse()?)),
+                _ => None,
+            };
+            Ok(Filtered { docs: page.docs, resume })
+        }
+    }
+}
+
 /// A page of a query or list (`QueryPage` on the wire).
-fn page_response(page: Page, spec: &QuerySpec, state: &AppState) -> Result<Response, ApiError> {
-    let cursor = match (page.more, page.docs.last()) {
-        (true, Some(last)) => Some(spec.cursor_after(&last.parse()?, state.store().signer())),
-        _ => None,
-    };
+fn page_response(page: Filtered, spec: &QuerySpec, state: &AppState) -> Result<Response, ApiError> {
+    let cursor = page.resume.as_ref().map(|position| spec.cursor_at(position, state.store().signer()));
     let mut body = String::with_capacity(page.docs.iter().map(|doc| doc.data.len() + 160).sum::<usize>() + 64);
     body.push_str("{\"docs\":[");
     for (index, doc) in page.docs.iter().enumerate() {
@@ -161,20 +180,25 @@ pub async fn get_path(
     Path(path): Path<String>,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Response, ApiError> {
-    caller.require_service()?;
     match parse_path(&path)? {
         AnyPath::Doc(doc) => {
             if params.limit.is_some() || params.cursor.is_some() {
                 return Err(ApiError::invalid("`limit` and `cursor` apply to collections, not documents"));
             }
-            match state.store().get_raw(doc.clone()).await? {
+            let stored = state.store().get_raw(doc.clone()).await?;
+            if let Some(principal) = caller.principal() {
+                // Decided before answering 404 too, so a denied caller cannot probe for ids.
+                let parsed = stored.as_ref().map(RawDoc::parse).transpose()?;
+                state.rules().check(&principal, &Access::read(Op::Get, &doc, parsed.as_ref())).await?;
+            }
+            match stored {
                 Some(stored) => Ok(DocJson::read(&stored).response(StatusCode::OK)),
                 None => Err(ApiError::not_found(format!("no document at `{doc}`"))),
             }
         }
         AnyPath::Collection(collection) => {
             let spec = QuerySpec::list(collection, params.limit, params.cursor, state.store().signer())?;
-            let page = state.store().query(spec.clone()).await?;
+            let page = run_query(&state, &caller, &spec).await?;
             page_response(page, &spec, &state)
         }
     }
@@ -192,7 +216,6 @@ pub async fn create(
     Path(path): Path<String>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    caller.require_service()?;
     let collection = match parse_path(&path)? {
         AnyPath::Collection(collection) => collection,
         AnyPath::Doc(_) => {
@@ -204,7 +227,7 @@ pub async fn create(
     let data = object(body, "the document")?;
     let doc = collection.doc(&new_id()).map_err(|e| ApiError::internal(e.0))?;
     let write = Write { path: doc, op: WriteOp::Create(data), if_version: None };
-    let (stored, json) = write_one(&state, write).await?;
+    let (stored, json) = write_one(&state, &caller, write).await?;
     let mut response = DocJson::written(&stored, &json).response(StatusCode::CREATED);
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/docs/{}", stored.path)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -227,7 +250,6 @@ pub async fn put(
     preconditions: Preconditions,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    caller.require_service()?;
     let path = doc_path(&path)?;
     let data = object(body, "the document")?;
     let op = match preconditions {
@@ -237,7 +259,7 @@ pub async fn put(
         Preconditions { if_none_match_any: true, .. } => WriteOp::Create(data),
         _ => WriteOp::Set(data),
     };
-    let (stored, json) = write_one(&state, Write { path, op, if_version: preconditions.if_match }).await?;
+    let (stored, json) = write_one(&state, &caller, Write { path, op, if_version: preconditions.if_match }).await?;
     // Versions start at 1, so version 1 is a document this PUT created.
     let status = if stored.version == 1 { StatusCode::CREATED } else { StatusCode::OK };
     Ok(DocJson::written(&stored, &json).response(status))
@@ -256,14 +278,13 @@ pub async fn patch(
     preconditions: Preconditions,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    caller.require_service()?;
     let path = doc_path(&path)?;
     if preconditions.if_none_match_any {
         return Err(ApiError::invalid("PATCH changes an existing document; If-None-Match does not apply"));
     }
     let data = object(body, "the patch")?;
     let write = Write { path, op: WriteOp::Update(data), if_version: preconditions.if_match };
-    let (stored, json) = write_one(&state, write).await?;
+    let (stored, json) = write_one(&state, &caller, write).await?;
     Ok(DocJson::written(&stored, &json).response(StatusCode::OK))
 }
 
@@ -278,12 +299,12 @@ pub async fn delete(
     Path(path): Path<String>,
     preconditions: Preconditions,
 ) -> Result<StatusCode, ApiError> {
-    caller.require_service()?;
     let path = doc_path(&path)?;
     if preconditions.if_none_match_any {
         return Err(ApiError::invalid("If-None-Match does not apply to DELETE"));
     }
-    state.store().write_one(Write { path, op: WriteOp::Delete, if_version: preconditions.if_match }).await?;
+    let write = Write { path, op: WriteOp::Delete, if_version: preconditions.if_match };
+    state.store().write_guarded(vec![write], guard(&state, &caller)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -295,9 +316,8 @@ pub async fn query(
     caller: Caller,
     JsonBody(query): JsonBody<Query>,
 ) -> Result<Response, ApiError> {
-    caller.require_service()?;
     let spec = QuerySpec::parse(&query, state.store().signer())?;
-    let page = state.store().query(spec.clone()).await?;
+    let page = run_query(&state, &caller, &spec).await?;
     page_response(page, &spec, &state)
 }
 
@@ -309,11 +329,13 @@ pub async fn aggregate(
     caller: Caller,
     JsonBody(request): JsonBody<AggregateRequest>,
 ) -> Result<Json<AggregateResult>, ApiError> {
-    caller.require_service()?;
     if !request.count && request.sum.is_empty() && request.avg.is_empty() {
         return Err(ApiError::invalid("ask for at least one of `count`, `sum`, `avg`"));
     }
-    let spec = QuerySpec::parse(&request.query, state.store().signer())?;
+    let mut spec = QuerySpec::parse(&request.query, state.store().signer())?;
+    if let Some(principal) = caller.principal() {
+        spec.restriction = state.rules().aggregate_restriction(&principal, &spec.target).await?;
+    }
     let fields = |names: &[String]| names.iter().map(|name| Field::parse(name)).collect::<Result<Vec<_>, _>>();
     let aggregation = Aggregation {
         count: request.count,
@@ -342,7 +364,6 @@ pub async fn batch(
     caller: Caller,
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Json<BatchResponse>, ApiError> {
-    caller.require_service()?;
     if request.writes.is_empty() || request.writes.len() > MAX_BATCH_WRITES {
         return Err(ApiError::invalid(format!(
             "a batch holds 1 to {MAX_BATCH_WRITES} writes, not {}",
@@ -375,7 +396,7 @@ pub async fn batch(
             Ok(Write { path, op, if_version: write.if_version })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let results = state.store().batch(writes).await?;
+    let results = state.store().batch_guarded(writes, guard(&state, &caller)).await?;
     Ok(Json(BatchResponse {
         results: results
             .iter()

@@ -61,6 +61,7 @@ impl From<store::Error> for ApiError {
             E::FailedPrecondition(message) => ApiError::new(ErrorCode::FailedPrecondition, message),
             E::TooLarge(message) => ApiError::new(ErrorCode::PayloadTooLarge, message),
             E::Unavailable(message) => ApiError::new(ErrorCode::Unavailable, message),
+            E::PermissionDenied(message) => ApiError::new(ErrorCode::PermissionDenied, message),
             E::Internal(cause) => ApiError::internal(cause),
             E::InBatch { index, error } => {
                 let inner = ApiError::from(*error);

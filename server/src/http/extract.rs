@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::auth::AuthUser;
+use crate::rules::Principal;
 
 /// A JSON body parsed with the contract's errors: malformed JSON and wrong shapes are
 /// invalid-argument, a body over the route's limit is payload-too-large.
@@ -75,7 +76,16 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// Documents are admin-only until the rules engine decides per document.
+    /// Who the rules judge: `None` for the service key, which bypasses them.
+    pub fn principal(&self) -> Option<Principal> {
+        match self {
+            Caller::Service => None,
+            Caller::Anonymous => Some(Principal::anonymous()),
+            Caller::User(user) => Some(Principal::user(user)),
+        }
+    }
+
+    /// Admin routes take only the service key.
     pub fn require_service(&self) -> Result<(), ApiError> {
         match self {
             Caller::Service => Ok(()),

@@ -6,6 +6,7 @@ pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod observe;
+pub mod rules;
 pub mod state;
 pub mod system;
 
@@ -37,6 +38,7 @@ pub use state::AppState;
         auth::admin_revoke, auth::verify_request, auth::verify_confirm, auth::recover, auth::reset, auth::outbox,
         auth::totp_enroll, auth::totp_confirm, auth::totp_disable, auth::mfa_verify,
         auth::oauth_start, auth::oauth_callback,
+        rules::get_rules, rules::put_rules,
     ),
     components(schemas(
         hearth_types::Document, hearth_types::Query, hearth_types::Filter, hearth_types::Op,
@@ -135,8 +137,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/users/{id}/revoke", post(auth::admin_revoke))
         .route("/.well-known/jwks.json", get(auth::jwks))
         .layer(DefaultBodyLimit::max(AUTH_BODY_LIMIT));
+    let rules = Router::new()
+        .route("/v1/admin/rules", get(rules::get_rules).put(rules::put_rules))
+        .layer(DefaultBodyLimit::max(rules::MAX_RULES_BYTES));
     Router::new()
         .merge(documents)
+        .merge(rules)
         .merge(batch)
         .merge(accounts)
         .route("/healthz", get(system::healthz))

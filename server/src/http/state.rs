@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use super::extract::ServiceKeys;
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::rules::Rules;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -16,6 +17,7 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     store: Store,
     auth: Auth,
+    rules: Rules,
     config: Config,
     service_keys: ServiceKeys,
     metrics: PrometheusHandle,
@@ -26,11 +28,20 @@ impl AppState {
     pub fn new(
         store: Store,
         auth: Auth,
+        rules: Rules,
         config: Config,
         service_keys: ServiceKeys,
         metrics: PrometheusHandle,
     ) -> AppState {
-        AppState(Arc::new(Inner { store, auth, config, service_keys, metrics, stopping: AtomicBool::new(false) }))
+        AppState(Arc::new(Inner {
+            store,
+            auth,
+            rules,
+            config,
+            service_keys,
+            metrics,
+            stopping: AtomicBool::new(false),
+        }))
     }
 
     pub fn store(&self) -> &Store {
@@ -39,6 +50,10 @@ impl AppState {
 
     pub fn auth(&self) -> &Auth {
         &self.0.auth
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.0.rules
     }
 
     pub fn config(&self) -> &Config {

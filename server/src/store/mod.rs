@@ -37,6 +37,9 @@ pub enum Error {
     TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A rule denied the write (see [`WriteGuard`]).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A bug or a database fault; the text is for the log only.
     #[error("{0}")]
     Internal(String),
@@ -135,11 +138,33 @@ pub struct Page {
     pub more: bool,
 }
 
+/// Decides, inside a write's transaction, whether the write may happen: the access rules
+/// plug in here, so they see exactly the state the write applies to and a batch with one
+/// refused write commits nothing.
+pub trait WriteGuard: Send + Sync {
+    /// `before` is the stored document, `after` what the write leaves (`None` for a delete).
+    /// `lookup` reads other documents as the transaction sees them. Refuse with
+    /// [`Error::PermissionDenied`].
+    fn check(
+        &self,
+        path: &DocPath,
+        before: Option<&StoredDoc>,
+        after: Option<&StoredDoc>,
+        lookup: &mut dyn FnMut(&DocPath) -> Result<Option<StoredDoc>, Error>,
+    ) -> Result<(), Error>;
+}
+
 /// What a storage engine provides. Implementations apply writes with [`write::apply`],
 /// append each change to their log in the same transaction, and publish after commit.
 pub trait Backend: Send + Sync + 'static {
-    /// Applies `writes` atomically (all or none). `batch` names the failing index in errors.
-    fn commit(&self, writes: Vec<Prepared>, batch: bool) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>>;
+    /// Applies `writes` atomically (all or none). `batch` names the failing index in errors;
+    /// `guard`, if set, sees every write before it happens.
+    fn commit(
+        &self,
+        writes: Vec<Prepared>,
+        batch: bool,
+        guard: Option<Arc<dyn WriteGuard>>,
+    ) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>>;
     fn get(&self, path: DocPath) -> BoxFuture<'_, Result<Option<RawDoc>, Error>>;
     /// Up to `spec.limit` documents after the cursor, in query order.
     fn query(&self, spec: QuerySpec) -> BoxFuture<'_, Result<Page, Error>>;
@@ -175,12 +200,30 @@ impl Store {
 
     /// The one write path: applies `writes` atomically.
     pub async fn write(&self, writes: Vec<Write>) -> Result<Vec<WriteResult>, Error> {
+        self.write_guarded(writes, None).await
+    }
+
+    /// Like [`Store::write`], each write first passing `guard` inside the transaction.
+    pub async fn write_guarded(
+        &self,
+        writes: Vec<Write>,
+        guard: Option<Arc<dyn WriteGuard>>,
+    ) -> Result<Vec<WriteResult>, Error> {
         let prepared = writes.into_iter().map(Prepared::new).collect::<Result<Vec<_>, _>>()?;
-        self.backend.commit(prepared, false).await
+        self.backend.commit(prepared, false, guard).await
     }
 
     /// Like [`Store::write`], with errors naming the index of the failing write.
     pub async fn batch(&self, writes: Vec<Write>) -> Result<Vec<WriteResult>, Error> {
+        self.batch_guarded(writes, None).await
+    }
+
+    /// Like [`Store::batch`], each write first passing `guard` inside the transaction.
+    pub async fn batch_guarded(
+        &self,
+        writes: Vec<Write>,
+        guard: Option<Arc<dyn WriteGuard>>,
+    ) -> Result<Vec<WriteResult>, Error> {
         let prepared = writes
             .into_iter()
             .enumerate()
@@ -188,7 +231,7 @@ impl Store {
                 Prepared::new(write).map_err(|error| Error::InBatch { index, error: Box::new(error) })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.backend.commit(prepared, true).await
+        self.backend.commit(prepared, true, guard).await
     }
 
     /// One write; its result.

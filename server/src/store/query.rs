@@ -70,7 +70,7 @@ impl Field {
 }
 
 /// One validated filter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FieldFilter {
     pub field: Field,
     pub op: Op,
@@ -83,6 +83,33 @@ pub struct FieldFilter {
 pub struct OrderKey {
     pub field: Field,
     pub dir: Direction,
+}
+
+/// A condition on documents beyond a query's own filters: what the access rules let a
+/// caller read, pushed into the query so the database applies it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    Filter(FieldFilter),
+    /// The field holds the value: as an element of an array, or (a string) as a key of an
+    /// object; CEL's `value in field`.
+    Holds(Field, Value),
+    All(Vec<Condition>),
+    Any(Vec<Condition>),
+}
+
+impl Condition {
+    pub fn matches(&self, doc: &StoredDoc, id: &Value) -> bool {
+        match self {
+            Condition::Filter(filter) => filter_matches(filter, filter.field.value_in(doc, id)),
+            Condition::Holds(field, wanted) => match field.value_in(doc, id) {
+                Some(Value::Array(items)) => items.iter().any(|item| equal(item, wanted)),
+                Some(Value::Object(map)) => wanted.as_str().is_some_and(|key| map.contains_key(key)),
+                _ => false,
+            },
+            Condition::All(conditions) => conditions.iter().all(|condition| condition.matches(doc, id)),
+            Condition::Any(conditions) => conditions.iter().any(|condition| condition.matches(doc, id)),
+        }
+    }
 }
 
 /// Where a page starts: strictly after the document with these order values and path.
@@ -102,6 +129,9 @@ pub struct QuerySpec {
     pub order: Vec<OrderKey>,
     pub limit: usize,
     pub after: Option<After>,
+    /// What else a document must meet: the caller's read rules, when they could be pushed
+    /// into the query. Not part of the cursor's fingerprint.
+    pub restriction: Option<Condition>,
     /// Binds cursors to this query (collection, filters, order).
     fingerprint: String,
 }
@@ -176,7 +206,7 @@ impl QuerySpec {
                 Some(after)
             }
         };
-        Ok(QuerySpec { target, filters, order, limit, after, fingerprint })
+        Ok(QuerySpec { target, filters, order, limit, after, restriction: None, fingerprint })
     }
 
     /// A query over a whole collection in id order (the list route).
@@ -203,6 +233,7 @@ impl QuerySpec {
         let id = Value::String(doc.path.id().to_owned());
         self.order.iter().all(|key| key.field.value_in(doc, &id).is_some())
             && self.filters.iter().all(|filter| filter_matches(filter, filter.field.value_in(doc, &id)))
+            && self.restriction.as_ref().is_none_or(|condition| condition.matches(doc, &id))
     }
 
     /// Whether `doc` sorts strictly after the cursor position.
@@ -227,10 +258,19 @@ impl QuerySpec {
         self.order.iter().map(|key| key.field.value_in(doc, &id).cloned().unwrap_or(Value::Null)).collect()
     }
 
+    /// Where `doc` sits in this query's order.
+    pub fn position_of(&self, doc: &StoredDoc) -> After {
+        After { keys: self.sort_values(doc), path: doc.path.as_str().to_owned() }
+    }
+
     /// The cursor that resumes right after `last`.
     pub fn cursor_after(&self, last: &StoredDoc, signer: &CursorSigner) -> String {
-        let after = After { keys: self.sort_values(last), path: last.path.as_str().to_owned() };
-        signer.seal(&after, &self.fingerprint)
+        self.cursor_at(&self.position_of(last), signer)
+    }
+
+    /// The cursor that resumes right after `position`.
+    pub fn cursor_at(&self, position: &After, signer: &CursorSigner) -> String {
+        signer.seal(position, &self.fingerprint)
     }
 }
 

@@ -142,8 +142,9 @@ async fn a_batch_over_500_writes_is_refused_whole() {
 async fn credentials_decide_before_anything_else() {
     let app = App::spawn().await;
     let url = app.url("/v1/docs/c/x");
+    // No credentials is a caller the rules judge (`auth == null`); with no rules, denied.
     let (status, body) = app.send(app.client.get(&url)).await;
-    assert_error(status, &body, 401, "unauthenticated");
+    assert_error(status, &body, 403, "permission-denied");
     let (status, body) = app.send(app.client.get(&url).bearer_auth("hk_not_a_real_key_at_all_0000000000")).await;
     assert_error(status, &body, 401, "unauthenticated");
     let (status, body) = app.send(app.client.get(&url).header("authorization", "Basic abc")).await;
@@ -151,7 +152,7 @@ async fn credentials_decide_before_anything_else() {
     let (status, body) = app.send(app.client.get(&url).bearer_auth("eyJhbGciOiJub25lIn0.e30.")).await;
     assert_error(status, &body, 401, "unauthenticated");
     let (status, body) = app.send(app.client.put(&url).json(&json!({"a": 1}))).await;
-    assert_error(status, &body, 401, "unauthenticated");
+    assert_error(status, &body, 403, "permission-denied");
     let (status, _) = app.send(app.client.get(&url).bearer_auth(KEY)).await;
     assert_eq!(status, 404, "the service key reads");
 }

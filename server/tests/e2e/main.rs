@@ -5,5 +5,6 @@ mod auth;
 mod bad_input;
 mod documents;
 mod oauth;
+mod rules;
 mod server;
 mod support;

@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::query::{Field, Target};
 use super::{
     AggregateValues, Aggregation, Backend, Change, ChangeBus, ChangeKind, DocPath, Error, Page, Prepared, QuerySpec,
-    RawDoc, StoredDoc, WriteResult,
+    RawDoc, StoredDoc, WriteGuard, WriteResult,
 };
 pub use writer::WriterOptions;
 use writer::{Command, Exec, Job};
@@ -389,10 +389,15 @@ fn parse_logged(path: &DocPath, text: Option<String>) -> Result<Option<StoredDoc
 }
 
 impl Backend for SqliteBackend {
-    fn commit(&self, writes: Vec<Prepared>, batch: bool) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>> {
+    fn commit(
+        &self,
+        writes: Vec<Prepared>,
+        batch: bool,
+        guard: Option<Arc<dyn WriteGuard>>,
+    ) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>> {
         async move {
             let (reply, answer) = oneshot::channel();
-            self.send(Command::Write(Job { writes, batch, reply })).await?;
+            self.send(Command::Write(Job { writes, batch, guard, reply })).await?;
             answer.await.map_err(|_| shutting_down())?
         }
         .boxed()

@@ -13,7 +13,7 @@ use hearth_types::{Direction, Op};
 use rusqlite::types::Value as SqlValue;
 use serde_json::Value;
 
-use crate::store::query::{Field, FieldFilter, QuerySpec, Target};
+use crate::store::query::{Condition, Field, FieldFilter, QuerySpec, Target};
 use crate::store::value::{canonical, type_rank};
 
 /// SQL text and its bound parameters.
@@ -152,11 +152,49 @@ fn filter_sql(filter: &FieldFilter, params: &mut Vec<SqlValue>) -> String {
     }
 }
 
+fn condition_sql(condition: &Condition, params: &mut Vec<SqlValue>) -> String {
+    match condition {
+        Condition::Filter(filter) => filter_sql(filter, params),
+        Condition::Holds(field, wanted) => {
+            let field = FieldSql::of(field);
+            let (Some(rank), Some(json_path)) = (&field.rank, &field.json_path) else {
+                return "0".into(); // an id is a string: it holds nothing
+            };
+            let element = equals(&rank_of("e.type"), "e.value", wanted, params);
+            let mut sql = format!(
+                "((({rank}) = 4 AND EXISTS (SELECT 1 FROM json_each(documents.data, {json_path}) AS e WHERE {element}))"
+            );
+            if let Value::String(key) = wanted {
+                params.push(SqlValue::Text(key.clone()));
+                let _ = write!(
+                    sql,
+                    " OR (({rank}) = 5 AND EXISTS (SELECT 1 FROM json_each(documents.data, {json_path}) AS e WHERE e.key = ?))"
+                );
+            }
+            sql.push(')');
+            sql
+        }
+        Condition::All(conditions) | Condition::Any(conditions) if conditions.is_empty() => {
+            if matches!(condition, Condition::All(_)) { "1".into() } else { "0".into() }
+        }
+        Condition::All(conditions) => joined(conditions, " AND ", params),
+        Condition::Any(conditions) => joined(conditions, " OR ", params),
+    }
+}
+
+fn joined(conditions: &[Condition], separator: &str, params: &mut Vec<SqlValue>) -> String {
+    let terms: Vec<String> = conditions.iter().map(|condition| condition_sql(condition, params)).collect();
+    format!("({})", terms.join(separator))
+}
+
 /// The `WHERE` clause of a query (target, filters, order fields present, cursor).
 pub fn where_clause(spec: &QuerySpec, params: &mut Vec<SqlValue>) -> String {
     let mut terms = vec![target_term(&spec.target)];
     for filter in &spec.filters {
         terms.push(filter_sql(filter, params));
+    }
+    if let Some(condition) = &spec.restriction {
+        terms.push(condition_sql(condition, params));
     }
     for key in &spec.order {
         if let Some(rank) = FieldSql::of(&key.field).rank {

@@ -17,7 +17,7 @@ const INSERT_NEW: &str = "INSERT INTO documents (path, collection, coll_id, id, 
 const UPSERT: &str = "INSERT INTO documents (path, collection, coll_id, id, data, version, created_at, updated_at) \
      VALUES (?1, ?2, ?3, ?4, jsonb(?5), ?6, ?7, ?8) \
      ON CONFLICT (path) DO UPDATE SET data = excluded.data, version = excluded.version, updated_at = excluded.updated_at";
-use crate::store::{DocPath, Error, StoredDoc, WriteResult, now_micros};
+use crate::store::{DocPath, Error, StoredDoc, WriteGuard, WriteResult, now_micros};
 
 /// A closure run on the write connection, outside the document write path (set-up,
 /// pruning, key storage).
@@ -35,6 +35,8 @@ pub enum Command {
 pub struct Job {
     pub writes: Vec<Prepared>,
     pub batch: bool,
+    /// Sees every write before it happens (the access rules).
+    pub guard: Option<Arc<dyn WriteGuard>>,
     pub reply: oneshot::Sender<Result<Vec<WriteResult>, Error>>,
 }
 
@@ -119,11 +121,11 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
     let mut changes = Vec::new();
     let outcome = (|| -> Result<(), Error> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for Job { writes, batch, reply } in jobs {
+        for Job { writes, batch, guard, reply } in jobs {
             // A single write checks everything before it changes a row, so only requests
             // of several writes need a savepoint to fail alone.
             if writes.len() == 1 {
-                match apply_job(&tx, writes, batch, now) {
+                match apply_job(&tx, writes, batch, guard.as_deref(), now) {
                     Ok((results, job_changes)) => {
                         answers.push((reply, Ok(results)));
                         changes.extend(job_changes);
@@ -137,7 +139,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
                 continue;
             }
             let savepoint = tx.savepoint()?;
-            match apply_job(&savepoint, writes, batch, now) {
+            match apply_job(&savepoint, writes, batch, guard.as_deref(), now) {
                 Ok((results, job_changes)) => {
                     savepoint.commit()?;
                     answers.push((reply, Ok(results)));
@@ -174,6 +176,7 @@ fn apply_job(
     conn: &Connection,
     writes: Vec<Prepared>,
     batch: bool,
+    guard: Option<&dyn WriteGuard>,
     now: i64,
 ) -> Result<(Vec<WriteResult>, Vec<Change>), Error> {
     let mut results = Vec::with_capacity(writes.len());
@@ -188,6 +191,14 @@ fn apply_job(
         let current = if blind_create { None } else { load(conn, &write.path)? };
         let doc_path = write.path.clone();
         let effect = write::apply(current.as_ref().map(|(doc, _)| doc), prepared, now).map_err(located)?;
+        if let Some(guard) = guard {
+            let after = match &effect {
+                Effect::Put { doc, .. } => Some(doc),
+                Effect::Delete | Effect::Nothing => None,
+            };
+            let mut lookup = |path: &DocPath| Ok(load(conn, path)?.map(|(doc, _)| doc));
+            guard.check(&doc_path, current.as_ref().map(|(doc, _)| doc), after, &mut lookup).map_err(located)?;
+        }
         let old_logged = current.as_ref().map(|(doc, text)| logged(doc, text));
         let path = doc_path.as_str();
         match effect {
