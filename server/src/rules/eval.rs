@@ -10,14 +10,17 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
+use cel::common::types::CelNull;
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
 use cel::objects::{Key, Map as CelMap};
 use cel::{Context, Env, ExecutionError, IdedExpr, Value, extensions};
 use serde_json::Value as Json;
 
-use super::set::{Captures, Op};
-use crate::store::{DocPath, Error, StoredDoc};
+use super::set::{Captures, Fields, Needs, Op, Usage};
+use crate::store::{DocPath, StoredDoc};
 
 /// Most distinct documents one evaluation may read with `get()`/`exists()`.
 pub const MAX_LOOKUPS: usize = 10;
@@ -94,40 +97,98 @@ fn lookup(function: &str, path: &str) -> Result<Value, ExecutionError> {
     })
 }
 
-/// The variables of one evaluation.
-#[derive(Clone)]
-pub struct Vars {
-    pub auth: Value,
-    pub request: Value,
-    pub resource: Value,
-    pub captures: Vec<(String, Value)>,
+/// `auth` for CEL, converted once per caller however many checks it makes.
+pub struct AuthVal {
+    value: Value,
+    val: OnceLock<Box<dyn Val>>,
 }
 
-impl Vars {
-    /// `request` and `resource` for `op`: `after` is the document as the write leaves it
-    /// (`request.data`), `before` the stored one (`resource`); `time` in microseconds.
-    pub fn new(auth: &Value, op: Op, before: Option<&StoredDoc>, after: Option<&StoredDoc>, time: i64) -> Vars {
-        let request = map([
-            ("data", after.map_or(Value::Null, |doc| json_map(&doc.data))),
-            ("time", timestamp(time)),
-            ("method", Value::String(Arc::new(op.method().to_owned()))),
-        ]);
-        Vars { auth: auth.clone(), request, resource: before.map_or(Value::Null, doc_value), captures: Vec::new() }
+impl AuthVal {
+    pub fn new(value: Value) -> AuthVal {
+        AuthVal { value, val: OnceLock::new() }
     }
 
-    /// Captured path segments as CEL strings.
-    pub fn captures(captures: Captures) -> Vec<(String, Value)> {
-        captures.into_iter().map(|(name, value)| (name, Value::String(Arc::new(value)))).collect()
+    fn val(&self) -> &dyn Val {
+        self.val.get_or_init(|| to_val(self.value.clone())).as_ref()
     }
+}
 
-    fn bind(&self, scope: &mut Context<'_, '_>) {
-        scope.add_variable_from_value("auth", self.auth.clone());
-        scope.add_variable_from_value("request", self.request.clone());
-        scope.add_variable_from_value("resource", self.resource.clone());
-        for (name, value) in &self.captures {
-            scope.add_variable_from_value(name.clone(), value.clone());
-        }
+impl std::fmt::Debug for AuthVal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.value.fmt(f)
     }
+}
+
+/// The variables of one evaluation, each converted for CEL only if the rule reads it
+/// (binding values is most of what a check costs), and of documents only the fields the
+/// rule reads ([`Needs`]).
+pub struct Vars<'a> {
+    pub auth: &'a AuthVal,
+    pub op: Op,
+    /// The stored document (`resource`).
+    pub before: Option<&'a StoredDoc>,
+    /// The document as the write leaves it (`request.data`).
+    pub after: Option<&'a StoredDoc>,
+    /// `request.time`, microseconds since the epoch.
+    pub time: i64,
+    pub needs: &'a Needs,
+    pub captures: &'a [(String, String)],
+    request: OnceLock<Box<dyn Val>>,
+    resource: OnceLock<Box<dyn Val>>,
+}
+
+impl<'a> Vars<'a> {
+    pub fn new(
+        auth: &'a AuthVal,
+        op: Op,
+        before: Option<&'a StoredDoc>,
+        after: Option<&'a StoredDoc>,
+        time: i64,
+        needs: &'a Needs,
+        captures: &'a Captures,
+    ) -> Vars<'a> {
+        Vars { auth, op, before, after, time, needs, captures, request: OnceLock::new(), resource: OnceLock::new() }
+    }
+}
+
+impl VariableResolver for Vars<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let val = match variable {
+            "auth" => self.auth.val(),
+            "request" => self
+                .request
+                .get_or_init(|| {
+                    let used = &self.needs.request;
+                    let mut entries = Vec::with_capacity(3);
+                    if used.attrs.has("data") {
+                        let data = self.after.map_or(Value::Null, |doc| json_fields(&doc.data, &used.data));
+                        entries.push(("data", data));
+                    }
+                    if used.attrs.has("time") {
+                        entries.push(("time", timestamp(self.time)));
+                    }
+                    if used.attrs.has("method") {
+                        entries.push(("method", Value::String(Arc::new(self.op.method().to_owned()))));
+                    }
+                    to_val(map(entries))
+                })
+                .as_ref(),
+            "resource" => self
+                .resource
+                .get_or_init(|| to_val(self.before.map_or(Value::Null, |doc| doc_value_of(doc, &self.needs.resource))))
+                .as_ref(),
+            name => {
+                let (_, value) = self.captures.iter().find(|(capture, _)| capture == name)?;
+                return Some(CowVal::Owned(to_val(Value::String(Arc::new(value.clone())))));
+            }
+        };
+        Some(CowVal::Borrowed(val))
+    }
+}
+
+fn to_val(value: Value) -> Box<dyn Val> {
+    // Every value built here converts (no functions or opaque values inside).
+    Box::<dyn Val>::try_from(value).unwrap_or_else(|_| Box::new(CelNull))
 }
 
 /// Where an evaluation got to.
@@ -161,7 +222,7 @@ pub fn resolve_with<T>(
     ACTIVE.with_borrow_mut(|active| std::mem::swap(active, lookups));
     let result = ROOT.with(|root| {
         let mut scope = root.new_inner_scope();
-        vars.bind(&mut scope);
+        scope.set_variable_resolver(vars);
         resolve(&scope)
     });
     ACTIVE.with_borrow_mut(|active| std::mem::swap(active, lookups));
@@ -169,29 +230,6 @@ pub fn resolve_with<T>(
     wanted.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     wanted.dedup();
     (result, wanted)
-}
-
-/// Evaluates with lookups read synchronously by `fetch`, until decided.
-pub fn decide_sync(
-    expr: &IdedExpr,
-    vars: &Vars,
-    lookups: &mut Lookups,
-    fetch: &mut dyn FnMut(&DocPath) -> Result<Option<StoredDoc>, Error>,
-) -> Result<Result<bool, String>, Error> {
-    // Each round fetches at least one new path, and an evaluation may use at most
-    // MAX_LOOKUPS: the loop ends.
-    for _ in 0..=MAX_LOOKUPS {
-        match step(expr, vars, lookups) {
-            Step::Done(decision) => return Ok(decision),
-            Step::Fetch(paths) => {
-                for path in paths {
-                    let doc = fetch(&path)?;
-                    lookups.supply(&path, doc.as_ref());
-                }
-            }
-        }
-    }
-    Ok(Err(format!("more than {MAX_LOOKUPS} documents read in one rule")))
 }
 
 /// `auth` in rules: null, or `{uid, email, email_verified, anonymous, claims}`.
@@ -210,17 +248,23 @@ pub fn auth_value(user: Option<&crate::auth::AuthUser>) -> Value {
 
 /// A stored document as `resource` and `get()` give it.
 pub fn doc_value(doc: &StoredDoc) -> Value {
-    map([
-        ("id", Value::String(Arc::new(doc.path.id().to_owned()))),
-        ("path", Value::String(Arc::new(doc.path.as_str().to_owned()))),
-        ("data", json_map(&doc.data)),
-        ("version", Value::Int(doc.version)),
-        ("created_at", timestamp(doc.created_at)),
-        ("updated_at", timestamp(doc.updated_at)),
-    ])
+    doc_value_of(doc, &Usage { attrs: Fields::All, data: Fields::All })
 }
 
-fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
+/// The parts of a document a rule reads.
+fn doc_value_of(doc: &StoredDoc, used: &Usage) -> Value {
+    let attrs: [(&str, &dyn Fn() -> Value); 6] = [
+        ("id", &|| Value::String(Arc::new(doc.path.id().to_owned()))),
+        ("path", &|| Value::String(Arc::new(doc.path.as_str().to_owned()))),
+        ("data", &|| json_fields(&doc.data, &used.data)),
+        ("version", &|| Value::Int(doc.version)),
+        ("created_at", &|| timestamp(doc.created_at)),
+        ("updated_at", &|| timestamp(doc.updated_at)),
+    ];
+    map(attrs.into_iter().filter(|(name, _)| used.attrs.has(name)).map(|(name, make)| (name, make())))
+}
+
+fn map<'n>(entries: impl IntoIterator<Item = (&'n str, Value)>) -> Value {
     let map: HashMap<Key, Value> =
         entries.into_iter().map(|(key, value)| (Key::String(Arc::new(key.to_owned())), value)).collect();
     Value::Map(CelMap { map: Arc::new(map) })
@@ -234,6 +278,22 @@ fn json_map(object: &serde_json::Map<String, Json>) -> Value {
     let map: HashMap<Key, Value> =
         object.iter().map(|(key, value)| (Key::String(Arc::new(key.clone())), json_value(value))).collect();
     Value::Map(CelMap { map: Arc::new(map) })
+}
+
+/// The fields of `object` that `fields` names, as a CEL map.
+fn json_fields(object: &serde_json::Map<String, Json>, fields: &Fields) -> Value {
+    match fields {
+        Fields::All => json_map(object),
+        Fields::Only(names) => {
+            let map: HashMap<Key, Value> = names
+                .iter()
+                .filter_map(|name| {
+                    object.get(name).map(|value| (Key::String(Arc::new(name.clone())), json_value(value)))
+                })
+                .collect();
+            Value::Map(CelMap { map: Arc::new(map) })
+        }
+    }
 }
 
 /// JSON as CEL: integers as signed ints (so arithmetic with literals works), other

@@ -34,22 +34,22 @@ pub const SCAN_BUDGET: usize = 1000;
 /// bypasses the rules.
 #[derive(Clone, Debug)]
 pub struct Principal {
-    auth: Value,
+    auth: Arc<eval::AuthVal>,
 }
 
 impl Principal {
     /// No credentials: `auth == null`.
     pub fn anonymous() -> Principal {
-        Principal { auth: Value::Null }
+        Principal::from_value(Value::Null)
     }
 
     pub fn user(user: &AuthUser) -> Principal {
-        Principal { auth: eval::auth_value(Some(user)) }
+        Principal::from_value(eval::auth_value(Some(user)))
     }
 
-    /// From the `auth` value a rules test names.
+    /// From an `auth` value (a rules test names one).
     pub fn from_value(auth: Value) -> Principal {
-        Principal { auth }
+        Principal { auth: Arc::new(eval::AuthVal::new(auth)) }
     }
 }
 
@@ -104,13 +104,11 @@ impl RuleSet {
         let Access { op, path, before, after, time } = *access;
         let matching = self.matching_doc(path);
         let mut reasons = Vec::new();
-        let mut base: Option<Vars> = None;
         for (pattern, captures) in matching {
             let Some(rule) = pattern.rule(op) else {
                 continue;
             };
-            let vars = base.get_or_insert_with(|| Vars::new(&principal.auth, op, before, after, time));
-            let vars = Vars { captures: Vars::captures(captures), ..vars.clone() };
+            let vars = Vars::new(&principal.auth, op, before, after, time, &rule.needs, &captures);
             match eval::step(rule.expr(), &vars, lookups) {
                 Step::Fetch(paths) => return Step::Fetch(paths),
                 Step::Done(Ok(true)) => return Step::Done(Decision::Allow),
@@ -157,12 +155,11 @@ impl RuleSet {
         lookups: &mut Lookups,
     ) -> Step<Decision> {
         let mut reasons = Vec::new();
-        let base = Vars::new(&principal.auth, op, None, None, time);
         for (pattern, captures) in self.matching_channel(channel) {
             let Some(rule) = pattern.rule(op) else {
                 continue;
             };
-            let vars = Vars { captures: Vars::captures(captures), ..base.clone() };
+            let vars = Vars::new(&principal.auth, op, None, None, time, &set::NO_DATA, &captures);
             match eval::step(rule.expr(), &vars, lookups) {
                 Step::Fetch(paths) => return Step::Fetch(paths),
                 Step::Done(Ok(true)) => return Step::Done(Decision::Allow),
@@ -219,7 +216,6 @@ impl RuleSet {
             return Step::Done(if possible { QueryPlan::PerDocument } else { QueryPlan::Denied });
         };
         let segments: Vec<&str> = collection.as_str().split('/').collect();
-        let base = Vars::new(&principal.auth, Op::List, None, None, time);
         let mut conditions = Vec::new();
         let mut per_document = false;
         for pattern in &self.docs {
@@ -229,7 +225,7 @@ impl RuleSet {
             let Some(shape) = collection_match(pattern, &segments) else {
                 continue;
             };
-            let vars = Vars { captures: Vars::captures(shape.fixed), ..base.clone() };
+            let vars = Vars::new(&principal.auth, Op::List, None, None, time, &set::NO_DATA, &shape.fixed);
             let per_doc: Vec<&str> =
                 std::iter::once("resource").chain(shape.per_doc.iter().map(String::as_str)).collect();
             let (folded, wanted) =

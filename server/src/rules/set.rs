@@ -2,7 +2,7 @@
 //! Everything that can be known without a request is checked here, so a file that loads
 //! can only fail at run time in ways that deny.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 
 use cel::common::ast::{EntryExpr, Expr, operators};
@@ -126,11 +126,114 @@ pub enum Segment {
     Rest(String),
 }
 
-/// One compiled rule: the CEL source and its program.
+/// One compiled rule: the CEL source, its program, and what it reads of documents.
 #[derive(Debug)]
 pub struct Rule {
     pub source: String,
     pub program: Program,
+    pub needs: Needs,
+}
+
+/// What a rule reads of `resource` and `request`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Needs {
+    pub resource: Usage,
+    pub request: Usage,
+}
+
+/// The attributes of a variable a rule reads (`id`, `data`, `time`, ...), and the fields
+/// of its `data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub attrs: Fields,
+    pub data: Fields,
+}
+
+const UNUSED: Usage = Usage { attrs: Fields::Only(BTreeSet::new()), data: Fields::Only(BTreeSet::new()) };
+
+/// The needs of evaluations without documents.
+pub static NO_DATA: Needs = Needs { resource: UNUSED, request: UNUSED };
+
+/// Top-level fields of a document's data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fields {
+    All,
+    Only(BTreeSet<String>),
+}
+
+impl Fields {
+    fn add(&mut self, field: &str) {
+        if let Fields::Only(names) = self {
+            names.insert(field.to_owned());
+        }
+    }
+
+    pub fn has(&self, field: &str) -> bool {
+        match self {
+            Fields::All => true,
+            Fields::Only(names) => names.contains(field),
+        }
+    }
+}
+
+/// What an expression reads of `var`: `var.x` and `has(var.x)` name an attribute,
+/// `var.data.f`, `has(var.data.f)` and `var.data['f']` a field of its data; any other use
+/// of `var.data` or `var` needs all of it. `var == null` needs nothing.
+fn usage(expr: &IdedExpr, var: &str, used: &mut Usage) {
+    let is_var = |e: &IdedExpr| matches!(&e.expr, Expr::Ident(name) if name == var);
+    let is_data =
+        |e: &IdedExpr| matches!(&e.expr, Expr::Select(s) if s.field == "data" && !s.test && is_var(&s.operand));
+    let (fields, data) = (&mut used.attrs, &mut used.data);
+    match &expr.expr {
+        Expr::Select(select) if is_data(&select.operand) => {
+            fields.add("data");
+            data.add(&select.field);
+        }
+        Expr::Select(select) if is_var(&select.operand) => {
+            fields.add(&select.field);
+            if select.field == "data" {
+                *data = Fields::All;
+            }
+        }
+        Expr::Ident(name) if name == var => *used = Usage { attrs: Fields::All, data: Fields::All },
+        Expr::Call(call) if call.func_name == operators::INDEX && call.args.len() == 2 && is_data(&call.args[0]) => {
+            fields.add("data");
+            match &call.args[1].expr {
+                Expr::Literal(cel::common::ast::LiteralValue::String(key)) => data.add(key.inner()),
+                _ => *data = Fields::All,
+            }
+        }
+        Expr::Call(call)
+            if matches!(call.func_name.as_str(), operators::EQUALS | operators::NOT_EQUALS)
+                && call.args.len() == 2
+                && call.args.iter().any(is_var)
+                && call
+                    .args
+                    .iter()
+                    .any(|arg| matches!(arg.expr, Expr::Literal(cel::common::ast::LiteralValue::Null))) => {}
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                usage(target, var, used);
+            }
+            call.args.iter().for_each(|arg| usage(arg, var, used));
+        }
+        Expr::Comprehension(c) => {
+            for part in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                usage(part, var, used);
+            }
+        }
+        Expr::List(list) => list.elements.iter().for_each(|element| usage(element, var, used)),
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                if let EntryExpr::MapEntry(entry) = &entry.expr {
+                    usage(&entry.key, var, used);
+                    usage(&entry.value, var, used);
+                }
+            }
+        }
+        Expr::Select(select) => usage(&select.operand, var, used),
+        Expr::Struct(_) | Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
 }
 
 impl Rule {
@@ -339,7 +442,10 @@ fn compile(source: &str, captures: &[&str]) -> Result<Rule, String> {
     if let Some(kind) = never_bool(&expr.expr) {
         return Err(format!("the expression gives {kind}, not a bool"));
     }
-    Ok(Rule { source: source.to_owned(), program })
+    let mut needs = NO_DATA.clone();
+    usage(expr, "resource", &mut needs.resource);
+    usage(expr, "request", &mut needs.request);
+    Ok(Rule { source: source.to_owned(), program, needs })
 }
 
 /// What a rule's top expression gives, when it is surely not a bool.
@@ -537,5 +643,24 @@ join = "auth != null"
         assert!(refused("not toml at all [").line.is_some());
         // Comprehension variables are not unknown.
         RuleSet::parse("[\"a/{x}\"]\nread = \"[1, 2].all(n, n > 0) && x != ''\"\n").expect("compiles");
+    }
+
+    #[test]
+    fn a_rule_knows_which_fields_it_reads() {
+        let needs = |rule: &str| {
+            let set = RuleSet::parse(&format!("[\"a/{{x}}\"]\nwrite = \"{rule}\"\n")).expect("compiles");
+            set.docs[0].rule(Op::Create).expect("rule").needs.clone()
+        };
+        let only = |names: &[&str]| Fields::Only(names.iter().map(|name| (*name).to_owned()).collect());
+        let n = needs("resource.data.owner == auth.uid && has(request.data.title) && request.data['n'] > 1");
+        assert_eq!((n.resource.data, n.request.data), (only(&["owner"]), only(&["n", "title"])));
+        assert_eq!((n.resource.attrs, n.request.attrs), (only(&["data"]), only(&["data"])));
+        let n = needs(
+            "resource == null && request.data.keys().size() < 3 && resource.id != '' && request.time > timestamp('2020-01-01T00:00:00Z')",
+        );
+        assert_eq!((n.resource.data, n.request.data), (only(&[]), Fields::All));
+        assert_eq!((n.resource.attrs, n.request.attrs), (only(&["id"]), only(&["data", "time"])));
+        let n = needs("get('a/b').data == resource.data || resource.size() > 0");
+        assert_eq!((n.resource.attrs, n.resource.data), (Fields::All, Fields::All));
     }
 }
