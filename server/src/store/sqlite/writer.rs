@@ -3,6 +3,7 @@
 //! precondition fails only its own request. Changes are appended to the log in the same
 //! transaction and published only after `COMMIT` succeeds.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -119,13 +120,17 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
     let now = now_micros();
     let mut answers = Vec::with_capacity(jobs.len());
     let mut changes = Vec::new();
+    // Documents the guards read, shared by the group: many writes check the same parent
+    // (a room, a project). An entry goes when its document is written, all of them when
+    // a request rolls back.
+    let mut seen = HashMap::new();
     let outcome = (|| -> Result<(), Error> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for Job { writes, batch, guard, reply } in jobs {
             // A single write checks everything before it changes a row, so only requests
             // of several writes need a savepoint to fail alone.
             if writes.len() == 1 {
-                match apply_job(&tx, writes, batch, guard.as_deref(), now) {
+                match apply_job(&tx, writes, batch, guard.as_deref(), &mut seen, now) {
                     Ok((results, job_changes)) => {
                         answers.push((reply, Ok(results)));
                         changes.extend(job_changes);
@@ -139,7 +144,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
                 continue;
             }
             let savepoint = tx.savepoint()?;
-            match apply_job(&savepoint, writes, batch, guard.as_deref(), now) {
+            match apply_job(&savepoint, writes, batch, guard.as_deref(), &mut seen, now) {
                 Ok((results, job_changes)) => {
                     savepoint.commit()?;
                     answers.push((reply, Ok(results)));
@@ -147,6 +152,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
                 }
                 Err(error) => {
                     drop(savepoint); // rolls back this request only
+                    seen.clear();
                     answers.push((reply, Err(error)));
                 }
             }
@@ -177,6 +183,7 @@ fn apply_job(
     writes: Vec<Prepared>,
     batch: bool,
     guard: Option<&dyn WriteGuard>,
+    seen: &mut HashMap<String, Option<StoredDoc>>,
     now: i64,
 ) -> Result<(Vec<WriteResult>, Vec<Change>), Error> {
     let mut results = Vec::with_capacity(writes.len());
@@ -196,11 +203,21 @@ fn apply_job(
                 Effect::Put { doc, .. } => Some(doc),
                 Effect::Delete | Effect::Nothing => None,
             };
-            let mut lookup = |path: &DocPath| Ok(load(conn, path)?.map(|(doc, _)| doc));
+            let mut lookup = |path: &DocPath| {
+                if let Some(doc) = seen.get(path.as_str()) {
+                    return Ok(doc.clone());
+                }
+                let doc = load(conn, path)?.map(|(doc, _)| doc);
+                seen.insert(path.as_str().to_owned(), doc.clone());
+                Ok(doc)
+            };
             guard.check(&doc_path, current.as_ref().map(|(doc, _)| doc), after, &mut lookup).map_err(located)?;
         }
         let old_logged = current.as_ref().map(|(doc, text)| logged(doc, text));
         let path = doc_path.as_str();
+        if !seen.is_empty() {
+            seen.remove(path);
+        }
         match effect {
             Effect::Put { doc, text } => {
                 let statement = if blind_create { INSERT_NEW } else { UPSERT };
