@@ -303,3 +303,34 @@ async fn rules_are_replaced_and_reloaded_without_a_restart() {
     assert_eq!(as_who(&app, &user, Method::GET, "/v1/docs/open/x", None).await.0, 403, "the last good rules stay");
     assert!(app.output_text().contains("rules file refused"), "the refusal is logged");
 }
+
+#[test]
+fn the_rules_command_tests_and_checks_rules_files() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hearth")).args(args).output().expect("hearth runs")
+    };
+    for app in ["chat", "todo"] {
+        let tests = examples.join(app).join("rules.test.toml");
+        let output = run(&["rules".as_ref(), "test".as_ref(), tests.as_os_str()]);
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{app}: {text}");
+        assert!(text.contains(" 0 failed"), "{text}");
+        let rules = examples.join(app).join("rules.toml");
+        assert!(run(&["rules".as_ref(), "check".as_ref(), rules.as_os_str()]).status.success());
+    }
+    // The chat cases against the todo rules: failures, each with what was expected and why.
+    let tests = examples.join("chat/rules.test.toml");
+    let todo = examples.join("todo/rules.toml");
+    let output = run(&["rules".as_ref(), "test".as_ref(), tests.as_os_str(), "--rules".as_ref(), todo.as_os_str()]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED  a member reads the room"), "{text}");
+    assert!(text.contains("expected allow, got deny (no rule for `get` matches `rooms/r1`)"), "{text}");
+    let broken = tempfile::tempdir().expect("temp dir");
+    let file = broken.path().join("rules.toml");
+    std::fs::write(&file, "[\"a/{b}\"]\nread = \"auth.uid ==\"\n").expect("write");
+    let output = run(&["rules".as_ref(), "check".as_ref(), file.as_os_str()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("line 2: [\"a/{b}\"] read: syntax error"));
+}
