@@ -12,6 +12,7 @@ pub mod auth;
 pub mod changes;
 pub mod config;
 pub mod http;
+pub mod realtime;
 pub mod rules;
 pub mod store;
 
@@ -59,7 +60,8 @@ impl Server {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let rules = rules::Rules::open(config.rules_file(), store.clone())
             .map_err(|error| anyhow::anyhow!("{}: {error}", config.rules_file().display()))?;
-        let state = http::AppState::new(store, auth, rules, config, ServiceKeys::new(hashes), metrics);
+        let realtime = realtime::Realtime::start(store.clone(), rules.clone(), 10_000).await?;
+        let state = http::AppState::new(store, auth, rules, realtime, config, ServiceKeys::new(hashes), metrics);
         Ok(Server { listener, state, new_service_key: first_key })
     }
 

@@ -20,7 +20,7 @@ use super::state::AppState;
 use crate::rules::{Access, Filtered, Op};
 use crate::store::query::Field;
 use crate::store::{
-    Aggregation, AnyPath, DocPath, QuerySpec, RawDoc, StoredDoc, Write, WriteGuard, WriteOp, format_time, path::new_id,
+    Aggregation, AnyPath, DocJson, DocPath, QuerySpec, RawDoc, StoredDoc, Write, WriteGuard, WriteOp, path::new_id,
 };
 
 /// Most writes in one batch.
@@ -56,51 +56,13 @@ fn etag(version: i64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
-/// A stored document in the contract's shape (`Document`), written out directly: its
-/// data is the JSON text the store holds, never parsed and re-encoded on the way out.
-struct DocJson<'a> {
-    path: &'a DocPath,
-    data: &'a str,
-    version: i64,
-    created_at: i64,
-    updated_at: i64,
-}
-
-impl<'a> DocJson<'a> {
-    fn read(doc: &'a RawDoc) -> DocJson<'a> {
-        let RawDoc { path, data, version, created_at, updated_at } = doc;
-        DocJson { path, data, version: *version, created_at: *created_at, updated_at: *updated_at }
-    }
-
-    fn written(doc: &'a StoredDoc, data: &'a str) -> DocJson<'a> {
-        DocJson { path: &doc.path, data, version: doc.version, created_at: doc.created_at, updated_at: doc.updated_at }
-    }
-
-    fn write_to(&self, out: &mut String) {
-        let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
-        out.push_str("{\"path\":");
-        out.push_str(&quoted(self.path.as_str()));
-        out.push_str(",\"id\":");
-        out.push_str(&quoted(self.path.id()));
-        out.push_str(",\"data\":");
-        out.push_str(self.data);
-        out.push_str(",\"version\":");
-        out.push_str(&self.version.to_string());
-        out.push_str(",\"created_at\":\"");
-        out.push_str(&format_time(self.created_at));
-        out.push_str("\",\"updated_at\":\"");
-        out.push_str(&format_time(self.updated_at));
-        out.push_str("\"}");
-    }
-
-    /// The answer for one document, with its `ETag`.
-    fn response(&self, status: StatusCode) -> Response {
-        let mut body = String::with_capacity(self.data.len() + 160);
-        self.write_to(&mut body);
-        let mut response = json_body(status, body);
-        response.headers_mut().insert(header::ETAG, etag(self.version));
-        response
-    }
+/// The answer for one document, with its `ETag`.
+fn doc_response(doc: &DocJson<'_>, status: StatusCode) -> Response {
+    let mut body = String::with_capacity(doc.data.len() + 160);
+    doc.write_to(&mut body);
+    let mut response = json_body(status, body);
+    response.headers_mut().insert(header::ETAG, etag(doc.version));
+    response
 }
 
 /// The write guard of `caller`'s rules; none for the service key.
@@ -192,7 +154,7 @@ pub async fn get_path(
                 state.rules().check(&principal, &Access::read(Op::Get, &doc, parsed.as_ref())).await?;
             }
             match stored {
-                Some(stored) => Ok(DocJson::read(&stored).response(StatusCode::OK)),
+                Some(stored) => Ok(doc_response(&DocJson::read(&stored), StatusCode::OK)),
                 None => Err(ApiError::not_found(format!("no document at `{doc}`"))),
             }
         }
@@ -228,7 +190,7 @@ pub async fn create(
     let doc = collection.doc(&new_id()).map_err(|e| ApiError::internal(e.0))?;
     let write = Write { path: doc, op: WriteOp::Create(data), if_version: None };
     let (stored, json) = write_one(&state, &caller, write).await?;
-    let mut response = DocJson::written(&stored, &json).response(StatusCode::CREATED);
+    let mut response = doc_response(&DocJson::written(&stored, &json), StatusCode::CREATED);
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/docs/{}", stored.path)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -262,7 +224,7 @@ pub async fn put(
     let (stored, json) = write_one(&state, &caller, Write { path, op, if_version: preconditions.if_match }).await?;
     // Versions start at 1, so version 1 is a document this PUT created.
     let status = if stored.version == 1 { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(DocJson::written(&stored, &json).response(status))
+    Ok(doc_response(&DocJson::written(&stored, &json), status))
 }
 
 /// Deep-merge into a document, with transforms.
@@ -285,7 +247,7 @@ pub async fn patch(
     let data = object(body, "the patch")?;
     let write = Write { path, op: WriteOp::Update(data), if_version: preconditions.if_match };
     let (stored, json) = write_one(&state, &caller, write).await?;
-    Ok(DocJson::written(&stored, &json).response(StatusCode::OK))
+    Ok(doc_response(&DocJson::written(&stored, &json), StatusCode::OK))
 }
 
 /// Delete a document; deleting an absent one is fine.

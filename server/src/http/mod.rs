@@ -6,6 +6,7 @@ pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod observe;
+pub mod realtime;
 pub mod rules;
 pub mod state;
 pub mod system;
@@ -38,7 +39,7 @@ pub use state::AppState;
         auth::admin_revoke, auth::verify_request, auth::verify_confirm, auth::recover, auth::reset, auth::outbox,
         auth::totp_enroll, auth::totp_confirm, auth::totp_disable, auth::mfa_verify,
         auth::oauth_start, auth::oauth_callback,
-        rules::get_rules, rules::put_rules,
+        rules::get_rules, rules::put_rules, realtime::realtime,
     ),
     components(schemas(
         hearth_types::Document, hearth_types::Query, hearth_types::Filter, hearth_types::Op,
@@ -141,6 +142,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/rules", get(rules::get_rules).put(rules::put_rules))
         .layer(DefaultBodyLimit::max(rules::MAX_RULES_BYTES));
     Router::new()
+        .route("/v1/realtime", get(realtime::realtime))
         .merge(documents)
         .merge(rules)
         .merge(batch)

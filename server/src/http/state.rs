@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use super::extract::ServiceKeys;
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::realtime::Realtime;
 use crate::rules::Rules;
 use crate::store::Store;
 
@@ -18,6 +19,7 @@ struct Inner {
     store: Store,
     auth: Auth,
     rules: Rules,
+    realtime: Realtime,
     config: Config,
     service_keys: ServiceKeys,
     metrics: PrometheusHandle,
@@ -29,6 +31,7 @@ impl AppState {
         store: Store,
         auth: Auth,
         rules: Rules,
+        realtime: Realtime,
         config: Config,
         service_keys: ServiceKeys,
         metrics: PrometheusHandle,
@@ -37,6 +40,7 @@ impl AppState {
             store,
             auth,
             rules,
+            realtime,
             config,
             service_keys,
             metrics,
@@ -54,6 +58,10 @@ impl AppState {
 
     pub fn rules(&self) -> &Rules {
         &self.0.rules
+    }
+
+    pub fn realtime(&self) -> &Realtime {
+        &self.0.realtime
     }
 
     pub fn config(&self) -> &Config {

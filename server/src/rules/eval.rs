@@ -108,6 +108,10 @@ impl AuthVal {
         AuthVal { value, val: OnceLock::new() }
     }
 
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
     fn val(&self) -> &dyn Val {
         self.val.get_or_init(|| to_val(self.value.clone())).as_ref()
     }

@@ -47,6 +47,11 @@ impl Principal {
         Principal::from_value(eval::auth_value(Some(user)))
     }
 
+    /// Whether two principals are the same caller with the same claims.
+    pub fn same_caller(&self, other: &Principal) -> bool {
+        self.auth.value() == other.auth.value()
+    }
+
     /// From an `auth` value (a rules test names one).
     pub fn from_value(auth: Value) -> Principal {
         Principal { auth: Arc::new(eval::AuthVal::new(auth)) }
@@ -99,6 +104,11 @@ impl<'a> Access<'a> {
 }
 
 impl RuleSet {
+    /// Whether some pattern matching `path` has a rule for `op` (one that might allow it).
+    pub fn could_allow(&self, op: Op, path: &DocPath) -> bool {
+        self.matching_doc(path).iter().any(|(pattern, _)| pattern.rule(op).is_some())
+    }
+
     /// Decides an access. One evaluation round; see [`eval`].
     pub fn decide_step(&self, principal: &Principal, access: &Access<'_>, lookups: &mut Lookups) -> Step<Decision> {
         let Access { op, path, before, after, time } = *access;

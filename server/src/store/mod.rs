@@ -169,6 +169,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Up to `spec.limit` documents after the cursor, in query order.
     fn query(&self, spec: QuerySpec) -> BoxFuture<'_, Result<Page, Error>>;
     fn aggregate(&self, spec: QuerySpec, aggregation: Aggregation) -> BoxFuture<'_, Result<AggregateValues, Error>>;
+    /// Like [`Backend::query`], with the `seq` of the last change the answer reflects: the
+    /// two are read in one transaction, so changes after it are exactly those with a
+    /// greater `seq` (what a live subscription starts from).
+    fn snapshot(&self, spec: QuerySpec) -> BoxFuture<'_, Result<(Page, i64), Error>>;
+    /// The `seq` of the last committed change (0 if none).
+    fn last_seq(&self) -> BoxFuture<'_, Result<i64, Error>>;
     /// Logged changes with `seq > after`, oldest first, at most `limit`.
     fn changes_since(&self, after: i64, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, Error>>;
     /// Removes logged changes committed before `before` (microseconds); returns how many.
@@ -256,6 +262,14 @@ impl Store {
         self.backend.aggregate(spec, aggregation).await
     }
 
+    pub async fn snapshot(&self, spec: QuerySpec) -> Result<(Page, i64), Error> {
+        self.backend.snapshot(spec).await
+    }
+
+    pub async fn last_seq(&self) -> Result<i64, Error> {
+        self.backend.last_seq().await
+    }
+
     pub async fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>, Error> {
         self.backend.changes_since(after, limit).await
     }
@@ -284,6 +298,45 @@ impl Store {
     /// Signs and checks query cursors.
     pub fn signer(&self) -> &CursorSigner {
         &self.signer
+    }
+}
+
+/// A stored document in the contract's shape (`Document`), written out directly: its
+/// data is the JSON text the store holds, never parsed and re-encoded on the way out.
+pub struct DocJson<'a> {
+    pub path: &'a DocPath,
+    /// The data, as JSON text.
+    pub data: &'a str,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl<'a> DocJson<'a> {
+    pub fn read(doc: &'a RawDoc) -> DocJson<'a> {
+        let RawDoc { path, data, version, created_at, updated_at } = doc;
+        DocJson { path, data, version: *version, created_at: *created_at, updated_at: *updated_at }
+    }
+
+    pub fn written(doc: &'a StoredDoc, data: &'a str) -> DocJson<'a> {
+        DocJson { path: &doc.path, data, version: doc.version, created_at: doc.created_at, updated_at: doc.updated_at }
+    }
+
+    pub fn write_to(&self, out: &mut String) {
+        let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
+        out.push_str("{\"path\":");
+        out.push_str(&quoted(self.path.as_str()));
+        out.push_str(",\"id\":");
+        out.push_str(&quoted(self.path.id()));
+        out.push_str(",\"data\":");
+        out.push_str(self.data);
+        out.push_str(",\"version\":");
+        out.push_str(&self.version.to_string());
+        out.push_str(",\"created_at\":\"");
+        out.push_str(&format_time(self.created_at));
+        out.push_str("\",\"updated_at\":\"");
+        out.push_str(&format_time(self.updated_at));
+        out.push_str("\"}");
     }
 }
 

@@ -94,6 +94,11 @@ impl DocPath {
         self.split().0
     }
 
+    /// The collection that holds this document.
+    pub fn collection_path(&self) -> CollectionPath {
+        CollectionPath(self.collection().to_owned())
+    }
+
     /// The id of the collection that holds this document (for collection groups).
     pub fn collection_id(&self) -> &str {
         let collection = self.collection();

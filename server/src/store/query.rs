@@ -220,6 +220,19 @@ impl QuerySpec {
         QuerySpec::parse(&query, signer)
     }
 
+    /// The query that finds one document: its collection, its id, limit 1.
+    pub fn of_doc(path: &crate::store::DocPath) -> QuerySpec {
+        QuerySpec {
+            target: Target::Collection(path.collection_path()),
+            filters: vec![FieldFilter { field: Field::Id, op: Op::Eq, value: Value::String(path.id().to_owned()) }],
+            order: Vec::new(),
+            limit: 1,
+            after: None,
+            restriction: None,
+            fingerprint: String::new(),
+        }
+    }
+
     /// Whether `doc` belongs to the result set (target, filters, and every order field
     /// present), ignoring the limit and cursor.
     pub fn matches(&self, doc: &StoredDoc) -> bool {

@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod documents;
 mod oauth;
+mod realtime;
 mod rules;
 mod server;
 mod support;

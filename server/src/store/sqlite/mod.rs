@@ -340,6 +340,25 @@ impl Readers {
     }
 }
 
+fn run_query(conn: &Connection, spec: &QuerySpec) -> Result<Page, Error> {
+    let compiled = sql::select(spec);
+    let mut statement = conn.prepare_cached(&compiled.sql)?;
+    let rows = statement.query_map(rusqlite::params_from_iter(compiled.params.iter()), doc_from_row)?;
+    let mut docs = Vec::with_capacity(spec.limit + 1);
+    for row in rows {
+        docs.push(parse_doc(row?)?);
+    }
+    let more = docs.len() > spec.limit;
+    docs.truncate(spec.limit);
+    Ok(Page { docs, more })
+}
+
+fn last_seq(conn: &Connection) -> Result<i64, Error> {
+    // AUTOINCREMENT's counter, not max(seq): it survives pruning the log.
+    let sql = "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)";
+    Ok(conn.prepare_cached(sql)?.query_row([], |row| row.get(0))?)
+}
+
 fn open_reader(path: &std::path::Path) -> Result<Connection, Error> {
     let conn = Connection::open_with_flags(
         path,
@@ -418,20 +437,23 @@ impl Backend for SqliteBackend {
     }
 
     fn query(&self, spec: QuerySpec) -> BoxFuture<'_, Result<Page, Error>> {
+        self.readers.run(move |conn| run_query(conn, &spec)).boxed()
+    }
+
+    fn snapshot(&self, spec: QuerySpec) -> BoxFuture<'_, Result<(Page, i64), Error>> {
         self.readers
             .run(move |conn| {
-                let compiled = sql::select(&spec);
-                let mut statement = conn.prepare_cached(&compiled.sql)?;
-                let rows = statement.query_map(rusqlite::params_from_iter(compiled.params.iter()), doc_from_row)?;
-                let mut docs = Vec::with_capacity(spec.limit + 1);
-                for row in rows {
-                    docs.push(parse_doc(row?)?);
-                }
-                let more = docs.len() > spec.limit;
-                docs.truncate(spec.limit);
-                Ok(Page { docs, more })
+                // One read transaction: the page and the seq see the same commit.
+                conn.execute_batch("BEGIN")?;
+                let read = run_query(conn, &spec).and_then(|page| Ok((page, last_seq(conn)?)));
+                let _ = conn.execute_batch("COMMIT");
+                read
             })
             .boxed()
+    }
+
+    fn last_seq(&self) -> BoxFuture<'_, Result<i64, Error>> {
+        self.readers.run_short(last_seq).boxed()
     }
 
     fn aggregate(&self, spec: QuerySpec, aggregation: Aggregation) -> BoxFuture<'_, Result<AggregateValues, Error>> {

@@ -1,0 +1,146 @@
+//! `GET /v1/realtime`: the WebSocket, its frames and heartbeats; the protocol itself is
+//! `realtime::Session`'s.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use base64::Engine;
+use futures::{SinkExt, StreamExt};
+use hearth_types::ErrorCode;
+use tokio::time::Instant;
+
+use super::error::ApiError;
+use super::extract::{Caller, caller_from_headers};
+use super::state::AppState;
+use crate::realtime::hub::error_message;
+use crate::realtime::{Admitted, CLOSE_TOO_SLOW, ClientMessage, MAX_FRAME_BYTES};
+use crate::rules::Principal;
+
+/// How often the server pings, and how long a silent client is kept.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+const IDLE: Duration = Duration::from_secs(90);
+/// How long one frame may wait for the client to take it.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Live documents and queries over a WebSocket (see the Realtime section of the contract).
+/// Credentials come from the `Authorization` header or an `auth` message.
+#[utoipa::path(get, path = "/v1/realtime", tag = "realtime",
+    responses((status = 101, description = "switching to the WebSocket protocol"),
+              (status = 401, description = "invalid credentials in the header", body = hearth_types::ErrorBody)))]
+pub async fn realtime(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let caller = caller_from_headers(&headers, &state)?;
+    let expires = bearer(&headers).and_then(token_expiry);
+    let admitted = state.realtime().admit().ok_or_else(|| {
+        ApiError::new(ErrorCode::ResourceExhausted, "the server holds as many realtime connections as it may")
+    })?;
+    Ok(upgrade
+        .max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| serve(socket, state, caller, expires, admitted)))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim)
+}
+
+/// The `exp` (seconds) of an access token already verified; `None` for service keys.
+fn token_expiry(token: &str) -> Option<i64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes).ok()?.get("exp")?.as_i64()
+}
+
+fn deadline(expires: Option<i64>) -> Option<Instant> {
+    let expires = expires?;
+    let left = expires - chrono::Utc::now().timestamp();
+    Some(Instant::now() + Duration::from_secs(left.max(0) as u64))
+}
+
+async fn serve(socket: WebSocket, state: AppState, caller: Caller, expires: Option<i64>, admitted: Admitted) {
+    let _admitted = admitted;
+    let mut principal = caller.principal();
+    let service = principal.is_none();
+    let (session, mut outgoing, overflow) = state.realtime().open(principal.clone());
+    let (mut sink, mut stream) = socket.split();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.tick().await;
+    let mut heard = Instant::now();
+    let mut expiry = if service { None } else { deadline(expires) };
+    loop {
+        let expired = async {
+            match expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // An overflow is seen before anything else queued.
+            biased;
+            () = overflow.notified() => {
+                let close = CloseFrame { code: CLOSE_TOO_SLOW, reason: "reading too slowly; resume with your token".into() };
+                let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(Some(close)))).await;
+                break;
+            }
+            message = outgoing.recv() => match message {
+                // A client that takes no bytes at all for this long is gone.
+                Some(text) => match tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(text.as_ref().into()))).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                },
+                None => break,
+            },
+            frame = stream.next() => {
+                heard = Instant::now();
+                match frame {
+                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMessage>(text.as_str()) {
+                        Ok(ClientMessage::Auth { token }) => match authenticate(&state, &token) {
+                            Ok(now) => {
+                                principal = now;
+                                expiry = if principal.is_some() { deadline(token_expiry(&token)) } else { None };
+                                session.set_principal(principal.clone(), false);
+                            }
+                            Err(error) => session.reply(error_message("", "unauthenticated", &error.message)),
+                        },
+                        Ok(message) => session.handle(message, state.store().signer()),
+                        Err(error) => session.reply(error_message("", "invalid-argument", &format!("bad message: {error}"))),
+                    },
+                    Some(Ok(Message::Binary(_))) => session.reply(error_message("", "invalid-argument", "frames are JSON text")),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                }
+            }
+            () = expired => {
+                expiry = None;
+                session.set_principal(principal.clone(), true);
+                session.reply(error_message("", "unauthenticated", "the access token expired; send a new `auth` to resume deliveries"));
+            }
+            _ = heartbeat.tick() => {
+                if heard.elapsed() > IDLE {
+                    let close = CloseFrame { code: 1001, reason: "idle".into() };
+                    let _ = sink.send(Message::Close(Some(close))).await;
+                    break;
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The principal a token names: `None` for a service key.
+fn authenticate(state: &AppState, token: &str) -> Result<Option<Principal>, ApiError> {
+    let mut headers = HeaderMap::new();
+    let value =
+        format!("Bearer {token}").parse().map_err(|_| ApiError::new(ErrorCode::Unauthenticated, "malformed token"))?;
+    headers.insert(axum::http::header::AUTHORIZATION, value);
+    Ok(caller_from_headers(&headers, state)?.principal())
+}

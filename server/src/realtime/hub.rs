@@ -1,0 +1,736 @@
+//! The hub: one task that owns every subscription, fed by the change bus in commit order.
+//!
+//! A subscription starts in `Preparing`: a task reads its snapshot together with the `seq`
+//! it reflects (one read transaction), while the hub buffers the changes that arrive. When
+//! the snapshot is ready the hub sends it (or, on resume, the logged changes since the
+//! client's token), applies the buffered changes after that `seq`, and goes `Live`: from
+//! then on every committed change is matched against the subscriptions of its collection,
+//! its collection group and its path, checked against the subscriber's rules, and turned
+//! into `added`/`modified`/`removed` for the subscriber's window.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
+
+use super::{ConnId, Outbox, Watch};
+use crate::changes::{Change, Committed};
+use crate::rules::{Access, Op, Principal, QueryPlan, Rules};
+use crate::store::query::{Condition, Target};
+use crate::store::{DocJson, Error, QuerySpec, Store, StoredDoc};
+
+/// Most logged changes a resume replays; further back, a fresh snapshot is cheaper.
+const MAX_REPLAY: usize = 10_000;
+/// Changes per message of a replay.
+const REPLAY_CHUNK: usize = 256;
+
+pub enum Command {
+    Open {
+        conn: ConnId,
+        outbox: Outbox,
+        principal: Option<Principal>,
+    },
+    /// New credentials (`None`: the service key); `paused` while a token has expired.
+    Principal {
+        conn: ConnId,
+        principal: Option<Principal>,
+        paused: bool,
+    },
+    Sub {
+        conn: ConnId,
+        id: String,
+        watch: Watch,
+        resume: Option<i64>,
+    },
+    Unsub {
+        conn: ConnId,
+        id: String,
+    },
+    Close {
+        conn: ConnId,
+    },
+    Ready {
+        conn: ConnId,
+        id: String,
+        generation: u64,
+        outcome: Result<Prepared, Error>,
+    },
+}
+
+/// A snapshot made ready off the hub.
+pub struct Prepared {
+    plan: Plan,
+    view: View,
+    /// The `seq` the snapshot reflects.
+    seq: i64,
+    /// On resume: per logged change since the token, what the client must hear.
+    replay: Option<Vec<(i64, Vec<Entry>)>>,
+}
+
+/// How a subscriber's read rules apply to a document.
+#[derive(Clone)]
+enum Plan {
+    /// The service key, or a rule that allows every document.
+    All,
+    /// A rule folded into a condition on the document.
+    Where(Condition),
+    /// Rules decided per document.
+    PerDocument,
+}
+
+/// The documents a subscriber holds, in query order; `more` when the query has more than
+/// its window.
+#[derive(Clone, Default)]
+struct View {
+    docs: Vec<Arc<StoredDoc>>,
+    more: bool,
+}
+
+#[derive(Clone)]
+enum Entry {
+    Added(Arc<StoredDoc>),
+    Modified(Arc<StoredDoc>),
+    Removed(Arc<StoredDoc>),
+}
+
+enum State {
+    Preparing { buffer: Vec<Change> },
+    Live { plan: Plan, view: View },
+}
+
+struct Sub {
+    watch: Watch,
+    generation: u64,
+    state: State,
+}
+
+struct Conn {
+    outbox: Outbox,
+    principal: Option<Principal>,
+    paused: bool,
+    subs: HashSet<String>,
+}
+
+type Key = (ConnId, String);
+
+pub struct Hub {
+    store: Store,
+    rules: Rules,
+    commands: mpsc::UnboundedSender<Command>,
+    conns: HashMap<ConnId, Conn>,
+    subs: HashMap<Key, Sub>,
+    /// Subscriptions by collection path, by collection id (groups) and by document path.
+    by_collection: HashMap<String, HashSet<Key>>,
+    by_group: HashMap<String, HashSet<Key>>,
+    by_doc: HashMap<String, HashSet<Key>>,
+    /// The last change the hub has processed.
+    seq: i64,
+    generations: u64,
+}
+
+impl Hub {
+    pub fn new(store: Store, rules: Rules, commands: mpsc::UnboundedSender<Command>, seq: i64) -> Hub {
+        Hub {
+            store,
+            rules,
+            commands,
+            conns: HashMap::new(),
+            subs: HashMap::new(),
+            by_collection: HashMap::new(),
+            by_group: HashMap::new(),
+            by_doc: HashMap::new(),
+            seq,
+            generations: 0,
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut bus: broadcast::Receiver<Committed>,
+    ) {
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.command(command).await,
+                    None => return,
+                },
+                committed = bus.recv() => match committed {
+                    Ok(changes) => self.commit(&changes).await,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "realtime fell behind the change bus; catching up from the log");
+                        self.catch_up().await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    /// Reads what the bus dropped from the log.
+    async fn catch_up(&mut self) {
+        loop {
+            match self.store.changes_since(self.seq, 1000).await {
+                Ok(changes) if changes.is_empty() => return,
+                Ok(changes) => self.commit(&changes).await,
+                Err(error) => {
+                    tracing::error!(%error, "realtime cannot read the change log");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Open { conn, outbox, principal } => {
+                self.conns.insert(conn, Conn { outbox, principal, paused: false, subs: HashSet::new() });
+            }
+            Command::Principal { conn, principal, paused } => {
+                let Some(state) = self.conns.get_mut(&conn) else { return };
+                let resubscribe = !paused && (state.paused || !same(&state.principal, &principal));
+                state.principal = principal;
+                state.paused = paused;
+                if resubscribe {
+                    // What this caller may read changed, or deliveries were paused: start
+                    // every subscription again from a fresh snapshot.
+                    let ids: Vec<String> = state.subs.iter().cloned().collect();
+                    for id in ids {
+                        if let Some(sub) = self.subs.remove(&(conn, id.clone())) {
+                            self.unindex(&(conn, id.clone()), &sub.watch);
+                            self.subscribe(conn, id, sub.watch, None);
+                        }
+                    }
+                }
+            }
+            Command::Sub { conn, id, watch, resume } => {
+                let Some(state) = self.conns.get(&conn) else { return };
+                if state.subs.contains(&id) {
+                    let message = error_message(&id, "invalid-argument", "a subscription with this id is open");
+                    state.outbox.send(message);
+                    return;
+                }
+                if state.subs.len() >= super::MAX_SUBSCRIPTIONS {
+                    let message = error_message(
+                        &id,
+                        "resource-exhausted",
+                        &format!("at most {} subscriptions per connection", super::MAX_SUBSCRIPTIONS),
+                    );
+                    state.outbox.send(message);
+                    return;
+                }
+                self.subscribe(conn, id, watch, resume);
+            }
+            Command::Unsub { conn, id } => self.remove(&(conn, id)),
+            Command::Close { conn } => {
+                if let Some(state) = self.conns.remove(&conn) {
+                    for id in state.subs {
+                        if let Some(sub) = self.subs.remove(&(conn, id.clone())) {
+                            self.unindex(&(conn, id), &sub.watch);
+                        }
+                    }
+                }
+            }
+            Command::Ready { conn, id, generation, outcome } => self.ready(conn, id, generation, outcome).await,
+        }
+    }
+
+    fn subscribe(&mut self, conn: ConnId, id: String, watch: Watch, resume: Option<i64>) {
+        let Some(state) = self.conns.get_mut(&conn) else { return };
+        state.subs.insert(id.clone());
+        let principal = state.principal.clone();
+        self.generations += 1;
+        let generation = self.generations;
+        let key = (conn, id.clone());
+        self.index(&key, &watch);
+        let (store, rules, commands) = (self.store.clone(), self.rules.clone(), self.commands.clone());
+        let task_watch = watch.clone();
+        self.subs.insert(key, Sub { watch, generation, state: State::Preparing { buffer: Vec::new() } });
+        tokio::spawn(async move {
+            let outcome = prepare(&store, &rules, principal.as_ref(), &task_watch, resume).await;
+            let _ = commands.send(Command::Ready { conn, id, generation, outcome });
+        });
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(sub) = self.subs.remove(key) {
+            self.unindex(key, &sub.watch);
+        }
+        if let Some(state) = self.conns.get_mut(&key.0) {
+            state.subs.remove(&key.1);
+        }
+    }
+
+    fn index(&mut self, key: &Key, watch: &Watch) {
+        let (map, name) = self.slot(watch);
+        map.entry(name).or_default().insert(key.clone());
+    }
+
+    fn unindex(&mut self, key: &Key, watch: &Watch) {
+        let (map, name) = self.slot(watch);
+        if let Some(keys) = map.get_mut(&name) {
+            keys.remove(key);
+            if keys.is_empty() {
+                map.remove(&name);
+            }
+        }
+    }
+
+    fn slot(&mut self, watch: &Watch) -> (&mut HashMap<String, HashSet<Key>>, String) {
+        match watch {
+            Watch::Doc(path) => (&mut self.by_doc, path.as_str().to_owned()),
+            Watch::Query(spec) => match &spec.target {
+                Target::Collection(collection) => (&mut self.by_collection, collection.as_str().to_owned()),
+                Target::Group(group) => (&mut self.by_group, group.clone()),
+            },
+        }
+    }
+
+    async fn ready(&mut self, conn: ConnId, id: String, generation: u64, outcome: Result<Prepared, Error>) {
+        let key = (conn, id.clone());
+        let Some(sub) = self.subs.get_mut(&key) else { return };
+        if sub.generation != generation {
+            return; // superseded by a newer start of the same subscription
+        }
+        let prepared = match outcome {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                let (code, message) = error_code(&error);
+                if let Some(state) = self.conns.get(&conn) {
+                    state.outbox.send(error_message(&id, code, &message));
+                }
+                self.remove(&key);
+                return;
+            }
+        };
+        let buffer = match &mut sub.state {
+            State::Preparing { buffer } => std::mem::take(buffer),
+            State::Live { .. } => return,
+        };
+        let Prepared { plan, view, seq, replay } = prepared;
+        sub.state = State::Live { plan, view: view.clone() };
+        if let Some(state) = self.conns.get(&conn)
+            && !state.paused
+        {
+            match replay {
+                None => state.outbox.send(snapshot_message(&id, &view.docs, seq)),
+                Some(replay) => {
+                    // In messages of up to REPLAY_CHUNK changes, each carrying the token
+                    // of its last one; an empty one says the client is up to date.
+                    let entries: Vec<(i64, Entry)> = replay
+                        .into_iter()
+                        .flat_map(|(change_seq, entries)| entries.into_iter().map(move |entry| (change_seq, entry)))
+                        .collect();
+                    if entries.is_empty() {
+                        state.outbox.send(changes_message(&id, &[], seq));
+                    }
+                    for chunk in entries.chunks(REPLAY_CHUNK) {
+                        let last = chunk.last().map_or(seq, |(change_seq, _)| *change_seq);
+                        let chunk: Vec<Entry> = chunk.iter().map(|(_, entry)| entry.clone()).collect();
+                        state.outbox.send(changes_message(&id, &chunk, last));
+                    }
+                }
+            }
+        }
+        let mut heard = HashMap::new();
+        for change in buffer.iter().filter(|change| change.seq > seq) {
+            self.deliver(&key, change, &mut heard).await;
+        }
+        self.flush(heard);
+    }
+
+    /// Processes the changes of one commit: each subscriber hears what the commit did to
+    /// its view in one `changes` message.
+    async fn commit(&mut self, changes: &[Change]) {
+        let mut heard: HashMap<Key, (Vec<Entry>, i64)> = HashMap::new();
+        for change in changes {
+            self.change(change, &mut heard).await;
+        }
+        self.flush(heard);
+    }
+
+    fn flush(&self, heard: HashMap<Key, (Vec<Entry>, i64)>) {
+        for ((conn, id), (entries, seq)) in heard {
+            if let Some(conn) = self.conns.get(&conn)
+                && !conn.paused
+            {
+                conn.outbox.send(changes_message(&id, &entries, seq));
+            }
+        }
+    }
+
+    async fn change(&mut self, change: &Change, heard: &mut HashMap<Key, (Vec<Entry>, i64)>) {
+        if change.seq <= self.seq {
+            return; // already processed (the bus and the log overlap after a catch-up)
+        }
+        self.seq = change.seq;
+        let mut keys: Vec<Key> = Vec::new();
+        for (map, name) in [
+            (&self.by_collection, change.path.collection()),
+            (&self.by_group, change.path.collection_id()),
+            (&self.by_doc, change.path.as_str()),
+        ] {
+            if let Some(found) = map.get(name) {
+                keys.extend(found.iter().cloned());
+            }
+        }
+        for key in keys {
+            let Some(sub) = self.subs.get_mut(&key) else { continue };
+            if let State::Preparing { buffer } = &mut sub.state {
+                buffer.push(change.clone());
+                continue;
+            }
+            self.deliver(&key, change, heard).await;
+        }
+    }
+
+    /// Applies a change to one live subscription and adds what its view gained and lost
+    /// to what the subscriber will hear.
+    async fn deliver(&mut self, key: &Key, change: &Change, heard: &mut HashMap<Key, (Vec<Entry>, i64)>) {
+        let Some(conn) = self.conns.get(&key.0) else { return };
+        let principal = conn.principal.clone();
+        let Some(sub) = self.subs.get_mut(key) else { return };
+        if !matches!(sub.state, State::Live { .. }) {
+            return;
+        }
+        let taken = std::mem::replace(&mut sub.state, State::Preparing { buffer: Vec::new() });
+        let State::Live { plan, mut view } = taken else { return };
+        let watch = sub.watch.clone();
+        let entries = match apply(&self.store, &self.rules, principal.as_ref(), &plan, &watch, &mut view, change).await
+        {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::error!(%error, "realtime could not apply a change");
+                Vec::new()
+            }
+        };
+        if let Some(sub) = self.subs.get_mut(key) {
+            sub.state = State::Live { plan, view };
+        }
+        if entries.is_empty() {
+            return;
+        }
+        let slot = heard.entry(key.clone()).or_insert_with(|| (Vec::new(), change.seq));
+        slot.0.extend(entries);
+        slot.1 = change.seq;
+    }
+}
+
+fn same(a: &Option<Principal>, b: &Option<Principal>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.same_caller(b),
+        _ => false,
+    }
+}
+
+/// The query a watch runs; a document watch is a query on its id.
+fn spec_of(watch: &Watch) -> QuerySpec {
+    match watch {
+        Watch::Query(spec) => spec.clone(),
+        Watch::Doc(path) => QuerySpec::of_doc(path),
+    }
+}
+
+async fn prepare(
+    store: &Store,
+    rules: &Rules,
+    principal: Option<&Principal>,
+    watch: &Watch,
+    resume: Option<i64>,
+) -> Result<Prepared, Error> {
+    let mut spec = spec_of(watch);
+    let plan = match (principal, watch) {
+        (None, _) => Plan::All,
+        (Some(_), Watch::Doc(path)) => {
+            if !rules.current().could_allow(Op::Get, path) {
+                return Err(Error::PermissionDenied(format!("rules allow no `get` of `{path}` to this caller")));
+            }
+            Plan::PerDocument
+        }
+        (Some(principal), Watch::Query(_)) => match rules.plan(principal, &spec.target).await? {
+            QueryPlan::Denied => {
+                return Err(Error::PermissionDenied("rules allow no `list` of this query to this caller".into()));
+            }
+            QueryPlan::Restricted(None) => Plan::All,
+            QueryPlan::Restricted(Some(condition)) => {
+                spec.restriction = Some(condition.clone());
+                Plan::Where(condition)
+            }
+            QueryPlan::PerDocument => Plan::PerDocument,
+        },
+    };
+    let (view, seq) = match (&plan, principal) {
+        (Plan::PerDocument, Some(principal)) => {
+            // Several reads: take the seq first; a change both in the snapshot and after
+            // the seq is recognised by its version and applied once.
+            let seq = store.last_seq().await?;
+            let filtered = rules.query(principal, spec.clone()).await?;
+            let docs = filtered.docs.iter().map(|raw| raw.parse().map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
+            let mut view = View { docs, more: filtered.resume.is_some() };
+            if let Watch::Doc(path) = watch {
+                // A doc watch reads with `get`, not `list`.
+                view = View::default();
+                if let Some(doc) = store.get(path.clone()).await?
+                    && rules.check(principal, &Access::read(Op::Get, path, Some(&doc))).await.is_ok()
+                {
+                    view.docs.push(Arc::new(doc));
+                }
+            }
+            (view, seq)
+        }
+        _ => {
+            let (page, seq) = store.snapshot(spec.clone()).await?;
+            let docs = page.docs.iter().map(|raw| raw.parse().map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
+            (View { docs, more: page.more }, seq)
+        }
+    };
+    let replay = match resume {
+        Some(after) if !view.more && after <= seq => {
+            let changes = store.changes_since(after, MAX_REPLAY).await?;
+            let reaches = changes.first().map_or(after == seq, |first| first.seq == after + 1);
+            if reaches && changes.len() < MAX_REPLAY {
+                let mut replay = Vec::new();
+                for change in changes.iter().filter(|change| change.seq <= seq) {
+                    let entries = transition(rules, principal, &plan, watch, change).await?;
+                    replay.push((change.seq, entries));
+                }
+                Some(replay)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
+    Ok(Prepared { plan, view, seq, replay })
+}
+
+/// Whether `principal` may read `doc` through this watch.
+async fn readable(
+    rules: &Rules,
+    principal: Option<&Principal>,
+    plan: &Plan,
+    watch: &Watch,
+    doc: &StoredDoc,
+) -> Result<bool, Error> {
+    let id = serde_json::Value::String(doc.path.id().to_owned());
+    Ok(match (plan, principal) {
+        (Plan::All, _) | (_, None) => true,
+        (Plan::Where(condition), _) => condition.matches(doc, &id),
+        (Plan::PerDocument, Some(principal)) => {
+            let op = if matches!(watch, Watch::Doc(_)) { Op::Get } else { Op::List };
+            match rules.check(principal, &Access::read(op, &doc.path, Some(doc))).await {
+                Ok(()) => true,
+                Err(Error::PermissionDenied(_)) => false,
+                Err(error) => return Err(error),
+            }
+        }
+    })
+}
+
+/// What a logged change means to a client that held the result before it, judged by
+/// whether the document matched (and was readable) before and after.
+async fn transition(
+    rules: &Rules,
+    principal: Option<&Principal>,
+    plan: &Plan,
+    watch: &Watch,
+    change: &Change,
+) -> Result<Vec<Entry>, Error> {
+    let spec = spec_of(watch);
+    let before = visible(&spec, rules, principal, plan, watch, change.old.clone()).await?;
+    let after = visible(&spec, rules, principal, plan, watch, change.doc.clone()).await?;
+    Ok(match (before, after) {
+        (None, Some(doc)) => vec![Entry::Added(doc)],
+        (Some(_), Some(doc)) => vec![Entry::Modified(doc)],
+        (Some(doc), None) => vec![Entry::Removed(doc)],
+        (None, None) => Vec::new(),
+    })
+}
+
+/// `doc` if it is in the query's result set and readable.
+async fn visible(
+    spec: &QuerySpec,
+    rules: &Rules,
+    principal: Option<&Principal>,
+    plan: &Plan,
+    watch: &Watch,
+    doc: Option<Arc<StoredDoc>>,
+) -> Result<Option<Arc<StoredDoc>>, Error> {
+    Ok(match doc {
+        Some(doc) if spec.matches(&doc) && readable(rules, principal, plan, watch, &doc).await? => Some(doc),
+        _ => None,
+    })
+}
+
+/// Applies `change` to `view` and returns what changed for the client. The view stays
+/// equal to a fresh run of the query: a document that leaves a full window lets the next
+/// one in (read from the store), one that sorts past the end of a window with more
+/// beyond it is not shown.
+async fn apply(
+    store: &Store,
+    rules: &Rules,
+    principal: Option<&Principal>,
+    plan: &Plan,
+    watch: &Watch,
+    view: &mut View,
+    change: &Change,
+) -> Result<Vec<Entry>, Error> {
+    let spec = spec_of(watch);
+    let new = match &change.doc {
+        Some(doc) if spec.matches(doc) && readable(rules, principal, plan, watch, doc).await? => Some(doc.clone()),
+        _ => None,
+    };
+    let old_position = view.docs.iter().position(|doc| doc.path == change.path);
+    if let (Some(index), Some(new)) = (old_position, &new)
+        && view.docs[index].version >= new.version
+    {
+        return Ok(Vec::new()); // the snapshot or a refill already showed this version
+    }
+    // What left the view and what entered it; netted out at the end.
+    let mut left = Vec::new();
+    let mut entered = Vec::new();
+    if let Some(index) = old_position {
+        left.push(view.docs.remove(index));
+    }
+    if let Some(new) = new {
+        let position = view.docs.partition_point(|doc| spec.compare_docs(doc, &new) == std::cmp::Ordering::Less);
+        if !(view.more && position == view.docs.len()) {
+            view.docs.insert(position, new.clone());
+            entered.push(new);
+        }
+    }
+    if view.docs.len() > spec.limit {
+        left.extend(view.docs.drain(spec.limit..));
+        view.more = true;
+    }
+    if view.docs.len() < spec.limit && view.more {
+        let shown = view.docs.len();
+        refill(store, rules, principal, plan, &spec, view).await?;
+        entered.extend(view.docs[shown..].iter().cloned());
+    }
+    let mut entries = Vec::new();
+    for doc in &left {
+        match entered.iter().find(|now| now.path == doc.path) {
+            None => entries.push(Entry::Removed(doc.clone())),
+            Some(now) if now.version != doc.version => entries.push(Entry::Modified(now.clone())),
+            Some(_) => {}
+        }
+    }
+    for doc in entered {
+        if !left.iter().any(|then| then.path == doc.path) {
+            entries.push(Entry::Added(doc));
+        }
+    }
+    Ok(entries)
+}
+
+/// Tops a window up from the store after a document left it.
+async fn refill(
+    store: &Store,
+    rules: &Rules,
+    principal: Option<&Principal>,
+    plan: &Plan,
+    spec: &QuerySpec,
+    view: &mut View,
+) -> Result<(), Error> {
+    let mut next = spec.clone();
+    next.limit = spec.limit - view.docs.len();
+    next.after = view.docs.last().map(|last| spec.position_of(last));
+    let (raws, more) = match (plan, principal) {
+        (Plan::PerDocument, Some(principal)) => {
+            let filtered = rules.query(principal, next).await?;
+            let more = filtered.resume.is_some();
+            (filtered.docs, more)
+        }
+        _ => {
+            if let Plan::Where(condition) = plan {
+                next.restriction = Some(condition.clone());
+            }
+            let page = store.query(next).await?;
+            (page.docs, page.more)
+        }
+    };
+    for raw in raws {
+        let doc = Arc::new(raw.parse()?);
+        if !view.docs.iter().any(|shown| shown.path == doc.path) {
+            view.docs.push(doc);
+        }
+    }
+    view.more = more;
+    Ok(())
+}
+
+fn doc_json(doc: &StoredDoc, out: &mut String) {
+    let data = serde_json::to_string(&doc.data).unwrap_or_else(|_| "{}".into());
+    DocJson::written(doc, &data).write_to(out);
+}
+
+fn snapshot_message(id: &str, docs: &[Arc<StoredDoc>], seq: i64) -> Arc<str> {
+    let mut out = String::with_capacity(64 + docs.len() * 256);
+    out.push_str(r#"{"op":"snapshot","id":"#);
+    out.push_str(&quoted(id));
+    out.push_str(r#","docs":["#);
+    for (index, doc) in docs.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        doc_json(doc, &mut out);
+    }
+    out.push_str(r#"],"resume":""#);
+    out.push_str(&seq.to_string());
+    out.push_str("\"}");
+    out.into()
+}
+
+fn changes_message(id: &str, entries: &[Entry], seq: i64) -> Arc<str> {
+    let mut out = String::with_capacity(64 + entries.len() * 256);
+    out.push_str(r#"{"op":"changes","id":"#);
+    out.push_str(&quoted(id));
+    out.push_str(r#","changes":["#);
+    for (index, entry) in entries.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        let (kind, doc) = match entry {
+            Entry::Added(doc) => ("added", doc),
+            Entry::Modified(doc) => ("modified", doc),
+            Entry::Removed(doc) => ("removed", doc),
+        };
+        out.push_str(r#"{"type":""#);
+        out.push_str(kind);
+        out.push_str(r#"","doc":"#);
+        doc_json(doc, &mut out);
+        out.push('}');
+    }
+    out.push_str(r#"],"resume":""#);
+    out.push_str(&seq.to_string());
+    out.push_str("\"}");
+    out.into()
+}
+
+/// An `error` op, for one subscription when `id` is not empty.
+pub fn error_message(id: &str, code: &str, message: &str) -> Arc<str> {
+    let mut body = serde_json::json!({"op": "error", "code": code, "message": message});
+    if !id.is_empty() {
+        body["id"] = serde_json::Value::String(id.to_owned());
+    }
+    body.to_string().into()
+}
+
+fn quoted(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
+}
+
+fn error_code(error: &Error) -> (&'static str, String) {
+    match error {
+        Error::PermissionDenied(message) => ("permission-denied", message.clone()),
+        Error::InvalidArgument(message) => ("invalid-argument", message.clone()),
+        Error::NotFound(message) => ("not-found", message.clone()),
+        Error::Unavailable(message) => ("unavailable", message.clone()),
+        other => {
+            tracing::error!(error = %other, "realtime subscription failed");
+            ("internal", "internal error".into())
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Realtime: live documents and live queries over WebSockets, fed by the change bus and
+//! guarded by the rules.
+//!
+//! - [`hub`]: the task that owns every subscription and turns committed changes into
+//!   `snapshot`/`changes` messages.
+//! - this module: the service handle, and the protocol of one connection
+//!   ([`Realtime::session`]), which knows frames and JSON but not axum.
+//!
+//! Each connection has an outbound queue bounded in bytes; the hub never waits on a
+//! client. A client whose queue is full is closed with 4008 and resumes with its token.
+
+pub mod hub;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use serde::Deserialize;
+use tokio::sync::{Notify, mpsc};
+
+use crate::rules::Principal;
+use crate::store::{DocPath, QuerySpec, Store};
+use hub::{Command, Hub, error_message};
+
+/// Subscriptions one connection may hold.
+pub const MAX_SUBSCRIPTIONS: usize = 100;
+/// Bytes queued for one connection before it is cut with 4008.
+pub const QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// The largest frame a client may send.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Close code for a client that reads too slowly.
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+
+/// Identifies a connection inside the hub.
+pub type ConnId = u64;
+
+/// What a subscription watches.
+#[derive(Clone)]
+pub enum Watch {
+    Doc(DocPath),
+    Query(QuerySpec),
+}
+
+/// The hub's way to a connection: a queue bounded in bytes, and a signal when it
+/// overflowed. The hub never waits on a client.
+#[derive(Clone)]
+pub struct Outbox {
+    sender: mpsc::UnboundedSender<Arc<str>>,
+    queued: Arc<AtomicUsize>,
+    overflow: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Queues a message; past [`QUEUE_BYTES`] the connection is marked too slow.
+    pub fn send(&self, message: Arc<str>) {
+        let size = message.len();
+        if self.queued.fetch_add(size, Ordering::AcqRel) + size > QUEUE_BYTES {
+            self.overflow.notify_one();
+            return;
+        }
+        if self.sender.send(message).is_err() {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The connection's end of its outbox.
+pub struct Outgoing {
+    receiver: mpsc::UnboundedReceiver<Arc<str>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Outgoing {
+    /// The next message for the client; it no longer counts against the queue.
+    pub async fn recv(&mut self) -> Option<Arc<str>> {
+        let message = self.receiver.recv().await?;
+        self.queued.fetch_sub(message.len(), Ordering::AcqRel);
+        Some(message)
+    }
+}
+
+/// The realtime service. Cheap to clone.
+#[derive(Clone)]
+pub struct Realtime {
+    commands: mpsc::UnboundedSender<Command>,
+    next: Arc<AtomicU64>,
+    open: Arc<AtomicUsize>,
+    max_connections: usize,
+}
+
+impl Realtime {
+    /// Starts the hub on the current runtime.
+    pub async fn start(
+        store: Store,
+        rules: crate::rules::Rules,
+        max_connections: usize,
+    ) -> Result<Realtime, crate::store::Error> {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        // Subscribe before reading the seq: nothing committed in between is missed.
+        let bus = store.bus().subscribe();
+        let seq = store.last_seq().await?;
+        let hub = Hub::new(store, rules, commands.clone(), seq);
+        tokio::spawn(hub.run(receiver, bus));
+        Ok(Realtime {
+            commands,
+            next: Arc::new(AtomicU64::new(1)),
+            open: Arc::new(AtomicUsize::new(0)),
+            max_connections,
+        })
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Admits one more connection, or `None` at the limit.
+    pub fn admit(&self) -> Option<Admitted> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        if open >= self.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        metrics::gauge!("hearth_realtime_connections").set((open + 1) as f64);
+        Some(Admitted { open: self.open.clone() })
+    }
+
+    /// Registers a connection with the hub. Gives its session, the messages for the
+    /// client in order, and the signal that the client fell a whole queue behind.
+    pub fn open(&self, principal: Option<Principal>) -> (Session, Outgoing, Arc<Notify>) {
+        let conn = self.next.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let overflow = Arc::new(Notify::new());
+        let queued = Arc::new(AtomicUsize::new(0));
+        let outbox = Outbox { sender, queued: queued.clone(), overflow: overflow.clone() };
+        let _ = self.commands.send(Command::Open { conn, outbox: outbox.clone(), principal });
+        (Session { conn, commands: self.commands.clone(), outbox }, Outgoing { receiver, queued }, overflow)
+    }
+}
+
+/// A connection counted against the limit while it lives.
+pub struct Admitted {
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let open = self.open.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("hearth_realtime_connections").set(open.saturating_sub(1) as f64);
+    }
+}
+
+/// One connection's side of the protocol.
+pub struct Session {
+    conn: ConnId,
+    commands: mpsc::UnboundedSender<Command>,
+    outbox: Outbox,
+}
+
+/// A client message, as the contract spells it.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum ClientMessage {
+    Auth {
+        token: String,
+    },
+    Sub {
+        id: String,
+        #[serde(default)]
+        doc: Option<String>,
+        #[serde(default)]
+        query: Option<hearth_types::Query>,
+        #[serde(default)]
+        resume: Option<String>,
+    },
+    Unsub {
+        id: String,
+    },
+    Ping,
+}
+
+impl Session {
+    /// Sends a message to this client directly (answers that are not deliveries).
+    pub fn reply(&self, message: Arc<str>) {
+        self.outbox.send(message);
+    }
+
+    /// Tells the hub who the caller is now (`None`: the service key); `paused` stops
+    /// deliveries until new credentials arrive.
+    pub fn set_principal(&self, principal: Option<Principal>, paused: bool) {
+        let _ = self.commands.send(Command::Principal { conn: self.conn, principal, paused });
+    }
+
+    /// Handles one text frame that is not `auth` (the caller handles credentials).
+    pub fn handle(&self, message: ClientMessage, signer: &crate::store::CursorSigner) {
+        match message {
+            ClientMessage::Ping => self.reply(r#"{"op":"pong"}"#.into()),
+            ClientMessage::Unsub { id } => {
+                let _ = self.commands.send(Command::Unsub { conn: self.conn, id });
+            }
+            ClientMessage::Sub { id, doc, query, resume } => {
+                if id.is_empty() || id.len() > 128 {
+                    self.reply(error_message("", "invalid-argument", "a subscription id is 1 to 128 characters"));
+                    return;
+                }
+                let watch = match (doc, query) {
+                    (Some(doc), None) => match DocPath::parse(&doc) {
+                        Ok(path) => Watch::Doc(path),
+                        Err(error) => return self.reply(error_message(&id, "invalid-argument", &error.0)),
+                    },
+                    (None, Some(query)) => {
+                        if query.cursor.is_some() {
+                            return self.reply(error_message(&id, "invalid-argument", "a live query takes no cursor"));
+                        }
+                        match QuerySpec::parse(&query, signer) {
+                            Ok(spec) => Watch::Query(spec),
+                            Err(error) => {
+                                return self.reply(error_message(&id, "invalid-argument", &error.to_string()));
+                            }
+                        }
+                    }
+                    _ => {
+                        return self.reply(error_message(
+                            &id,
+                            "invalid-argument",
+                            "a sub names one of `doc` and `query`",
+                        ));
+                    }
+                };
+                let resume = match resume.map(|token| token.parse::<i64>()) {
+                    None => None,
+                    Some(Ok(seq)) if seq >= 0 => Some(seq),
+                    Some(_) => {
+                        return self.reply(error_message(
+                            &id,
+                            "invalid-argument",
+                            "`resume` is a token from this server",
+                        ));
+                    }
+                };
+                let _ = self.commands.send(Command::Sub { conn: self.conn, id, watch, resume });
+            }
+            ClientMessage::Auth { .. } => {}
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Close { conn: self.conn });
+    }
+}

@@ -1,0 +1,326 @@
+//! The Realtime section of the contract over real sockets: snapshots then ordered changes,
+//! windows that stay equal to a fresh query, rules on every delivery, resume after a cut,
+//! and a slow reader cut with 4008.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::support::{App, KEY};
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Client {
+    socket: Socket,
+}
+
+impl Client {
+    async fn connect(app: &App, token: Option<&str>) -> Client {
+        let mut request = format!("ws://{}/v1/realtime", app.addr).into_client_request().expect("request");
+        if let Some(token) = token {
+            request.headers_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+        }
+        let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("websocket opens");
+        Client { socket }
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.socket.send(Message::text(message.to_string())).await.expect("sent");
+    }
+
+    /// The next JSON message (pings skipped), or a panic after 10 s.
+    async fn next(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
+                .await
+                .expect("a message within 10 s")
+                .expect("socket open")
+                .expect("frame");
+            match frame {
+                Message::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON message"),
+                Message::Close(close) => panic!("closed: {close:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Nothing arrives for a moment.
+    async fn quiet(&mut self) {
+        if let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout(Duration::from_millis(300), self.socket.next()).await
+        {
+            panic!("unexpected message: {text}");
+        }
+    }
+}
+
+fn kinds(message: &Value) -> Vec<(String, String)> {
+    message["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|change| {
+            (change["type"].as_str().expect("type").to_owned(), change["doc"]["id"].as_str().expect("id").to_owned())
+        })
+        .collect()
+}
+
+fn pair(kind: &str, id: &str) -> (String, String) {
+    (kind.to_owned(), id.to_owned())
+}
+
+#[tokio::test]
+async fn subscriptions_get_a_snapshot_then_every_change_in_commit_order() {
+    let app = App::spawn().await;
+    for (id, score) in [("a", 5), ("b", 3), ("c", 1)] {
+        app.call(Method::PUT, &format!("/v1/docs/scores/{id}"), Some(json!({"score": score}))).await;
+    }
+    let mut client = Client::connect(&app, Some(KEY)).await;
+    client.send(json!({"op": "sub", "id": "doc", "doc": "scores/a"})).await;
+    let snapshot = client.next().await;
+    assert_eq!((snapshot["op"].clone(), snapshot["id"].clone()), (json!("snapshot"), json!("doc")));
+    assert_eq!(snapshot["docs"][0]["data"]["score"], 5);
+    // The top two by score: a window that must stay equal to a fresh query.
+    let top = json!({"collection": "scores", "order_by": [{"field": "score", "dir": "desc"}], "limit": 2});
+    client.send(json!({"op": "sub", "id": "top", "query": top})).await;
+    let snapshot = client.next().await;
+    let ids: Vec<&str> =
+        snapshot["docs"].as_array().expect("docs").iter().map(|d| d["id"].as_str().expect("id")).collect();
+    assert_eq!(ids, ["a", "b"]);
+
+    // A new leader enters and pushes `b` out of the window.
+    app.call(Method::PUT, "/v1/docs/scores/d", Some(json!({"score": 9}))).await;
+    let changes = client.next().await;
+    assert_eq!(changes["id"], "top");
+    let mut got = kinds(&changes);
+    got.sort();
+    assert_eq!(got, vec![pair("added", "d"), pair("removed", "b")]);
+    // The leader leaves: the next one (`b`, read from the store) comes back in.
+    app.call(Method::DELETE, "/v1/docs/scores/d", None).await;
+    let mut got = kinds(&client.next().await);
+    got.sort();
+    assert_eq!(got, vec![pair("added", "b"), pair("removed", "d")]);
+    // A change to the watched document reaches both subscriptions, in order.
+    app.call(Method::PATCH, "/v1/docs/scores/a", Some(json!({"score": {"$increment": 1}}))).await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let message = client.next().await;
+        assert_eq!(kinds(&message), vec![pair("modified", "a")], "{message}");
+        assert_eq!(message["changes"][0]["doc"]["data"]["score"], 6);
+        seen.push(message["id"].as_str().expect("id").to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, ["doc", "top"]);
+    // A change outside the window and the document: nothing.
+    app.call(Method::PATCH, "/v1/docs/scores/c", Some(json!({"score": 0}))).await;
+    client.quiet().await;
+    // Unsubscribed: nothing more.
+    client.send(json!({"op": "unsub", "id": "doc"})).await;
+    client.send(json!({"op": "ping"})).await;
+    assert_eq!(client.next().await["op"], "pong");
+    app.call(Method::DELETE, "/v1/docs/scores/a", None).await;
+    let message = client.next().await;
+    assert_eq!(message["id"], "top", "{message}");
+    client.quiet().await;
+
+    // Bad frames get an error op, and the socket stays open.
+    for bad in [json!({"op": "nope"}), json!({"op": "sub", "id": "x"}), json!({"op": "sub", "id": "x", "doc": "a/b/c"})]
+    {
+        client.send(bad.clone()).await;
+        let answer = client.next().await;
+        assert_eq!(
+            (answer["op"].clone(), answer["code"].clone()),
+            (json!("error"), json!("invalid-argument")),
+            "{bad}"
+        );
+    }
+    client.socket.send(Message::text("{not json")).await.expect("sent");
+    assert_eq!(client.next().await["code"], "invalid-argument");
+    client.send(json!({"op": "ping"})).await;
+    assert_eq!(client.next().await["op"], "pong");
+}
+
+#[tokio::test]
+async fn rules_decide_every_delivery() {
+    let app = App::spawn().await;
+    let rules = "[\"notes/{id}\"]\nread = \"auth != null && resource.data.owner == auth.uid\"\n";
+    let (status, _) = app.send(app.admin(Method::PUT, "/v1/admin/rules").body(rules)).await;
+    assert_eq!(status, 204);
+    let signup = |email: &'static str| {
+        let body = json!({"email": email, "password": "correct horse battery staple"});
+        app.send(app.client.post(app.url("/v1/auth/signup")).json(&body))
+    };
+    let (_, alice) = signup("alice@example.com").await;
+    let (_, bob) = signup("bob@example.com").await;
+    let (alice_id, alice_token) =
+        (alice["user"]["id"].clone(), alice["access_token"].as_str().expect("token").to_owned());
+    let bob_id = bob["user"]["id"].clone();
+    app.call(Method::PUT, "/v1/docs/notes/a1", Some(json!({"owner": alice_id}))).await;
+    app.call(Method::PUT, "/v1/docs/notes/b1", Some(json!({"owner": bob_id}))).await;
+
+    let mut alice_socket = Client::connect(&app, None).await;
+    alice_socket.send(json!({"op": "auth", "token": alice_token})).await;
+    alice_socket.send(json!({"op": "sub", "id": "mine", "query": {"collection": "notes"}})).await;
+    let snapshot = alice_socket.next().await;
+    assert_eq!(snapshot["docs"].as_array().expect("docs").len(), 1, "{snapshot}");
+    assert_eq!(snapshot["docs"][0]["id"], "a1");
+    alice_socket.send(json!({"op": "sub", "id": "bobs", "doc": "notes/b1"})).await;
+    let snapshot = alice_socket.next().await;
+    assert_eq!((snapshot["id"].clone(), snapshot["docs"].clone()), (json!("bobs"), json!([])), "unreadable: empty");
+
+    // Bob's notes never reach Alice; hers do; one given away leaves her view.
+    app.call(Method::PUT, "/v1/docs/notes/b2", Some(json!({"owner": bob_id}))).await;
+    app.call(Method::PATCH, "/v1/docs/notes/b1", Some(json!({"n": 1}))).await;
+    app.call(Method::PUT, "/v1/docs/notes/a2", Some(json!({"owner": alice_id}))).await;
+    assert_eq!(kinds(&alice_socket.next().await), vec![pair("added", "a2")]);
+    app.call(Method::PATCH, "/v1/docs/notes/a1", Some(json!({"owner": bob_id}))).await;
+    assert_eq!(kinds(&alice_socket.next().await), vec![pair("removed", "a1")]);
+    // Given to her: it appears, on the doc subscription too.
+    app.call(Method::PATCH, "/v1/docs/notes/b1", Some(json!({"owner": alice_id}))).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let message = alice_socket.next().await;
+        got.push((message["id"].as_str().expect("id").to_owned(), kinds(&message)));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("bobs".to_owned(), vec![pair("added", "b1")]), ("mine".to_owned(), vec![pair("added", "b1")])]
+    );
+    alice_socket.quiet().await;
+
+    // No credentials: no rule could allow the list.
+    let mut nobody = Client::connect(&app, None).await;
+    nobody.send(json!({"op": "sub", "id": "all", "query": {"collection": "notes"}})).await;
+    let answer = nobody.next().await;
+    assert_eq!(
+        (answer["op"].clone(), answer["code"].clone()),
+        (json!("error"), json!("permission-denied")),
+        "{answer}"
+    );
+    // A bad token in an `auth` message is an error op, not a closed socket.
+    nobody.send(json!({"op": "auth", "token": "not.a.token"})).await;
+    assert_eq!(nobody.next().await["code"], "unauthenticated");
+    nobody.send(json!({"op": "ping"})).await;
+    assert_eq!(nobody.next().await["op"], "pong");
+}
+
+#[tokio::test]
+async fn a_cut_subscriber_resumes_with_every_change_once_in_order() {
+    let app = App::spawn().await;
+    let writes_per_writer = 250;
+    let docs = 100;
+    let writes: Vec<Value> =
+        (0..docs).map(|doc| json!({"op": "set", "path": format!("log/d{doc}"), "data": {"n": 0}})).collect();
+    app.call(Method::POST, "/v1/batch", Some(json!({"writes": writes}))).await;
+    let mut client = Client::connect(&app, Some(KEY)).await;
+    let query = json!({"collection": "log", "limit": 1000});
+    client.send(json!({"op": "sub", "id": "log", "query": query})).await;
+    let snapshot = client.next().await;
+    let mut resume = snapshot["resume"].as_str().expect("token").to_owned();
+    let start: i64 = resume.parse().expect("seq");
+
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let client = app.client.clone();
+            let url = app.url("");
+            tokio::spawn(async move {
+                for i in 0..writes_per_writer {
+                    let doc = (writer * writes_per_writer + i) % docs;
+                    let response = client
+                        .patch(format!("{url}/v1/docs/log/d{doc}"))
+                        .bearer_auth(KEY)
+                        .json(&json!({"n": {"$increment": 1}}))
+                        .send()
+                        .await
+                        .expect("sent");
+                    assert_eq!(response.status(), 200);
+                }
+            })
+        })
+        .collect();
+
+    // Every document's counter must arrive as 1, 2, 3, ... with no gap and no repeat,
+    // and the tokens must only grow.
+    let mut counters = vec![0i64; docs];
+    let mut received = 0;
+    let mut last_seq = start;
+    let mut cuts = 0;
+    let total = 8 * writes_per_writer;
+    while received < total {
+        let message = client.next().await;
+        if message["op"] != "changes" {
+            panic!("unexpected {message}");
+        }
+        let seq: i64 = message["resume"].as_str().expect("token").parse().expect("seq");
+        assert!(seq >= last_seq, "tokens only grow: {seq} after {last_seq}");
+        last_seq = seq;
+        for change in message["changes"].as_array().expect("changes") {
+            assert_eq!(change["type"], "modified", "{change}");
+            let doc: usize = change["doc"]["id"].as_str().expect("id")[1..].parse().expect("doc number");
+            let n = change["doc"]["data"]["n"].as_i64().expect("n");
+            assert_eq!(n, counters[doc] + 1, "d{doc}: each change once, in order");
+            counters[doc] = n;
+            received += 1;
+        }
+        resume = seq.to_string();
+        // Cut the socket every 300 changes and come back with the token.
+        if received / 300 > cuts && received < total {
+            cuts += 1;
+            drop(client);
+            client = Client::connect(&app, Some(KEY)).await;
+            client.send(json!({"op": "sub", "id": "log", "query": query, "resume": resume})).await;
+        }
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    assert!(cuts >= 5, "cut {cuts} times");
+    assert_eq!(last_seq, start + total as i64, "the last token is the last write");
+    client.quiet().await;
+    // And the view ends equal to a fresh query.
+    let (_, page) = app.call(Method::POST, "/v1/query", Some(json!({"collection": "log", "limit": 1000}))).await;
+    let sum: i64 = page["docs"].as_array().expect("docs").iter().map(|doc| doc["data"]["n"].as_i64().expect("n")).sum();
+    assert_eq!(sum, total as i64);
+}
+
+#[tokio::test]
+async fn a_reader_that_falls_a_queue_behind_is_cut_with_4008() {
+    let app = App::spawn().await;
+    let mut request = format!("ws://{}/v1/realtime", app.addr).into_client_request().expect("request");
+    request.headers_mut().insert("authorization", format!("Bearer {KEY}").parse().expect("header"));
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("opens");
+    let sub = json!({"op": "sub", "id": "big", "query": {"collection": "big", "limit": 1000}});
+    socket.send(Message::text(sub.to_string())).await.expect("sent");
+    // Write far more than a queue and the socket buffers hold, without reading.
+    let body = "x".repeat(16 * 1024);
+    for batch in 0..8 {
+        let writes: Vec<Value> = (0..500)
+            .map(|i| json!({"op": "set", "path": format!("big/d{i}"), "data": {"body": body, "batch": batch}}))
+            .collect();
+        let (status, _) = app.call(Method::POST, "/v1/batch", Some(json!({"writes": writes}))).await;
+        assert_eq!(status, 200);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let Ok(frame) = tokio::time::timeout_at(deadline, socket.next()).await else {
+            panic!("not closed in time; server said:\n{}", app.output_text());
+        };
+        match frame {
+            Some(Ok(Message::Close(Some(close)))) => {
+                assert_eq!(u16::from(close.code), 4008);
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a 4008 close, got {other:?}"),
+        }
+    }
+    // The server is fine and serves others.
+    let mut other = Client::connect(&app, Some(KEY)).await;
+    other.send(json!({"op": "ping"})).await;
+    assert_eq!(other.next().await["op"], "pong");
+}
