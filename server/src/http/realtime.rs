@@ -17,7 +17,9 @@ use super::extract::{Caller, caller_from_headers};
 use super::state::AppState;
 use crate::realtime::hub::error_message;
 use crate::realtime::{Admitted, CLOSE_TOO_SLOW, ClientMessage, MAX_FRAME_BYTES};
-use crate::rules::Principal;
+use crate::rules::set::is_channel_name;
+use crate::rules::{Op, Principal};
+use serde_json::json;
 
 /// How often the server pings, and how long a silent client is kept.
 const HEARTBEAT: Duration = Duration::from_secs(30);
@@ -109,6 +111,18 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, expires: Opti
                             }
                             Err(error) => session.reply(error_message("", "unauthenticated", &error.message)),
                         },
+                        Ok(ClientMessage::Join { channel, presence }) => {
+                            match channel_allowed(&state, principal.as_ref(), Op::Join, &channel).await {
+                                Ok(()) => session.join(channel, uid_of(principal.as_ref()), presence.unwrap_or_else(|| json!({}))),
+                                Err((code, message)) => session.reply(channel_error(&channel, code, &message)),
+                            }
+                        }
+                        Ok(ClientMessage::Broadcast { channel, event, payload }) => {
+                            match channel_allowed(&state, principal.as_ref(), Op::Broadcast, &channel).await {
+                                Ok(()) => session.broadcast(channel, event, payload),
+                                Err((code, message)) => session.reply(channel_error(&channel, code, &message)),
+                            }
+                        }
                         Ok(message) => session.handle(message, state.store().signer()),
                         Err(error) => session.reply(error_message("", "invalid-argument", &format!("bad message: {error}"))),
                     },
@@ -134,6 +148,36 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, expires: Opti
             }
         }
     }
+}
+
+/// Whether the caller may join or broadcast on `channel` (the service key may).
+async fn channel_allowed(
+    state: &AppState,
+    principal: Option<&Principal>,
+    op: Op,
+    channel: &str,
+) -> Result<(), (&'static str, String)> {
+    if !is_channel_name(channel) {
+        return Err(("invalid-argument", "a channel name is 1 to 128 of A-Z a-z 0-9 _ . : -".into()));
+    }
+    let Some(principal) = principal else { return Ok(()) };
+    match state.rules().check_channel(principal, op, channel).await {
+        Ok(()) => Ok(()),
+        Err(crate::store::Error::PermissionDenied(message)) => Err(("permission-denied", message)),
+        Err(error) => {
+            tracing::error!(%error, "checking a channel rule failed");
+            Err(("internal", "internal error".into()))
+        }
+    }
+}
+
+fn channel_error(channel: &str, code: &str, message: &str) -> std::sync::Arc<str> {
+    json!({"op": "error", "channel": channel, "code": code, "message": message}).to_string().into()
+}
+
+/// The uid presence shows for a caller: null for the service key or no session.
+fn uid_of(principal: Option<&Principal>) -> serde_json::Value {
+    principal.and_then(Principal::uid).map_or(serde_json::Value::Null, serde_json::Value::String)
 }
 
 /// The principal a token names: `None` for a service key.

@@ -49,6 +49,23 @@ pub enum Command {
     Close {
         conn: ConnId,
     },
+    /// Join a channel (or change one's state there); the rules already allowed it.
+    Join {
+        conn: ConnId,
+        channel: String,
+        uid: serde_json::Value,
+        state: serde_json::Value,
+    },
+    Leave {
+        conn: ConnId,
+        channel: String,
+    },
+    Broadcast {
+        conn: ConnId,
+        channel: String,
+        event: String,
+        payload: serde_json::Value,
+    },
     Ready {
         conn: ConnId,
         id: String,
@@ -125,6 +142,7 @@ pub struct Hub {
     by_doc: HashMap<String, HashSet<Key>>,
     /// The last change the hub has processed.
     seq: i64,
+    channels: super::presence::Channels,
     generations: u64,
 }
 
@@ -140,6 +158,7 @@ impl Hub {
             by_group: HashMap::new(),
             by_doc: HashMap::new(),
             seq,
+            channels: Default::default(),
             generations: 0,
         }
     }
@@ -222,7 +241,17 @@ impl Hub {
                 self.subscribe(conn, id, watch, resume);
             }
             Command::Unsub { conn, id } => self.remove(&(conn, id)),
+            Command::Join { conn, channel, uid, state } => {
+                if let Some(connection) = self.conns.get(&conn) {
+                    self.channels.join(conn, connection.outbox.clone(), &channel, uid, state);
+                }
+            }
+            Command::Leave { conn, channel } => self.channels.leave(conn, &channel),
+            Command::Broadcast { conn, channel, event, payload } => {
+                self.channels.broadcast(conn, &channel, &event, &payload)
+            }
             Command::Close { conn } => {
+                self.channels.leave_all(conn);
                 if let Some(state) = self.conns.remove(&conn) {
                     for id in state.subs {
                         if let Some(sub) = self.subs.remove(&(conn, id.clone())) {

@@ -10,6 +10,7 @@
 //! client. A client whose queue is full is closed with 4008 and resumes with its token.
 
 pub mod hub;
+pub mod presence;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -176,6 +177,20 @@ pub enum ClientMessage {
         id: String,
     },
     Ping,
+    Join {
+        channel: String,
+        #[serde(default)]
+        presence: Option<serde_json::Value>,
+    },
+    Leave {
+        channel: String,
+    },
+    Broadcast {
+        channel: String,
+        event: String,
+        #[serde(default)]
+        payload: serde_json::Value,
+    },
 }
 
 impl Session {
@@ -239,8 +254,22 @@ impl Session {
                 };
                 let _ = self.commands.send(Command::Sub { conn: self.conn, id, watch, resume });
             }
-            ClientMessage::Auth { .. } => {}
+            ClientMessage::Leave { channel } => {
+                let _ = self.commands.send(Command::Leave { conn: self.conn, channel });
+            }
+            // Credentials and channels are decided by the caller first.
+            ClientMessage::Auth { .. } | ClientMessage::Join { .. } | ClientMessage::Broadcast { .. } => {}
         }
+    }
+
+    /// Joins a channel the rules allowed, as `uid` (null for the service key).
+    pub fn join(&self, channel: String, uid: serde_json::Value, state: serde_json::Value) {
+        let _ = self.commands.send(Command::Join { conn: self.conn, channel, uid, state });
+    }
+
+    /// Broadcasts on a channel the rules allowed.
+    pub fn broadcast(&self, channel: String, event: String, payload: serde_json::Value) {
+        let _ = self.commands.send(Command::Broadcast { conn: self.conn, channel, event, payload });
     }
 }
 

@@ -47,6 +47,17 @@ impl Principal {
         Principal::from_value(eval::auth_value(Some(user)))
     }
 
+    /// The caller's uid; `None` without a session.
+    pub fn uid(&self) -> Option<String> {
+        match self.auth.value() {
+            Value::Map(map) => match map.map.get(&cel::objects::Key::String(Arc::new("uid".to_owned()))) {
+                Some(Value::String(uid)) => Some(uid.to_string()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Whether two principals are the same caller with the same claims.
     pub fn same_caller(&self, other: &Principal) -> bool {
         self.auth.value() == other.auth.value()

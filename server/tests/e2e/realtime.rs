@@ -324,3 +324,67 @@ async fn a_reader_that_falls_a_queue_behind_is_cut_with_4008() {
     other.send(json!({"op": "ping"})).await;
     assert_eq!(other.next().await["op"], "pong");
 }
+
+#[tokio::test]
+async fn presence_and_broadcast_reach_the_members_the_rules_admit() {
+    let app = App::spawn().await;
+    let rules =
+        "[\"@channels/{name}\"]\njoin = \"auth != null && name.startsWith('room:')\"\nbroadcast = \"auth != null\"\n";
+    let (status, _) = app.send(app.admin(Method::PUT, "/v1/admin/rules").body(rules)).await;
+    assert_eq!(status, 204);
+    let mut sessions = Vec::new();
+    for email in ["ann@example.com", "ben@example.com"] {
+        let body = json!({"email": email, "password": "correct horse battery staple"});
+        let (_, session) = app.send(app.client.post(app.url("/v1/auth/signup")).json(&body)).await;
+        sessions.push(session);
+    }
+    let token = |i: usize| sessions[i]["access_token"].as_str().expect("token").to_owned();
+    let uid = |i: usize| sessions[i]["user"]["id"].clone();
+    let mut ann = Client::connect(&app, Some(&token(0))).await;
+    let mut ben = Client::connect(&app, Some(&token(1))).await;
+
+    ann.send(json!({"op": "join", "channel": "room:1", "presence": {"status": "here"}})).await;
+    let first = ann.next().await;
+    assert_eq!(first["op"], "presence");
+    let members: Vec<&Value> = first["joins"].as_object().expect("joins").values().collect();
+    assert_eq!(members.len(), 1);
+    assert_eq!((members[0]["uid"].clone(), members[0]["state"]["status"].clone()), (uid(0), json!("here")));
+
+    ben.send(json!({"op": "join", "channel": "room:1", "presence": {"status": "typing"}})).await;
+    let everyone = ben.next().await;
+    assert_eq!(everyone["joins"].as_object().expect("joins").len(), 2, "{everyone}");
+    let joined = ann.next().await;
+    let (ben_member, entry) = joined["joins"].as_object().expect("joins").iter().next().expect("one join");
+    assert_eq!(entry["uid"], uid(1));
+    let ben_member = ben_member.clone();
+
+    // Broadcasts reach the other members, not the sender.
+    ben.send(json!({"op": "broadcast", "channel": "room:1", "event": "typing", "payload": {"on": true}})).await;
+    let heard = ann.next().await;
+    assert_eq!(
+        (heard["op"].clone(), heard["event"].clone(), heard["payload"]["on"].clone()),
+        (json!("broadcast"), json!("typing"), json!(true))
+    );
+    ben.quiet().await;
+
+    // A new state is a join; a disconnect is a leave.
+    ben.send(json!({"op": "join", "channel": "room:1", "presence": {"status": "idle"}})).await;
+    assert_eq!(ann.next().await["joins"][&ben_member]["state"]["status"], "idle");
+    assert_eq!(ben.next().await["joins"][&ben_member]["state"]["status"], "idle");
+    drop(ben);
+    let left = ann.next().await;
+    assert_eq!(left["leaves"][&ben_member]["uid"], uid(1), "{left}");
+
+    // The rules guard joining; a bad name is refused.
+    for (channel, code) in [("lobby", "permission-denied"), ("room 1", "invalid-argument")] {
+        ann.send(json!({"op": "join", "channel": channel})).await;
+        let answer = ann.next().await;
+        assert_eq!((answer["op"].clone(), answer["code"].clone()), (json!("error"), json!(code)), "{answer}");
+    }
+    let mut nobody = Client::connect(&app, None).await;
+    nobody.send(json!({"op": "join", "channel": "room:1"})).await;
+    assert_eq!(nobody.next().await["code"], "permission-denied");
+    ann.send(json!({"op": "leave", "channel": "room:1"})).await;
+    ann.send(json!({"op": "ping"})).await;
+    assert_eq!(ann.next().await["op"], "pong");
+}
