@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use tokio::net::TcpStream;
 
+mod fanout;
 mod rules;
 
 const KEY: &str = "hk_bench_0123456789abcdefghijklmnopqrstuvwxyz";
@@ -32,6 +33,11 @@ fn main() {
         let phase = if quick { Duration::from_secs(1) } else { Duration::from_secs(5) };
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
         return runtime.block_on(auth_bench(phase));
+    }
+    if args.get(1).map(String::as_str) == Some("fanout") {
+        let quick = args.iter().any(|arg| arg == "--quick");
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        return runtime.block_on(fanout::fanout_bench(quick));
     }
     if args.get(1).map(String::as_str) == Some("rules") {
         let quick = args.iter().any(|arg| arg == "--quick");

@@ -42,7 +42,11 @@ pub async fn realtime(
     let admitted = state.realtime().admit().ok_or_else(|| {
         ApiError::new(ErrorCode::ResourceExhausted, "the server holds as many realtime connections as it may")
     })?;
+    // Small buffers: most connections are idle most of the time, and tungstenite's
+    // defaults (128 KiB each way) would be most of their memory.
     Ok(upgrade
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| serve(socket, state, caller, expires, admitted)))

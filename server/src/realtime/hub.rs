@@ -117,6 +117,8 @@ enum State {
 
 struct Sub {
     watch: Watch,
+    /// The query the watch runs (a document watch is a query on its id).
+    spec: QuerySpec,
     generation: u64,
     state: State,
 }
@@ -274,7 +276,8 @@ impl Hub {
         self.index(&key, &watch);
         let (store, rules, commands) = (self.store.clone(), self.rules.clone(), self.commands.clone());
         let task_watch = watch.clone();
-        self.subs.insert(key, Sub { watch, generation, state: State::Preparing { buffer: Vec::new() } });
+        let spec = spec_of(&watch);
+        self.subs.insert(key, Sub { watch, spec, generation, state: State::Preparing { buffer: Vec::new() } });
         tokio::spawn(async move {
             let outcome = prepare(&store, &rules, principal.as_ref(), &task_watch, resume).await;
             let _ = commands.send(Command::Ready { conn, id, generation, outcome });
@@ -350,13 +353,14 @@ impl Hub {
                         .into_iter()
                         .flat_map(|(change_seq, entries)| entries.into_iter().map(move |entry| (change_seq, entry)))
                         .collect();
+                    let mut encoded = Encoded::default();
                     if entries.is_empty() {
-                        state.outbox.send(changes_message(&id, &[], seq));
+                        state.outbox.send(changes_message(&id, &[], seq, &mut encoded));
                     }
                     for chunk in entries.chunks(REPLAY_CHUNK) {
                         let last = chunk.last().map_or(seq, |(change_seq, _)| *change_seq);
                         let chunk: Vec<Entry> = chunk.iter().map(|(_, entry)| entry.clone()).collect();
-                        state.outbox.send(changes_message(&id, &chunk, last));
+                        state.outbox.send(changes_message(&id, &chunk, last, &mut encoded));
                     }
                 }
             }
@@ -379,11 +383,13 @@ impl Hub {
     }
 
     fn flush(&self, heard: HashMap<Key, (Vec<Entry>, i64)>) {
+        // A document is encoded once however many subscribers hear of it.
+        let mut encoded = Encoded::default();
         for ((conn, id), (entries, seq)) in heard {
             if let Some(conn) = self.conns.get(&conn)
                 && !conn.paused
             {
-                conn.outbox.send(changes_message(&id, &entries, seq));
+                conn.outbox.send(changes_message(&id, &entries, seq, &mut encoded));
             }
         }
     }
@@ -416,26 +422,19 @@ impl Hub {
     /// Applies a change to one live subscription and adds what its view gained and lost
     /// to what the subscriber will hear.
     async fn deliver(&mut self, key: &Key, change: &Change, heard: &mut HashMap<Key, (Vec<Entry>, i64)>) {
-        let Some(conn) = self.conns.get(&key.0) else { return };
-        let principal = conn.principal.clone();
-        let Some(sub) = self.subs.get_mut(key) else { return };
-        if !matches!(sub.state, State::Live { .. }) {
-            return;
-        }
-        let taken = std::mem::replace(&mut sub.state, State::Preparing { buffer: Vec::new() });
-        let State::Live { plan, mut view } = taken else { return };
-        let watch = sub.watch.clone();
-        let entries = match apply(&self.store, &self.rules, principal.as_ref(), &plan, &watch, &mut view, change).await
-        {
+        let Hub { store, rules, conns, subs, .. } = self;
+        let Some(conn) = conns.get(&key.0) else { return };
+        let Some(sub) = subs.get_mut(key) else { return };
+        let State::Live { plan, view } = &mut sub.state else { return };
+        let document = matches!(sub.watch, Watch::Doc(_));
+        let context = Context { store, rules, principal: conn.principal.as_ref(), plan, spec: &sub.spec, document };
+        let entries = match apply(&context, view, change).await {
             Ok(entries) => entries,
             Err(error) => {
                 tracing::error!(%error, "realtime could not apply a change");
                 Vec::new()
             }
         };
-        if let Some(sub) = self.subs.get_mut(key) {
-            sub.state = State::Live { plan, view };
-        }
         if entries.is_empty() {
             return;
         }
@@ -443,6 +442,17 @@ impl Hub {
         slot.0.extend(entries);
         slot.1 = change.seq;
     }
+}
+
+/// What deciding a delivery to one subscription needs.
+struct Context<'a> {
+    store: &'a Store,
+    rules: &'a Rules,
+    principal: Option<&'a Principal>,
+    plan: &'a Plan,
+    spec: &'a QuerySpec,
+    /// A document watch reads with `get`, a query with `list`.
+    document: bool,
 }
 
 fn same(a: &Option<Principal>, b: &Option<Principal>) -> bool {
@@ -489,24 +499,24 @@ async fn prepare(
             QueryPlan::PerDocument => Plan::PerDocument,
         },
     };
-    let (view, seq) = match (&plan, principal) {
-        (Plan::PerDocument, Some(principal)) => {
-            // Several reads: take the seq first; a change both in the snapshot and after
-            // the seq is recognised by its version and applied once.
+    let (view, seq) = match (&plan, principal, watch) {
+        // Several reads: the seq first; a change both in the snapshot and after the seq
+        // is recognised by its version and applied once.
+        (Plan::PerDocument, Some(principal), Watch::Doc(path)) => {
+            let seq = store.last_seq().await?;
+            let mut view = View::default();
+            if let Some(doc) = store.get(path.clone()).await?
+                && rules.check(principal, &Access::read(Op::Get, path, Some(&doc))).await.is_ok()
+            {
+                view.docs.push(Arc::new(doc));
+            }
+            (view, seq)
+        }
+        (Plan::PerDocument, Some(principal), Watch::Query(_)) => {
             let seq = store.last_seq().await?;
             let filtered = rules.query(principal, spec.clone()).await?;
             let docs = filtered.docs.iter().map(|raw| raw.parse().map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
-            let mut view = View { docs, more: filtered.resume.is_some() };
-            if let Watch::Doc(path) = watch {
-                // A doc watch reads with `get`, not `list`.
-                view = View::default();
-                if let Some(doc) = store.get(path.clone()).await?
-                    && rules.check(principal, &Access::read(Op::Get, path, Some(&doc))).await.is_ok()
-                {
-                    view.docs.push(Arc::new(doc));
-                }
-            }
-            (view, seq)
+            (View { docs, more: filtered.resume.is_some() }, seq)
         }
         _ => {
             let (page, seq) = store.snapshot(spec.clone()).await?;
@@ -519,10 +529,12 @@ async fn prepare(
             let changes = store.changes_since(after, MAX_REPLAY).await?;
             let reaches = changes.first().map_or(after == seq, |first| first.seq == after + 1);
             if reaches && changes.len() < MAX_REPLAY {
+                let plain = spec_of(watch);
+                let document = matches!(watch, Watch::Doc(_));
+                let context = Context { store, rules, principal, plan: &plan, spec: &plain, document };
                 let mut replay = Vec::new();
                 for change in changes.iter().filter(|change| change.seq <= seq) {
-                    let entries = transition(rules, principal, &plan, watch, change).await?;
-                    replay.push((change.seq, entries));
+                    replay.push((change.seq, transition(&context, change).await?));
                 }
                 Some(replay)
             } else {
@@ -534,21 +546,14 @@ async fn prepare(
     Ok(Prepared { plan, view, seq, replay })
 }
 
-/// Whether `principal` may read `doc` through this watch.
-async fn readable(
-    rules: &Rules,
-    principal: Option<&Principal>,
-    plan: &Plan,
-    watch: &Watch,
-    doc: &StoredDoc,
-) -> Result<bool, Error> {
-    let id = serde_json::Value::String(doc.path.id().to_owned());
-    Ok(match (plan, principal) {
+/// Whether the subscriber may read `doc`.
+async fn readable(context: &Context<'_>, doc: &StoredDoc) -> Result<bool, Error> {
+    Ok(match (context.plan, context.principal) {
         (Plan::All, _) | (_, None) => true,
-        (Plan::Where(condition), _) => condition.matches(doc, &id),
+        (Plan::Where(condition), _) => condition.matches(doc, &serde_json::Value::String(doc.path.id().to_owned())),
         (Plan::PerDocument, Some(principal)) => {
-            let op = if matches!(watch, Watch::Doc(_)) { Op::Get } else { Op::List };
-            match rules.check(principal, &Access::read(op, &doc.path, Some(doc))).await {
+            let op = if context.document { Op::Get } else { Op::List };
+            match context.rules.check(principal, &Access::read(op, &doc.path, Some(doc))).await {
                 Ok(()) => true,
                 Err(Error::PermissionDenied(_)) => false,
                 Err(error) => return Err(error),
@@ -557,18 +562,19 @@ async fn readable(
     })
 }
 
+/// `doc` if it is in the query's result set and readable.
+async fn visible(context: &Context<'_>, doc: Option<&Arc<StoredDoc>>) -> Result<Option<Arc<StoredDoc>>, Error> {
+    Ok(match doc {
+        Some(doc) if context.spec.matches(doc) && readable(context, doc).await? => Some(doc.clone()),
+        _ => None,
+    })
+}
+
 /// What a logged change means to a client that held the result before it, judged by
 /// whether the document matched (and was readable) before and after.
-async fn transition(
-    rules: &Rules,
-    principal: Option<&Principal>,
-    plan: &Plan,
-    watch: &Watch,
-    change: &Change,
-) -> Result<Vec<Entry>, Error> {
-    let spec = spec_of(watch);
-    let before = visible(&spec, rules, principal, plan, watch, change.old.clone()).await?;
-    let after = visible(&spec, rules, principal, plan, watch, change.doc.clone()).await?;
+async fn transition(context: &Context<'_>, change: &Change) -> Result<Vec<Entry>, Error> {
+    let before = visible(context, change.old.as_ref()).await?;
+    let after = visible(context, change.doc.as_ref()).await?;
     Ok(match (before, after) {
         (None, Some(doc)) => vec![Entry::Added(doc)],
         (Some(_), Some(doc)) => vec![Entry::Modified(doc)],
@@ -577,39 +583,13 @@ async fn transition(
     })
 }
 
-/// `doc` if it is in the query's result set and readable.
-async fn visible(
-    spec: &QuerySpec,
-    rules: &Rules,
-    principal: Option<&Principal>,
-    plan: &Plan,
-    watch: &Watch,
-    doc: Option<Arc<StoredDoc>>,
-) -> Result<Option<Arc<StoredDoc>>, Error> {
-    Ok(match doc {
-        Some(doc) if spec.matches(&doc) && readable(rules, principal, plan, watch, &doc).await? => Some(doc),
-        _ => None,
-    })
-}
-
 /// Applies `change` to `view` and returns what changed for the client. The view stays
 /// equal to a fresh run of the query: a document that leaves a full window lets the next
 /// one in (read from the store), one that sorts past the end of a window with more
 /// beyond it is not shown.
-async fn apply(
-    store: &Store,
-    rules: &Rules,
-    principal: Option<&Principal>,
-    plan: &Plan,
-    watch: &Watch,
-    view: &mut View,
-    change: &Change,
-) -> Result<Vec<Entry>, Error> {
-    let spec = spec_of(watch);
-    let new = match &change.doc {
-        Some(doc) if spec.matches(doc) && readable(rules, principal, plan, watch, doc).await? => Some(doc.clone()),
-        _ => None,
-    };
+async fn apply(context: &Context<'_>, view: &mut View, change: &Change) -> Result<Vec<Entry>, Error> {
+    let spec = context.spec;
+    let new = visible(context, change.doc.as_ref()).await?;
     let old_position = view.docs.iter().position(|doc| doc.path == change.path);
     if let (Some(index), Some(new)) = (old_position, &new)
         && view.docs[index].version >= new.version
@@ -635,7 +615,7 @@ async fn apply(
     }
     if view.docs.len() < spec.limit && view.more {
         let shown = view.docs.len();
-        refill(store, rules, principal, plan, &spec, view).await?;
+        refill(context, view).await?;
         entered.extend(view.docs[shown..].iter().cloned());
     }
     let mut entries = Vec::new();
@@ -655,28 +635,22 @@ async fn apply(
 }
 
 /// Tops a window up from the store after a document left it.
-async fn refill(
-    store: &Store,
-    rules: &Rules,
-    principal: Option<&Principal>,
-    plan: &Plan,
-    spec: &QuerySpec,
-    view: &mut View,
-) -> Result<(), Error> {
+async fn refill(context: &Context<'_>, view: &mut View) -> Result<(), Error> {
+    let spec = context.spec;
     let mut next = spec.clone();
     next.limit = spec.limit - view.docs.len();
     next.after = view.docs.last().map(|last| spec.position_of(last));
-    let (raws, more) = match (plan, principal) {
+    let (raws, more) = match (context.plan, context.principal) {
         (Plan::PerDocument, Some(principal)) => {
-            let filtered = rules.query(principal, next).await?;
+            let filtered = context.rules.query(principal, next).await?;
             let more = filtered.resume.is_some();
             (filtered.docs, more)
         }
-        _ => {
+        (plan, _) => {
             if let Plan::Where(condition) = plan {
                 next.restriction = Some(condition.clone());
             }
-            let page = store.query(next).await?;
+            let page = context.store.query(next).await?;
             (page.docs, page.more)
         }
     };
@@ -693,6 +667,22 @@ async fn refill(
 fn doc_json(doc: &StoredDoc, out: &mut String) {
     let data = serde_json::to_string(&doc.data).unwrap_or_else(|_| "{}".into());
     DocJson::written(doc, &data).write_to(out);
+}
+
+/// Documents already encoded, by the address of their shared `Arc` (alive while the
+/// entries that hold them are).
+#[derive(Default)]
+struct Encoded(HashMap<usize, Arc<str>>);
+
+impl Encoded {
+    fn write(&mut self, doc: &Arc<StoredDoc>, out: &mut String) {
+        let text = self.0.entry(Arc::as_ptr(doc) as usize).or_insert_with(|| {
+            let mut text = String::new();
+            doc_json(doc, &mut text);
+            text.into()
+        });
+        out.push_str(text);
+    }
 }
 
 fn snapshot_message(id: &str, docs: &[Arc<StoredDoc>], seq: i64) -> Arc<str> {
@@ -712,7 +702,7 @@ fn snapshot_message(id: &str, docs: &[Arc<StoredDoc>], seq: i64) -> Arc<str> {
     out.into()
 }
 
-fn changes_message(id: &str, entries: &[Entry], seq: i64) -> Arc<str> {
+fn changes_message(id: &str, entries: &[Entry], seq: i64, encoded: &mut Encoded) -> Arc<str> {
     let mut out = String::with_capacity(64 + entries.len() * 256);
     out.push_str(r#"{"op":"changes","id":"#);
     out.push_str(&quoted(id));
@@ -729,7 +719,7 @@ fn changes_message(id: &str, entries: &[Entry], seq: i64) -> Arc<str> {
         out.push_str(r#"{"type":""#);
         out.push_str(kind);
         out.push_str(r#"","doc":"#);
-        doc_json(doc, &mut out);
+        encoded.write(doc, &mut out);
         out.push('}');
     }
     out.push_str(r#"],"resume":""#);
