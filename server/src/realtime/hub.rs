@@ -170,8 +170,16 @@ impl Hub {
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut bus: broadcast::Receiver<Committed>,
     ) {
+        let mut installed = self.rules.installed();
         loop {
             tokio::select! {
+                Ok(()) = installed.changed() => {
+                    // New rules: every subscription re-decides from a fresh snapshot.
+                    let keys: Vec<Key> = self.subs.keys().cloned().collect();
+                    for key in keys {
+                        self.restart(key);
+                    }
+                }
                 command = commands.recv() => match command {
                     Some(command) => self.command(command).await,
                     None => return,
@@ -217,10 +225,7 @@ impl Hub {
                     // every subscription again from a fresh snapshot.
                     let ids: Vec<String> = state.subs.iter().cloned().collect();
                     for id in ids {
-                        if let Some(sub) = self.subs.remove(&(conn, id.clone())) {
-                            self.unindex(&(conn, id.clone()), &sub.watch);
-                            self.subscribe(conn, id, sub.watch, None);
-                        }
+                        self.restart((conn, id));
                     }
                 }
             }
@@ -282,6 +287,14 @@ impl Hub {
             let outcome = prepare(&store, &rules, principal.as_ref(), &task_watch, resume).await;
             let _ = commands.send(Command::Ready { conn, id, generation, outcome });
         });
+    }
+
+    /// Starts a subscription over: a fresh plan and snapshot.
+    fn restart(&mut self, key: Key) {
+        if let Some(sub) = self.subs.remove(&key) {
+            self.unindex(&key, &sub.watch);
+            self.subscribe(key.0, key.1, sub.watch, None);
+        }
     }
 
     fn remove(&mut self, key: &Key) {

@@ -357,6 +357,8 @@ struct Inner {
     loaded: Mutex<Option<SystemTime>>,
     /// One replacement at a time, so the file and the rules in force agree.
     replacing: tokio::sync::Mutex<()>,
+    /// Counts the rule sets put in force, for those who must re-decide (live queries).
+    installed: tokio::sync::watch::Sender<u64>,
     store: Store,
 }
 
@@ -374,6 +376,7 @@ impl Rules {
             file,
             loaded: Mutex::new(modified),
             replacing: tokio::sync::Mutex::new(()),
+            installed: tokio::sync::watch::Sender::new(0),
             store,
         })))
     }
@@ -385,6 +388,12 @@ impl Rules {
 
     fn install(&self, set: RuleSet) {
         *self.0.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(set);
+        self.0.installed.send_modify(|count| *count += 1);
+    }
+
+    /// Changes each time new rules are put in force.
+    pub fn installed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.installed.subscribe()
     }
 
     /// Compiles `source`, writes it to the rules file and puts it in force; a source

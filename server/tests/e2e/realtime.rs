@@ -193,6 +193,19 @@ async fn rules_decide_every_delivery() {
     );
     alice_socket.quiet().await;
 
+    // New rules: each subscription starts over from a fresh snapshot under them.
+    let open = "[\"notes/{id}\"]\nread = \"auth != null\"\n";
+    let (status, _) = app.send(app.admin(Method::PUT, "/v1/admin/rules").body(open)).await;
+    assert_eq!(status, 204);
+    let mut fresh = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let snapshot = alice_socket.next().await;
+        assert_eq!(snapshot["op"], "snapshot", "{snapshot}");
+        fresh.insert(snapshot["id"].as_str().expect("id").to_owned(), snapshot["docs"].as_array().expect("docs").len());
+    }
+    assert_eq!(fresh.get("mine"), Some(&4), "every note, Bob's too");
+    assert_eq!(fresh.get("bobs"), Some(&1));
+
     // No credentials: no rule could allow the list.
     let mut nobody = Client::connect(&app, None).await;
     nobody.send(json!({"op": "sub", "id": "all", "query": {"collection": "notes"}})).await;
