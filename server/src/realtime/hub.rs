@@ -145,6 +145,7 @@ pub struct Hub {
     /// The last change the hub has processed.
     seq: i64,
     channels: super::presence::Channels,
+    shared: Shared,
     generations: u64,
 }
 
@@ -161,6 +162,7 @@ impl Hub {
             by_doc: HashMap::new(),
             seq,
             channels: Default::default(),
+            shared: Shared::default(),
             generations: 0,
         }
     }
@@ -352,7 +354,12 @@ impl Hub {
             State::Preparing { buffer } => std::mem::take(buffer),
             State::Live { .. } => return,
         };
-        let Prepared { plan, view, seq, replay } = prepared;
+        let Prepared { plan, mut view, seq, replay } = prepared;
+        // Subscribers of the same query hold one copy of each document.
+        for doc in &mut view.docs {
+            *doc = self.shared.intern(doc);
+        }
+        let Some(sub) = self.subs.get_mut(&key) else { return };
         sub.state = State::Live { plan, view: view.clone() };
         if let Some(state) = self.conns.get(&conn)
             && !state.paused
@@ -454,6 +461,29 @@ impl Hub {
         let slot = heard.entry(key.clone()).or_insert_with(|| (Vec::new(), change.seq));
         slot.0.extend(entries);
         slot.1 = change.seq;
+    }
+}
+
+/// Snapshot documents shared between the views that hold them, by path and version.
+#[derive(Default)]
+struct Shared {
+    docs: HashMap<(String, i64), std::sync::Weak<StoredDoc>>,
+    /// Sweep dead entries when the map reaches this size (twice what was live last time).
+    sweep_at: usize,
+}
+
+impl Shared {
+    fn intern(&mut self, doc: &Arc<StoredDoc>) -> Arc<StoredDoc> {
+        let key = (doc.path.as_str().to_owned(), doc.version);
+        if let Some(shared) = self.docs.get(&key).and_then(std::sync::Weak::upgrade) {
+            return shared;
+        }
+        if self.docs.len() >= self.sweep_at {
+            self.docs.retain(|_, doc| doc.strong_count() > 0);
+            self.sweep_at = (2 * self.docs.len()).max(4096);
+        }
+        self.docs.insert(key, Arc::downgrade(doc));
+        doc.clone()
     }
 }
 
