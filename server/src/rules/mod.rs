@@ -123,25 +123,11 @@ impl RuleSet {
     /// Decides an access. One evaluation round; see [`eval`].
     pub fn decide_step(&self, principal: &Principal, access: &Access<'_>, lookups: &mut Lookups) -> Step<Decision> {
         let Access { op, path, before, after, time } = *access;
-        let matching = self.matching_doc(path);
-        let mut reasons = Vec::new();
-        for (pattern, captures) in matching {
-            let Some(rule) = pattern.rule(op) else {
-                continue;
-            };
-            let vars = Vars::new(&principal.auth, op, before, after, time, &rule.needs, &captures);
-            match eval::step(rule.expr(), &vars, lookups) {
-                Step::Fetch(paths) => return Step::Fetch(paths),
-                Step::Done(Ok(true)) => return Step::Done(Decision::Allow),
-                Step::Done(Ok(false)) => reasons.push(format!("[\"{}\"] {}: false", pattern.text, op.method())),
-                Step::Done(Err(error)) => reasons.push(format!("[\"{}\"] {}: {error}", pattern.text, op.method())),
-            }
-        }
-        Step::Done(Decision::Deny(if reasons.is_empty() {
-            format!("no rule for `{}` matches `{path}`", op.method())
-        } else {
-            reasons.join("; ")
-        }))
+        let target = format!("`{path}`");
+        first_allowing(self.matching_doc(path), op, &target, lookups, |rule, captures, lookups| {
+            let vars = Vars::new(&principal.auth, op, before, after, time, &rule.needs, captures);
+            eval::step(rule.expr(), &vars, lookups)
+        })
     }
 
     /// [`RuleSet::decide_step`] to the end, reading documents with `fetch`.
@@ -151,19 +137,7 @@ impl RuleSet {
         access: &Access<'_>,
         fetch: &mut dyn FnMut(&DocPath) -> Result<Option<StoredDoc>, Error>,
     ) -> Result<Decision, Error> {
-        let mut lookups = Lookups::default();
-        for _ in 0..MAX_ROUNDS {
-            match self.decide_step(principal, access, &mut lookups) {
-                Step::Done(decision) => return Ok(decision),
-                Step::Fetch(paths) => {
-                    for path in paths {
-                        let doc = fetch(&path)?;
-                        lookups.supply(&path, doc.as_ref());
-                    }
-                }
-            }
-        }
-        Ok(Decision::Deny("too many document lookups".into()))
+        drive_sync(|lookups| self.decide_step(principal, access, lookups), fetch)
     }
 
     /// Decides joining or broadcasting on a realtime channel. One evaluation round.
@@ -175,24 +149,11 @@ impl RuleSet {
         time: i64,
         lookups: &mut Lookups,
     ) -> Step<Decision> {
-        let mut reasons = Vec::new();
-        for (pattern, captures) in self.matching_channel(channel) {
-            let Some(rule) = pattern.rule(op) else {
-                continue;
-            };
-            let vars = Vars::new(&principal.auth, op, None, None, time, &set::NO_DATA, &captures);
-            match eval::step(rule.expr(), &vars, lookups) {
-                Step::Fetch(paths) => return Step::Fetch(paths),
-                Step::Done(Ok(true)) => return Step::Done(Decision::Allow),
-                Step::Done(Ok(false)) => reasons.push(format!("[\"{}\"] {}: false", pattern.text, op.method())),
-                Step::Done(Err(error)) => reasons.push(format!("[\"{}\"] {}: {error}", pattern.text, op.method())),
-            }
-        }
-        Step::Done(Decision::Deny(if reasons.is_empty() {
-            format!("no rule for `{}` matches channel `{channel}`", op.method())
-        } else {
-            reasons.join("; ")
-        }))
+        let target = format!("channel `{channel}`");
+        first_allowing(self.matching_channel(channel), op, &target, lookups, |rule, captures, lookups| {
+            let vars = Vars::new(&principal.auth, op, None, None, time, &set::NO_DATA, captures);
+            eval::step(rule.expr(), &vars, lookups)
+        })
     }
 
     /// [`RuleSet::channel_step`] to the end, reading documents with `fetch`.
@@ -204,19 +165,7 @@ impl RuleSet {
         time: i64,
         fetch: &mut dyn FnMut(&DocPath) -> Result<Option<StoredDoc>, Error>,
     ) -> Result<Decision, Error> {
-        let mut lookups = Lookups::default();
-        for _ in 0..MAX_ROUNDS {
-            match self.channel_step(principal, op, channel, time, &mut lookups) {
-                Step::Done(decision) => return Ok(decision),
-                Step::Fetch(paths) => {
-                    for path in paths {
-                        let doc = fetch(&path)?;
-                        lookups.supply(&path, doc.as_ref());
-                    }
-                }
-            }
-        }
-        Ok(Decision::Deny("too many document lookups".into()))
+        drive_sync(|lookups| self.channel_step(principal, op, channel, time, lookups), fetch)
     }
 
     /// How a query over `target` may run for `principal`. One evaluation round.
@@ -291,6 +240,54 @@ impl RuleSet {
 /// Fetch rounds before a decision gives up: every round reads a new document, and each
 /// pattern's evaluation reads at most `MAX_LOOKUPS`.
 const MAX_ROUNDS: usize = 32;
+
+/// Evaluates `op`'s rule in each matching pattern until one allows (patterns are OR-ed);
+/// denies with every pattern's reason otherwise.
+fn first_allowing(
+    matching: Vec<(&set::Pattern, set::Captures)>,
+    op: Op,
+    target: &str,
+    lookups: &mut Lookups,
+    mut evaluate: impl FnMut(&set::Rule, &set::Captures, &mut Lookups) -> Step<Result<bool, String>>,
+) -> Step<Decision> {
+    let mut reasons = Vec::new();
+    for (pattern, captures) in matching {
+        let Some(rule) = pattern.rule(op) else {
+            continue;
+        };
+        match evaluate(rule, &captures, lookups) {
+            Step::Fetch(paths) => return Step::Fetch(paths),
+            Step::Done(Ok(true)) => return Step::Done(Decision::Allow),
+            Step::Done(Ok(false)) => reasons.push(format!("[\"{}\"] {}: false", pattern.text, op.method())),
+            Step::Done(Err(error)) => reasons.push(format!("[\"{}\"] {}: {error}", pattern.text, op.method())),
+        }
+    }
+    Step::Done(Decision::Deny(if reasons.is_empty() {
+        format!("no rule for `{}` matches {target}", op.method())
+    } else {
+        reasons.join("; ")
+    }))
+}
+
+/// Runs evaluation rounds to a decision, reading the documents they ask for with `fetch`.
+fn drive_sync(
+    mut step: impl FnMut(&mut Lookups) -> Step<Decision>,
+    fetch: &mut dyn FnMut(&DocPath) -> Result<Option<StoredDoc>, Error>,
+) -> Result<Decision, Error> {
+    let mut lookups = Lookups::default();
+    for _ in 0..MAX_ROUNDS {
+        match step(&mut lookups) {
+            Step::Done(decision) => return Ok(decision),
+            Step::Fetch(paths) => {
+                for path in paths {
+                    let doc = fetch(&path)?;
+                    lookups.supply(&path, doc.as_ref());
+                }
+            }
+        }
+    }
+    Ok(Decision::Deny("too many document lookups".into()))
+}
 
 /// How a pattern meets the documents of one collection.
 struct CollectionShape {
@@ -481,13 +478,25 @@ impl Rules {
         access: &Access<'_>,
         lookups: &mut Lookups,
     ) -> Result<Decision, Error> {
+        let step = |lookups: &mut Lookups| set.decide_step(principal, access, lookups);
+        self.drive(step, lookups, Decision::Deny("too many document lookups".into())).await
+    }
+
+    /// Runs evaluation rounds to an answer, reading documents from the store; `give_up`
+    /// after too many rounds.
+    async fn drive<T>(
+        &self,
+        mut step: impl FnMut(&mut Lookups) -> Step<T>,
+        lookups: &mut Lookups,
+        give_up: T,
+    ) -> Result<T, Error> {
         for _ in 0..MAX_ROUNDS {
-            match set.decide_step(principal, access, lookups) {
-                Step::Done(decision) => return Ok(decision),
+            match step(lookups) {
+                Step::Done(answer) => return Ok(answer),
                 Step::Fetch(paths) => self.fetch(paths, lookups).await?,
             }
         }
-        Ok(Decision::Deny("too many document lookups".into()))
+        Ok(give_up)
     }
 
     async fn fetch(&self, paths: Vec<DocPath>, lookups: &mut Lookups) -> Result<(), Error> {
@@ -502,21 +511,15 @@ impl Rules {
     pub async fn check_channel(&self, principal: &Principal, op: Op, channel: &str) -> Result<(), Error> {
         let set = self.current();
         let time = now_micros();
-        let mut lookups = Lookups::default();
-        for _ in 0..MAX_ROUNDS {
-            match set.channel_step(principal, op, channel, time, &mut lookups) {
-                Step::Done(Decision::Allow) => return Ok(()),
-                Step::Done(Decision::Deny(reason)) => {
-                    tracing::debug!(op = op.method(), channel, %reason, "rules denied");
-                    return Err(Error::PermissionDenied(format!(
-                        "rules deny `{}` on channel `{channel}`",
-                        op.method()
-                    )));
-                }
-                Step::Fetch(paths) => self.fetch(paths, &mut lookups).await?,
+        let step = |lookups: &mut Lookups| set.channel_step(principal, op, channel, time, lookups);
+        let give_up = Decision::Deny("too many document lookups".into());
+        match self.drive(step, &mut Lookups::default(), give_up).await? {
+            Decision::Allow => Ok(()),
+            Decision::Deny(reason) => {
+                tracing::debug!(op = op.method(), channel, %reason, "rules denied");
+                Err(Error::PermissionDenied(format!("rules deny `{}` on channel `{channel}`", op.method())))
             }
         }
-        Err(Error::PermissionDenied(format!("rules deny `{}` on channel `{channel}`", op.method())))
     }
 
     /// The guard that decides `principal`'s writes inside their transaction.
@@ -528,14 +531,8 @@ impl Rules {
     pub async fn plan(&self, principal: &Principal, target: &Target) -> Result<QueryPlan, Error> {
         let set = self.current();
         let time = now_micros();
-        let mut lookups = Lookups::default();
-        for _ in 0..MAX_ROUNDS {
-            match set.plan_step(principal, target, time, &mut lookups) {
-                Step::Done(plan) => return Ok(plan),
-                Step::Fetch(paths) => self.fetch(paths, &mut lookups).await?,
-            }
-        }
-        Ok(QueryPlan::Denied)
+        let step = |lookups: &mut Lookups| set.plan_step(principal, target, time, lookups);
+        self.drive(step, &mut Lookups::default(), QueryPlan::Denied).await
     }
 
     /// Runs a query as `principal`: only readable documents, pages full unless the
