@@ -349,8 +349,8 @@ impl Config {
         if self.store.readers == 0 || self.store.readers > 256 {
             anyhow::bail!("store.readers must be 1 to 256");
         }
-        if self.auth.access_token_seconds < 30 || self.auth.access_token_seconds > 86_400 {
-            anyhow::bail!("auth.access_token_seconds must be 30 to 86400");
+        if self.auth.access_token_seconds < 5 || self.auth.access_token_seconds > 86_400 {
+            anyhow::bail!("auth.access_token_seconds must be 5 to 86400");
         }
         if self.store.max_group_writes == 0 {
             anyhow::bail!("store.max_group_writes must be at least 1");

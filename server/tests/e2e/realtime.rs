@@ -535,3 +535,41 @@ read = "auth != null && resource.data.n % 2 == 0"
         }
     }
 }
+
+#[tokio::test]
+async fn an_expired_token_pauses_deliveries_until_a_new_auth() {
+    use crate::support::Options;
+    let config = "[auth]\naccess_token_seconds = 5\n";
+    let app = App::spawn_with(Options { config: Some(config.into()), ..Options::default() }).await;
+    let rules = "[\"notes/{id}\"]\nread = \"auth != null\"\n";
+    let (status, _) = app.send(app.admin(Method::PUT, "/v1/admin/rules").body(rules)).await;
+    assert_eq!(status, 204);
+    let credentials = json!({"email": "eve@example.com", "password": "correct horse battery staple"});
+    let (_, session) = app.send(app.client.post(app.url("/v1/auth/signup")).json(&credentials)).await;
+    let token = session["access_token"].as_str().expect("token").to_owned();
+    let mut client = Client::connect(&app, None).await;
+    client.send(json!({"op": "auth", "token": token})).await;
+    client.send(json!({"op": "sub", "id": "n", "query": {"collection": "notes"}})).await;
+    assert_eq!(client.next().await["op"], "snapshot");
+    app.call(Method::PUT, "/v1/docs/notes/before", Some(json!({"n": 1}))).await;
+    assert_eq!(kinds(&client.next().await), vec![pair("added", "before")]);
+
+    // The token runs out: an error, no close, and no deliveries.
+    let expired = client.next().await;
+    assert_eq!(
+        (expired["op"].clone(), expired["code"].clone()),
+        (json!("error"), json!("unauthenticated")),
+        "{expired}"
+    );
+    app.call(Method::PUT, "/v1/docs/notes/during", Some(json!({"n": 2}))).await;
+    client.quiet().await;
+    client.send(json!({"op": "ping"})).await;
+    assert_eq!(client.next().await["op"], "pong");
+
+    // A new token resumes: a fresh snapshot holds what was missed.
+    let (_, session) = app.send(app.client.post(app.url("/v1/auth/login")).json(&credentials)).await;
+    client.send(json!({"op": "auth", "token": session["access_token"]})).await;
+    let snapshot = client.next().await;
+    assert_eq!(snapshot["op"], "snapshot", "{snapshot}");
+    assert_eq!(snapshot["docs"].as_array().expect("docs").len(), 2);
+}
