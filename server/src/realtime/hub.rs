@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{ConnId, Outbox, Watch};
 use crate::changes::{Change, Committed};
+use crate::rules::eval::Lookups;
 use crate::rules::{Access, Op, Principal, QueryPlan, Rules};
 use crate::store::query::{Condition, Target};
 use crate::store::{DocJson, Error, QuerySpec, Store, StoredDoc};
@@ -82,6 +83,9 @@ pub struct Prepared {
     seq: i64,
     /// On resume: per logged change since the token, what the client must hear.
     replay: Option<Vec<(i64, Vec<Entry>)>>,
+    /// Documents the rules read to decide (a room for its messages): when one changes,
+    /// the subscription is decided again.
+    reads: Vec<String>,
 }
 
 /// How a subscriber's read rules apply to a document.
@@ -117,6 +121,8 @@ enum State {
 
 struct Sub {
     watch: Watch,
+    /// Documents the subscriber's rules read; see [`Prepared::reads`].
+    reads: HashSet<String>,
     /// The query the watch runs (a document watch is a query on its id).
     spec: QuerySpec,
     generation: u64,
@@ -142,6 +148,8 @@ pub struct Hub {
     by_collection: HashMap<String, HashSet<Key>>,
     by_group: HashMap<String, HashSet<Key>>,
     by_doc: HashMap<String, HashSet<Key>>,
+    /// Subscriptions by the documents their rules read.
+    by_read: HashMap<String, HashSet<Key>>,
     /// The last change the hub has processed.
     seq: i64,
     channels: super::presence::Channels,
@@ -160,6 +168,7 @@ impl Hub {
             by_collection: HashMap::new(),
             by_group: HashMap::new(),
             by_doc: HashMap::new(),
+            by_read: HashMap::new(),
             seq,
             channels: Default::default(),
             shared: Shared::default(),
@@ -263,8 +272,9 @@ impl Hub {
                 self.channels.leave_all(conn);
                 if let Some(state) = self.conns.remove(&conn) {
                     for id in state.subs {
-                        if let Some(sub) = self.subs.remove(&(conn, id.clone())) {
-                            self.unindex(&(conn, id), &sub.watch);
+                        let key = (conn, id);
+                        if let Some(sub) = self.subs.remove(&key) {
+                            self.unindex(&key, &sub);
                         }
                     }
                 }
@@ -284,7 +294,8 @@ impl Hub {
         let (store, rules, commands) = (self.store.clone(), self.rules.clone(), self.commands.clone());
         let task_watch = watch.clone();
         let spec = spec_of(&watch);
-        self.subs.insert(key, Sub { watch, spec, generation, state: State::Preparing { buffer: Vec::new() } });
+        let state = State::Preparing { buffer: Vec::new() };
+        self.subs.insert(key, Sub { watch, reads: HashSet::new(), spec, generation, state });
         tokio::spawn(async move {
             let outcome = prepare(&store, &rules, principal.as_ref(), &task_watch, resume).await;
             let _ = commands.send(Command::Ready { conn, id, generation, outcome });
@@ -294,14 +305,14 @@ impl Hub {
     /// Starts a subscription over: a fresh plan and snapshot.
     fn restart(&mut self, key: Key) {
         if let Some(sub) = self.subs.remove(&key) {
-            self.unindex(&key, &sub.watch);
+            self.unindex(&key, &sub);
             self.subscribe(key.0, key.1, sub.watch, None);
         }
     }
 
     fn remove(&mut self, key: &Key) {
         if let Some(sub) = self.subs.remove(key) {
-            self.unindex(key, &sub.watch);
+            self.unindex(key, &sub);
         }
         if let Some(state) = self.conns.get_mut(&key.0) {
             state.subs.remove(&key.1);
@@ -313,12 +324,20 @@ impl Hub {
         map.entry(name).or_default().insert(key.clone());
     }
 
-    fn unindex(&mut self, key: &Key, watch: &Watch) {
-        let (map, name) = self.slot(watch);
-        if let Some(keys) = map.get_mut(&name) {
-            keys.remove(key);
-            if keys.is_empty() {
-                map.remove(&name);
+    fn unindex(&mut self, key: &Key, sub: &Sub) {
+        let (map, name) = self.slot(&sub.watch);
+        forget(map, &name, key);
+        for read in &sub.reads {
+            forget(&mut self.by_read, read, key);
+        }
+    }
+
+    /// Notes that `key`'s rules read these documents.
+    fn depend(&mut self, key: &Key, reads: Vec<String>) {
+        let Some(sub) = self.subs.get_mut(key) else { return };
+        for read in reads {
+            if sub.reads.insert(read.clone()) {
+                self.by_read.entry(read).or_default().insert(key.clone());
             }
         }
     }
@@ -354,7 +373,8 @@ impl Hub {
             State::Preparing { buffer } => std::mem::take(buffer),
             State::Live { .. } => return,
         };
-        let Prepared { plan, mut view, seq, replay } = prepared;
+        let Prepared { plan, mut view, seq, replay, reads } = prepared;
+        self.depend(&key, reads);
         // Subscribers of the same query hold one copy of each document.
         for doc in &mut view.docs {
             *doc = self.shared.intern(doc);
@@ -437,6 +457,15 @@ impl Hub {
             }
             self.deliver(&key, change, heard).await;
         }
+        // A document the rules read changed (a room's members): those subscriptions are
+        // decided again, from a fresh snapshot.
+        if let Some(keys) = self.by_read.get(change.path.as_str()) {
+            let keys: Vec<Key> = keys.iter().cloned().collect();
+            for key in keys {
+                heard.remove(&key);
+                self.restart(key);
+            }
+        }
     }
 
     /// Applies a change to one live subscription and adds what its view gained and lost
@@ -447,7 +476,8 @@ impl Hub {
         let Some(sub) = subs.get_mut(key) else { return };
         let State::Live { plan, view } = &mut sub.state else { return };
         let document = matches!(sub.watch, Watch::Doc(_));
-        let context = Context { store, rules, principal: conn.principal.as_ref(), plan, spec: &sub.spec, document };
+        let principal = conn.principal.as_ref();
+        let context = Context { store, rules, principal, plan, spec: &sub.spec, document, reads: Default::default() };
         let entries = match apply(&context, view, change).await {
             Ok(entries) => entries,
             Err(error) => {
@@ -455,6 +485,10 @@ impl Hub {
                 Vec::new()
             }
         };
+        let reads = context.take_reads();
+        if !reads.is_empty() {
+            self.depend(key, reads);
+        }
         if entries.is_empty() {
             return;
         }
@@ -496,6 +530,28 @@ struct Context<'a> {
     spec: &'a QuerySpec,
     /// A document watch reads with `get`, a query with `list`.
     document: bool,
+    /// Documents the rules read while deciding.
+    reads: std::sync::Mutex<Vec<String>>,
+}
+
+impl Context<'_> {
+    fn note_reads(&self, lookups: &Lookups) {
+        let mut reads = self.reads.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        reads.extend(lookups.read().map(str::to_owned));
+    }
+
+    fn take_reads(&self) -> Vec<String> {
+        std::mem::take(&mut *self.reads.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+fn forget(map: &mut HashMap<String, HashSet<Key>>, name: &str, key: &Key) {
+    if let Some(keys) = map.get_mut(name) {
+        keys.remove(key);
+        if keys.is_empty() {
+            map.remove(name);
+        }
+    }
 }
 
 fn same(a: &Option<Principal>, b: &Option<Principal>) -> bool {
@@ -522,6 +578,9 @@ async fn prepare(
     resume: Option<i64>,
 ) -> Result<Prepared, Error> {
     let mut spec = spec_of(watch);
+    // Documents the rules read, gathered across the plan and the snapshot.
+    let mut lookups = Lookups::default();
+    let mut extra_reads = Vec::new();
     let plan = match (principal, watch) {
         (None, _) => Plan::All,
         (Some(_), Watch::Doc(path)) => {
@@ -530,7 +589,7 @@ async fn prepare(
             }
             Plan::PerDocument
         }
-        (Some(principal), Watch::Query(_)) => match rules.plan(principal, &spec.target).await? {
+        (Some(principal), Watch::Query(_)) => match rules.plan_reading(principal, &spec.target, &mut lookups).await? {
             QueryPlan::Denied => {
                 return Err(Error::PermissionDenied("rules allow no `list` of this query to this caller".into()));
             }
@@ -549,7 +608,7 @@ async fn prepare(
             let seq = store.last_seq().await?;
             let mut view = View::default();
             if let Some(doc) = store.get(path.clone()).await?
-                && rules.check(principal, &Access::read(Op::Get, path, Some(&doc))).await.is_ok()
+                && rules.check_reading(principal, &Access::read(Op::Get, path, Some(&doc)), &mut lookups).await.is_ok()
             {
                 view.docs.push(Arc::new(doc));
             }
@@ -557,7 +616,7 @@ async fn prepare(
         }
         (Plan::PerDocument, Some(principal), Watch::Query(_)) => {
             let seq = store.last_seq().await?;
-            let filtered = rules.query(principal, spec.clone()).await?;
+            let filtered = rules.query_reading(principal, spec.clone(), &mut lookups).await?;
             let docs = filtered.docs.iter().map(|raw| raw.parse().map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
             (View { docs, more: filtered.resume.is_some() }, seq)
         }
@@ -574,11 +633,13 @@ async fn prepare(
             if reaches && changes.len() < MAX_REPLAY {
                 let plain = spec_of(watch);
                 let document = matches!(watch, Watch::Doc(_));
-                let context = Context { store, rules, principal, plan: &plan, spec: &plain, document };
+                let reads = Default::default();
+                let context = Context { store, rules, principal, plan: &plan, spec: &plain, document, reads };
                 let mut replay = Vec::new();
                 for change in changes.iter().filter(|change| change.seq <= seq) {
                     replay.push((change.seq, transition(&context, change).await?));
                 }
+                extra_reads = context.take_reads();
                 Some(replay)
             } else {
                 None
@@ -586,7 +647,9 @@ async fn prepare(
         }
         _ => None,
     };
-    Ok(Prepared { plan, view, seq, replay })
+    let mut reads: Vec<String> = lookups.read().map(str::to_owned).collect();
+    reads.extend(extra_reads);
+    Ok(Prepared { plan, view, seq, replay, reads })
 }
 
 /// Whether the subscriber may read `doc`.
@@ -596,7 +659,11 @@ async fn readable(context: &Context<'_>, doc: &StoredDoc) -> Result<bool, Error>
         (Plan::Where(condition), _) => condition.matches(doc, &serde_json::Value::String(doc.path.id().to_owned())),
         (Plan::PerDocument, Some(principal)) => {
             let op = if context.document { Op::Get } else { Op::List };
-            match context.rules.check(principal, &Access::read(op, &doc.path, Some(doc))).await {
+            let mut lookups = Lookups::default();
+            let decided =
+                context.rules.check_reading(principal, &Access::read(op, &doc.path, Some(doc)), &mut lookups).await;
+            context.note_reads(&lookups);
+            match decided {
                 Ok(()) => true,
                 Err(Error::PermissionDenied(_)) => false,
                 Err(error) => return Err(error),
@@ -685,7 +752,9 @@ async fn refill(context: &Context<'_>, view: &mut View) -> Result<(), Error> {
     next.after = view.docs.last().map(|last| spec.position_of(last));
     let (raws, more) = match (context.plan, context.principal) {
         (Plan::PerDocument, Some(principal)) => {
-            let filtered = context.rules.query(principal, next).await?;
+            let mut lookups = Lookups::default();
+            let filtered = context.rules.query_reading(principal, next, &mut lookups).await?;
+            context.note_reads(&lookups);
             let more = filtered.resume.is_some();
             (filtered.docs, more)
         }

@@ -39,6 +39,11 @@ pub struct Lookups {
 }
 
 impl Lookups {
+    /// The paths the rules read so far (present or absent documents).
+    pub fn read(&self) -> impl Iterator<Item = &str> {
+        self.known.keys().map(String::as_str)
+    }
+
     pub fn supply(&mut self, path: &DocPath, doc: Option<&StoredDoc>) {
         self.known.insert(path.as_str().to_owned(), doc.map_or(Value::Null, doc_value));
     }

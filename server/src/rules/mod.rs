@@ -466,8 +466,19 @@ impl Rules {
     /// reads of documents, and (through this) realtime deliveries. `Err(PermissionDenied)`
     /// when denied.
     pub async fn check(&self, principal: &Principal, access: &Access<'_>) -> Result<(), Error> {
+        self.check_reading(principal, access, &mut Lookups::default()).await
+    }
+
+    /// [`Rules::check`], leaving in `lookups` the documents the rules read (what the
+    /// decision depends on besides the document itself).
+    pub async fn check_reading(
+        &self,
+        principal: &Principal,
+        access: &Access<'_>,
+        lookups: &mut Lookups,
+    ) -> Result<(), Error> {
         let set = self.current();
-        let decision = self.decide(&set, principal, access, &mut Lookups::default()).await?;
+        let decision = self.decide(&set, principal, access, lookups).await?;
         denied_if(decision, access.op, access.path)
     }
 
@@ -529,17 +540,37 @@ impl Rules {
 
     /// How `principal` may query `target`.
     pub async fn plan(&self, principal: &Principal, target: &Target) -> Result<QueryPlan, Error> {
+        self.plan_reading(principal, target, &mut Lookups::default()).await
+    }
+
+    /// [`Rules::plan`], leaving in `lookups` the documents the rules read.
+    pub async fn plan_reading(
+        &self,
+        principal: &Principal,
+        target: &Target,
+        lookups: &mut Lookups,
+    ) -> Result<QueryPlan, Error> {
         let set = self.current();
         let time = now_micros();
         let step = |lookups: &mut Lookups| set.plan_step(principal, target, time, lookups);
-        self.drive(step, &mut Lookups::default(), QueryPlan::Denied).await
+        self.drive(step, lookups, QueryPlan::Denied).await
     }
 
     /// Runs a query as `principal`: only readable documents, pages full unless the
     /// collection or the scan budget ran out.
-    pub async fn query(&self, principal: &Principal, mut spec: QuerySpec) -> Result<Filtered, Error> {
+    pub async fn query(&self, principal: &Principal, spec: QuerySpec) -> Result<Filtered, Error> {
+        self.query_reading(principal, spec, &mut Lookups::default()).await
+    }
+
+    /// [`Rules::query`], leaving in `lookups` the documents the rules read.
+    pub async fn query_reading(
+        &self,
+        principal: &Principal,
+        mut spec: QuerySpec,
+        lookups: &mut Lookups,
+    ) -> Result<Filtered, Error> {
         let store = &self.0.store;
-        match self.plan(principal, &spec.target).await? {
+        match self.plan_reading(principal, &spec.target, lookups).await? {
             QueryPlan::Denied => Err(denied_list(&spec.target)),
             QueryPlan::Restricted(condition) => {
                 spec.restriction = condition;
@@ -550,15 +581,14 @@ impl Rules {
                 };
                 Ok(Filtered { docs: page.docs, resume })
             }
-            QueryPlan::PerDocument => self.scan(principal, spec).await,
+            QueryPlan::PerDocument => self.scan(principal, spec, lookups).await,
         }
     }
 
-    async fn scan(&self, principal: &Principal, spec: QuerySpec) -> Result<Filtered, Error> {
+    async fn scan(&self, principal: &Principal, spec: QuerySpec, lookups: &mut Lookups) -> Result<Filtered, Error> {
         let set = self.current();
         let wanted = spec.limit;
         let mut docs = Vec::with_capacity(wanted);
-        let mut lookups = Lookups::default();
         let mut chunk = spec.clone();
         let mut scanned = 0;
         loop {
@@ -569,7 +599,7 @@ impl Rules {
                 scanned += 1;
                 let doc = raw.parse()?;
                 let access = Access::read(Op::List, &doc.path, Some(&doc));
-                let decision = self.decide(&set, principal, &access, &mut lookups).await?;
+                let decision = self.decide(&set, principal, &access, lookups).await?;
                 if decision == Decision::Allow {
                     docs.push(raw);
                 }

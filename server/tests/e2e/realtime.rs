@@ -573,3 +573,33 @@ async fn an_expired_token_pauses_deliveries_until_a_new_auth() {
     assert_eq!(snapshot["op"], "snapshot", "{snapshot}");
     assert_eq!(snapshot["docs"].as_array().expect("docs").len(), 2);
 }
+
+#[tokio::test]
+async fn a_change_to_a_document_the_rules_read_decides_subscriptions_again() {
+    let app = App::spawn().await;
+    let rules =
+        "[\"rooms/{room}/messages/{msg}\"]\nread = \"auth != null && auth.uid in get('rooms/' + room).data.members\"\n";
+    let (status, _) = app.send(app.admin(Method::PUT, "/v1/admin/rules").body(rules)).await;
+    assert_eq!(status, 204);
+    let body = json!({"email": "mo@example.com", "password": "correct horse battery staple"});
+    let (_, session) = app.send(app.client.post(app.url("/v1/auth/signup")).json(&body)).await;
+    let uid = session["user"]["id"].clone();
+    app.call(Method::PUT, "/v1/docs/rooms/r1", Some(json!({"members": [uid]}))).await;
+    app.call(Method::PUT, "/v1/docs/rooms/r1/messages/m1", Some(json!({"text": "hi"}))).await;
+    let mut client = Client::connect(&app, session["access_token"].as_str()).await;
+    client.send(json!({"op": "sub", "id": "chat", "query": {"collection": "rooms/r1/messages"}})).await;
+    let snapshot = client.next().await;
+    assert_eq!(snapshot["docs"].as_array().expect("docs").len(), 1, "{snapshot}");
+    app.call(Method::PUT, "/v1/docs/rooms/r1/messages/m2", Some(json!({"text": "still here"}))).await;
+    assert_eq!(kinds(&client.next().await), vec![pair("added", "m2")]);
+    // Removed from the room: the subscription is decided again, and now denied.
+    app.call(Method::PATCH, "/v1/docs/rooms/r1", Some(json!({"members": []}))).await;
+    let answer = client.next().await;
+    assert_eq!(
+        (answer["op"].clone(), answer["code"].clone(), answer["id"].clone()),
+        (json!("error"), json!("permission-denied"), json!("chat")),
+        "{answer}"
+    );
+    app.call(Method::PUT, "/v1/docs/rooms/r1/messages/m3", Some(json!({"text": "not for you"}))).await;
+    client.quiet().await;
+}
