@@ -413,6 +413,18 @@ async fn request_json(
     body: serde_json::Value,
     token: &str,
 ) -> serde_json::Value {
+    let (_, bytes) = send_raw(addr, method, path, Bytes::from(body.to_string()), token).await;
+    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+}
+
+/// One request on its own connection; its status and body.
+async fn send_raw(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    token: &str,
+) -> (hyper::StatusCode, Bytes) {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
@@ -423,11 +435,11 @@ async fn request_json(
         .header("host", "bench")
         .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Full::new(body))
         .expect("request");
     let response = sender.send_request(request).await.expect("answer");
-    let bytes = response.into_body().collect().await.expect("body").to_bytes();
-    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+    let status = response.status();
+    (status, response.into_body().collect().await.expect("body").to_bytes())
 }
 
 /// Argon2id hashes per second with the OWASP parameters Hearth uses, one thread per core.

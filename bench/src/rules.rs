@@ -164,17 +164,6 @@ pub async fn rules_bench(phase: Duration, quick: bool) {
 }
 
 async fn put_rules(addr: SocketAddr) {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
-    tokio::spawn(connection);
-    let request = Request::builder()
-        .method(Method::PUT)
-        .uri("/v1/admin/rules")
-        .header("host", "bench")
-        .header("authorization", format!("Bearer {KEY}"))
-        .body(Full::new(Bytes::from(RULES)))
-        .expect("request");
-    let response = sender.send_request(request).await.expect("answer");
-    assert_eq!(response.status(), 204, "rules accepted");
+    let (status, _) = send_raw(addr, Method::PUT, "/v1/admin/rules", Bytes::from(RULES), KEY).await;
+    assert_eq!(status, 204, "rules accepted");
 }
