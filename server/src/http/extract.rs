@@ -141,17 +141,31 @@ impl FromRequestParts<AppState> for MaybeSignedIn {
 
 /// Decides the caller from the headers.
 pub fn caller_from_headers(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiError> {
+    match bearer_token(headers)? {
+        None => Ok(Caller::Anonymous),
+        Some(token) => caller_from_token(token, state),
+    }
+}
+
+/// The bearer token of the `Authorization` header, if there is one.
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
-        return Ok(Caller::Anonymous);
+        return Ok(None);
     };
     let unauthenticated = |message: &str| ApiError::new(ErrorCode::Unauthenticated, message);
     let value = value.to_str().map_err(|_| unauthenticated("malformed Authorization header"))?;
-    let token = value
+    value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|token| !token.is_empty())
-        .ok_or_else(|| unauthenticated("Authorization must be `Bearer <token>`"))?;
+        .map(Some)
+        .ok_or_else(|| unauthenticated("Authorization must be `Bearer <token>`"))
+}
+
+/// The caller a service key or an access token names.
+pub fn caller_from_token(token: &str, state: &AppState) -> Result<Caller, ApiError> {
+    let unauthenticated = |message: &str| ApiError::new(ErrorCode::Unauthenticated, message);
     if token.starts_with("hk_") {
         return if state.service_keys().verify(token) {
             Ok(Caller::Service)

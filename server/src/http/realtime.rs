@@ -13,7 +13,7 @@ use hearth_types::ErrorCode;
 use tokio::time::Instant;
 
 use super::error::ApiError;
-use super::extract::{Caller, caller_from_headers};
+use super::extract::{Caller, bearer_token, caller_from_token};
 use super::state::AppState;
 use crate::realtime::hub::error_message;
 use crate::realtime::{Admitted, CLOSE_TOO_SLOW, ClientMessage, MAX_FRAME_BYTES};
@@ -37,8 +37,12 @@ pub async fn realtime(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let caller = caller_from_headers(&headers, &state)?;
-    let expires = bearer(&headers).and_then(token_expiry);
+    let token = bearer_token(&headers)?;
+    let caller = match token {
+        None => Caller::Anonymous,
+        Some(token) => caller_from_token(token, &state)?,
+    };
+    let expires = token.and_then(token_expiry);
     let admitted = state.realtime().admit().ok_or_else(|| {
         ApiError::new(ErrorCode::ResourceExhausted, "the server holds as many realtime connections as it may")
     })?;
@@ -50,11 +54,6 @@ pub async fn realtime(
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| serve(socket, state, caller, expires, admitted)))
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim)
 }
 
 /// The `exp` (seconds) of an access token already verified; `None` for service keys.
@@ -186,9 +185,5 @@ fn uid_of(principal: Option<&Principal>) -> serde_json::Value {
 
 /// The principal a token names: `None` for a service key.
 fn authenticate(state: &AppState, token: &str) -> Result<Option<Principal>, ApiError> {
-    let mut headers = HeaderMap::new();
-    let value =
-        format!("Bearer {token}").parse().map_err(|_| ApiError::new(ErrorCode::Unauthenticated, "malformed token"))?;
-    headers.insert(axum::http::header::AUTHORIZATION, value);
-    Ok(caller_from_headers(&headers, state)?.principal())
+    Ok(caller_from_token(token, state)?.principal())
 }

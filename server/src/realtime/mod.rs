@@ -109,11 +109,6 @@ impl Realtime {
         })
     }
 
-    /// Open connections.
-    pub fn connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
     /// Admits one more connection, or `None` at the limit.
     pub fn admit(&self) -> Option<Admitted> {
         let open = self.open.fetch_add(1, Ordering::AcqRel);
