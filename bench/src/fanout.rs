@@ -128,13 +128,10 @@ fn percentile(values: &mut [u32], p: f64) -> f64 {
     values[((values.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
 }
 
-pub async fn fanout_bench(quick: bool) {
-    println!("# Hearth realtime fan-out benchmark\n");
-    println!("machine: {} cores, {}; subscribers in this process, on the same cores\n", cores(), cpu_model());
-    let phase = if quick { Duration::from_secs(3) } else { Duration::from_secs(10) };
+/// A fresh server with the feed, and a subscriber's token.
+async fn feed_server() -> (Hearth, String) {
     let hearth = start_hearth(true);
     let addr = hearth.addr;
-    let pid = hearth.child.id();
     let rules = "[\"feed/{id}\"]\nread = \"auth != null\"\n";
     let (status, _) = send_raw(addr, Method::PUT, "/v1/admin/rules", Bytes::from(rules), KEY).await;
     assert_eq!(status, 204, "rules accepted");
@@ -150,28 +147,43 @@ pub async fn fanout_bench(quick: bool) {
     for doc in 0..DOCS {
         request_json(addr, Method::PUT, &format!("/v1/docs/feed/d{doc}"), serde_json::json!({"sent": 0}), KEY).await;
     }
+    (hearth, token)
+}
+
+pub async fn fanout_bench(quick: bool) {
+    println!("# Hearth realtime fan-out benchmark\n");
+    println!("machine: {} cores, {}; subscribers in this process, on the same cores\n", cores(), cpu_model());
+    let phase = if quick { Duration::from_secs(3) } else { Duration::from_secs(10) };
+    // The subscribers stand in for remote clients: their threads run at the priority of
+    // the server's fan-out, so they do not take the CPU ahead of it, and the writer and
+    // the server's request handling come first for both.
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(hearth_server::realtime::lower_thread_priority)
+        .build()
+        .expect("runtime");
     println!(
         "| subscribers | phase | writes/s | write p50 ms | write p99 ms | deliveries/s | delivery p50 ms | delivery p99 ms |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    let mut connected = 0;
-    let seen = Arc::new(Seen::default());
     let mut rss_lines = Vec::new();
     let steps: &[(usize, u32)] = if quick { &[(1000, 50), (3000, 10)] } else { &[(1000, 50), (10_000, 10)] };
     for &(subscribers, rate) in steps {
+        // Each step on a fresh server, so memory is measured from an idle start.
+        let (hearth, token) = feed_server().await;
+        let (addr, pid) = (hearth.addr, hearth.child.id());
+        let seen = Arc::new(Seen::default());
         let before = rss_kib(pid);
-        let added = subscribers - connected;
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
         let opening = Instant::now();
-        for opened in 0..added {
-            tokio::spawn(subscriber(addr, token.clone(), seen.clone(), ready_tx.clone()));
+        for opened in 0..subscribers {
+            clients.spawn(subscriber(addr, token.clone(), seen.clone(), ready_tx.clone()));
             // Pace the handshakes a little so the accept queue keeps up.
             if opened % 200 == 0 {
-                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        connected = subscribers;
-        for _ in 0..added {
+        for _ in 0..subscribers {
             if tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await.is_err() {
                 println!("subscribers did not all get their snapshot within 60 s");
                 break;
@@ -182,7 +194,7 @@ pub async fn fanout_bench(quick: bool) {
         rss_lines.push(format!(
             "{subscribers} subscribers: server RSS {} MiB, {:.1} KiB per idle subscriber (opened in {:.1} s)",
             after / 1024,
-            after.saturating_sub(before) as f64 / added as f64,
+            after.saturating_sub(before) as f64 / subscribers as f64,
             opening.elapsed().as_secs_f64()
         ));
 
@@ -208,7 +220,9 @@ pub async fn fanout_bench(quick: bool) {
                 percentile(&mut latencies, 0.99),
             );
         }
+        drop(hearth);
     }
+    clients.shutdown_background();
     println!();
     for line in rss_lines {
         println!("{line}");

@@ -61,6 +61,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub auth: AuthConfig,
     pub mail: MailConfig,
+    pub realtime: RealtimeConfig,
     /// Expression indexes over document fields.
     pub indexes: Vec<IndexConfig>,
 }
@@ -112,6 +113,25 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig { max_body_bytes: 1024 * 1024, max_batch_body_bytes: 16 * 1024 * 1024 }
+    }
+}
+
+/// Realtime limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeConfig {
+    /// Open WebSockets the server holds; more are refused with `resource-exhausted`.
+    pub max_connections: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Bytes queued for one connection before it is cut with 4008 (it resumes with its
+    /// tokens).
+    pub queue_bytes: usize,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        RealtimeConfig { max_connections: 10_000, max_subscriptions: 100, queue_bytes: 16 * 1024 * 1024 }
     }
 }
 
@@ -300,6 +320,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             auth: AuthConfig::default(),
             mail: MailConfig::default(),
+            realtime: RealtimeConfig::default(),
             indexes: Vec::new(),
         }
     }
@@ -351,6 +372,13 @@ impl Config {
         }
         if self.auth.access_token_seconds < 5 || self.auth.access_token_seconds > 86_400 {
             anyhow::bail!("auth.access_token_seconds must be 5 to 86400");
+        }
+        let realtime = &self.realtime;
+        if realtime.max_connections == 0 || realtime.max_subscriptions == 0 {
+            anyhow::bail!("realtime.max_connections and realtime.max_subscriptions must be at least 1");
+        }
+        if realtime.queue_bytes < 64 * 1024 {
+            anyhow::bail!("realtime.queue_bytes must be at least 65536 (a frame may be that large)");
         }
         if self.store.max_group_writes == 0 {
             anyhow::bail!("store.max_group_writes must be at least 1");

@@ -60,7 +60,7 @@ impl Server {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let rules = rules::Rules::open(config.rules_file(), store.clone())
             .map_err(|error| anyhow::anyhow!("{}: {error}", config.rules_file().display()))?;
-        let realtime = realtime::Realtime::start(store.clone(), rules.clone(), 10_000).await?;
+        let realtime = realtime::Realtime::start(store.clone(), rules.clone(), &config.realtime).await?;
         let state = http::AppState::new(store, auth, rules, realtime, config, ServiceKeys::new(hashes), metrics);
         Ok(Server { listener, state, new_service_key: first_key })
     }
@@ -110,7 +110,8 @@ impl Server {
 
 /// Opens the database: the document store, and the backend auth shares with it.
 async fn open_store(config: &Config) -> anyhow::Result<(Store, Arc<SqliteBackend>)> {
-    let bus = ChangeBus::new(4096);
+    // A receiver may fall 64 MiB of documents behind before it reads the log instead.
+    let bus = ChangeBus::new(64 * 1024 * 1024);
     let backend = match config.database()? {
         config::Database::Sqlite(path) => {
             let options = SqliteOptions {

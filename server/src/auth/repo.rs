@@ -686,7 +686,7 @@ mod tests {
             queue_capacity: 16,
             indexes: Vec::new(),
         };
-        let repo = Repo::new(Arc::new(SqliteBackend::open(options, ChangeBus::new(4)).expect("database")));
+        let repo = Repo::new(Arc::new(SqliteBackend::open(options, ChangeBus::new(1 << 20)).expect("database")));
         let now = 10 * 86_400 * 1_000_000;
         repo.insert_user(user("u1")).await.expect("user");
         repo.create_session("live".into(), "u1".into(), [1; 32], now, now + 1_000_000).await.expect("session");

@@ -3,9 +3,10 @@
 //! committed changes to realtime and function triggers. A reader that falls behind the
 //! bus resumes from the log by `seq` (`Store::changes_since`), so nothing is lost.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 use crate::store::{DocPath, StoredDoc};
 
@@ -49,34 +50,155 @@ pub struct Change {
     pub old: Option<Arc<StoredDoc>>,
     /// Commit time, microseconds since the epoch.
     pub committed_at: i64,
+    /// The length of the documents' JSON: what holding the change costs, about.
+    pub bytes: usize,
 }
 
 /// Changes of one commit, in `seq` order, shared by every receiver.
 pub type Committed = Arc<[Change]>;
 
-/// The in-process fan-out of committed changes.
+/// The in-process fan-out of committed changes. Each receiver has its own queue, bounded
+/// in bytes of document JSON: a commit is freed as soon as every receiver has taken it
+/// (a ring of recent commits would keep the last N alive however large they were), and
+/// a receiver that falls a whole queue behind is told it lagged and resumes from the log.
 #[derive(Clone)]
 pub struct ChangeBus {
-    sender: broadcast::Sender<Committed>,
+    receivers: Arc<Mutex<Vec<Queue>>>,
+    limit: usize,
+}
+
+/// The bus's end of one receiver.
+struct Queue {
+    sender: mpsc::UnboundedSender<Committed>,
+    state: Arc<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    queued: AtomicUsize,
+    lagged: AtomicBool,
+}
+
+/// Why [`BusReceiver::recv`] gave no commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvError {
+    /// Commits were dropped for this receiver: read the log from the last `seq` seen.
+    Lagged,
+    /// The bus is gone.
+    Closed,
+}
+
+/// One receiver's end: commits in order, or [`RecvError::Lagged`] once after a gap.
+pub struct BusReceiver {
+    receiver: mpsc::UnboundedReceiver<Committed>,
+    state: Arc<QueueState>,
+}
+
+impl BusReceiver {
+    pub async fn recv(&mut self) -> Result<Committed, RecvError> {
+        loop {
+            if self.state.lagged.swap(false, Ordering::AcqRel) {
+                return Err(RecvError::Lagged);
+            }
+            let committed = self.receiver.recv().await.ok_or(RecvError::Closed)?;
+            // An empty commit only wakes a receiver that lagged.
+            if !committed.is_empty() {
+                self.state.queued.fetch_sub(size_of(&committed), Ordering::AcqRel);
+                return Ok(committed);
+            }
+        }
+    }
+}
+
+/// What a commit holds, about: its documents' JSON.
+fn size_of(committed: &[Change]) -> usize {
+    committed.iter().map(|change| change.bytes).sum()
 }
 
 impl ChangeBus {
-    /// `capacity` commits are kept for slow receivers before they lag (and must resume
-    /// from the log).
-    pub fn new(capacity: usize) -> ChangeBus {
-        let (sender, _) = broadcast::channel(capacity);
-        ChangeBus { sender }
+    /// Each receiver may fall `limit` bytes of document JSON behind before it lags (and
+    /// must resume from the log).
+    pub fn new(limit: usize) -> ChangeBus {
+        ChangeBus { receivers: Arc::default(), limit }
     }
 
     /// Publishes the changes of one commit; only ever called after the commit.
     pub fn publish(&self, changes: Vec<Change>) {
-        if !changes.is_empty() {
-            // No receiver is fine: nothing is listening yet.
-            let _ = self.sender.send(changes.into());
+        if changes.is_empty() {
+            return;
         }
+        let committed: Committed = changes.into();
+        let size = size_of(&committed);
+        let mut receivers = self.receivers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        receivers.retain(|queue| {
+            let state = &queue.state;
+            if state.lagged.load(Ordering::Acquire) {
+                return true; // it reads the log before anything queued after the gap
+            }
+            if state.queued.fetch_add(size, Ordering::AcqRel) + size > self.limit {
+                state.queued.fetch_sub(size, Ordering::AcqRel);
+                state.lagged.store(true, Ordering::Release);
+                return queue.sender.send(Arc::from([])).is_ok();
+            }
+            queue.sender.send(committed.clone()).is_ok()
+        });
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Committed> {
-        self.sender.subscribe()
+    pub fn subscribe(&self) -> BusReceiver {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let state = Arc::new(QueueState::default());
+        let mut receivers = self.receivers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        receivers.push(Queue { sender, state: state.clone() });
+        BusReceiver { receiver, state }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(seq: i64, bytes: usize) -> Vec<Change> {
+        let path = DocPath::parse("c/d").expect("path");
+        vec![Change { seq, kind: ChangeKind::Update, path, doc: None, old: None, committed_at: 0, bytes }]
+    }
+
+    fn seqs(committed: &Committed) -> Vec<i64> {
+        committed.iter().map(|change| change.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn a_receiver_a_queue_behind_lags_once_then_hears_new_commits() {
+        let bus = ChangeBus::new(100);
+        let mut receiver = bus.subscribe();
+        bus.publish(commit(1, 60));
+        bus.publish(commit(2, 60)); // over the limit: dropped
+        bus.publish(commit(3, 10)); // dropped too: the receiver reads the log first
+        assert_eq!(receiver.recv().await.map(|c| seqs(&c)), Err(RecvError::Lagged));
+        assert_eq!(receiver.recv().await.map(|c| seqs(&c)), Ok(vec![1]));
+        bus.publish(commit(4, 10));
+        assert_eq!(receiver.recv().await.map(|c| seqs(&c)), Ok(vec![4]));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_is_woken_by_a_commit_larger_than_its_queue() {
+        let bus = ChangeBus::new(100);
+        let mut receiver = bus.subscribe();
+        let waiting = tokio::spawn(async move { receiver.recv().await.map(|c| seqs(&c)) });
+        tokio::task::yield_now().await;
+        bus.publish(commit(1, 500));
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert_eq!(woken.expect("woken").expect("task"), Err(RecvError::Lagged));
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_freed_once_every_receiver_took_it() {
+        let bus = ChangeBus::new(1000);
+        let mut receiver = bus.subscribe();
+        bus.publish(commit(1, 10));
+        let taken = receiver.recv().await.expect("commit");
+        assert_eq!(Arc::strong_count(&taken), 1);
+        drop(receiver);
+        bus.publish(commit(2, 10)); // finds the receiver gone and forgets it
+        assert!(bus.receivers.lock().expect("lock").is_empty());
     }
 }

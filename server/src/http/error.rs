@@ -53,20 +53,13 @@ impl ApiError {
 
 impl From<store::Error> for ApiError {
     fn from(error: store::Error) -> ApiError {
-        use store::Error as E;
         match error {
-            E::InvalidArgument(message) => ApiError::new(ErrorCode::InvalidArgument, message),
-            E::NotFound(message) => ApiError::new(ErrorCode::NotFound, message),
-            E::AlreadyExists(message) => ApiError::new(ErrorCode::AlreadyExists, message),
-            E::FailedPrecondition(message) => ApiError::new(ErrorCode::FailedPrecondition, message),
-            E::TooLarge(message) => ApiError::new(ErrorCode::PayloadTooLarge, message),
-            E::Unavailable(message) => ApiError::new(ErrorCode::Unavailable, message),
-            E::PermissionDenied(message) => ApiError::new(ErrorCode::PermissionDenied, message),
-            E::Internal(cause) => ApiError::internal(cause),
-            E::InBatch { index, error } => {
+            store::Error::Internal(cause) => ApiError::internal(cause),
+            store::Error::InBatch { index, error } => {
                 let inner = ApiError::from(*error);
                 ApiError { message: format!("write {index}: {}", inner.message), ..inner }.with_detail("index", index)
             }
+            other => ApiError::new(other.code(), other.to_string()),
         }
     }
 }

@@ -53,7 +53,10 @@ pub async fn realtime(
         .write_buffer_size(0)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| serve(socket, state, caller, expires, admitted)))
+        .on_upgrade(move |socket| async move {
+            let realtime = state.realtime().clone();
+            realtime.run(serve(socket, state, caller, expires, admitted)).await;
+        }))
 }
 
 /// The `exp` (seconds) of an access token already verified; `None` for service keys.

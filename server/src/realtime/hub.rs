@@ -11,10 +11,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use super::{ConnId, Outbox, Watch};
-use crate::changes::{Change, Committed};
+use crate::changes::{Change, RecvError};
 use crate::rules::eval::Lookups;
 use crate::rules::{Access, Op, Principal, QueryPlan, Rules};
 use crate::store::query::{Condition, Target};
@@ -89,7 +89,7 @@ pub struct Prepared {
 }
 
 /// How a subscriber's read rules apply to a document.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum Plan {
     /// The service key, or a rule that allows every document.
     All,
@@ -115,8 +115,91 @@ enum Entry {
 }
 
 enum State {
-    Preparing { buffer: Vec<Change> },
-    Live { plan: Plan, view: View },
+    Preparing {
+        buffer: Vec<Change>,
+    },
+    Live {
+        plan: Plan,
+        view: View,
+    },
+    /// Live, its view held by a group of subscriptions with the same query and plan.
+    Grouped(GroupId),
+}
+
+type GroupId = u64;
+
+/// Live subscriptions that run the same query under the same read plan (the same rule
+/// folded for callers it treats alike) share one view: a change is applied to it once,
+/// and the message body its members hear is encoded once.
+struct Group {
+    /// What makes subscriptions alike; see [`Hub::group`].
+    signature: String,
+    watch: Watch,
+    spec: QuerySpec,
+    plan: Plan,
+    document: bool,
+    view: View,
+    members: HashSet<Key>,
+}
+
+/// Who hears about a change: one subscription, or a group of them.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Listener {
+    Sub(Key),
+    Group(GroupId),
+}
+
+type Heard = HashMap<Listener, (Vec<Entry>, i64)>;
+
+/// Listeners by what they watch: by collection path, by collection id (collection group
+/// queries) and by document path.
+struct Index<T> {
+    by_collection: HashMap<String, HashSet<T>>,
+    by_group: HashMap<String, HashSet<T>>,
+    by_doc: HashMap<String, HashSet<T>>,
+}
+
+impl<T> Default for Index<T> {
+    fn default() -> Self {
+        Index { by_collection: HashMap::new(), by_group: HashMap::new(), by_doc: HashMap::new() }
+    }
+}
+
+impl<T: Clone + Eq + std::hash::Hash> Index<T> {
+    fn insert(&mut self, watch: &Watch, item: T) {
+        let (map, name) = self.slot(watch);
+        map.entry(name).or_default().insert(item);
+    }
+
+    fn remove(&mut self, watch: &Watch, item: &T) {
+        let (map, name) = self.slot(watch);
+        forget(map, &name, item);
+    }
+
+    /// Everyone a change to the document at `path` may concern.
+    fn matching(&self, path: &crate::store::DocPath) -> Vec<T> {
+        let mut found = Vec::new();
+        for (map, name) in [
+            (&self.by_collection, path.collection()),
+            (&self.by_group, path.collection_id()),
+            (&self.by_doc, path.as_str()),
+        ] {
+            if let Some(items) = map.get(name) {
+                found.extend(items.iter().cloned());
+            }
+        }
+        found
+    }
+
+    fn slot(&mut self, watch: &Watch) -> (&mut HashMap<String, HashSet<T>>, String) {
+        match watch {
+            Watch::Doc(path) => (&mut self.by_doc, path.as_str().to_owned()),
+            Watch::Query(spec) => match &spec.target {
+                Target::Collection(collection) => (&mut self.by_collection, collection.as_str().to_owned()),
+                Target::Group(group) => (&mut self.by_group, group.clone()),
+            },
+        }
+    }
 }
 
 struct Sub {
@@ -144,10 +227,12 @@ pub struct Hub {
     commands: mpsc::UnboundedSender<Command>,
     conns: HashMap<ConnId, Conn>,
     subs: HashMap<Key, Sub>,
-    /// Subscriptions by collection path, by collection id (groups) and by document path.
-    by_collection: HashMap<String, HashSet<Key>>,
-    by_group: HashMap<String, HashSet<Key>>,
-    by_doc: HashMap<String, HashSet<Key>>,
+    /// Live and preparing subscriptions outside a group.
+    index: Index<Key>,
+    groups: HashMap<GroupId, Group>,
+    group_index: Index<GroupId>,
+    signatures: HashMap<String, GroupId>,
+    next_group: GroupId,
     /// Subscriptions by the documents their rules read.
     by_read: HashMap<String, HashSet<Key>>,
     /// The last change the hub has processed.
@@ -155,32 +240,38 @@ pub struct Hub {
     channels: super::presence::Channels,
     shared: Shared,
     generations: u64,
+    max_subscriptions: usize,
 }
 
 impl Hub {
-    pub fn new(store: Store, rules: Rules, commands: mpsc::UnboundedSender<Command>, seq: i64) -> Hub {
+    pub fn new(
+        store: Store,
+        rules: Rules,
+        commands: mpsc::UnboundedSender<Command>,
+        seq: i64,
+        max_subscriptions: usize,
+    ) -> Hub {
         Hub {
             store,
             rules,
             commands,
             conns: HashMap::new(),
             subs: HashMap::new(),
-            by_collection: HashMap::new(),
-            by_group: HashMap::new(),
-            by_doc: HashMap::new(),
+            index: Index::default(),
+            groups: HashMap::new(),
+            group_index: Index::default(),
+            signatures: HashMap::new(),
+            next_group: 0,
             by_read: HashMap::new(),
             seq,
             channels: Default::default(),
             shared: Shared::default(),
             generations: 0,
+            max_subscriptions,
         }
     }
 
-    pub async fn run(
-        mut self,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-        mut bus: broadcast::Receiver<Committed>,
-    ) {
+    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, mut bus: crate::changes::BusReceiver) {
         let mut installed = self.rules.installed();
         loop {
             tokio::select! {
@@ -197,11 +288,11 @@ impl Hub {
                 },
                 committed = bus.recv() => match committed {
                     Ok(changes) => self.commit(&changes).await,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "realtime fell behind the change bus; catching up from the log");
+                    Err(RecvError::Lagged) => {
+                        tracing::warn!("realtime fell behind the change bus; catching up from the log");
                         self.catch_up().await;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(RecvError::Closed) => return,
                 },
             }
         }
@@ -247,11 +338,11 @@ impl Hub {
                     state.outbox.send(message);
                     return;
                 }
-                if state.subs.len() >= super::MAX_SUBSCRIPTIONS {
+                if state.subs.len() >= self.max_subscriptions {
                     let message = error_message(
                         &id,
                         "resource-exhausted",
-                        &format!("at most {} subscriptions per connection", super::MAX_SUBSCRIPTIONS),
+                        &format!("at most {} subscriptions per connection", self.max_subscriptions),
                     );
                     state.outbox.send(message);
                     return;
@@ -290,7 +381,7 @@ impl Hub {
         self.generations += 1;
         let generation = self.generations;
         let key = (conn, id.clone());
-        self.index(&key, &watch);
+        self.index.insert(&watch, key.clone());
         let (store, rules, commands) = (self.store.clone(), self.rules.clone(), self.commands.clone());
         let task_watch = watch.clone();
         let spec = spec_of(&watch);
@@ -319,14 +410,11 @@ impl Hub {
         }
     }
 
-    fn index(&mut self, key: &Key, watch: &Watch) {
-        let (map, name) = self.slot(watch);
-        map.entry(name).or_default().insert(key.clone());
-    }
-
     fn unindex(&mut self, key: &Key, sub: &Sub) {
-        let (map, name) = self.slot(&sub.watch);
-        forget(map, &name, key);
+        match sub.state {
+            State::Grouped(group) => self.leave_group(group, key),
+            _ => self.index.remove(&sub.watch, key),
+        }
         for read in &sub.reads {
             forget(&mut self.by_read, read, key);
         }
@@ -342,13 +430,57 @@ impl Hub {
         }
     }
 
-    fn slot(&mut self, watch: &Watch) -> (&mut HashMap<String, HashSet<Key>>, String) {
-        match watch {
-            Watch::Doc(path) => (&mut self.by_doc, path.as_str().to_owned()),
-            Watch::Query(spec) => match &spec.target {
-                Target::Collection(collection) => (&mut self.by_collection, collection.as_str().to_owned()),
-                Target::Group(group) => (&mut self.by_group, group.clone()),
-            },
+    /// Moves a live subscription into the group of its query and plan, founding it if
+    /// there is none. Subscriptions decided per document stay alone (their rules depend on
+    /// who asks), and so does one whose view differs from the group's (a refill that read
+    /// a newer version than the hub has processed yet) rather than risk a repeated event.
+    fn group(&mut self, key: &Key) {
+        let Some(sub) = self.subs.get_mut(key) else { return };
+        let State::Live { plan, view } = &sub.state else { return };
+        if matches!(plan, Plan::PerDocument) {
+            return;
+        }
+        let document = matches!(sub.watch, Watch::Doc(_));
+        let signature = format!("{document}|{plan:?}|{:?}", sub.spec);
+        let id = match self.signatures.get(&signature) {
+            Some(&id) => {
+                let Some(group) = self.groups.get_mut(&id) else { return };
+                if !same_view(&group.view, view) {
+                    return;
+                }
+                group.members.insert(key.clone());
+                id
+            }
+            None => {
+                self.next_group += 1;
+                let id = self.next_group;
+                let group = Group {
+                    signature: signature.clone(),
+                    watch: sub.watch.clone(),
+                    spec: sub.spec.clone(),
+                    plan: plan.clone(),
+                    document,
+                    view: view.clone(),
+                    members: HashSet::from([key.clone()]),
+                };
+                self.group_index.insert(&group.watch, id);
+                self.groups.insert(id, group);
+                self.signatures.insert(signature, id);
+                id
+            }
+        };
+        sub.state = State::Grouped(id);
+        self.index.remove(&sub.watch, key);
+    }
+
+    fn leave_group(&mut self, id: GroupId, key: &Key) {
+        let Some(group) = self.groups.get_mut(&id) else { return };
+        group.members.remove(key);
+        if group.members.is_empty()
+            && let Some(group) = self.groups.remove(&id)
+        {
+            self.signatures.remove(&group.signature);
+            self.group_index.remove(&group.watch, &id);
         }
     }
 
@@ -371,7 +503,7 @@ impl Hub {
         };
         let buffer = match &mut sub.state {
             State::Preparing { buffer } => std::mem::take(buffer),
-            State::Live { .. } => return,
+            State::Live { .. } | State::Grouped(_) => return,
         };
         let Prepared { plan, mut view, seq, replay, reads } = prepared;
         self.depend(&key, reads);
@@ -395,89 +527,105 @@ impl Hub {
                         .collect();
                     let mut encoded = Encoded::default();
                     if entries.is_empty() {
-                        state.outbox.send(changes_message(&id, &[], seq, &mut encoded));
+                        state.outbox.send(frame("changes", &id, "changes", "", seq));
                     }
                     for chunk in entries.chunks(REPLAY_CHUNK) {
                         let last = chunk.last().map_or(seq, |(change_seq, _)| *change_seq);
                         let chunk: Vec<Entry> = chunk.iter().map(|(_, entry)| entry.clone()).collect();
-                        state.outbox.send(changes_message(&id, &chunk, last, &mut encoded));
+                        state.outbox.send(frame("changes", &id, "changes", &encoded.entries(&chunk), last));
                     }
                 }
             }
         }
-        let mut heard = HashMap::new();
+        let mut heard = Heard::new();
+        let listener = Listener::Sub(key.clone());
         for change in buffer.iter().filter(|change| change.seq > seq) {
-            self.deliver(&key, change, &mut heard).await;
+            self.deliver(&listener, change, &mut heard).await;
         }
         self.flush(heard);
+        self.group(&key);
     }
 
     /// Processes the changes of one commit: each subscriber hears what the commit did to
     /// its view in one `changes` message.
     async fn commit(&mut self, changes: &[Change]) {
-        let mut heard: HashMap<Key, (Vec<Entry>, i64)> = HashMap::new();
+        let mut heard = Heard::new();
         for change in changes {
             self.change(change, &mut heard).await;
         }
         self.flush(heard);
     }
 
-    fn flush(&self, heard: HashMap<Key, (Vec<Entry>, i64)>) {
-        // A document is encoded once however many subscribers hear of it.
+    fn flush(&self, heard: Heard) {
+        // A document is encoded once however many subscribers hear of it, and a group's
+        // changes once for all its members.
         let mut encoded = Encoded::default();
-        for ((conn, id), (entries, seq)) in heard {
-            if let Some(conn) = self.conns.get(&conn)
-                && !conn.paused
-            {
-                conn.outbox.send(changes_message(&id, &entries, seq, &mut encoded));
+        for (listener, (entries, seq)) in heard {
+            let body = encoded.entries(&entries);
+            let members = match &listener {
+                Listener::Sub(key) => std::slice::from_ref(key).iter().collect::<Vec<_>>(),
+                Listener::Group(id) => match self.groups.get(id) {
+                    Some(group) => group.members.iter().collect(),
+                    None => continue,
+                },
+            };
+            for (conn, id) in members {
+                if let Some(conn) = self.conns.get(conn)
+                    && !conn.paused
+                {
+                    conn.outbox.send(frame("changes", id, "changes", &body, seq));
+                }
             }
         }
     }
 
-    async fn change(&mut self, change: &Change, heard: &mut HashMap<Key, (Vec<Entry>, i64)>) {
+    async fn change(&mut self, change: &Change, heard: &mut Heard) {
         if change.seq <= self.seq {
             return; // already processed (the bus and the log overlap after a catch-up)
         }
         self.seq = change.seq;
-        let mut keys: Vec<Key> = Vec::new();
-        for (map, name) in [
-            (&self.by_collection, change.path.collection()),
-            (&self.by_group, change.path.collection_id()),
-            (&self.by_doc, change.path.as_str()),
-        ] {
-            if let Some(found) = map.get(name) {
-                keys.extend(found.iter().cloned());
-            }
+        for id in self.group_index.matching(&change.path) {
+            self.deliver(&Listener::Group(id), change, heard).await;
         }
-        for key in keys {
+        for key in self.index.matching(&change.path) {
             let Some(sub) = self.subs.get_mut(&key) else { continue };
             if let State::Preparing { buffer } = &mut sub.state {
                 buffer.push(change.clone());
                 continue;
             }
-            self.deliver(&key, change, heard).await;
+            self.deliver(&Listener::Sub(key), change, heard).await;
         }
         // A document the rules read changed (a room's members): those subscriptions are
         // decided again, from a fresh snapshot.
         if let Some(keys) = self.by_read.get(change.path.as_str()) {
             let keys: Vec<Key> = keys.iter().cloned().collect();
             for key in keys {
-                heard.remove(&key);
+                heard.remove(&Listener::Sub(key.clone()));
                 self.restart(key);
             }
         }
     }
 
-    /// Applies a change to one live subscription and adds what its view gained and lost
-    /// to what the subscriber will hear.
-    async fn deliver(&mut self, key: &Key, change: &Change, heard: &mut HashMap<Key, (Vec<Entry>, i64)>) {
-        let Hub { store, rules, conns, subs, .. } = self;
-        let Some(conn) = conns.get(&key.0) else { return };
-        let Some(sub) = subs.get_mut(key) else { return };
-        let State::Live { plan, view } = &mut sub.state else { return };
-        let document = matches!(sub.watch, Watch::Doc(_));
-        let principal = conn.principal.as_ref();
-        let context = Context { store, rules, principal, plan, spec: &sub.spec, document, reads: Default::default() };
+    /// Applies a change to one live view and adds what it gained and lost to what its
+    /// subscribers will hear.
+    async fn deliver(&mut self, listener: &Listener, change: &Change, heard: &mut Heard) {
+        let Hub { store, rules, conns, subs, groups, .. } = self;
+        let (context, view) = match listener {
+            Listener::Sub(key) => {
+                let Some(conn) = conns.get(&key.0) else { return };
+                let Some(sub) = subs.get_mut(key) else { return };
+                let State::Live { plan, view } = &mut sub.state else { return };
+                let document = matches!(sub.watch, Watch::Doc(_));
+                let principal = conn.principal.as_ref();
+                (Context { store, rules, principal, plan, spec: &sub.spec, document, reads: Default::default() }, view)
+            }
+            Listener::Group(id) => {
+                let Some(Group { plan, spec, document, view, .. }) = groups.get_mut(id) else { return };
+                // A group's plan never asks who the caller is (see `Hub::group`).
+                let document = *document;
+                (Context { store, rules, principal: None, plan, spec, document, reads: Default::default() }, view)
+            }
+        };
         let entries = match apply(&context, view, change).await {
             Ok(entries) => entries,
             Err(error) => {
@@ -486,16 +634,24 @@ impl Hub {
             }
         };
         let reads = context.take_reads();
-        if !reads.is_empty() {
+        if let Listener::Sub(key) = listener
+            && !reads.is_empty()
+        {
             self.depend(key, reads);
         }
         if entries.is_empty() {
             return;
         }
-        let slot = heard.entry(key.clone()).or_insert_with(|| (Vec::new(), change.seq));
+        let slot = heard.entry(listener.clone()).or_insert_with(|| (Vec::new(), change.seq));
         slot.0.extend(entries);
         slot.1 = change.seq;
     }
+}
+
+fn same_view(a: &View, b: &View) -> bool {
+    a.more == b.more
+        && a.docs.len() == b.docs.len()
+        && a.docs.iter().zip(&b.docs).all(|(a, b)| a.path == b.path && a.version == b.version)
 }
 
 /// Snapshot documents shared between the views that hold them, by path and version.
@@ -545,7 +701,7 @@ impl Context<'_> {
     }
 }
 
-fn forget(map: &mut HashMap<String, HashSet<Key>>, name: &str, key: &Key) {
+fn forget<T: Eq + std::hash::Hash>(map: &mut HashMap<String, HashSet<T>>, name: &str, key: &T) {
     if let Some(keys) = map.get_mut(name) {
         keys.remove(key);
         if keys.is_empty() {
@@ -655,7 +811,7 @@ async fn prepare(
 /// Whether the subscriber may read `doc`.
 async fn readable(context: &Context<'_>, doc: &StoredDoc) -> Result<bool, Error> {
     Ok(match (context.plan, context.principal) {
-        (Plan::All, _) | (_, None) => true,
+        (Plan::All, _) | (Plan::PerDocument, None) => true,
         (Plan::Where(condition), _) => condition.matches(doc, &serde_json::Value::String(doc.path.id().to_owned())),
         (Plan::PerDocument, Some(principal)) => {
             let op = if context.document { Op::Get } else { Op::List };
@@ -795,45 +951,52 @@ impl Encoded {
         });
         out.push_str(text);
     }
+
+    /// The items of a `changes` array.
+    fn entries(&mut self, entries: &[Entry]) -> String {
+        let mut out = String::with_capacity(entries.len() * 256);
+        for (index, entry) in entries.iter().enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            let (kind, doc) = match entry {
+                Entry::Added(doc) => ("added", doc),
+                Entry::Modified(doc) => ("modified", doc),
+                Entry::Removed(doc) => ("removed", doc),
+            };
+            out.push_str(r#"{"type":""#);
+            out.push_str(kind);
+            out.push_str(r#"","doc":"#);
+            self.write(doc, &mut out);
+            out.push('}');
+        }
+        out
+    }
 }
 
 fn snapshot_message(id: &str, docs: &[Arc<StoredDoc>], seq: i64) -> Arc<str> {
-    let mut out = String::with_capacity(64 + docs.len() * 256);
-    out.push_str(r#"{"op":"snapshot","id":"#);
-    out.push_str(&quoted(id));
-    out.push_str(r#","docs":["#);
+    let mut items = String::with_capacity(docs.len() * 256);
     for (index, doc) in docs.iter().enumerate() {
         if index > 0 {
-            out.push(',');
+            items.push(',');
         }
-        doc_json(doc, &mut out);
+        doc_json(doc, &mut items);
     }
-    out.push_str(r#"],"resume":""#);
-    out.push_str(&seq.to_string());
-    out.push_str("\"}");
-    out.into()
+    frame("snapshot", id, "docs", &items, seq)
 }
 
-fn changes_message(id: &str, entries: &[Entry], seq: i64, encoded: &mut Encoded) -> Arc<str> {
-    let mut out = String::with_capacity(64 + entries.len() * 256);
-    out.push_str(r#"{"op":"changes","id":"#);
+/// `{"op":<op>,"id":<id>,<field>:[<items>],"resume":<seq>}`: the shape of the messages
+/// that carry documents.
+fn frame(op: &str, id: &str, field: &str, items: &str, seq: i64) -> Arc<str> {
+    let mut out = String::with_capacity(80 + id.len() + items.len());
+    out.push_str(r#"{"op":""#);
+    out.push_str(op);
+    out.push_str(r#"","id":"#);
     out.push_str(&quoted(id));
-    out.push_str(r#","changes":["#);
-    for (index, entry) in entries.iter().enumerate() {
-        if index > 0 {
-            out.push(',');
-        }
-        let (kind, doc) = match entry {
-            Entry::Added(doc) => ("added", doc),
-            Entry::Modified(doc) => ("modified", doc),
-            Entry::Removed(doc) => ("removed", doc),
-        };
-        out.push_str(r#"{"type":""#);
-        out.push_str(kind);
-        out.push_str(r#"","doc":"#);
-        encoded.write(doc, &mut out);
-        out.push('}');
-    }
+    out.push_str(r#",""#);
+    out.push_str(field);
+    out.push_str(r#"":["#);
+    out.push_str(items);
     out.push_str(r#"],"resume":""#);
     out.push_str(&seq.to_string());
     out.push_str("\"}");
@@ -853,15 +1016,12 @@ fn quoted(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
 }
 
+/// The code and message a client hears for a failed subscription; faults go to the log.
 fn error_code(error: &Error) -> (&'static str, String) {
-    match error {
-        Error::PermissionDenied(message) => ("permission-denied", message.clone()),
-        Error::InvalidArgument(message) => ("invalid-argument", message.clone()),
-        Error::NotFound(message) => ("not-found", message.clone()),
-        Error::Unavailable(message) => ("unavailable", message.clone()),
-        other => {
-            tracing::error!(error = %other, "realtime subscription failed");
-            ("internal", "internal error".into())
-        }
+    let code = error.code();
+    if code == hearth_types::ErrorCode::Internal {
+        tracing::error!(%error, "realtime subscription failed");
+        return (code.as_str(), "internal error".into());
     }
+    (code.as_str(), error.to_string())
 }

@@ -18,14 +18,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use serde::Deserialize;
 use tokio::sync::{Notify, mpsc};
 
+use crate::config::RealtimeConfig;
 use crate::rules::Principal;
 use crate::store::{DocPath, QuerySpec, Store};
 use hub::{Command, Hub, error_message};
 
-/// Subscriptions one connection may hold.
-pub const MAX_SUBSCRIPTIONS: usize = 100;
-/// Bytes queued for one connection before it is cut with 4008.
-pub const QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// The largest frame a client may send.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Close code for a client that reads too slowly.
@@ -47,14 +44,16 @@ pub enum Watch {
 pub struct Outbox {
     sender: mpsc::UnboundedSender<Arc<str>>,
     queued: Arc<AtomicUsize>,
+    /// Bytes that may wait.
+    limit: usize,
     overflow: Arc<Notify>,
 }
 
 impl Outbox {
-    /// Queues a message; past [`QUEUE_BYTES`] the connection is marked too slow.
+    /// Queues a message; past its limit the connection is marked too slow.
     pub fn send(&self, message: Arc<str>) {
         let size = message.len();
-        if self.queued.fetch_add(size, Ordering::AcqRel) + size > QUEUE_BYTES {
+        if self.queued.fetch_add(size, Ordering::AcqRel) + size > self.limit {
             self.overflow.notify_one();
             return;
         }
@@ -79,13 +78,64 @@ impl Outgoing {
     }
 }
 
+/// The priority of the fan-out threads, from 0 (lowest) to 99; 35 is nice 5 on Linux:
+/// under contention request handling gets about three times their share of the CPU, and
+/// they still get a steady share of it.
+const FANOUT_PRIORITY: u8 = 35;
+
+/// Lowers the calling thread to the fan-out priority. Public for load generators that
+/// stand in for remote clients on the server's own machine.
+pub fn lower_thread_priority() {
+    use thread_priority::{ThreadPriority, ThreadPriorityValue, set_current_thread_priority};
+    if let Ok(priority) = ThreadPriorityValue::try_from(FANOUT_PRIORITY)
+        && let Err(error) = set_current_thread_priority(ThreadPriority::Crossplatform(priority))
+    {
+        tracing::debug!(?error, "this thread keeps the default priority");
+    }
+}
+
 /// The realtime service. Cheap to clone.
 #[derive(Clone)]
 pub struct Realtime {
     commands: mpsc::UnboundedSender<Command>,
     next: Arc<AtomicU64>,
     open: Arc<AtomicUsize>,
-    max_connections: usize,
+    limits: RealtimeConfig,
+    fanout: Arc<Fanout>,
+}
+
+/// The runtime the hub and the connections run on. Its threads run at a lower OS
+/// priority than request handling: sending one change to 10,000 sockets is 10,000
+/// system calls, and on the request runtime a write arriving behind them would wait for
+/// all of them. Here a large fan-out delays deliveries, not writes.
+struct Fanout {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Fanout {
+    fn start() -> std::io::Result<Fanout> {
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("hearth-realtime")
+            .on_thread_start(lower_thread_priority)
+            .enable_all()
+            .build()?;
+        Ok(Fanout { runtime: Some(runtime) })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime.as_ref().expect("running until dropped").handle()
+    }
+}
+
+impl Drop for Fanout {
+    fn drop(&mut self) {
+        // Dropped from async code at shutdown, where blocking on the workers is not allowed.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Realtime {
@@ -93,26 +143,40 @@ impl Realtime {
     pub async fn start(
         store: Store,
         rules: crate::rules::Rules,
-        max_connections: usize,
+        limits: &RealtimeConfig,
     ) -> Result<Realtime, crate::store::Error> {
         let (commands, receiver) = mpsc::unbounded_channel();
         // Subscribe before reading the seq: nothing committed in between is missed.
         let bus = store.bus().subscribe();
         let seq = store.last_seq().await?;
-        let hub = Hub::new(store, rules, commands.clone(), seq);
-        tokio::spawn(hub.run(receiver, bus));
+        let hub = Hub::new(store, rules, commands.clone(), seq, limits.max_subscriptions);
+        let fanout = Fanout::start().map_err(|error| crate::store::Error::Internal(error.to_string()))?;
+        fanout.handle().spawn(hub.run(receiver, bus));
         Ok(Realtime {
+            fanout: Arc::new(fanout),
             commands,
             next: Arc::new(AtomicU64::new(1)),
             open: Arc::new(AtomicUsize::new(0)),
-            max_connections,
+            limits: limits.clone(),
         })
+    }
+
+    /// Runs a connection on the fan-out runtime, to its end.
+    pub async fn run<F>(&self, connection: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        if let Err(error) = self.fanout.handle().spawn(connection).await
+            && error.is_panic()
+        {
+            tracing::error!(%error, "a realtime connection failed");
+        }
     }
 
     /// Admits one more connection, or `None` at the limit.
     pub fn admit(&self) -> Option<Admitted> {
         let open = self.open.fetch_add(1, Ordering::AcqRel);
-        if open >= self.max_connections {
+        if open >= self.limits.max_connections {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -127,7 +191,8 @@ impl Realtime {
         let (sender, receiver) = mpsc::unbounded_channel();
         let overflow = Arc::new(Notify::new());
         let queued = Arc::new(AtomicUsize::new(0));
-        let outbox = Outbox { sender, queued: queued.clone(), overflow: overflow.clone() };
+        let outbox =
+            Outbox { sender, queued: queued.clone(), limit: self.limits.queue_bytes, overflow: overflow.clone() };
         let _ = self.commands.send(Command::Open { conn, outbox: outbox.clone(), principal });
         (Session { conn, commands: self.commands.clone(), outbox }, Outgoing { receiver, queued }, overflow)
     }

@@ -17,7 +17,7 @@ use crate::store::sqlite::{SqliteBackend, SqliteOptions, Synchronous, WriterOpti
 use crate::store::{Write, WriteOp};
 
 async fn open(dir: &Path) -> Store {
-    let bus = ChangeBus::new(64);
+    let bus = ChangeBus::new(1 << 20);
     let options = SqliteOptions {
         path: dir.join("rules.db"),
         readers: 2,

@@ -48,6 +48,24 @@ pub enum Error {
     InBatch { index: usize, error: Box<Error> },
 }
 
+impl Error {
+    /// The contract's code for this error (`internal` for faults, whose text stays in the log).
+    pub fn code(&self) -> hearth_types::ErrorCode {
+        use hearth_types::ErrorCode as C;
+        match self {
+            Error::InvalidArgument(_) => C::InvalidArgument,
+            Error::NotFound(_) => C::NotFound,
+            Error::AlreadyExists(_) => C::AlreadyExists,
+            Error::FailedPrecondition(_) => C::FailedPrecondition,
+            Error::TooLarge(_) => C::PayloadTooLarge,
+            Error::Unavailable(_) => C::Unavailable,
+            Error::PermissionDenied(_) => C::PermissionDenied,
+            Error::Internal(_) => C::Internal,
+            Error::InBatch { error, .. } => error.code(),
+        }
+    }
+}
+
 impl From<rusqlite::Error> for Error {
     fn from(error: rusqlite::Error) -> Error {
         match &error {

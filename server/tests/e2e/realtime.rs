@@ -58,6 +58,13 @@ impl Client {
     }
 }
 
+/// The server process's resident memory.
+fn rss_kib(app: &App) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", app.child.id())).expect("process status");
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("a number of KiB")
+}
+
 fn kinds(message: &Value) -> Vec<(String, String)> {
     message["changes"]
         .as_array()
@@ -303,21 +310,34 @@ async fn a_cut_subscriber_resumes_with_every_change_once_in_order() {
 
 #[tokio::test]
 async fn a_reader_that_falls_a_queue_behind_is_cut_with_4008() {
-    let app = App::spawn().await;
+    use crate::support::Options;
+    let config = "[realtime]\nqueue_bytes = 1048576\n";
+    let app = App::spawn_with(Options { config: Some(config.into()), ..Options::default() }).await;
     let mut request = format!("ws://{}/v1/realtime", app.addr).into_client_request().expect("request");
     request.headers_mut().insert("authorization", format!("Bearer {KEY}").parse().expect("header"));
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("opens");
+    let body = "x".repeat(16 * 1024);
+    let write_32_mib = |collection: &'static str| {
+        let body = &body;
+        let app = &app;
+        async move {
+            for batch in 0..4 {
+                let writes: Vec<Value> = (0..500)
+                    .map(|i| json!({"op": "set", "path": format!("{collection}/d{i}"), "data": {"body": body, "batch": batch}}))
+                    .collect();
+                let (status, _) = app.call(Method::POST, "/v1/batch", Some(json!({"writes": writes}))).await;
+                assert_eq!(status, 200);
+            }
+        }
+    };
+    // The same writes once elsewhere before, so what the store, the change bus and the
+    // allocator keep for them is there before memory is measured.
+    write_32_mib("warm").await;
+    let before = rss_kib(&app);
     let sub = json!({"op": "sub", "id": "big", "query": {"collection": "big", "limit": 1000}});
     socket.send(Message::text(sub.to_string())).await.expect("sent");
     // Write far more than a queue and the socket buffers hold, without reading.
-    let body = "x".repeat(16 * 1024);
-    for batch in 0..8 {
-        let writes: Vec<Value> = (0..500)
-            .map(|i| json!({"op": "set", "path": format!("big/d{i}"), "data": {"body": body, "batch": batch}}))
-            .collect();
-        let (status, _) = app.call(Method::POST, "/v1/batch", Some(json!({"writes": writes}))).await;
-        assert_eq!(status, 200);
-    }
+    write_32_mib("big").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let Ok(frame) = tokio::time::timeout_at(deadline, socket.next()).await else {
@@ -332,6 +352,9 @@ async fn a_reader_that_falls_a_queue_behind_is_cut_with_4008() {
             other => panic!("expected a 4008 close, got {other:?}"),
         }
     }
+    // 32 MiB of changes went by; the server kept at most a queue's worth of them.
+    let grown = rss_kib(&app).saturating_sub(before);
+    assert!(grown < 16 * 1024, "the server grew by {grown} KiB for a reader that never read");
     // The server is fine and serves others.
     let mut other = Client::connect(&app, Some(KEY)).await;
     other.send(json!({"op": "ping"})).await;
@@ -602,4 +625,71 @@ async fn a_change_to_a_document_the_rules_read_decides_subscriptions_again() {
     );
     app.call(Method::PUT, "/v1/docs/rooms/r1/messages/m3", Some(json!({"text": "not for you"}))).await;
     client.quiet().await;
+}
+
+#[tokio::test]
+async fn subscribers_joining_a_shared_query_while_it_changes_all_end_equal_to_a_fresh_run() {
+    use rand::{Rng, SeedableRng};
+    let app = App::spawn().await;
+    let (status, _) =
+        app.send(app.admin(Method::PUT, "/v1/admin/rules").body("[\"scores/{id}\"]\nread = \"auth != null\"\n")).await;
+    assert_eq!(status, 204);
+    let mut tokens = Vec::new();
+    for name in ["ana", "bo"] {
+        let body = json!({"email": format!("{name}@example.com"), "password": "correct horse battery staple"});
+        let (_, session) = app.send(app.client.post(app.url("/v1/auth/signup")).json(&body)).await;
+        tokens.push(session["access_token"].as_str().expect("token").to_owned());
+    }
+    let query = json!({"collection": "scores", "order_by": [{"field": "n", "dir": "desc"}], "limit": 5});
+    // Writes run while the subscribers arrive, leave and come back.
+    let writer = {
+        let (addr, client) = (app.addr.clone(), app.client.clone());
+        tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+            for _ in 0..250 {
+                let url = format!("http://{addr}/v1/docs/scores/s{}", rng.random_range(0..20));
+                let request = if rng.random_bool(0.8) {
+                    client.put(url).json(&json!({"n": rng.random_range(0..100)}))
+                } else {
+                    client.delete(url)
+                };
+                request.bearer_auth(KEY).send().await.expect("write sent");
+            }
+        })
+    };
+    let mut clients = Vec::new();
+    for index in 0..8 {
+        let mut client = Client::connect(&app, Some(&tokens[index % 2])).await;
+        client.send(json!({"op": "sub", "id": "top", "query": query})).await;
+        clients.push((client, View::new(), "top".to_owned()));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if index == 4 {
+            // One leaves the group and joins again under another id.
+            let (client, view, id) = &mut clients[1];
+            client.send(json!({"op": "unsub", "id": "top"})).await;
+            client.send(json!({"op": "sub", "id": "again", "query": query})).await;
+            *view = View::new();
+            *id = "again".to_owned();
+        }
+    }
+    writer.await.expect("writer");
+    let response = app.client.post(app.url("/v1/query")).bearer_auth(&tokens[0]).json(&query).send().await;
+    let page: Value = response.expect("sent").json().await.expect("json");
+    let mut fresh = View::new();
+    apply_message(&mut fresh, &json!({"op": "snapshot", "docs": page["docs"]}));
+    assert_eq!(fresh.len(), 5);
+    for (index, (client, view, id)) in clients.iter_mut().enumerate() {
+        loop {
+            let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_millis(700), client.socket.next()).await
+            else {
+                break;
+            };
+            let Message::Text(text) = frame else { continue };
+            let message: Value = serde_json::from_str(text.as_str()).expect("json");
+            if message["id"] == json!(id) {
+                apply_message(view, &message);
+            }
+        }
+        assert_eq!(view, &fresh, "subscriber {index}");
+    }
 }

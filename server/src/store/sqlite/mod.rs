@@ -511,9 +511,11 @@ impl Backend for SqliteBackend {
                     let path = DocPath::parse(&path).map_err(|e| Error::Internal(format!("logged path: {e}")))?;
                     let kind =
                         ChangeKind::parse(&kind).ok_or_else(|| Error::Internal(format!("logged kind {kind}")))?;
+                    let bytes = doc.as_ref().map_or(0, String::len) + old.as_ref().map_or(0, String::len);
                     changes.push(Change {
                         seq,
                         kind,
+                        bytes,
                         doc: parse_logged(&path, doc)?.map(Arc::new),
                         old: parse_logged(&path, old)?.map(Arc::new),
                         path,

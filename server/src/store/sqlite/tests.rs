@@ -14,7 +14,7 @@ use crate::store::query::QuerySpec;
 use crate::store::{Store, Write, WriteOp};
 
 async fn open(dir: &std::path::Path, indexes: Vec<IndexDef>) -> Store {
-    let bus = ChangeBus::new(64);
+    let bus = ChangeBus::new(1 << 20);
     let options = SqliteOptions {
         path: dir.join("test.db"),
         readers: 2,

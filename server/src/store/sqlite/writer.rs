@@ -214,6 +214,7 @@ fn apply_job(
             guard.check(&doc_path, current.as_ref().map(|(doc, _)| doc), after, &mut lookup).map_err(located)?;
         }
         let old_logged = current.as_ref().map(|(doc, text)| logged(doc, text));
+        let old_bytes = current.as_ref().map_or(0, |(_, text)| text.len());
         let path = doc_path.as_str();
         if !seen.is_empty() {
             seen.remove(path);
@@ -246,6 +247,7 @@ fn apply_job(
                     doc: Some(doc.clone()),
                     old,
                     committed_at: now,
+                    bytes: text.len() + old_bytes,
                 });
                 results.push(WriteResult { path: doc_path.clone(), doc: Some(doc), data_json: Some(text.into()) });
             }
@@ -260,6 +262,7 @@ fn apply_job(
                     doc: None,
                     old,
                     committed_at: now,
+                    bytes: old_bytes,
                 });
                 results.push(WriteResult { path: doc_path.clone(), doc: None, data_json: None });
             }
