@@ -62,6 +62,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub mail: MailConfig,
     pub realtime: RealtimeConfig,
+    pub functions: FunctionsConfig,
     /// Expression indexes over document fields.
     pub indexes: Vec<IndexConfig>,
 }
@@ -132,6 +133,24 @@ pub struct RealtimeConfig {
 impl Default for RealtimeConfig {
     fn default() -> Self {
         RealtimeConfig { max_connections: 10_000, max_subscriptions: 100, queue_bytes: 16 * 1024 * 1024 }
+    }
+}
+
+/// Embedded functions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FunctionsConfig {
+    /// Worker threads, each with one warm runtime; 0: one per core.
+    pub workers: usize,
+    /// Time limit of one invocation, then `deadline-exceeded`.
+    pub timeout_ms: u64,
+    /// Memory limit of a runtime, then `resource-exhausted`.
+    pub memory_mib: usize,
+}
+
+impl Default for FunctionsConfig {
+    fn default() -> Self {
+        FunctionsConfig { workers: 0, timeout_ms: 10_000, memory_mib: 64 }
     }
 }
 
@@ -321,6 +340,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             mail: MailConfig::default(),
             realtime: RealtimeConfig::default(),
+            functions: FunctionsConfig::default(),
             indexes: Vec::new(),
         }
     }
@@ -379,6 +399,10 @@ impl Config {
         }
         if realtime.queue_bytes < 64 * 1024 {
             anyhow::bail!("realtime.queue_bytes must be at least 65536 (a frame may be that large)");
+        }
+        let functions = &self.functions;
+        if functions.workers > 256 || !(1..=600_000).contains(&functions.timeout_ms) || functions.memory_mib < 4 {
+            anyhow::bail!("functions: workers 0 to 256, timeout_ms 1 to 600000, memory_mib at least 4");
         }
         if self.store.max_group_writes == 0 {
             anyhow::bail!("store.max_group_writes must be at least 1");

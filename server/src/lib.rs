@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod changes;
 pub mod config;
+pub mod functions;
 pub mod http;
 pub mod realtime;
 pub mod rules;
@@ -61,7 +62,10 @@ impl Server {
         let rules = rules::Rules::open(config.rules_file(), store.clone())
             .map_err(|error| anyhow::anyhow!("{}: {error}", config.rules_file().display()))?;
         let realtime = realtime::Realtime::start(store.clone(), rules.clone(), &config.realtime).await?;
-        let state = http::AppState::new(store, auth, rules, realtime, config, ServiceKeys::new(hashes), metrics);
+        let functions = functions::Functions::start(&config.dir, store.clone(), config.functions.clone())
+            .map_err(|error| anyhow::anyhow!("functions: {error}"))?;
+        let services = http::Services { store, auth, rules, realtime, functions };
+        let state = http::AppState::new(services, config, ServiceKeys::new(hashes), metrics);
         Ok(Server { listener, state, new_service_key: first_key })
     }
 
@@ -88,6 +92,7 @@ impl Server {
         let pruner = tokio::spawn(prune_changes(state.clone()));
         let key_reloader = tokio::spawn(reload_keys(state.auth().clone()));
         let rules_watcher = tokio::spawn(state.rules().clone().watch(Duration::from_secs(1)));
+        let functions_watcher = tokio::spawn(state.functions().clone().watch(Duration::from_secs(1)));
         let app = http::router(state.clone());
         tracing::info!("listening on http://{}", self.local_addr());
         let stopping = state.clone();
@@ -102,6 +107,7 @@ impl Server {
         pruner.abort();
         key_reloader.abort();
         rules_watcher.abort();
+        functions_watcher.abort();
         state.store().close().await;
         tracing::info!("stopped");
         Ok(())

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod functions;
 pub mod observe;
 pub mod realtime;
 pub mod rules;
@@ -23,7 +24,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
 
-pub use state::AppState;
+pub use state::{AppState, Services};
 
 /// The OpenAPI 3 document, generated from the handlers' annotations.
 #[derive(OpenApi)]
@@ -40,6 +41,7 @@ pub use state::AppState;
         auth::totp_enroll, auth::totp_confirm, auth::totp_disable, auth::mfa_verify,
         auth::oauth_start, auth::oauth_callback,
         rules::get_rules, rules::put_rules, realtime::realtime,
+        functions::call, functions::list, functions::deploy,
     ),
     components(schemas(
         hearth_types::Document, hearth_types::Query, hearth_types::Filter, hearth_types::Op,
@@ -54,6 +56,7 @@ pub use state::AppState;
         auth::TokenRequest, auth::RecoverRequest, auth::ResetRequest,
         hearth_types::LoginAnswer, hearth_types::MfaChallenge, hearth_types::TotpEnrollment,
         hearth_types::RecoveryCodes, hearth_types::CodeRequest, hearth_types::MfaVerifyRequest,
+        functions::CallRequest, functions::CallResponse, functions::FunctionList,
     )),
     modifiers(&BearerAuth),
 )]
@@ -141,8 +144,14 @@ pub fn router(state: AppState) -> Router {
     let rules = Router::new()
         .route("/v1/admin/rules", get(rules::get_rules).put(rules::put_rules))
         .layer(DefaultBodyLimit::max(rules::MAX_RULES_BYTES));
+    let functions = Router::new()
+        .route("/v1/functions/{name}", post(functions::call))
+        .route("/v1/admin/functions", get(functions::list))
+        .route("/v1/admin/functions/{file}", axum::routing::put(functions::deploy))
+        .layer(DefaultBodyLimit::max(functions::MAX_CALL_BYTES.max(functions::MAX_FILE_BYTES)));
     Router::new()
         .route("/v1/realtime", get(realtime::realtime))
+        .merge(functions)
         .merge(documents)
         .merge(rules)
         .merge(batch)

@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use super::extract::ServiceKeys;
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::functions::Functions;
 use crate::realtime::Realtime;
 use crate::rules::Rules;
 use crate::store::Store;
@@ -15,11 +16,21 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
+/// The services the handlers reach.
+pub struct Services {
+    pub store: Store,
+    pub auth: Auth,
+    pub rules: Rules,
+    pub realtime: Realtime,
+    pub functions: Functions,
+}
+
 struct Inner {
     store: Store,
     auth: Auth,
     rules: Rules,
     realtime: Realtime,
+    functions: Functions,
     config: Config,
     service_keys: ServiceKeys,
     metrics: PrometheusHandle,
@@ -27,20 +38,14 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(
-        store: Store,
-        auth: Auth,
-        rules: Rules,
-        realtime: Realtime,
-        config: Config,
-        service_keys: ServiceKeys,
-        metrics: PrometheusHandle,
-    ) -> AppState {
+    pub fn new(services: Services, config: Config, service_keys: ServiceKeys, metrics: PrometheusHandle) -> AppState {
+        let Services { store, auth, rules, realtime, functions } = services;
         AppState(Arc::new(Inner {
             store,
             auth,
             rules,
             realtime,
+            functions,
             config,
             service_keys,
             metrics,
@@ -62,6 +67,10 @@ impl AppState {
 
     pub fn realtime(&self) -> &Realtime {
         &self.0.realtime
+    }
+
+    pub fn functions(&self) -> &Functions {
+        &self.0.functions
     }
 
     pub fn config(&self) -> &Config {

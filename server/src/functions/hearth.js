@@ -1,0 +1,17 @@
+// The "hearth" module functions import their helpers from.
+
+export class HearthError extends Error {
+  constructor(code, message, details) {
+    super(message);
+    this.name = "HearthError";
+    this.code = code;
+    this.details = details;
+  }
+}
+
+export function onCall(handler) {
+  if (typeof handler !== "function") {
+    throw new TypeError("onCall takes a function (data, ctx) => result");
+  }
+  return Object.freeze({ __hearth: "call", handler });
+}

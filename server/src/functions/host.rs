@@ -1,0 +1,114 @@
+//! What functions reach outside the engine: `console` and `ctx.db`.
+//!
+//! One native function, `__hearth_host(op, ...args)`, takes and gives JSON text; the
+//! prelude wraps it in the JavaScript API. Host calls run the store's async calls to
+//! completion on the server's runtime (the worker is a plain thread), so every promise a
+//! function awaits is settled by the time the engine runs its jobs.
+
+use rquickjs::function::Opt;
+use rquickjs::{Ctx, Function};
+use serde_json::{Value, json};
+
+use crate::store::{DocJson, DocPath, QuerySpec, Store, Write, WriteOp};
+
+/// The server side of host calls.
+#[derive(Clone)]
+pub struct Host {
+    pub store: Store,
+    pub handle: tokio::runtime::Handle,
+}
+
+/// Installs `__hearth_host`; without a host (checking a deploy) only `log` works.
+pub fn install(ctx: &Ctx<'_>, host: Option<&Host>) -> rquickjs::Result<()> {
+    let host = host.cloned();
+    let function = Function::new(ctx.clone(), move |op: String, first: Opt<String>, second: Opt<String>| -> String {
+        let answer = match op.as_str() {
+            "log" => {
+                log(first.0.as_deref().unwrap_or("info"), second.0.as_deref().unwrap_or(""));
+                Ok(Value::Null)
+            }
+            _ => match &host {
+                Some(host) => host.handle.block_on(db(&host.store, &op, first.0.as_deref(), second.0.as_deref())),
+                None => Err(("failed-precondition", "the database is not available while modules load".into())),
+            },
+        };
+        match answer {
+            Ok(value) => json!({ "ok": value }).to_string(),
+            Err((code, message)) => json!({ "error": { "code": code, "message": message } }).to_string(),
+        }
+    })?;
+    ctx.globals().set("__hearth_host", function)
+}
+
+fn log(level: &str, message: &str) {
+    match level {
+        "error" => tracing::error!(target: "hearth::functions::console", "{message}"),
+        "warn" => tracing::warn!(target: "hearth::functions::console", "{message}"),
+        "debug" => tracing::debug!(target: "hearth::functions::console", "{message}"),
+        _ => tracing::info!(target: "hearth::functions::console", "{message}"),
+    }
+}
+
+type HostError = (&'static str, String);
+
+fn invalid(message: impl Into<String>) -> HostError {
+    ("invalid-argument", message.into())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(argument: Option<&str>, what: &str) -> Result<T, HostError> {
+    serde_json::from_str(argument.unwrap_or("null")).map_err(|_| invalid(format!("{what} has the wrong type")))
+}
+
+fn store_error(error: crate::store::Error) -> HostError {
+    let code = error.code();
+    if code == hearth_types::ErrorCode::Internal {
+        tracing::error!(%error, "a function's database call failed");
+        return (code.as_str(), "internal error".into());
+    }
+    (code.as_str(), error.to_string())
+}
+
+fn doc_value(doc: &crate::store::StoredDoc, data: &str) -> Result<Value, HostError> {
+    let mut text = String::new();
+    DocJson::written(doc, data).write_to(&mut text);
+    serde_json::from_str(&text).map_err(|error| ("internal", error.to_string()))
+}
+
+async fn db(store: &Store, op: &str, first: Option<&str>, second: Option<&str>) -> Result<Value, HostError> {
+    if op == "query" {
+        let query: hearth_types::Query = parse(first, "the query")?;
+        let spec = QuerySpec::parse(&query, store.signer()).map_err(store_error)?;
+        let page = store.query(spec).await.map_err(store_error)?;
+        let mut docs = Vec::with_capacity(page.docs.len());
+        for raw in &page.docs {
+            let mut text = String::new();
+            DocJson::read(raw).write_to(&mut text);
+            docs.push(serde_json::from_str::<Value>(&text).map_err(|error| ("internal", error.to_string()))?);
+        }
+        return Ok(json!({ "docs": docs, "more": page.more }));
+    }
+    let path: String = parse(first, "the path")?;
+    let path = DocPath::parse(&path).map_err(|error| invalid(error.0))?;
+    let data = || -> Result<serde_json::Map<String, Value>, HostError> {
+        parse(second, "the data").map_err(|_| invalid("the data is an object"))
+    };
+    let op = match op {
+        "get" => {
+            let doc = store.get(path).await.map_err(store_error)?;
+            return match doc {
+                Some(doc) => doc_value(&doc, &serde_json::to_string(&doc.data).unwrap_or_default()),
+                None => Ok(Value::Null),
+            };
+        }
+        "set" => WriteOp::Set(data()?),
+        "create" => WriteOp::Create(data()?),
+        "update" => WriteOp::Update(data()?),
+        "delete" => WriteOp::Delete,
+        other => return Err(invalid(format!("unknown host call `{other}`"))),
+    };
+    let written = store.write_one(Write { path, op, if_version: None }).await.map_err(store_error)?;
+    match (&written.doc, &written.data_json) {
+        (Some(doc), Some(data)) => doc_value(doc, data),
+        _ => Ok(Value::Null),
+    }
+}

@@ -1,0 +1,203 @@
+//! The Functions section of the contract through the real binary: deploy, call, the
+//! `ctx` API, and every way a function can fail alone.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{App, Options};
+
+async fn deploy(app: &App, file: &str, source: &str) -> (u16, Value) {
+    let request = app.admin(Method::PUT, &format!("/v1/admin/functions/{file}")).body(source.to_owned());
+    let (status, body) = app.send(request).await;
+    (status.as_u16(), body)
+}
+
+async fn call(app: &App, name: &str, token: Option<&str>, data: Value) -> (u16, Value) {
+    let mut request = app.client.post(app.url(&format!("/v1/functions/{name}"))).json(&json!({ "data": data }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let (status, body) = app.send(request).await;
+    (status.as_u16(), body)
+}
+
+const GREET: &str = r#"
+import { onCall, HearthError } from "hearth";
+
+export const greet = onCall(async (data, ctx) => {
+  console.log("greeting", data.name);
+  return { hello: ctx.auth ? ctx.auth.uid : "stranger", echo: data };
+});
+
+export const refuse = onCall(() => {
+  throw new HearthError("permission-denied", "not today");
+});
+
+export const oddCode = onCall(() => {
+  throw new HearthError("teapot", "short and stout");
+});
+
+export const crash = onCall(() => {
+  throw new Error("secret internals at line 12");
+});
+
+export const count = onCall(async (data, ctx) => {
+  const before = await ctx.db.get(`counters/${data.id}`);
+  await ctx.db.set(`counters/${data.id}`, { n: 0, ...(before ? before.data : {}) });
+  const after = await ctx.db.update(`counters/${data.id}`, { n: { $increment: 1 } });
+  const page = await ctx.db.query({ collection: "counters" });
+  return { n: after.data.n, version: after.version, listed: page.docs.length };
+});
+
+export const badWrite = onCall(async (data, ctx) => {
+  await ctx.db.update("counters/none", { n: 1 });
+});
+"#;
+
+const RUNAWAY: &str = r#"
+import { onCall } from "hearth";
+
+export const spin = onCall(() => { for (;;) {} });
+export const hog = onCall(() => {
+  const chunks = [];
+  for (;;) chunks.push(new Array(1 << 20).fill(7));
+});
+export const hang = onCall(() => new Promise(() => {}));
+export const gigabyte = onCall(() => new ArrayBuffer(1024 * 1024 * 1024).byteLength);
+export const fine = onCall((data) => data.n * 2);
+"#;
+
+#[tokio::test]
+async fn a_deployed_callable_answers_with_the_caller_and_its_data() {
+    let app = App::spawn().await;
+    let (status, body) = deploy(&app, "greet.js", GREET).await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> =
+        body["functions"].as_array().expect("list").iter().map(|f| f["name"].as_str().unwrap_or("")).collect();
+    assert!(names.contains(&"greet") && names.contains(&"count"), "{body}");
+    let (status, body) = call(&app, "greet", None, json!({"name": "ada"})).await;
+    assert_eq!((status, body.clone()), (200, json!({"result": {"hello": "stranger", "echo": {"name": "ada"}}})));
+
+    let signup = json!({"email": "ada@example.com", "password": "correct horse battery staple"});
+    let (_, session) = app.send(app.client.post(app.url("/v1/auth/signup")).json(&signup)).await;
+    let token = session["access_token"].as_str().expect("token");
+    let (_, body) = call(&app, "greet", Some(token), json!({})).await;
+    assert_eq!(body["result"]["hello"], session["user"]["id"]);
+    assert!(app.output_text().contains("greeting ada"), "console.log reaches the server log");
+
+    // The module is in functions/ and listed.
+    let (status, listed) = app.send(app.admin(Method::GET, "/v1/admin/functions")).await;
+    assert_eq!(status, 200);
+    assert!(listed["functions"].as_array().expect("list").iter().any(|f| f["name"] == "greet" && f["kind"] == "call"));
+}
+
+#[tokio::test]
+async fn ctx_db_reads_and_writes_through_the_store() {
+    let app = App::spawn().await;
+    assert_eq!(deploy(&app, "greet.js", GREET).await.0, 200);
+    let (status, body) = call(&app, "count", None, json!({"id": "c1"})).await;
+    assert_eq!((status, body["result"]["n"].clone()), (200, json!(1)), "{body}");
+    let (_, body) = call(&app, "count", None, json!({"id": "c1"})).await;
+    assert_eq!(body["result"], json!({"n": 2, "version": 4, "listed": 1}));
+    let (_, doc) = app.call(Method::GET, "/v1/docs/counters/c1", None).await;
+    assert_eq!(doc["data"]["n"], 2);
+    // A store error inside the function surfaces with its code when not caught.
+    let (status, body) = call(&app, "badWrite", None, json!({})).await;
+    assert_eq!((status, body["error"]["code"].clone()), (404, json!("not-found")), "{body}");
+}
+
+#[tokio::test]
+async fn throws_become_their_code_or_internal_without_the_stack() {
+    let app = App::spawn().await;
+    assert_eq!(deploy(&app, "greet.js", GREET).await.0, 200);
+    let (status, body) = call(&app, "refuse", None, json!({})).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone(), body["error"]["message"].clone()),
+        (403, json!("permission-denied"), json!("not today"))
+    );
+    for name in ["crash", "oddCode"] {
+        let (status, body) = call(&app, name, None, json!({})).await;
+        assert_eq!((status, body["error"]["code"].clone()), (500, json!("internal")), "{name}: {body}");
+        assert_eq!(body["error"]["message"], "internal error");
+    }
+    assert!(app.output_text().contains("secret internals"), "the cause is in the log");
+    let (status, body) = call(&app, "nothing", None, json!({})).await;
+    assert_eq!((status, body["error"]["code"].clone()), (404, json!("not-found")));
+    // A body over the limit.
+    let big = "x".repeat(2 * 1024 * 1024);
+    let (status, body) = call(&app, "greet", None, json!({ "name": big })).await;
+    assert_eq!((status, body["error"]["code"].clone()), (413, json!("payload-too-large")), "{body}");
+}
+
+#[tokio::test]
+async fn a_function_that_loops_hogs_or_hangs_fails_alone() {
+    let config = "[functions]\ntimeout_ms = 500\nmemory_mib = 32\nworkers = 1\n";
+    let app = App::spawn_with(Options { config: Some(config.into()), ..Options::default() }).await;
+    assert_eq!(deploy(&app, "runaway.js", RUNAWAY).await.0, 200);
+    let expected = [
+        ("spin", 504, "deadline-exceeded"),
+        ("hog", 429, "resource-exhausted"),
+        ("hang", 504, "deadline-exceeded"),
+        ("gigabyte", 429, "resource-exhausted"),
+    ];
+    for (name, status_wanted, code) in expected {
+        let (status, body) = call(&app, name, None, json!({})).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (status_wanted, Some(code)), "{name}: {body}");
+        // The one worker carries on with the next call.
+        let (status, body) = call(&app, "fine", None, json!({"n": 21})).await;
+        assert_eq!((status, body["result"].clone()), (200, json!(42)), "after {name}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_module_that_does_not_load_is_refused_and_the_previous_keeps_running() {
+    let app = App::spawn().await;
+    assert_eq!(deploy(&app, "greet.js", GREET).await.0, 200);
+    let broken = [
+        ("import { onCall } from \"hearth\";\n\nexport const f = onCall(() => {\n  return 1 +;\n});\n", Some(4)),
+        ("export const notAFunction = 42;\n", None),
+        ("import { nope } from \"hearth\";\nexport const f = nope(() => 1);\n", None),
+        ("throw new Error(\"at load\");\n", Some(1)),
+    ];
+    for (source, line) in broken {
+        let (status, body) = deploy(&app, "greet.js", source).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid-argument")), "{source}: {body}");
+        assert_eq!(body["error"]["details"]["file"], "greet.js");
+        if let Some(line) = line {
+            assert_eq!(body["error"]["details"]["line"], line, "{body}");
+        }
+        let (status, _) = call(&app, "greet", None, json!({})).await;
+        assert_eq!(status, 200, "the previous version still answers");
+    }
+    let (status, body) = deploy(&app, "../escape.js", GREET).await;
+    assert!(status == 400 || status == 404, "{status} {body}");
+}
+
+#[tokio::test]
+async fn changed_files_reload_without_a_restart() {
+    let app = App::spawn().await;
+    let dir = app.project().join("functions");
+    std::fs::create_dir_all(&dir).expect("functions dir");
+    std::fs::write(dir.join("v.js"), "import { onCall } from \"hearth\";\nexport const version = onCall(() => 1);\n")
+        .expect("write");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = call(&app, "version", None, json!({})).await;
+        if status == 200 {
+            assert_eq!(body["result"], 1);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not loaded: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    std::fs::write(dir.join("v.js"), "import { onCall } from \"hearth\";\nexport const version = onCall(() => 2);\n")
+        .expect("write");
+    loop {
+        let (_, body) = call(&app, "version", None, json!({})).await;
+        if body["result"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not reloaded: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
