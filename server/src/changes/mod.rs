@@ -65,6 +65,9 @@ pub type Committed = Arc<[Change]>;
 pub struct ChangeBus {
     receivers: Arc<Mutex<Vec<Queue>>>,
     limit: usize,
+    /// The `seq` of the last change published: a wake-up for readers of the log that
+    /// need no documents from the bus.
+    published: Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 /// The bus's end of one receiver.
@@ -119,7 +122,7 @@ impl ChangeBus {
     /// Each receiver may fall `limit` bytes of document JSON behind before it lags (and
     /// must resume from the log).
     pub fn new(limit: usize) -> ChangeBus {
-        ChangeBus { receivers: Arc::default(), limit }
+        ChangeBus { receivers: Arc::default(), limit, published: Arc::new(tokio::sync::watch::Sender::new(0)) }
     }
 
     /// Publishes the changes of one commit; only ever called after the commit.
@@ -127,8 +130,10 @@ impl ChangeBus {
         if changes.is_empty() {
             return;
         }
+        let last = changes.last().map_or(0, |change| change.seq);
         let committed: Committed = changes.into();
         let size = size_of(&committed);
+        self.published.send_replace(last);
         let mut receivers = self.receivers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         receivers.retain(|queue| {
             let state = &queue.state;
@@ -142,6 +147,11 @@ impl ChangeBus {
             }
             queue.sender.send(committed.clone()).is_ok()
         });
+    }
+
+    /// The `seq` of the last change published, changing with every commit.
+    pub fn published(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.published.subscribe()
     }
 
     pub fn subscribe(&self) -> BusReceiver {

@@ -15,3 +15,10 @@ export function onCall(handler) {
   }
   return Object.freeze({ __hearth: "call", handler });
 }
+
+export function onDocumentWritten(pattern, handler) {
+  if (typeof pattern !== "string" || typeof handler !== "function") {
+    throw new TypeError("onDocumentWritten takes a document pattern and a function (event, ctx) => {}");
+  }
+  return Object.freeze({ __hearth: "document-written", pattern, handler });
+}

@@ -40,6 +40,21 @@ pub fn install(ctx: &Ctx<'_>, host: Option<&Host>) -> rquickjs::Result<()> {
     ctx.globals().set("__hearth_host", function)
 }
 
+thread_local! {
+    /// The documents the running invocation wrote.
+    static WROTE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Starts noting the documents this thread's invocation writes.
+pub fn start_recording() {
+    WROTE.with(|wrote| wrote.borrow_mut().clear());
+}
+
+/// The documents written since [`start_recording`].
+pub fn take_recorded() -> Vec<String> {
+    WROTE.with(|wrote| std::mem::take(&mut *wrote.borrow_mut()))
+}
+
 fn log(level: &str, message: &str) {
     match level {
         "error" => tracing::error!(target: "hearth::functions::console", "{message}"),
@@ -106,7 +121,8 @@ async fn db(store: &Store, op: &str, first: Option<&str>, second: Option<&str>) 
         "delete" => WriteOp::Delete,
         other => return Err(invalid(format!("unknown host call `{other}`"))),
     };
-    let written = store.write_one(Write { path, op, if_version: None }).await.map_err(store_error)?;
+    let written = store.write_one(Write { path: path.clone(), op, if_version: None }).await.map_err(store_error)?;
+    WROTE.with(|wrote| wrote.borrow_mut().push(path.as_str().to_owned()));
     match (&written.doc, &written.data_json) {
         (Some(doc), Some(data)) => doc_value(doc, data),
         _ => Ok(Value::Null),

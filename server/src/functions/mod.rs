@@ -14,6 +14,7 @@
 //! message, and the bundle in force keeps running.
 
 mod host;
+mod triggers;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,10 +69,13 @@ impl std::fmt::Display for LoadError {
 
 /// The kinds of function a module can export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// `onCall`: `POST /v1/functions/{name}`.
     Call,
+    /// `onDocumentWritten(pattern, handler)`: after each committed write to a matching
+    /// document, from the change log.
+    DocumentWritten,
 }
 
 /// One exported function.
@@ -80,6 +84,9 @@ pub struct FunctionInfo {
     pub name: String,
     pub kind: Kind,
     pub file: String,
+    /// The documents a trigger reacts to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
 }
 
 /// The modules in force, and what they export.
@@ -96,9 +103,17 @@ pub type Auth = Option<serde_json::Value>;
 
 struct Job {
     name: String,
-    data: serde_json::Value,
+    /// The first argument: a callable's data, a trigger's event.
+    argument: serde_json::Value,
     auth: Auth,
-    reply: oneshot::Sender<Result<serde_json::Value, FunctionError>>,
+    reply: oneshot::Sender<Invocation>,
+}
+
+/// What one invocation did.
+struct Invocation {
+    outcome: Result<serde_json::Value, FunctionError>,
+    /// The documents it wrote through `ctx.db` (how a trigger feeding itself is seen).
+    wrote: Vec<String>,
 }
 
 struct Shared {
@@ -108,6 +123,8 @@ struct Shared {
     generations: AtomicU64,
     /// Serializes deploys, so two never interleave their check and swap.
     deploying: tokio::sync::Mutex<()>,
+    /// The generation in force, for the trigger supervisor.
+    installed: tokio::sync::watch::Sender<u64>,
 }
 
 /// The functions service. Cheap to clone.
@@ -130,6 +147,7 @@ impl Functions {
             limits: limits.clone(),
             generations: AtomicU64::new(1),
             deploying: tokio::sync::Mutex::new(()),
+            installed: tokio::sync::watch::Sender::new(1),
         });
         let (jobs, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
@@ -146,7 +164,9 @@ impl Functions {
                 .spawn(move || worker(&receiver, &shared, &host::Host { store, handle }))
                 .map_err(|error| LoadError { file: String::new(), line: None, message: error.to_string() })?;
         }
-        Ok(Functions { shared, jobs })
+        let functions = Functions { shared, jobs };
+        tokio::spawn(triggers::supervise(functions.clone(), store));
+        Ok(functions)
     }
 
     /// The functions in force.
@@ -169,19 +189,26 @@ impl Functions {
         if !bundle.functions.iter().any(|function| function.name == name && function.kind == Kind::Call) {
             return Err(FunctionError::new(ErrorCode::NotFound, format!("no callable function `{name}`")));
         }
+        self.invoke(name, data, auth).await.outcome
+    }
+
+    /// Runs the function `name` of the bundle in force on a worker.
+    async fn invoke(&self, name: &str, argument: serde_json::Value, auth: Auth) -> Invocation {
         let (reply, answer) = oneshot::channel();
-        let job = Job { name: name.to_owned(), data, auth, reply };
+        let job = Job { name: name.to_owned(), argument, auth, reply };
         let started = Instant::now();
+        let failed =
+            |code, message: &str| Invocation { outcome: Err(FunctionError::new(code, message)), wrote: Vec::new() };
         if self.jobs.send(job).is_err() {
-            return Err(FunctionError::new(ErrorCode::Unavailable, "functions are stopped"));
+            return failed(ErrorCode::Unavailable, "functions are stopped");
         }
-        let outcome = answer.await.unwrap_or_else(|_| Err(FunctionError::new(ErrorCode::Internal, "internal error")));
-        let status = if outcome.is_ok() { "ok" } else { "error" };
+        let invocation = answer.await.unwrap_or_else(|_| failed(ErrorCode::Internal, "internal error"));
+        let status = if invocation.outcome.is_ok() { "ok" } else { "error" };
         metrics::counter!("hearth_function_invocations_total", "name" => name.to_owned(), "status" => status)
             .increment(1);
         metrics::histogram!("hearth_function_duration_seconds", "name" => name.to_owned())
             .record(started.elapsed().as_secs_f64());
-        outcome
+        invocation
     }
 
     /// Checks `source` as `file` together with the other modules and, if the bundle
@@ -257,6 +284,7 @@ impl Functions {
         let generation = self.shared.generations.fetch_add(1, Ordering::AcqRel) + 1;
         let bundle = Arc::new(Bundle { generation, files, functions: functions.clone() });
         *self.shared.bundle.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = bundle;
+        self.shared.installed.send_replace(generation);
         functions
     }
 }
@@ -377,24 +405,28 @@ fn load(ctx: &Ctx<'_>, bundle: &Bundle, host: Option<&host::Host>) -> Result<Vec
         for key in namespace.keys::<String>() {
             let name = key.map_err(|e| fault(file, e.to_string()))?;
             let export: Value = namespace.get(&name).map_err(|e| fault(file, e.to_string()))?;
-            let kind = export
-                .as_object()
-                .and_then(|object| object.get::<_, Option<String>>("__hearth").ok().flatten())
+            let object = export.as_object();
+            let field = |key: &str| object.and_then(|object| object.get::<_, Option<String>>(key).ok().flatten());
+            let kind = field("__hearth")
                 .and_then(|kind| match kind.as_str() {
                     "call" => Some(Kind::Call),
+                    "document-written" => Some(Kind::DocumentWritten),
                     _ => None,
                 })
                 .ok_or_else(|| {
-                    fault(
-                        file,
-                        format!("export `{name}` is not a Hearth function (made with `onCall` from \"hearth\")"),
-                    )
+                    let helpers = "`onCall` or `onDocumentWritten` from \"hearth\"";
+                    fault(file, format!("export `{name}` is not a Hearth function (made with {helpers})"))
                 })?;
+            let pattern = field("pattern");
+            if let Some(pattern) = &pattern {
+                crate::rules::set::DocPattern::parse(pattern)
+                    .map_err(|reason| fault(file, format!("export `{name}`: pattern `{pattern}`: {reason}")))?;
+            }
             if let Some(other) = functions.iter().find(|function| function.name == name) {
                 return Err(fault(file, format!("`{name}` is exported by `{}` too", other.file)));
             }
             registry.set(name.as_str(), export).map_err(|e| fault(file, e.to_string()))?;
-            functions.push(FunctionInfo { name, kind, file: file.clone() });
+            functions.push(FunctionInfo { name, kind, file: file.clone(), pattern });
         }
     }
     ctx.globals().set("__hearth_functions", registry).map_err(|e| fault("", e.to_string()))?;
@@ -445,7 +477,8 @@ fn worker(receiver: &Mutex<mpsc::Receiver<Job>>, shared: &Shared, host: &host::H
                 Ok((fresh, _)) => engine = Some(fresh),
                 Err(error) => {
                     tracing::error!(%error, "a function runtime could not load the modules");
-                    let _ = job.reply.send(Err(FunctionError::new(ErrorCode::Internal, "internal error")));
+                    let outcome = Err(FunctionError::new(ErrorCode::Internal, "internal error"));
+                    let _ = job.reply.send(Invocation { outcome, wrote: Vec::new() });
                     engine = None;
                     continue;
                 }
@@ -455,17 +488,20 @@ fn worker(receiver: &Mutex<mpsc::Receiver<Job>>, shared: &Shared, host: &host::H
         let invocation = uuid_like();
         let span = tracing::info_span!("function", name = %job.name, invocation = %invocation);
         let _entered = span.enter();
+        host::start_recording();
         let (outcome, broken) = invoke(current, &job, &shared.limits);
+        let wrote = host::take_recorded();
         if let Err(error) = &outcome
             && error.code == ErrorCode::Internal
         {
             tracing::warn!(message = %error.message, "function failed");
         }
-        let _ = job.reply.send(outcome.map_err(|error| match error.code {
+        let outcome = outcome.map_err(|error| match error.code {
             // The cause of an internal error stays in the log.
             ErrorCode::Internal => FunctionError::new(ErrorCode::Internal, "internal error"),
             _ => error,
-        }));
+        });
+        let _ = job.reply.send(Invocation { outcome, wrote });
         if broken {
             // Interrupted or out of memory: the next invocation gets a fresh runtime.
             engine = None;
@@ -504,7 +540,7 @@ fn run(ctx: &Ctx<'_>, job: &Job) -> Result<serde_json::Value, FunctionError> {
     let registry: Object = ctx.globals().get("__hearth_functions").map_err(|e| internal(e.to_string()))?;
     let entry: Object = registry.get(job.name.as_str()).map_err(|e| internal(e.to_string()))?;
     let handler: Function = entry.get("handler").map_err(|e| internal(e.to_string()))?;
-    let data = ctx.json_parse(job.data.to_string()).map_err(|e| internal(e.to_string()))?;
+    let data = ctx.json_parse(job.argument.to_string()).map_err(|e| internal(e.to_string()))?;
     let context = Object::new(ctx.clone()).map_err(|e| internal(e.to_string()))?;
     let auth = match &job.auth {
         Some(auth) => ctx.json_parse(auth.to_string()).map_err(|e| internal(e.to_string()))?,

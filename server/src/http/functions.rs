@@ -110,3 +110,20 @@ fn refused(error: LoadError) -> ApiError {
     }
     answer.with_detail("reason", error.message)
 }
+
+/// Trigger events that kept failing, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadLetters {
+    #[schema(value_type = Vec<Object>)]
+    pub dead: Vec<crate::store::DeadLetter>,
+}
+
+/// The newest 100 trigger events that failed every try (or were stopped as a runaway
+/// chain): trigger, `seq`, path, attempts, last error.
+#[utoipa::path(get, path = "/v1/admin/functions/dead", tag = "functions",
+    responses((status = 200, body = DeadLetters)),
+    security(("service_key" = [])))]
+pub async fn dead(State(state): State<AppState>, caller: Caller) -> Result<Json<DeadLetters>, ApiError> {
+    caller.require_service()?;
+    Ok(Json(DeadLetters { dead: state.store().backend().dead_letters(100).await? }))
+}

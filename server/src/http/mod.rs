@@ -41,7 +41,7 @@ pub use state::{AppState, Services};
         auth::totp_enroll, auth::totp_confirm, auth::totp_disable, auth::mfa_verify,
         auth::oauth_start, auth::oauth_callback,
         rules::get_rules, rules::put_rules, realtime::realtime,
-        functions::call, functions::list, functions::deploy,
+        functions::call, functions::list, functions::deploy, functions::dead,
     ),
     components(schemas(
         hearth_types::Document, hearth_types::Query, hearth_types::Filter, hearth_types::Op,
@@ -56,7 +56,7 @@ pub use state::{AppState, Services};
         auth::TokenRequest, auth::RecoverRequest, auth::ResetRequest,
         hearth_types::LoginAnswer, hearth_types::MfaChallenge, hearth_types::TotpEnrollment,
         hearth_types::RecoveryCodes, hearth_types::CodeRequest, hearth_types::MfaVerifyRequest,
-        functions::CallRequest, functions::CallResponse, functions::FunctionList,
+        functions::CallRequest, functions::CallResponse, functions::FunctionList, functions::DeadLetters,
     )),
     modifiers(&BearerAuth),
 )]
@@ -147,6 +147,7 @@ pub fn router(state: AppState) -> Router {
     let functions = Router::new()
         .route("/v1/functions/{name}", post(functions::call))
         .route("/v1/admin/functions", get(functions::list))
+        .route("/v1/admin/functions/dead", get(functions::dead))
         .route("/v1/admin/functions/{file}", axum::routing::put(functions::deploy))
         .layer(DefaultBodyLimit::max(functions::MAX_CALL_BYTES.max(functions::MAX_FILE_BYTES)));
     Router::new()

@@ -261,22 +261,7 @@ impl Pattern {
 
     /// The captures if this pattern matches `segments`.
     pub fn matches(&self, segments: &[&str]) -> Option<Captures> {
-        let mut captures = Vec::new();
-        for (index, segment) in self.segments.iter().enumerate() {
-            match segment {
-                Segment::Rest(name) => {
-                    captures.push((name.clone(), segments.get(index..).unwrap_or_default().join("/")));
-                    return Some(captures);
-                }
-                Segment::Literal(literal) => {
-                    if segments.get(index) != Some(&literal.as_str()) {
-                        return None;
-                    }
-                }
-                Segment::Capture(name) => captures.push((name.clone(), (*segments.get(index)?).to_owned())),
-            }
-        }
-        (segments.len() == self.segments.len()).then_some(captures)
+        match_segments(&self.segments, segments)
     }
 
     /// The names this pattern captures.
@@ -285,6 +270,47 @@ impl Pattern {
             Segment::Capture(name) | Segment::Rest(name) => Some(name.as_str()),
             Segment::Literal(_) => None,
         })
+    }
+}
+
+fn match_segments(pattern: &[Segment], segments: &[&str]) -> Option<Captures> {
+    let mut captures = Vec::new();
+    for (index, segment) in pattern.iter().enumerate() {
+        match segment {
+            Segment::Rest(name) => {
+                captures.push((name.clone(), segments.get(index..).unwrap_or_default().join("/")));
+                return Some(captures);
+            }
+            Segment::Literal(literal) => {
+                if segments.get(index) != Some(&literal.as_str()) {
+                    return None;
+                }
+            }
+            Segment::Capture(name) => captures.push((name.clone(), (*segments.get(index)?).to_owned())),
+        }
+    }
+    (segments.len() == pattern.len()).then_some(captures)
+}
+
+/// A document pattern without rules (`rooms/{room}/messages/{msg}`), as functions name
+/// the documents they react to; the syntax of rules patterns.
+#[derive(Debug, Clone)]
+pub struct DocPattern {
+    pub text: String,
+    segments: Vec<Segment>,
+}
+
+impl DocPattern {
+    pub fn parse(text: &str) -> Result<DocPattern, String> {
+        match parse_pattern(text)? {
+            (_, true) => Err("a document pattern, not a channel".into()),
+            (segments, false) => Ok(DocPattern { text: text.to_owned(), segments }),
+        }
+    }
+
+    /// The captures if the document at `path` matches.
+    pub fn matches(&self, path: &str) -> Option<Captures> {
+        match_segments(&self.segments, &path.split('/').collect::<Vec<_>>())
     }
 }
 

@@ -206,6 +206,26 @@ pub trait Backend: Send + Sync + 'static {
     fn add_service_key_hash(&self, hash: [u8; 32]) -> BoxFuture<'_, Result<(), Error>>;
     /// The key that signs query cursors, made on first use.
     fn cursor_key(&self) -> BoxFuture<'_, Result<[u8; 32], Error>>;
+    /// The last change the trigger `name` is done with, if it ever started.
+    fn trigger_cursor(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>>;
+    fn set_trigger_cursor(&self, name: String, seq: i64) -> BoxFuture<'_, Result<(), Error>>;
+    fn add_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), Error>>;
+    /// The newest dead letters first, at most `limit`.
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>>;
+}
+
+/// A trigger event that kept failing, kept for an admin to see.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetter {
+    /// The trigger.
+    pub name: String,
+    /// The change it failed on.
+    pub seq: i64,
+    pub path: String,
+    pub attempts: u32,
+    pub error: String,
+    /// Microseconds since the epoch.
+    pub failed_at: i64,
 }
 
 /// The store every other module uses. Cheap to clone.

@@ -176,7 +176,7 @@ async fn a_module_that_does_not_load_is_refused_and_the_previous_keeps_running()
 #[tokio::test]
 async fn changed_files_reload_without_a_restart() {
     let app = App::spawn().await;
-    let dir = app.project().join("functions");
+    let dir = app.dir().join("functions");
     std::fs::create_dir_all(&dir).expect("functions dir");
     std::fs::write(dir.join("v.js"), "import { onCall } from \"hearth\";\nexport const version = onCall(() => 1);\n")
         .expect("write");
@@ -198,6 +198,112 @@ async fn changed_files_reload_without_a_restart() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "not reloaded: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls `path` until `done` holds for its document, for up to 20 s.
+async fn eventually(app: &App, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, body) = app.call(Method::GET, path, None).await;
+        if done(&body) {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{path} never got there: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+const TRIGGERS: &str = r#"
+import { onDocumentWritten } from "hearth";
+
+export const countMessages = onDocumentWritten("rooms/{room}/messages/{msg}", async (event, ctx) => {
+  if (event.kind !== "create") return;
+  const room = await ctx.db.get(`rooms/${event.params.room}`);
+  if (room) await ctx.db.update(`rooms/${event.params.room}`, { count: { $increment: 1 }, last: event.after.data.text });
+  else await ctx.db.set(`rooms/${event.params.room}`, { count: 1, last: event.after.data.text });
+});
+
+export const alwaysFails = onDocumentWritten("fragile/{id}", () => {
+  throw new Error("cannot cope");
+});
+
+export const feedsItself = onDocumentWritten("loops/{id}", async (event, ctx) => {
+  await ctx.db.update(event.path, { n: { $increment: 1 } });
+});
+"#;
+
+#[tokio::test]
+async fn a_trigger_sees_every_write_in_order_and_failures_are_dead_lettered() {
+    let app = App::spawn().await;
+    let (status, body) = deploy(&app, "triggers.js", TRIGGERS).await;
+    assert_eq!(status, 200, "{body}");
+    // Give the supervisor a moment to start the triggers at the end of the log.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for n in 0..20 {
+        let (status, _) = app
+            .call(Method::PUT, &format!("/v1/docs/rooms/r1/messages/m{n}"), Some(json!({"text": format!("hi {n}")})))
+            .await;
+        assert_eq!(status, 201);
+    }
+    let room = eventually(&app, "/v1/docs/rooms/r1", |doc| doc["data"]["count"] == 20).await;
+    assert_eq!(room["data"]["last"], "hi 19", "events run in seq order");
+
+    app.call(Method::PUT, "/v1/docs/fragile/f1", Some(json!({"x": 1}))).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let letter = loop {
+        let (_, dead) = app.send(app.admin(Method::GET, "/v1/admin/functions/dead")).await;
+        if let Some(letter) = dead["dead"].as_array().and_then(|dead| dead.iter().find(|l| l["name"] == "alwaysFails"))
+        {
+            break letter.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered: {dead}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!((letter["path"].as_str(), letter["attempts"].as_u64()), (Some("fragile/f1"), Some(5)));
+    assert_eq!(letter["error"], "internal: internal error");
+
+    // A trigger rewriting its own document is stopped, and says so.
+    app.call(Method::PUT, "/v1/docs/loops/l1", Some(json!({"n": 0}))).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !app.output_text().contains("runaway chain") {
+        assert!(std::time::Instant::now() < deadline, "the chain was not stopped");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (_, looped) = app.call(Method::GET, "/v1/docs/loops/l1", None).await;
+    assert_eq!(looped["data"]["n"], 16, "{looped}");
+}
+
+#[tokio::test]
+async fn a_trigger_catches_up_after_a_crash() {
+    let copy = r#"
+import { onDocumentWritten } from "hearth";
+export const copy = onDocumentWritten("src/{id}", async (event, ctx) => {
+  if (event.after) await ctx.db.set(`dst/${event.params.id}`, event.after.data);
+});
+"#;
+    let mut app = App::spawn().await;
+    assert_eq!(deploy(&app, "copy.js", copy).await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let writes: Vec<Value> =
+        (0..300).map(|n| json!({"op": "set", "path": format!("src/d{n}"), "data": {"n": n}})).collect();
+    let (status, _) = app.call(Method::POST, "/v1/batch", Some(json!({"writes": writes}))).await;
+    assert_eq!(status, 200);
+    // Killed while the trigger is (most likely) part-way through.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    app.kill_hard();
+    let again = App::start_in(&app.dir(), &Options::default());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, page) = again
+            .call(Method::POST, "/v1/aggregate", Some(json!({"query": {"collection": "dst"}, "count": true})))
+            .await;
+        if page["count"] == 300 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the trigger did not catch up: {page}");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

@@ -35,11 +35,6 @@ impl App {
         App::spawn_with(Options::default()).await
     }
 
-    /// The project dir the server runs in.
-    pub fn project(&self) -> &Path {
-        &self.project
-    }
-
     pub async fn spawn_with(options: Options) -> App {
         let dir = tempfile::tempdir().expect("temp dir");
         if let Some(config) = &options.config {

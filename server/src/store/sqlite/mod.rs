@@ -17,8 +17,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::query::{Field, Target};
 use super::{
-    AggregateValues, Aggregation, Backend, Change, ChangeBus, ChangeKind, DocPath, Error, Page, Prepared, QuerySpec,
-    RawDoc, StoredDoc, WriteGuard, WriteResult,
+    AggregateValues, Aggregation, Backend, Change, ChangeBus, ChangeKind, DeadLetter, DocPath, Error, Page, Prepared,
+    QuerySpec, RawDoc, StoredDoc, WriteGuard, WriteResult,
 };
 pub use writer::WriterOptions;
 use writer::{Command, Exec, Job};
@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "mail", include_str!("../../../../migrations/sqlite/0003_mail.sql")),
     (4, "mfa", include_str!("../../../../migrations/sqlite/0004_mfa.sql")),
     (5, "oauth", include_str!("../../../../migrations/sqlite/0005_oauth.sql")),
+    (6, "functions", include_str!("../../../../migrations/sqlite/0006_functions.sql")),
 ];
 
 /// How durable a commit is. `Normal` (WAL) survives a crash of the process; `Full`
@@ -606,6 +607,66 @@ impl Backend for SqliteBackend {
             .map(|_| ())
         }
         .boxed()
+    }
+
+    fn trigger_cursor(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>> {
+        self.readers
+            .run(move |conn| {
+                let mut statement = conn.prepare_cached("SELECT seq FROM trigger_cursors WHERE name = ?1")?;
+                let mut rows = statement.query_map([&name], |row| row.get::<_, i64>(0))?;
+                Ok(rows.next().transpose()?)
+            })
+            .boxed()
+    }
+
+    fn set_trigger_cursor(&self, name: String, seq: i64) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            self.exec(Box::new(move |conn| {
+                Ok(conn.execute(
+                    "INSERT INTO trigger_cursors (name, seq) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    rusqlite::params![name, seq],
+                )? as u64)
+            }))
+            .await
+            .map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn add_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            self.exec(Box::new(move |conn| {
+                Ok(conn.execute(
+                    "INSERT INTO dead_letters (name, seq, path, attempts, error, failed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    rusqlite::params![letter.name, letter.seq, letter.path, letter.attempts, letter.error, letter.failed_at],
+                )? as u64)
+            }))
+            .await
+            .map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>> {
+        self.readers
+            .run(move |conn| {
+                let mut statement = conn.prepare_cached(
+                    "SELECT name, seq, path, attempts, error, failed_at FROM dead_letters ORDER BY id DESC LIMIT ?1",
+                )?;
+                let rows = statement.query_map([limit as i64], |row| {
+                    Ok(DeadLetter {
+                        name: row.get(0)?,
+                        seq: row.get(1)?,
+                        path: row.get(2)?,
+                        attempts: row.get(3)?,
+                        error: row.get(4)?,
+                        failed_at: row.get(5)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .boxed()
     }
 
     fn cursor_key(&self) -> BoxFuture<'_, Result<[u8; 32], Error>> {

@@ -1,0 +1,186 @@
+//! Document triggers: each `onDocumentWritten` export follows the change log from a
+//! durable cursor (`trigger_cursors`), so it sees every committed write to a matching
+//! document at least once, in `seq` order, also across a crash (the cursor is saved after
+//! each batch is handled; what was handled after the last save runs again).
+//!
+//! A failing event is retried with doubling backoff and after [`ATTEMPTS`] goes to the
+//! dead letters (`GET /v1/admin/functions/dead`); the trigger moves on. A trigger that
+//! writes the document that triggered it, again and again, is stopped for that document
+//! after [`MAX_CHAIN`] rounds and says so in the log.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{Functions, Kind};
+use crate::changes::Change;
+use crate::rules::set::DocPattern;
+use crate::store::{DeadLetter, DocJson, Store, StoredDoc};
+
+/// Changes read from the log at a time; the cursor is saved after each such batch.
+const BATCH: usize = 100;
+/// Tries of one event before it is dead-lettered.
+pub const ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Rounds of a trigger rewriting its own document before it is stopped for it.
+pub const MAX_CHAIN: u32 = 16;
+
+/// Keeps one task per trigger of the bundle in force.
+pub async fn supervise(functions: Functions, store: Store) {
+    let mut installed = functions.shared.installed.subscribe();
+    let mut running: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
+    loop {
+        let wanted: HashMap<String, String> = functions
+            .list()
+            .into_iter()
+            .filter(|function| function.kind == Kind::DocumentWritten)
+            .filter_map(|function| Some((function.name, function.pattern?)))
+            .collect();
+        running.retain(|name, (pattern, task)| {
+            let keep = wanted.get(name) == Some(pattern);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (name, pattern) in wanted {
+            if running.contains_key(&name) {
+                continue;
+            }
+            let Ok(parsed) = DocPattern::parse(&pattern) else { continue };
+            let task = tokio::spawn(follow(functions.clone(), store.clone(), name.clone(), parsed));
+            running.insert(name, (pattern, task));
+        }
+        if installed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs one trigger over the log, forever.
+async fn follow(functions: Functions, store: Store, name: String, pattern: DocPattern) {
+    let mut published = store.bus().published();
+    let mut cursor = loop {
+        match start_at(&store, &name).await {
+            Ok(seq) => break seq,
+            Err(error) => {
+                tracing::error!(trigger = %name, %error, "cannot read the trigger's cursor; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    // Documents this trigger rewrote in response to their own change, and how often in a row.
+    let mut chains: HashMap<String, u32> = HashMap::new();
+    loop {
+        let changes = match store.changes_since(cursor, BATCH).await {
+            Ok(changes) => changes,
+            Err(error) => {
+                tracing::error!(trigger = %name, %error, "cannot read the change log");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(last) = changes.last().map(|change| change.seq) else {
+            // Up to date: wait for the next commit (or a second, in case of a lost wake-up).
+            let _ = tokio::time::timeout(Duration::from_secs(1), published.changed()).await;
+            continue;
+        };
+        for change in &changes {
+            if let Some(captures) = pattern.matches(change.path.as_str()) {
+                handle(&functions, &store, &name, change, captures, &mut chains).await;
+            }
+        }
+        cursor = last;
+        if let Err(error) = store.backend().set_trigger_cursor(name.clone(), cursor).await {
+            tracing::error!(trigger = %name, %error, "cannot save the trigger's cursor");
+        }
+    }
+}
+
+/// The trigger's saved cursor; a new trigger starts at the end of the log (it sees the
+/// writes after it was deployed, not the history).
+async fn start_at(store: &Store, name: &str) -> Result<i64, crate::store::Error> {
+    if let Some(seq) = store.backend().trigger_cursor(name.to_owned()).await? {
+        return Ok(seq);
+    }
+    let seq = store.last_seq().await?;
+    store.backend().set_trigger_cursor(name.to_owned(), seq).await?;
+    Ok(seq)
+}
+
+async fn handle(
+    functions: &Functions,
+    store: &Store,
+    name: &str,
+    change: &Change,
+    captures: Vec<(String, String)>,
+    chains: &mut HashMap<String, u32>,
+) {
+    let path = change.path.as_str();
+    let rounds = chains.get(path).copied().unwrap_or(0);
+    if rounds >= MAX_CHAIN {
+        chains.remove(path);
+        let error = format!(
+            "runaway chain: `{name}` rewrote `{path}` in response to its own change {MAX_CHAIN} times in a row; stopped for this change"
+        );
+        tracing::error!(trigger = %name, path, seq = change.seq, "{error}");
+        dead_letter(store, name, change, 0, error).await;
+        return;
+    }
+    let params: serde_json::Map<String, Value> =
+        captures.into_iter().map(|(key, value)| (key, Value::String(value))).collect();
+    let event = json!({
+        "kind": change.kind.as_str(),
+        "path": path,
+        "params": params,
+        "before": change.old.as_deref().map(doc_json),
+        "after": change.doc.as_deref().map(doc_json),
+        "seq": change.seq,
+    });
+    let mut backoff = FIRST_BACKOFF;
+    let mut last_error = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let invocation = functions.invoke(name, event.clone(), None).await;
+        match invocation.outcome {
+            Ok(_) => {
+                if invocation.wrote.iter().any(|wrote| wrote == path) {
+                    chains.insert(path.to_owned(), rounds + 1);
+                } else {
+                    chains.remove(path);
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(trigger = %name, path, seq = change.seq, attempt, code = error.code.as_str(), "trigger failed");
+                last_error = format!("{}: {}", error.code.as_str(), error.message);
+                if attempt < ATTEMPTS {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        }
+    }
+    dead_letter(store, name, change, ATTEMPTS, last_error).await;
+}
+
+async fn dead_letter(store: &Store, name: &str, change: &Change, attempts: u32, error: String) {
+    let letter = DeadLetter {
+        name: name.to_owned(),
+        seq: change.seq,
+        path: change.path.as_str().to_owned(),
+        attempts,
+        error,
+        failed_at: chrono::Utc::now().timestamp_micros(),
+    };
+    if let Err(error) = store.backend().add_dead_letter(letter).await {
+        tracing::error!(trigger = %name, %error, "cannot keep a dead letter");
+    }
+}
+
+fn doc_json(doc: &StoredDoc) -> Value {
+    let data = serde_json::to_string(&doc.data).unwrap_or_else(|_| "{}".into());
+    let mut text = String::new();
+    DocJson::written(doc, &data).write_to(&mut text);
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
