@@ -44,6 +44,11 @@ pub async fn supervise(functions: Functions, store: Store) {
             }
             keep
         });
+        // An undeployed trigger's cursor would hold back pruning forever; deployed again,
+        // it starts afresh at the end of the log.
+        if let Err(error) = store.backend().retain_trigger_cursors(wanted.keys().cloned().collect()).await {
+            tracing::error!(%error, "cannot forget the cursors of undeployed triggers");
+        }
         for (name, pattern) in wanted {
             if running.contains_key(&name) {
                 continue;

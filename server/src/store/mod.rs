@@ -195,7 +195,8 @@ pub trait Backend: Send + Sync + 'static {
     fn last_seq(&self) -> BoxFuture<'_, Result<i64, Error>>;
     /// Logged changes with `seq > after`, oldest first, at most `limit`.
     fn changes_since(&self, after: i64, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, Error>>;
-    /// Removes logged changes committed before `before` (microseconds); returns how many.
+    /// Removes logged changes committed before `before` (microseconds) that every trigger
+    /// is done with; returns how many.
     fn prune_changes(&self, before: i64) -> BoxFuture<'_, Result<u64, Error>>;
     /// Whether the database answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), Error>>;
@@ -209,6 +210,9 @@ pub trait Backend: Send + Sync + 'static {
     /// The last change the trigger `name` is done with, if it ever started.
     fn trigger_cursor(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>>;
     fn set_trigger_cursor(&self, name: String, seq: i64) -> BoxFuture<'_, Result<(), Error>>;
+    /// Forgets the cursors of triggers not in `names` (undeployed), so they no longer
+    /// hold back pruning.
+    fn retain_trigger_cursors(&self, names: Vec<String>) -> BoxFuture<'_, Result<(), Error>>;
     fn add_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), Error>>;
     /// The newest dead letters first, at most `limit`.
     fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>>;

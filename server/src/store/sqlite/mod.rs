@@ -537,8 +537,11 @@ impl Backend for SqliteBackend {
                 let deleted = self
                     .exec(Box::new(move |conn| {
                         Ok(conn.execute(
+                            // A change a trigger has not handled yet stays, however old.
                             "DELETE FROM changes WHERE seq IN \
-                             (SELECT seq FROM changes WHERE committed_at < ?1 ORDER BY seq LIMIT ?2)",
+                             (SELECT seq FROM changes WHERE committed_at < ?1 \
+                              AND seq <= (SELECT coalesce(min(seq), 9223372036854775807) FROM trigger_cursors) \
+                              ORDER BY seq LIMIT ?2)",
                             params![before, SLICE as i64],
                         )? as u64)
                     }))
@@ -626,6 +629,21 @@ impl Backend for SqliteBackend {
                     "INSERT INTO trigger_cursors (name, seq) VALUES (?1, ?2)
                      ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
                     rusqlite::params![name, seq],
+                )? as u64)
+            }))
+            .await
+            .map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn retain_trigger_cursors(&self, names: Vec<String>) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            let names = serde_json::to_string(&names).map_err(|error| Error::Internal(error.to_string()))?;
+            self.exec(Box::new(move |conn| {
+                Ok(conn.execute(
+                    "DELETE FROM trigger_cursors WHERE name NOT IN (SELECT value FROM json_each(?1))",
+                    [names],
                 )? as u64)
             }))
             .await

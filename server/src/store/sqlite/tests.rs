@@ -341,3 +341,22 @@ async fn pruning_a_large_log_goes_in_slices_and_misses_nothing() {
     assert_eq!(store.prune_changes(i64::MAX).await.expect("pruned"), 12_500);
     assert!(store.changes_since(0, 10).await.expect("log").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_keeps_what_a_trigger_has_not_handled() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), Vec::new()).await;
+    let path = DocPath::parse("c/one").expect("path");
+    for n in 0..5 {
+        let data = json!({"n": n}).as_object().cloned().unwrap_or_default();
+        store.write(vec![Write { path: path.clone(), op: WriteOp::Set(data), if_version: None }]).await.expect("write");
+    }
+    let seqs: Vec<i64> = store.changes_since(0, 10).await.expect("log").iter().map(|change| change.seq).collect();
+    let backend = store.backend();
+    backend.set_trigger_cursor("slow".into(), seqs[1]).await.expect("cursor");
+    backend.set_trigger_cursor("fast".into(), seqs[4]).await.expect("cursor");
+    assert_eq!(store.prune_changes(i64::MAX).await.expect("pruned"), 2, "up to the slowest trigger's cursor");
+    backend.retain_trigger_cursors(vec!["fast".into()]).await.expect("undeployed");
+    assert_eq!(backend.trigger_cursor("slow".into()).await.expect("read"), None);
+    assert_eq!(store.prune_changes(i64::MAX).await.expect("pruned"), 3, "the rest, once `slow` is undeployed");
+}
