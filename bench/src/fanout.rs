@@ -120,7 +120,7 @@ async fn write(addr: SocketAddr, rate: u32, concurrency: usize, phase: Duration)
     }
 }
 
-fn percentile(values: &mut [u32], p: f64) -> f64 {
+pub fn percentile(values: &mut [u32], p: f64) -> f64 {
     if values.is_empty() {
         return 0.0;
     }

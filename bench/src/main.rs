@@ -17,6 +17,7 @@ use hyper::{Method, Request};
 use tokio::net::TcpStream;
 
 mod fanout;
+mod functions;
 mod rules;
 
 const KEY: &str = "hk_bench_0123456789abcdefghijklmnopqrstuvwxyz";
@@ -38,6 +39,12 @@ fn main() {
         let quick = args.iter().any(|arg| arg == "--quick");
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
         return runtime.block_on(fanout::fanout_bench(quick));
+    }
+    if args.get(1).map(String::as_str) == Some("functions") {
+        let quick = args.iter().any(|arg| arg == "--quick");
+        let phase = if quick { Duration::from_secs(2) } else { Duration::from_secs(5) };
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        return runtime.block_on(functions::functions_bench(phase));
     }
     if args.get(1).map(String::as_str) == Some("rules") {
         let quick = args.iter().any(|arg| arg == "--quick");
