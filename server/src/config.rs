@@ -146,11 +146,24 @@ pub struct FunctionsConfig {
     pub timeout_ms: u64,
     /// Memory limit of a runtime, then `resource-exhausted`.
     pub memory_mib: usize,
+    /// Hosts `ctx.fetch` may reach: `host` (any port) or `host:port`.
+    pub fetch_allow: Vec<String>,
+    /// Time limit of one `ctx.fetch`.
+    pub fetch_timeout_ms: u64,
+    /// `ctx.secrets`: name → value; never logged or returned by the server.
+    pub secrets: std::collections::BTreeMap<String, Secret>,
 }
 
 impl Default for FunctionsConfig {
     fn default() -> Self {
-        FunctionsConfig { workers: 0, timeout_ms: 10_000, memory_mib: 64 }
+        FunctionsConfig {
+            workers: 0,
+            timeout_ms: 10_000,
+            memory_mib: 64,
+            fetch_allow: Vec::new(),
+            fetch_timeout_ms: 10_000,
+            secrets: Default::default(),
+        }
     }
 }
 

@@ -16,6 +16,97 @@ use crate::store::{DocJson, DocPath, QuerySpec, Store, Write, WriteOp};
 pub struct Host {
     pub store: Store,
     pub handle: tokio::runtime::Handle,
+    pub fetch: Fetch,
+}
+
+/// `ctx.fetch`: an HTTP client limited to the allow-listed hosts.
+#[derive(Clone)]
+pub struct Fetch {
+    client: reqwest::Client,
+    allow: Vec<String>,
+}
+
+/// Largest response body `ctx.fetch` reads.
+const MAX_FETCH_BYTES: usize = 10 * 1024 * 1024;
+
+impl Fetch {
+    pub fn new(config: &crate::config::FunctionsConfig) -> Result<Fetch, String> {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_millis(config.fetch_timeout_ms))
+            // A redirect could leave the allow-list.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|error| error.to_string())?;
+        Ok(Fetch { client, allow: config.fetch_allow.iter().map(|host| host.to_ascii_lowercase()).collect() })
+    }
+
+    fn allows(&self, url: &reqwest::Url) -> bool {
+        let Some(host) = url.host_str().map(str::to_ascii_lowercase) else { return false };
+        let with_port = url.port_or_known_default().map(|port| format!("{host}:{port}"));
+        self.allow.iter().any(|allowed| *allowed == host || Some(allowed) == with_port.as_ref())
+    }
+
+    async fn send(&self, url: &str, init: Option<&str>) -> Result<Value, HostError> {
+        #[derive(serde::Deserialize)]
+        struct Init {
+            method: String,
+            headers: std::collections::BTreeMap<String, String>,
+            body: Option<String>,
+        }
+        let url = reqwest::Url::parse(url).map_err(|error| invalid(format!("`{url}` is not a URL: {error}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid("ctx.fetch takes http and https URLs"));
+        }
+        if !self.allows(&url) {
+            let host = url.host_str().unwrap_or_default();
+            return Err(("permission-denied", format!("`{host}` is not in functions.fetch_allow")));
+        }
+        let init: Init = parse(init, "the fetch options")?;
+        let method = reqwest::Method::from_bytes(init.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| invalid(format!("`{}` is not an HTTP method", init.method)))?;
+        let mut request = self.client.request(method, url);
+        for (name, value) in &init.headers {
+            request = request.header(name, value);
+        }
+        if let Some(body) = init.body {
+            request = request.body(body);
+        }
+        let unavailable = |error: reqwest::Error| {
+            let code = if error.is_timeout() { "deadline-exceeded" } else { "unavailable" };
+            (code, format!("fetch failed: {error}"))
+        };
+        let mut response = request.send().await.map_err(unavailable)?;
+        let status = response.status().as_u16();
+        let headers: serde_json::Map<String, Value> = response
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), Value::String(value.to_str().ok()?.to_owned())))
+            })
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(unavailable)? {
+            if body.len() + chunk.len() > MAX_FETCH_BYTES {
+                return Err(("resource-exhausted", "the response is over 10 MiB".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(json!({ "status": status, "headers": headers, "body": String::from_utf8_lossy(&body) }))
+    }
+}
+
+/// `ctx.secrets`, frozen.
+pub fn install_secrets(
+    ctx: &Ctx<'_>,
+    secrets: &std::collections::BTreeMap<String, crate::config::Secret>,
+) -> rquickjs::Result<()> {
+    let object = rquickjs::Object::new(ctx.clone())?;
+    for (name, value) in secrets {
+        object.set(name.as_str(), value.expose())?;
+    }
+    let freeze: Function = ctx.eval("Object.freeze")?;
+    let frozen: rquickjs::Object = freeze.call((object,))?;
+    ctx.globals().set("__hearth_secrets", frozen)
 }
 
 /// Installs `__hearth_host`; without a host (checking a deploy) only `log` works.
@@ -27,6 +118,13 @@ pub fn install(ctx: &Ctx<'_>, host: Option<&Host>) -> rquickjs::Result<()> {
                 log(first.0.as_deref().unwrap_or("info"), second.0.as_deref().unwrap_or(""));
                 Ok(Value::Null)
             }
+            "fetch" => match &host {
+                Some(host) => match parse::<String>(first.0.as_deref(), "the URL") {
+                    Ok(url) => host.handle.block_on(host.fetch.send(&url, second.0.as_deref())),
+                    Err(error) => Err(error),
+                },
+                None => Err(("failed-precondition", "fetch is not available while modules load".into())),
+            },
             _ => match &host {
                 Some(host) => host.handle.block_on(db(&host.store, &op, first.0.as_deref(), second.0.as_deref())),
                 None => Err(("failed-precondition", "the database is not available while modules load".into())),

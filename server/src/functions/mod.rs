@@ -152,16 +152,19 @@ impl Functions {
         let (jobs, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
         let handle = tokio::runtime::Handle::current();
+        let fetch =
+            host::Fetch::new(&limits).map_err(|message| LoadError { file: String::new(), line: None, message })?;
         let workers = if limits.workers == 0 {
             std::thread::available_parallelism().map_or(2, usize::from)
         } else {
             limits.workers
         };
         for index in 0..workers {
-            let (receiver, shared, store, handle) = (receiver.clone(), shared.clone(), store.clone(), handle.clone());
+            let host = host::Host { store: store.clone(), handle: handle.clone(), fetch: fetch.clone() };
+            let (receiver, shared) = (receiver.clone(), shared.clone());
             std::thread::Builder::new()
                 .name(format!("hearth-js-{index}"))
-                .spawn(move || worker(&receiver, &shared, &host::Host { store, handle }))
+                .spawn(move || worker(&receiver, &shared, &host))
                 .map_err(|error| LoadError { file: String::new(), line: None, message: error.to_string() })?;
         }
         let functions = Functions { shared, jobs };
@@ -370,7 +373,7 @@ impl Engine {
         let engine = Engine { generation: bundle.generation, runtime, context, deadline, interrupted, epoch };
         // Loading is time-bounded too: a module that loops at the top level is refused.
         engine.arm(Duration::from_millis(limits.timeout_ms));
-        let functions = engine.context.with(|ctx| load(&ctx, bundle, host))?;
+        let functions = engine.context.with(|ctx| load(&ctx, bundle, host, &limits.secrets))?;
         engine.disarm();
         if engine.interrupted.load(Ordering::Relaxed) {
             return Err(fault("loading the modules took longer than the time limit".into()));
@@ -390,9 +393,15 @@ impl Engine {
 }
 
 /// Evaluates every module and registers its exports in `globalThis.__hearth_functions`.
-fn load(ctx: &Ctx<'_>, bundle: &Bundle, host: Option<&host::Host>) -> Result<Vec<FunctionInfo>, LoadError> {
+fn load(
+    ctx: &Ctx<'_>,
+    bundle: &Bundle,
+    host: Option<&host::Host>,
+    secrets: &std::collections::BTreeMap<String, crate::config::Secret>,
+) -> Result<Vec<FunctionInfo>, LoadError> {
     let fault = |file: &str, message: String| LoadError { file: file.to_owned(), line: None, message };
     host::install(ctx, host).map_err(|e| fault("", e.to_string()))?;
+    host::install_secrets(ctx, secrets).map_err(|e| fault("", e.to_string()))?;
     ctx.eval::<(), _>(PRELUDE).catch(ctx).map_err(|e| fault("", e.to_string()))?;
     let registry = Object::new(ctx.clone()).map_err(|e| fault("", e.to_string()))?;
     let mut functions: Vec<FunctionInfo> = Vec::new();
@@ -546,9 +555,11 @@ fn run(ctx: &Ctx<'_>, job: &Job) -> Result<serde_json::Value, FunctionError> {
         Some(auth) => ctx.json_parse(auth.to_string()).map_err(|e| internal(e.to_string()))?,
         None => Value::new_null(ctx.clone()),
     };
-    let db: Value = ctx.globals().get("__hearth_db").map_err(|e| internal(e.to_string()))?;
+    for (name, global) in [("db", "__hearth_db"), ("fetch", "__hearth_fetch"), ("secrets", "__hearth_secrets")] {
+        let value: Value = ctx.globals().get(global).map_err(|e| internal(e.to_string()))?;
+        context.set(name, value).map_err(|e| internal(e.to_string()))?;
+    }
     context.set("auth", auth).map_err(|e| internal(e.to_string()))?;
-    context.set("db", db).map_err(|e| internal(e.to_string()))?;
     let returned: Value = handler.call((data, context)).catch(ctx).map_err(thrown)?;
     let value = match returned.as_promise() {
         Some(promise) => settle(ctx, promise)?,

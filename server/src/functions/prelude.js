@@ -15,6 +15,20 @@
     }
     return answer.ok;
   };
+  globalThis.__hearth_fetch = async (url, init = {}) => {
+    const answer = call("fetch", String(url), {
+      method: init.method || "GET",
+      headers: init.headers || {},
+      body: init.body === undefined || init.body === null ? null : String(init.body),
+    });
+    return Object.freeze({
+      ok: answer.status >= 200 && answer.status < 300,
+      status: answer.status,
+      headers: answer.headers,
+      text: async () => answer.body,
+      json: async () => JSON.parse(answer.body),
+    });
+  };
   globalThis.__hearth_db = Object.freeze({
     get: async (path) => call("get", path),
     set: async (path, data) => call("set", path, data),

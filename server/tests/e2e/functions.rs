@@ -307,3 +307,68 @@ export const copy = onDocumentWritten("src/{id}", async (event, ctx) => {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A loopback HTTP server that answers every request with its path and `x-api-key`.
+async fn echo_server() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                let path = text.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                let key = text.lines().find_map(|line| {
+                    line.to_ascii_lowercase().starts_with("x-api-key:").then(|| line[10..].trim().to_owned())
+                });
+                let body = json!({ "path": path, "key": key }).to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn ctx_fetch_reaches_allowed_hosts_with_a_secret_and_nothing_else() {
+    let port = echo_server().await;
+    let config = format!(
+        "[functions]\nfetch_allow = [\"127.0.0.1:{port}\"]\n\n[functions.secrets]\nWEATHER_KEY = \"s3cret-weather-key\"\n"
+    );
+    let app = App::spawn_with(Options { config: Some(config), ..Options::default() }).await;
+    let proxy = r#"
+import { onCall, HearthError } from "hearth";
+
+export const weather = onCall(async (data, ctx) => {
+  const answer = await ctx.fetch(`http://127.0.0.1:${data.port}/weather?city=${data.city}`, {
+    headers: { "x-api-key": ctx.secrets.WEATHER_KEY },
+  });
+  if (!answer.ok) throw new HearthError("unavailable", "the weather service failed");
+  return { status: answer.status, body: await answer.json() };
+});
+
+export const elsewhere = onCall(async (data, ctx) => (await ctx.fetch(`http://localhost:${data.port}/`)).status);
+"#;
+    assert_eq!(deploy(&app, "proxy.js", proxy).await.0, 200);
+    let (status, body) = call(&app, "weather", None, json!({"port": port, "city": "Oslo"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["result"],
+        json!({"status": 200, "body": {"path": "/weather?city=Oslo", "key": "s3cret-weather-key"}})
+    );
+    let (status, body) = call(&app, "elsewhere", None, json!({"port": port})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("permission-denied")), "{body}");
+    assert!(!app.output_text().contains("s3cret-weather-key"), "a secret never reaches the log");
+}
