@@ -63,6 +63,7 @@ impl Server {
             .map_err(|error| anyhow::anyhow!("{}: {error}", config.rules_file().display()))?;
         let realtime = realtime::Realtime::start(store.clone(), rules.clone(), &config.realtime).await?;
         let functions = functions::Functions::start(&config.dir, store.clone(), config.functions.clone())
+            .await
             .map_err(|error| anyhow::anyhow!("functions: {error}"))?;
         let services = http::Services { store, auth, rules, realtime, functions };
         let state = http::AppState::new(services, config, ServiceKeys::new(hashes), metrics);

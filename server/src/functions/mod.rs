@@ -118,6 +118,7 @@ struct Invocation {
 
 struct Shared {
     dir: PathBuf,
+    store: Store,
     bundle: RwLock<Arc<Bundle>>,
     limits: FunctionsConfig,
     generations: AtomicU64,
@@ -137,12 +138,13 @@ pub struct Functions {
 impl Functions {
     /// Loads `functions/` of `dir` (refusing to start on a bad module) and starts the
     /// workers, which reach the store through the current tokio runtime.
-    pub fn start(dir: &Path, store: Store, limits: FunctionsConfig) -> Result<Functions, LoadError> {
+    pub async fn start(dir: &Path, store: Store, limits: FunctionsConfig) -> Result<Functions, LoadError> {
         let dir = dir.join("functions");
         let files = read_dir(&dir)?;
         let functions = probe(&files)?;
         let shared = Arc::new(Shared {
             dir,
+            store: store.clone(),
             bundle: RwLock::new(Arc::new(Bundle { generation: 1, files, functions })),
             limits: limits.clone(),
             generations: AtomicU64::new(1),
@@ -168,6 +170,9 @@ impl Functions {
                 .map_err(|error| LoadError { file: String::new(), line: None, message: error.to_string() })?;
         }
         let functions = Functions { shared, jobs };
+        let deployed = functions.list();
+        functions.mark_trigger_starts(&deployed).await?;
+        functions.forget_undeployed(&deployed).await;
         tokio::spawn(triggers::supervise(functions.clone(), store));
         Ok(functions)
     }
@@ -243,6 +248,7 @@ impl Functions {
             line: None,
             message: error.to_string(),
         })??;
+        self.mark_trigger_starts(&functions).await?;
         let dir = self.shared.dir.clone();
         let name = file.to_owned();
         tokio::task::spawn_blocking(move || write_file(&dir, &name, &source))
@@ -250,7 +256,9 @@ impl Functions {
             .map_err(|error| error.to_string())
             .and_then(|written| written.map_err(|error| error.to_string()))
             .map_err(|message| LoadError { file: file.to_owned(), line: None, message })?;
-        Ok(self.install(files, functions))
+        let functions = self.install(files, functions);
+        self.forget_undeployed(&functions).await;
+        Ok(functions)
     }
 
     /// Reloads `functions/` if its files differ from the bundle in force; a bad bundle is
@@ -265,8 +273,13 @@ impl Functions {
         let checked = files.clone();
         match tokio::task::spawn_blocking(move || probe(&checked)).await {
             Ok(Ok(functions)) => {
+                if let Err(error) = self.mark_trigger_starts(&functions).await {
+                    tracing::error!(%error, "functions not reloaded");
+                    return;
+                }
                 let count = functions.len();
-                self.install(files, functions);
+                let functions = self.install(files, functions);
+                self.forget_undeployed(&functions).await;
                 tracing::info!(functions = count, "functions reloaded");
             }
             Ok(Err(error)) => tracing::error!(%error, "functions not reloaded; the previous version keeps running"),
@@ -280,6 +293,33 @@ impl Functions {
         loop {
             ticker.tick().await;
             self.reload().await;
+        }
+    }
+
+    /// Gives each new trigger its cursor at the end of the log before it is in force, so
+    /// every write answered after a deploy (or a start) reaches it. Called with the
+    /// deploy lock held, like [`Functions::forget_undeployed`].
+    async fn mark_trigger_starts(&self, functions: &[FunctionInfo]) -> Result<(), LoadError> {
+        for function in functions.iter().filter(|function| function.kind == Kind::DocumentWritten) {
+            triggers::start_at(&self.shared.store, &function.name).await.map_err(|error| LoadError {
+                file: function.file.clone(),
+                line: None,
+                message: format!("cannot start trigger `{}`: {error}", function.name),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the cursors of triggers no longer deployed: they would hold back pruning
+    /// forever, and deployed again a trigger starts afresh at the end of the log.
+    async fn forget_undeployed(&self, functions: &[FunctionInfo]) {
+        let names = functions
+            .iter()
+            .filter(|function| function.kind == Kind::DocumentWritten)
+            .map(|function| function.name.clone())
+            .collect();
+        if let Err(error) = self.shared.store.backend().retain_trigger_cursors(names).await {
+            tracing::error!(%error, "cannot forget the cursors of undeployed triggers");
         }
     }
 

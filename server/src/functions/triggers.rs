@@ -3,6 +3,9 @@
 //! document at least once, in `seq` order, also across a crash (the cursor is saved after
 //! each batch is handled; what was handled after the last save runs again).
 //!
+//! A new trigger's cursor is set at the end of the log before its bundle is in force
+//! (`Functions::mark_trigger_starts`), so it sees every write answered after the deploy.
+//!
 //! A failing event is retried with doubling backoff and after [`ATTEMPTS`] goes to the
 //! dead letters (`GET /v1/admin/functions/dead`); the trigger moves on. A trigger that
 //! writes the document that triggered it, again and again, is stopped for that document
@@ -44,11 +47,6 @@ pub async fn supervise(functions: Functions, store: Store) {
             }
             keep
         });
-        // An undeployed trigger's cursor would hold back pruning forever; deployed again,
-        // it starts afresh at the end of the log.
-        if let Err(error) = store.backend().retain_trigger_cursors(wanted.keys().cloned().collect()).await {
-            tracing::error!(%error, "cannot forget the cursors of undeployed triggers");
-        }
         for (name, pattern) in wanted {
             if running.contains_key(&name) {
                 continue;
@@ -105,7 +103,7 @@ async fn follow(functions: Functions, store: Store, name: String, pattern: DocPa
 
 /// The trigger's saved cursor; a new trigger starts at the end of the log (it sees the
 /// writes after it was deployed, not the history).
-async fn start_at(store: &Store, name: &str) -> Result<i64, crate::store::Error> {
+pub async fn start_at(store: &Store, name: &str) -> Result<i64, crate::store::Error> {
     if let Some(seq) = store.backend().trigger_cursor(name.to_owned()).await? {
         return Ok(seq);
     }

@@ -239,8 +239,7 @@ async fn a_trigger_sees_every_write_in_order_and_failures_are_dead_lettered() {
     let app = App::spawn().await;
     let (status, body) = deploy(&app, "triggers.js", TRIGGERS).await;
     assert_eq!(status, 200, "{body}");
-    // Give the supervisor a moment to start the triggers at the end of the log.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Every write answered after the deploy reaches the triggers.
     for n in 0..20 {
         let (status, _) = app
             .call(Method::PUT, &format!("/v1/docs/rooms/r1/messages/m{n}"), Some(json!({"text": format!("hi {n}")})))
@@ -286,7 +285,6 @@ export const copy = onDocumentWritten("src/{id}", async (event, ctx) => {
 "#;
     let mut app = App::spawn().await;
     assert_eq!(deploy(&app, "copy.js", copy).await.0, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let writes: Vec<Value> =
         (0..300).map(|n| json!({"op": "set", "path": format!("src/d{n}"), "data": {"n": n}})).collect();
     let (status, _) = app.call(Method::POST, "/v1/batch", Some(json!({"writes": writes}))).await;

@@ -48,6 +48,18 @@ impl Client {
         }
     }
 
+    /// The next JSON message, or `None` once nothing has arrived for 700 ms.
+    async fn next_until_quiet(&mut self) -> Option<Value> {
+        loop {
+            let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_millis(700), self.socket.next()).await else {
+                return None;
+            };
+            if let Message::Text(text) = frame {
+                return Some(serde_json::from_str(text.as_str()).expect("JSON message"));
+            }
+        }
+    }
+
     /// Nothing arrives for a moment.
     async fn quiet(&mut self) {
         if let Ok(Some(Ok(Message::Text(text)))) =
@@ -523,13 +535,7 @@ read = "auth != null && resource.data.n % 2 == 0"
     }
     // Drain until quiet, checking every document delivered was readable when sent.
     for (uid, _, client, _, views) in &mut clients {
-        loop {
-            let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_millis(700), client.socket.next()).await
-            else {
-                break;
-            };
-            let Message::Text(text) = frame else { continue };
-            let message: Value = serde_json::from_str(text.as_str()).expect("json");
+        while let Some(message) = client.next_until_quiet().await {
             if message["op"] == "changes" {
                 for change in message["changes"].as_array().expect("changes") {
                     if change["type"] == "removed" {
@@ -679,13 +685,7 @@ async fn subscribers_joining_a_shared_query_while_it_changes_all_end_equal_to_a_
     apply_message(&mut fresh, &json!({"op": "snapshot", "docs": page["docs"]}));
     assert_eq!(fresh.len(), 5);
     for (index, (client, view, id)) in clients.iter_mut().enumerate() {
-        loop {
-            let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_millis(700), client.socket.next()).await
-            else {
-                break;
-            };
-            let Message::Text(text) = frame else { continue };
-            let message: Value = serde_json::from_str(text.as_str()).expect("json");
+        while let Some(message) = client.next_until_quiet().await {
             if message["id"] == json!(id) {
                 apply_message(view, &message);
             }
