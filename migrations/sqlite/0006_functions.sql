@@ -15,3 +15,9 @@ CREATE TABLE dead_letters (
     error       TEXT    NOT NULL,
     failed_at   INTEGER NOT NULL                -- microseconds since the epoch
 );
+
+-- Scheduled functions: the last tick each one ran (or skipped at its first deploy).
+CREATE TABLE schedule_ticks (
+    name        TEXT    NOT NULL PRIMARY KEY,   -- the function's export name
+    tick        INTEGER NOT NULL                -- microseconds since the epoch
+);

@@ -22,3 +22,10 @@ export function onDocumentWritten(pattern, handler) {
   }
   return Object.freeze({ __hearth: "document-written", pattern, handler });
 }
+
+export function schedule(cron, handler) {
+  if (typeof cron !== "string" || typeof handler !== "function") {
+    throw new TypeError("schedule takes a cron expression and a function (ctx, tick) => {}");
+  }
+  return Object.freeze({ __hearth: "schedule", cron, handler: (tick, ctx) => handler(ctx, tick) });
+}

@@ -14,6 +14,7 @@
 //! message, and the bundle in force keeps running.
 
 mod host;
+mod schedules;
 mod triggers;
 
 use std::path::{Path, PathBuf};
@@ -76,6 +77,8 @@ pub enum Kind {
     /// `onDocumentWritten(pattern, handler)`: after each committed write to a matching
     /// document, from the change log.
     DocumentWritten,
+    /// `schedule(cron, handler)`: at each tick of a cron expression (UTC).
+    Schedule,
 }
 
 /// One exported function.
@@ -87,6 +90,9 @@ pub struct FunctionInfo {
     /// The documents a trigger reacts to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pattern: Option<String>,
+    /// When a scheduled function runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
 }
 
 /// The modules in force, and what they export.
@@ -315,7 +321,7 @@ impl Functions {
     async fn forget_undeployed(&self, functions: &[FunctionInfo]) {
         let names = functions
             .iter()
-            .filter(|function| function.kind == Kind::DocumentWritten)
+            .filter(|function| function.kind != Kind::Call)
             .map(|function| function.name.clone())
             .collect();
         if let Err(error) = self.shared.store.backend().retain_trigger_cursors(names).await {
@@ -460,10 +466,11 @@ fn load(
                 .and_then(|kind| match kind.as_str() {
                     "call" => Some(Kind::Call),
                     "document-written" => Some(Kind::DocumentWritten),
+                    "schedule" => Some(Kind::Schedule),
                     _ => None,
                 })
                 .ok_or_else(|| {
-                    let helpers = "`onCall` or `onDocumentWritten` from \"hearth\"";
+                    let helpers = "`onCall`, `onDocumentWritten` or `schedule` from \"hearth\"";
                     fault(file, format!("export `{name}` is not a Hearth function (made with {helpers})"))
                 })?;
             let pattern = field("pattern");
@@ -471,11 +478,16 @@ fn load(
                 crate::rules::set::DocPattern::parse(pattern)
                     .map_err(|reason| fault(file, format!("export `{name}`: pattern `{pattern}`: {reason}")))?;
             }
+            let cron = field("cron");
+            if let Some(cron) = &cron {
+                schedules::parse(cron)
+                    .map_err(|reason| fault(file, format!("export `{name}`: cron `{cron}`: {reason}")))?;
+            }
             if let Some(other) = functions.iter().find(|function| function.name == name) {
                 return Err(fault(file, format!("`{name}` is exported by `{}` too", other.file)));
             }
             registry.set(name.as_str(), export).map_err(|e| fault(file, e.to_string()))?;
-            functions.push(FunctionInfo { name, kind, file: file.clone(), pattern });
+            functions.push(FunctionInfo { name, kind, file: file.clone(), pattern, cron });
         }
     }
     ctx.globals().set("__hearth_functions", registry).map_err(|e| fault("", e.to_string()))?;

@@ -29,31 +29,44 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Rounds of a trigger rewriting its own document before it is stopped for it.
 pub const MAX_CHAIN: u32 = 16;
 
-/// Keeps one task per trigger of the bundle in force.
+/// Keeps one task per trigger and per schedule of the bundle in force.
 pub async fn supervise(functions: Functions, store: Store) {
     let mut installed = functions.shared.installed.subscribe();
-    let mut running: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut running: HashMap<String, ((Kind, String), tokio::task::JoinHandle<()>)> = HashMap::new();
     loop {
-        let wanted: HashMap<String, String> = functions
+        // Each trigger and schedule by name, with what decides when it runs.
+        let wanted: HashMap<String, (Kind, String)> = functions
             .list()
             .into_iter()
-            .filter(|function| function.kind == Kind::DocumentWritten)
-            .filter_map(|function| Some((function.name, function.pattern?)))
+            .filter_map(|function| match function.kind {
+                Kind::DocumentWritten => Some((function.name, (Kind::DocumentWritten, function.pattern?))),
+                Kind::Schedule => Some((function.name, (Kind::Schedule, function.cron?))),
+                Kind::Call => None,
+            })
             .collect();
-        running.retain(|name, (pattern, task)| {
-            let keep = wanted.get(name) == Some(pattern);
+        running.retain(|name, (spec, task)| {
+            let keep = wanted.get(name) == Some(spec);
             if !keep {
                 task.abort();
             }
             keep
         });
-        for (name, pattern) in wanted {
+        for (name, spec) in wanted {
             if running.contains_key(&name) {
                 continue;
             }
-            let Ok(parsed) = DocPattern::parse(&pattern) else { continue };
-            let task = tokio::spawn(follow(functions.clone(), store.clone(), name.clone(), parsed));
-            running.insert(name, (pattern, task));
+            let (functions, store, task_name) = (functions.clone(), store.clone(), name.clone());
+            let task = match &spec {
+                (Kind::Schedule, cron) => match super::schedules::parse(cron) {
+                    Ok(cron) => tokio::spawn(super::schedules::run(functions, store, task_name, cron)),
+                    Err(_) => continue,
+                },
+                (_, pattern) => match DocPattern::parse(pattern) {
+                    Ok(pattern) => tokio::spawn(follow(functions, store, task_name, pattern)),
+                    Err(_) => continue,
+                },
+            };
+            running.insert(name, (spec, task));
         }
         if installed.changed().await.is_err() {
             return;

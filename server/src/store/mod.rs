@@ -210,9 +210,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The last change the trigger `name` is done with, if it ever started.
     fn trigger_cursor(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>>;
     fn set_trigger_cursor(&self, name: String, seq: i64) -> BoxFuture<'_, Result<(), Error>>;
-    /// Forgets the cursors of triggers not in `names` (undeployed), so they no longer
-    /// hold back pruning.
+    /// Forgets the cursors of triggers and the ticks of schedules not in `names`
+    /// (undeployed), so they no longer hold back pruning or start from an old tick.
     fn retain_trigger_cursors(&self, names: Vec<String>) -> BoxFuture<'_, Result<(), Error>>;
+    /// The last tick (microseconds) the scheduled function `name` ran.
+    fn schedule_tick(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>>;
+    fn set_schedule_tick(&self, name: String, tick: i64) -> BoxFuture<'_, Result<(), Error>>;
     fn add_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), Error>>;
     /// The newest dead letters first, at most `limit`.
     fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>>;

@@ -370,3 +370,58 @@ export const elsewhere = onCall(async (data, ctx) => (await ctx.fetch(`http://lo
     assert_eq!((status, body["error"]["code"].as_str()), (403, Some("permission-denied")), "{body}");
     assert!(!app.output_text().contains("s3cret-weather-key"), "a secret never reaches the log");
 }
+
+#[tokio::test]
+async fn a_schedule_runs_at_its_ticks_and_a_bad_cron_is_refused() {
+    let app = App::spawn().await;
+    let ticking = r#"
+import { schedule } from "hearth";
+export const everySecond = schedule("* * * * * *", async (ctx, tick) => {
+  await ctx.db.set("ticks/seen", { count: { $increment: 1 }, last: tick.tick });
+});
+"#;
+    let (status, body) = deploy(&app, "ticking.js", ticking).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["functions"][0]["kind"], "schedule");
+    let seen = eventually(&app, "/v1/docs/ticks/seen", |doc| doc["data"]["count"].as_i64() >= Some(3)).await;
+    assert!(
+        seen["data"]["last"].as_str().is_some_and(|tick| tick.ends_with(".000000Z")),
+        "ticks fall on whole seconds: {seen}"
+    );
+
+    let broken = "import { schedule } from \"hearth\";\nexport const never = schedule(\"61 * * * *\", () => {});\n";
+    let (status, body) = deploy(&app, "broken.js", broken).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|message| message.contains("cron")), "{body}");
+}
+
+#[tokio::test]
+async fn the_last_tick_missed_while_stopped_runs_once_at_start() {
+    let mut app = App::spawn().await;
+    let yearly = r#"
+import { schedule } from "hearth";
+export const newYear = schedule("0 0 1 1 *", async (ctx, tick) => {
+  await ctx.db.set("yearly/run", { count: { $increment: 1 }, tick: tick.tick });
+});
+"#;
+    assert_eq!(deploy(&app, "yearly.js", yearly).await.0, 200);
+    app.terminate();
+    // As if the server had last run it two years ago: the new years since were missed.
+    let database = rusqlite::Connection::open(app.dir().join("hearth_data/hearth.db")).expect("database");
+    let two_years_ago = (std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 366 * 86_400))
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_micros() as i64;
+    let updated = database
+        .execute("UPDATE schedule_ticks SET tick = ?1 WHERE name = 'newYear'", [two_years_ago])
+        .expect("update");
+    assert_eq!(updated, 1, "the deploy saved the schedule's first tick");
+    drop(database);
+    let again = App::start_in(&app.dir(), &Options::default());
+    let run = eventually(&again, "/v1/docs/yearly/run", |doc| doc["data"]["count"] == 1).await;
+    let year = chrono::Datelike::year(&chrono::Utc::now());
+    assert_eq!(run["data"]["tick"], format!("{year}-01-01T00:00:00.000000Z"), "the latest missed tick");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let (_, run) = again.call(Method::GET, "/v1/docs/yearly/run", None).await;
+    assert_eq!(run["data"]["count"], 1, "once, not once per missed tick");
+}

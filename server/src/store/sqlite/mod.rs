@@ -643,7 +643,36 @@ impl Backend for SqliteBackend {
             self.exec(Box::new(move |conn| {
                 Ok(conn.execute(
                     "DELETE FROM trigger_cursors WHERE name NOT IN (SELECT value FROM json_each(?1))",
-                    [names],
+                    [&names],
+                )? as u64
+                    + conn.execute(
+                        "DELETE FROM schedule_ticks WHERE name NOT IN (SELECT value FROM json_each(?1))",
+                        [&names],
+                    )? as u64)
+            }))
+            .await
+            .map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn schedule_tick(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>> {
+        self.readers
+            .run(move |conn| {
+                let mut statement = conn.prepare_cached("SELECT tick FROM schedule_ticks WHERE name = ?1")?;
+                let mut rows = statement.query_map([&name], |row| row.get::<_, i64>(0))?;
+                Ok(rows.next().transpose()?)
+            })
+            .boxed()
+    }
+
+    fn set_schedule_tick(&self, name: String, tick: i64) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            self.exec(Box::new(move |conn| {
+                Ok(conn.execute(
+                    "INSERT INTO schedule_ticks (name, tick) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET tick = excluded.tick",
+                    rusqlite::params![name, tick],
                 )? as u64)
             }))
             .await
