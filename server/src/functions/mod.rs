@@ -36,7 +36,7 @@ const HEARTH_MODULE: &str = include_str!("hearth.js");
 /// Installs `console` and the host API in every runtime.
 const PRELUDE: &str = include_str!("prelude.js");
 /// Files larger than this are refused.
-const MAX_FILE_BYTES: usize = 1024 * 1024;
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 
 /// Why an invocation failed, in the contract's terms.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,8 +14,6 @@ use crate::functions::{FunctionError, FunctionInfo, LoadError};
 
 /// Largest body of a call (the data of a callable is at most 1 MiB).
 pub const MAX_CALL_BYTES: usize = 1024 * 1024;
-/// Largest function file.
-pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 
 /// The body of a call.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

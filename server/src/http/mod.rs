@@ -149,7 +149,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/functions", get(functions::list))
         .route("/v1/admin/functions/dead", get(functions::dead))
         .route("/v1/admin/functions/{file}", axum::routing::put(functions::deploy))
-        .layer(DefaultBodyLimit::max(functions::MAX_CALL_BYTES.max(functions::MAX_FILE_BYTES)));
+        .layer(DefaultBodyLimit::max(functions::MAX_CALL_BYTES.max(crate::functions::MAX_FILE_BYTES)));
     Router::new()
         .route("/v1/realtime", get(realtime::realtime))
         .merge(functions)

@@ -220,6 +220,27 @@ impl SqliteBackend {
         answer.await.map_err(|_| shutting_down())?
     }
 
+    /// The integer of a one-row `name → value` table (trigger cursors, schedule ticks).
+    fn read_named(&self, sql: &'static str, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>> {
+        self.readers
+            .run(move |conn| {
+                let mut statement = conn.prepare_cached(sql)?;
+                let mut rows = statement.query_map([&name], |row| row.get::<_, i64>(0))?;
+                Ok(rows.next().transpose()?)
+            })
+            .boxed()
+    }
+
+    /// Writes `(name, value)` with `sql` on the writer.
+    fn write_named(&self, sql: &'static str, name: String, value: i64) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            self.exec(Box::new(move |conn| Ok(conn.execute(sql, rusqlite::params![name, value])? as u64)))
+                .await
+                .map(|_| ())
+        }
+        .boxed()
+    }
+
     async fn send(&self, command: Command) -> Result<(), Error> {
         self.writer.send(command).await.map_err(|_| shutting_down())?;
         let depth = self.writer.max_capacity() - self.writer.capacity();
@@ -613,28 +634,16 @@ impl Backend for SqliteBackend {
     }
 
     fn trigger_cursor(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>> {
-        self.readers
-            .run(move |conn| {
-                let mut statement = conn.prepare_cached("SELECT seq FROM trigger_cursors WHERE name = ?1")?;
-                let mut rows = statement.query_map([&name], |row| row.get::<_, i64>(0))?;
-                Ok(rows.next().transpose()?)
-            })
-            .boxed()
+        self.read_named("SELECT seq FROM trigger_cursors WHERE name = ?1", name)
     }
 
     fn set_trigger_cursor(&self, name: String, seq: i64) -> BoxFuture<'_, Result<(), Error>> {
-        async move {
-            self.exec(Box::new(move |conn| {
-                Ok(conn.execute(
-                    "INSERT INTO trigger_cursors (name, seq) VALUES (?1, ?2)
-                     ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
-                    rusqlite::params![name, seq],
-                )? as u64)
-            }))
-            .await
-            .map(|_| ())
-        }
-        .boxed()
+        self.write_named(
+            "INSERT INTO trigger_cursors (name, seq) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
+            name,
+            seq,
+        )
     }
 
     fn retain_trigger_cursors(&self, names: Vec<String>) -> BoxFuture<'_, Result<(), Error>> {
@@ -657,28 +666,16 @@ impl Backend for SqliteBackend {
     }
 
     fn schedule_tick(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>> {
-        self.readers
-            .run(move |conn| {
-                let mut statement = conn.prepare_cached("SELECT tick FROM schedule_ticks WHERE name = ?1")?;
-                let mut rows = statement.query_map([&name], |row| row.get::<_, i64>(0))?;
-                Ok(rows.next().transpose()?)
-            })
-            .boxed()
+        self.read_named("SELECT tick FROM schedule_ticks WHERE name = ?1", name)
     }
 
     fn set_schedule_tick(&self, name: String, tick: i64) -> BoxFuture<'_, Result<(), Error>> {
-        async move {
-            self.exec(Box::new(move |conn| {
-                Ok(conn.execute(
-                    "INSERT INTO schedule_ticks (name, tick) VALUES (?1, ?2)
-                     ON CONFLICT (name) DO UPDATE SET tick = excluded.tick",
-                    rusqlite::params![name, tick],
-                )? as u64)
-            }))
-            .await
-            .map(|_| ())
-        }
-        .boxed()
+        self.write_named(
+            "INSERT INTO schedule_ticks (name, tick) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET tick = excluded.tick",
+            name,
+            tick,
+        )
     }
 
     fn add_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), Error>> {
