@@ -144,6 +144,8 @@ pub struct FunctionsConfig {
     pub workers: usize,
     /// Time limit of one invocation, then `deadline-exceeded`.
     pub timeout_ms: u64,
+    /// Time limit of a before-write hook: the client's write waits for it.
+    pub before_write_timeout_ms: u64,
     /// Memory limit of a runtime, then `resource-exhausted`.
     pub memory_mib: usize,
     /// Hosts `ctx.fetch` may reach: `host` (any port) or `host:port`.
@@ -159,6 +161,7 @@ impl Default for FunctionsConfig {
         FunctionsConfig {
             workers: 0,
             timeout_ms: 10_000,
+            before_write_timeout_ms: 2_000,
             memory_mib: 64,
             fetch_allow: Vec::new(),
             fetch_timeout_ms: 10_000,

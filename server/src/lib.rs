@@ -2,7 +2,24 @@
 //!
 //! The server is a library; `main.rs` is only its command line. Embedders and tests
 //! build a [`Server`] from a [`Config`], read [`Server::local_addr`], and run it until a
-//! shutdown future resolves.
+//! shutdown future resolves. [`Server::builder`] adds functions written in Rust, at the
+//! same hook points as the JavaScript ones:
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use hearth_server::{Config, Server, functions::FunctionError};
+//! use serde_json::json;
+//!
+//! let server = Server::builder(Config::default())
+//!     .on_call("add", |data, _ctx| async move {
+//!         let sum = data["a"].as_i64().unwrap_or(0) + data["b"].as_i64().unwrap_or(0);
+//!         Ok::<_, FunctionError>(json!({ "sum": sum }))
+//!     })
+//!     .build()
+//!     .await?;
+//! server.run_until_stopped(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
 //!
 //! Modules: `config` (file + env + flags), `store` (documents, queries, the one write
 //! path), `changes` (the change log record and the bus), `auth` (users, sessions,
@@ -28,6 +45,7 @@ use tokio::net::TcpListener;
 
 use auth::Auth;
 pub use config::{Config, LogFormat, Overrides};
+use functions::{FunctionError, Kind, Native, NativeContext};
 use http::extract::{ServiceKeys, new_service_key};
 use store::sqlite::{SqliteBackend, SqliteOptions, WriterOptions};
 use store::{ChangeBus, Store};
@@ -39,9 +57,106 @@ pub struct Server {
     new_service_key: Option<String>,
 }
 
+/// A server being set up: its config and the functions it runs in Rust.
+pub struct ServerBuilder {
+    config: Config,
+    natives: Vec<Native>,
+}
+
+impl ServerBuilder {
+    fn add<F, Fut>(mut self, kind: Kind, name: &str, pattern: Option<&str>, cron: Option<&str>, handler: F) -> Self
+    where
+        F: Fn(serde_json::Value, NativeContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<serde_json::Value, FunctionError>> + Send + 'static,
+    {
+        self.natives.push(Native::new(kind, name, pattern, cron, handler));
+        self
+    }
+
+    /// A callable at `POST /v1/functions/{name}`: `data` in, the result out.
+    pub fn on_call<F, Fut>(self, name: &str, handler: F) -> Self
+    where
+        F: Fn(serde_json::Value, NativeContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<serde_json::Value, FunctionError>> + Send + 'static,
+    {
+        self.add(Kind::Call, name, None, None, handler)
+    }
+
+    /// After each committed write to a document matching `pattern` (e.g.
+    /// `rooms/{room}/messages/{msg}`), from the change log: the event is
+    /// `{kind, path, params, before, after, seq}`.
+    pub fn on_document_written<F, Fut>(self, name: &str, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(serde_json::Value, NativeContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<serde_json::Value, FunctionError>> + Send + 'static,
+    {
+        self.add(Kind::DocumentWritten, name, Some(pattern), None, handler)
+    }
+
+    /// Before each client write to a document matching `pattern`: the event is
+    /// `{kind, path, params, before, after}`; an error refuses the write with its code,
+    /// an object replaces the data stored, `null` keeps it.
+    pub fn before_document_write<F, Fut>(self, name: &str, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(serde_json::Value, NativeContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<serde_json::Value, FunctionError>> + Send + 'static,
+    {
+        self.add(Kind::BeforeDocumentWrite, name, Some(pattern), None, handler)
+    }
+
+    /// After each new user; the argument is the user in the contract's shape.
+    pub fn on_user_created<F, Fut>(self, name: &str, handler: F) -> Self
+    where
+        F: Fn(serde_json::Value, NativeContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<serde_json::Value, FunctionError>> + Send + 'static,
+    {
+        self.add(Kind::UserCreated, name, None, None, handler)
+    }
+
+    /// At each tick of `cron` (five fields, or six with seconds; UTC); the argument is
+    /// `{tick}`.
+    pub fn schedule<F, Fut>(self, name: &str, cron: &str, handler: F) -> Self
+    where
+        F: Fn(serde_json::Value, NativeContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<serde_json::Value, FunctionError>> + Send + 'static,
+    {
+        self.add(Kind::Schedule, name, None, Some(cron), handler)
+    }
+
+    /// Opens the database, makes the first service key if there is none, and binds.
+    /// Refuses two functions with one name, a bad pattern or a bad cron expression.
+    pub async fn build(self) -> anyhow::Result<Server> {
+        let ServerBuilder { config, natives } = self;
+        for (index, native) in natives.iter().enumerate() {
+            let info = &native.info;
+            if natives[..index].iter().any(|other| other.info.name == info.name) {
+                anyhow::bail!("two Rust functions are named `{}`", info.name);
+            }
+            if let Some(pattern) = &info.pattern {
+                rules::set::DocPattern::parse(pattern)
+                    .map_err(|reason| anyhow::anyhow!("function `{}`: pattern `{pattern}`: {reason}", info.name))?;
+            }
+            if let Some(cron) = &info.cron {
+                functions::parse_cron(cron)
+                    .map_err(|reason| anyhow::anyhow!("function `{}`: cron `{cron}`: {reason}", info.name))?;
+            }
+        }
+        Server::start(config, natives).await
+    }
+}
+
 impl Server {
     /// Opens the database, makes the first service key if there is none, and binds.
     pub async fn build(config: Config) -> anyhow::Result<Server> {
+        Server::builder(config).build().await
+    }
+
+    /// A server with functions in Rust as well; see [`ServerBuilder`].
+    pub fn builder(config: Config) -> ServerBuilder {
+        ServerBuilder { config, natives: Vec::new() }
+    }
+
+    async fn start(config: Config, natives: Vec<Native>) -> anyhow::Result<Server> {
         let metrics = metrics_handle()?;
         let (store, sqlite) = open_store(&config).await?;
         let auth = Auth::new(auth::repo::Repo::new(sqlite), config.auth.clone(), &config.mail).await?;
@@ -62,9 +177,10 @@ impl Server {
         let rules = rules::Rules::open(config.rules_file(), store.clone())
             .map_err(|error| anyhow::anyhow!("{}: {error}", config.rules_file().display()))?;
         let realtime = realtime::Realtime::start(store.clone(), rules.clone(), &config.realtime).await?;
-        let functions = functions::Functions::start(&config.dir, store.clone(), config.functions.clone())
-            .await
-            .map_err(|error| anyhow::anyhow!("functions: {error}"))?;
+        let functions =
+            functions::Functions::start(&config.dir, store.clone(), auth.clone(), config.functions.clone(), natives)
+                .await
+                .map_err(|error| anyhow::anyhow!("functions: {error}"))?;
         let services = http::Services { store, auth, rules, realtime, functions };
         let state = http::AppState::new(services, config, ServiceKeys::new(hashes), metrics);
         Ok(Server { listener, state, new_service_key: first_key })

@@ -67,6 +67,20 @@ pub struct AuthUser {
     pub session_id: String,
 }
 
+impl AuthUser {
+    /// The caller as functions see it in `ctx.auth`: `{uid, email, email_verified,
+    /// anonymous, claims}` (what rules see as `auth`).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "uid": self.uid,
+            "email": self.email,
+            "email_verified": self.email_verified,
+            "anonymous": self.anonymous,
+            "claims": self.claims,
+        })
+    }
+}
+
 /// The claims of an access token.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -96,6 +110,8 @@ pub struct Auth {
     passwords: Passwords,
     keys: Arc<RwLock<keys::KeySet>>,
     config: AuthConfig,
+    /// Bumped after each new user, to wake `onUserCreated` functions.
+    created: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Auth {
@@ -114,6 +130,7 @@ impl Auth {
             passwords,
             keys: Arc::new(RwLock::new(keys::KeySet::from_records(&[], 0, 0))),
             config,
+            created: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         auth.reload_keys().await?;
         Ok(auth)
@@ -131,6 +148,23 @@ impl Auth {
         Ok(())
     }
 
+    /// The users table and its event log.
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    /// Changes after each new user (its `user_events` row is committed by then).
+    pub fn users_created(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.created.subscribe()
+    }
+
+    /// Inserts a user with its event, and wakes whoever follows the events.
+    async fn insert_user(&self, user: &UserRecord) -> Result<(), crate::store::Error> {
+        self.repo.insert_user(user.clone()).await?;
+        self.created.send_modify(|count| *count += 1);
+        Ok(())
+    }
+
     /// The JWKS document.
     pub fn jwks(&self) -> String {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).jwks().to_owned()
@@ -142,7 +176,7 @@ impl Auth {
         let hash = self.hash(password).await?;
         let now = now_micros();
         let user = UserRecord { password_hash: Some(hash), ..UserRecord::new(Some(email), &["password"], now) };
-        self.repo.insert_user(user.clone()).await.map_err(already_exists)?;
+        self.insert_user(&user).await.map_err(already_exists)?;
         self.start_session(user).await
     }
 
@@ -244,7 +278,7 @@ impl Auth {
     pub async fn anonymous(&self) -> Result<Session, Error> {
         let now = now_micros();
         let user = UserRecord { anonymous: true, ..UserRecord::new(None, &["anonymous"], now) };
-        self.repo.insert_user(user.clone()).await?;
+        self.insert_user(&user).await?;
         self.start_session(user).await
     }
 
@@ -377,7 +411,7 @@ impl Auth {
             data: request.data,
             ..UserRecord::new(Some(email), &["password"], now)
         };
-        self.repo.insert_user(user.clone()).await.map_err(already_exists)?;
+        self.insert_user(&user).await.map_err(already_exists)?;
         Ok(wire_user(&user))
     }
 
@@ -474,7 +508,7 @@ impl Auth {
                             email_verified: identity.email_verified,
                             ..UserRecord::new(email, &[provider.as_str()], now)
                         };
-                        self.repo.insert_user(user.clone()).await.map_err(already_exists)?;
+                        self.insert_user(&user).await.map_err(already_exists)?;
                         user
                     }
                 }

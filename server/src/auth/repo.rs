@@ -136,11 +136,13 @@ impl Repo {
             .await
     }
 
-    /// Inserts a user; `AlreadyExists` when the e-mail is taken.
+    /// Inserts a user and, in the same transaction, its `user_events` row (what
+    /// `onUserCreated` functions follow); `AlreadyExists` when the e-mail is taken.
     pub async fn insert_user(&self, user: UserRecord) -> Result<(), StoreError> {
         let sql =
             format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
-        self.write_user(sql, user).await.map(drop)
+        let event = serde_json::to_string(&super::wire_user(&user)).map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.write_user(sql, user, Some(event)).await.map(drop)
     }
 
     /// Saves every column of an existing user but `created_at`; `AlreadyExists` when a new
@@ -148,14 +150,16 @@ impl Repo {
     pub async fn save_user(&self, user: UserRecord) -> Result<(), StoreError> {
         let sql = "UPDATE users SET email = ?2, email_verified = ?3, password_hash = ?4, anonymous = ?5, \
                    disabled = ?6, claims = ?7, data = ?8, providers = ?9, updated_at = ?11, mfa = ?12 WHERE id = ?1";
-        match self.write_user(sql.to_owned(), user).await? {
+        match self.write_user(sql.to_owned(), user, None).await? {
             0 => Err(StoreError::NotFound("no such user".into())),
             _ => Ok(()),
         }
     }
 
-    /// Runs `sql` with the user's columns bound in `USER_COLUMNS` order.
-    async fn write_user(&self, sql: String, user: UserRecord) -> Result<usize, StoreError> {
+    /// Runs `sql` with the user's columns bound in `USER_COLUMNS` order, and logs `event`
+    /// in the same transaction.
+    async fn write_user(&self, sql: String, user: UserRecord, event: Option<String>) -> Result<usize, StoreError> {
+        let created_at = user.created_at;
         let params: Vec<SqlValue> = vec![
             user.id.into(),
             user.email.into(),
@@ -171,14 +175,71 @@ impl Repo {
             user.mfa.into(),
         ];
         self.db
-            .write_with(move |conn| match conn.execute(&sql, rusqlite::params_from_iter(params)) {
-                Ok(changed) => Ok(changed),
-                Err(error) if is_unique_violation(&error) => {
-                    Err(StoreError::AlreadyExists("a user with this e-mail exists".into()))
+            .write_with(move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                let changed = match tx.execute(&sql, rusqlite::params_from_iter(params)) {
+                    Ok(changed) => changed,
+                    Err(error) if is_unique_violation(&error) => {
+                        return Err(StoreError::AlreadyExists("a user with this e-mail exists".into()));
+                    }
+                    Err(error) => return Err(error.into()),
+                };
+                if let Some(event) = event {
+                    tx.execute(
+                        "INSERT INTO user_events (user, created_at) VALUES (?1, ?2)",
+                        params![event, created_at],
+                    )?;
                 }
-                Err(error) => Err(error.into()),
+                tx.commit()?;
+                Ok(changed)
             })
             .await
+    }
+
+    /// Users created after the event `after`, oldest first, at most `limit`: `(seq, user JSON)`.
+    pub async fn user_events_since(&self, after: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        self.db
+            .read_with(move |conn| {
+                let mut statement =
+                    conn.prepare_cached("SELECT seq, user FROM user_events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+                let rows = statement.query_map(params![after, limit as i64], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+    }
+
+    /// The `seq` of the last user event (0 if none).
+    pub async fn last_user_event(&self) -> Result<i64, StoreError> {
+        self.db
+            .read_with(
+                |conn| Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM user_events", [], |row| row.get(0))?),
+            )
+            .await
+    }
+
+    /// The last user event the function `name` is done with, if it ever started.
+    pub async fn user_event_cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        let name = name.to_owned();
+        self.db
+            .read_with(move |conn| {
+                Ok(conn
+                    .query_row("SELECT seq FROM user_event_cursors WHERE name = ?1", [name], |row| row.get(0))
+                    .optional()?)
+            })
+            .await
+    }
+
+    pub async fn set_user_event_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError> {
+        let sql = "INSERT INTO user_event_cursors (name, seq) VALUES (?1, ?2) \
+                   ON CONFLICT (name) DO UPDATE SET seq = excluded.seq";
+        self.execute(sql, vec![name.to_owned().into(), seq.into()]).await.map(drop)
+    }
+
+    /// Forgets the cursors of functions not in `names` (undeployed).
+    pub async fn retain_user_event_cursors(&self, names: Vec<String>) -> Result<(), StoreError> {
+        let names = serde_json::to_string(&names).map_err(|error| StoreError::Internal(error.to_string()))?;
+        let sql = "DELETE FROM user_event_cursors WHERE name NOT IN (SELECT value FROM json_each(?1))";
+        self.execute(sql, vec![names.into()]).await.map(drop)
     }
 
     pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -658,6 +719,12 @@ impl Repo {
                 pruned += tx.execute("DELETE FROM mail_tokens WHERE expires_at < ?1 OR used_at IS NOT NULL", [now])?;
                 pruned += tx.execute("DELETE FROM mfa_tickets WHERE expires_at < ?1 OR used_at IS NOT NULL", [now])?;
                 pruned += tx.execute("DELETE FROM oauth_states WHERE expires_at < ?1", [now])?;
+                // User events a week old that every `onUserCreated` function is done with.
+                pruned += tx.execute(
+                    "DELETE FROM user_events WHERE created_at < ?1 \
+                     AND seq <= COALESCE((SELECT MIN(seq) FROM user_event_cursors), seq)",
+                    [now - 7 * 86_400 * 1_000_000],
+                )?;
                 tx.commit()?;
                 Ok(pruned as u64)
             })
@@ -697,10 +764,14 @@ mod tests {
         repo.insert_mail_token([4; 32], "u1", Purpose::Reset, "u1@example.com", 0, now + 1_000_000)
             .await
             .expect("token");
+        // A user function has not seen u1's creation yet.
+        repo.set_user_event_cursor("welcome", 0).await.expect("cursor");
         // Expired session: its session and refresh token; expired mail token: itself.
         assert_eq!(repo.prune(now).await.expect("pruned"), 3);
+        assert_eq!(repo.user_events_since(0, 10).await.expect("events").len(), 1, "an unseen event stays");
         assert!(matches!(repo.refresh([1; 32], [5; 32], now).await.expect("refresh"), Refreshed::Rotated { .. }));
         assert!(repo.consume_mail_token([4; 32], Purpose::Reset, now).await.expect("consume").is_some());
-        assert_eq!(repo.prune(now).await.expect("pruned"), 1, "a spent mail token goes");
+        repo.set_user_event_cursor("welcome", 1).await.expect("cursor");
+        assert_eq!(repo.prune(now).await.expect("pruned"), 2, "a spent mail token and a week-old seen event go");
     }
 }

@@ -23,6 +23,20 @@ export function onDocumentWritten(pattern, handler) {
   return Object.freeze({ __hearth: "document-written", pattern, handler });
 }
 
+export function beforeDocumentWrite(pattern, handler) {
+  if (typeof pattern !== "string" || typeof handler !== "function") {
+    throw new TypeError("beforeDocumentWrite takes a document pattern and a function (event, ctx) => data");
+  }
+  return Object.freeze({ __hearth: "before-document-write", pattern, handler });
+}
+
+export function onUserCreated(handler) {
+  if (typeof handler !== "function") {
+    throw new TypeError("onUserCreated takes a function (user, ctx) => {}");
+  }
+  return Object.freeze({ __hearth: "user-created", handler });
+}
+
 export function schedule(cron, handler) {
   if (typeof cron !== "string" || typeof handler !== "function") {
     throw new TypeError("schedule takes a cron expression and a function (ctx, tick) => {}");

@@ -9,7 +9,7 @@ use rquickjs::function::Opt;
 use rquickjs::{Ctx, Function};
 use serde_json::{Value, json};
 
-use crate::store::{DocJson, DocPath, QuerySpec, Store, Write, WriteOp};
+use crate::store::{DocJson, DocPath, Error, QuerySpec, Store, Write, WriteOp};
 
 /// The server side of host calls.
 #[derive(Clone)]
@@ -199,6 +199,26 @@ async fn db(store: &Store, op: &str, first: Option<&str>, second: Option<&str>) 
             docs.push(serde_json::from_str::<Value>(&text).map_err(|error| ("internal", error.to_string()))?);
         }
         return Ok(json!({ "docs": docs, "more": page.more }));
+    }
+    if op == "batch" {
+        let writes: Vec<hearth_types::BatchWrite> = parse(first, "the writes")?;
+        let max = crate::http::docs::MAX_BATCH_WRITES;
+        if writes.is_empty() || writes.len() > max {
+            return Err(invalid(format!("a batch holds 1 to {max} writes, not {}", writes.len())));
+        }
+        let writes = writes
+            .into_iter()
+            .enumerate()
+            .map(|(index, write)| {
+                Write::from_batch(write).map_err(|error| Error::InBatch { index, error: Box::new(error) })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(store_error)?;
+        let results = store.batch(writes).await.map_err(store_error)?;
+        WROTE.with(|wrote| wrote.borrow_mut().extend(results.iter().map(|result| result.path.as_str().to_owned())));
+        let results: Vec<Value> =
+            results.iter().map(|result| json!({ "path": result.path.as_str(), "version": result.version() })).collect();
+        return Ok(json!({ "results": results }));
     }
     let path: String = parse(first, "the path")?;
     let path = DocPath::parse(&path).map_err(|error| invalid(error.0))?;

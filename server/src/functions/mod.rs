@@ -13,9 +13,16 @@
 //! exports something that is not a Hearth function is refused with its line and
 //! message, and the bundle in force keeps running.
 
+mod hooks;
 mod host;
+mod native;
 mod schedules;
+mod stats;
 mod triggers;
+mod users;
+
+pub use native::{Native, NativeContext};
+pub use stats::Summary;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +36,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::config::FunctionsConfig;
+use crate::rules::set::DocPattern;
 use crate::store::Store;
 
 /// The source of the `"hearth"` module.
@@ -46,7 +54,7 @@ pub struct FunctionError {
 }
 
 impl FunctionError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> FunctionError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> FunctionError {
         FunctionError { code, message: message.into() }
     }
 }
@@ -77,8 +85,20 @@ pub enum Kind {
     /// `onDocumentWritten(pattern, handler)`: after each committed write to a matching
     /// document, from the change log.
     DocumentWritten,
+    /// `beforeDocumentWrite(pattern, handler)`: inside the write path of client writes to
+    /// a matching document, before the rules; rejects the write or replaces its data.
+    BeforeDocumentWrite,
+    /// `onUserCreated(handler)`: after each new user, from a durable log like triggers.
+    UserCreated,
     /// `schedule(cron, handler)`: at each tick of a cron expression (UTC).
     Schedule,
+}
+
+impl Kind {
+    /// The kinds that follow a log from a durable cursor.
+    fn has_cursor(self) -> bool {
+        matches!(self, Kind::DocumentWritten | Kind::UserCreated)
+    }
 }
 
 /// One exported function.
@@ -95,12 +115,36 @@ pub struct FunctionInfo {
     pub cron: Option<String>,
 }
 
+/// A function in force, with what an admin sees of its use.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionStatus {
+    #[serde(flatten)]
+    pub info: FunctionInfo,
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
 /// The modules in force, and what they export.
 struct Bundle {
     generation: u64,
     /// (file name, source), sorted by name.
     files: Vec<(String, String)>,
     functions: Vec<FunctionInfo>,
+    /// The before-write hooks, Rust ones first, each with its parsed pattern.
+    hooks: Vec<(String, DocPattern)>,
+}
+
+impl Bundle {
+    fn new(generation: u64, files: Vec<(String, String)>, functions: Vec<FunctionInfo>, natives: &[Native]) -> Bundle {
+        let hooks = natives
+            .iter()
+            .map(|native| &native.info)
+            .chain(&functions)
+            .filter(|function| function.kind == Kind::BeforeDocumentWrite)
+            .filter_map(|function| Some((function.name.clone(), DocPattern::parse(function.pattern.as_deref()?).ok()?)))
+            .collect();
+        Bundle { generation, files, functions, hooks }
+    }
 }
 
 /// Who called, as functions see it in `ctx.auth`: JSON, or `None` for no caller (and the
@@ -112,6 +156,7 @@ struct Job {
     /// The first argument: a callable's data, a trigger's event.
     argument: serde_json::Value,
     auth: Auth,
+    timeout: Duration,
     reply: oneshot::Sender<Invocation>,
 }
 
@@ -125,6 +170,11 @@ struct Invocation {
 struct Shared {
     dir: PathBuf,
     store: Store,
+    auth: crate::auth::Auth,
+    /// Functions in Rust, in force whatever the bundle.
+    natives: Vec<Native>,
+    stats: stats::Stats,
+    hook_locks: hooks::PathLocks,
     bundle: RwLock<Arc<Bundle>>,
     limits: FunctionsConfig,
     generations: AtomicU64,
@@ -143,15 +193,28 @@ pub struct Functions {
 
 impl Functions {
     /// Loads `functions/` of `dir` (refusing to start on a bad module) and starts the
-    /// workers, which reach the store through the current tokio runtime.
-    pub async fn start(dir: &Path, store: Store, limits: FunctionsConfig) -> Result<Functions, LoadError> {
+    /// workers, which reach the store through the current tokio runtime. `natives` are
+    /// the functions in Rust, in force whatever is deployed.
+    pub async fn start(
+        dir: &Path,
+        store: Store,
+        auth: crate::auth::Auth,
+        limits: FunctionsConfig,
+        natives: Vec<Native>,
+    ) -> Result<Functions, LoadError> {
         let dir = dir.join("functions");
         let files = read_dir(&dir)?;
         let functions = probe(&files)?;
+        check_names(&natives, &functions)?;
+        let bundle = Bundle::new(1, files, functions, &natives);
         let shared = Arc::new(Shared {
             dir,
             store: store.clone(),
-            bundle: RwLock::new(Arc::new(Bundle { generation: 1, files, functions })),
+            auth,
+            natives,
+            stats: stats::Stats::default(),
+            hook_locks: hooks::PathLocks::default(),
+            bundle: RwLock::new(Arc::new(bundle)),
             limits: limits.clone(),
             generations: AtomicU64::new(1),
             deploying: tokio::sync::Mutex::new(()),
@@ -183,9 +246,16 @@ impl Functions {
         Ok(functions)
     }
 
-    /// The functions in force.
+    /// The functions in force: those in Rust, then the deployed ones.
     pub fn list(&self) -> Vec<FunctionInfo> {
-        self.current().functions.clone()
+        let natives = self.shared.natives.iter().map(|native| native.info.clone());
+        natives.chain(self.current().functions.iter().cloned()).collect()
+    }
+
+    /// The functions in force with their invocations, errors and p50/p99 durations.
+    pub fn status(&self) -> Vec<FunctionStatus> {
+        let list = self.list().into_iter();
+        list.map(|info| FunctionStatus { summary: self.shared.stats.summary(&info.name), info }).collect()
     }
 
     fn current(&self) -> Arc<Bundle> {
@@ -200,23 +270,41 @@ impl Functions {
         auth: Auth,
     ) -> Result<serde_json::Value, FunctionError> {
         let bundle = self.current();
-        if !bundle.functions.iter().any(|function| function.name == name && function.kind == Kind::Call) {
+        let natives = self.shared.natives.iter().map(|native| &native.info);
+        if !natives.chain(&bundle.functions).any(|function| function.name == name && function.kind == Kind::Call) {
             return Err(FunctionError::new(ErrorCode::NotFound, format!("no callable function `{name}`")));
         }
-        self.invoke(name, data, auth).await.outcome
+        self.invoke(name, data, auth, self.time_limit()).await.outcome
     }
 
-    /// Runs the function `name` of the bundle in force on a worker.
-    async fn invoke(&self, name: &str, argument: serde_json::Value, auth: Auth) -> Invocation {
-        let (reply, answer) = oneshot::channel();
-        let job = Job { name: name.to_owned(), argument, auth, reply };
+    /// The time limit of an invocation.
+    fn time_limit(&self) -> Duration {
+        Duration::from_millis(self.shared.limits.timeout_ms)
+    }
+
+    /// Runs the function `name`: in Rust, or of the bundle in force on a worker.
+    async fn invoke(&self, name: &str, argument: serde_json::Value, auth: Auth, timeout: Duration) -> Invocation {
         let started = Instant::now();
         let failed =
             |code, message: &str| Invocation { outcome: Err(FunctionError::new(code, message)), wrote: Vec::new() };
-        if self.jobs.send(job).is_err() {
-            return failed(ErrorCode::Unavailable, "functions are stopped");
-        }
-        let invocation = answer.await.unwrap_or_else(|_| failed(ErrorCode::Internal, "internal error"));
+        let invocation = match self.shared.natives.iter().find(|native| native.info.name == name) {
+            Some(native) => {
+                let context = NativeContext { store: self.shared.store.clone(), auth };
+                match tokio::time::timeout(timeout, native.run(argument, context)).await {
+                    Ok(outcome) => Invocation { outcome, wrote: Vec::new() },
+                    Err(_) => failed(ErrorCode::DeadlineExceeded, "the function ran over its time limit"),
+                }
+            }
+            None => {
+                let (reply, answer) = oneshot::channel();
+                let job = Job { name: name.to_owned(), argument, auth, timeout, reply };
+                if self.jobs.send(job).is_err() {
+                    return failed(ErrorCode::Unavailable, "functions are stopped");
+                }
+                answer.await.unwrap_or_else(|_| failed(ErrorCode::Internal, "internal error"))
+            }
+        };
+        self.shared.stats.record(name, started.elapsed(), invocation.outcome.is_err());
         let status = if invocation.outcome.is_ok() { "ok" } else { "error" };
         metrics::counter!("hearth_function_invocations_total", "name" => name.to_owned(), "status" => status)
             .increment(1);
@@ -254,6 +342,7 @@ impl Functions {
             line: None,
             message: error.to_string(),
         })??;
+        check_names(&self.shared.natives, &functions)?;
         self.mark_trigger_starts(&functions).await?;
         let dir = self.shared.dir.clone();
         let name = file.to_owned();
@@ -277,7 +366,11 @@ impl Functions {
             return;
         }
         let checked = files.clone();
-        match tokio::task::spawn_blocking(move || probe(&checked)).await {
+        let probed = tokio::task::spawn_blocking(move || probe(&checked)).await;
+        let checked = probed.map(|probed| {
+            probed.and_then(|functions| check_names(&self.shared.natives, &functions).map(|()| functions))
+        });
+        match checked {
             Ok(Ok(functions)) => {
                 if let Err(error) = self.mark_trigger_starts(&functions).await {
                     tracing::error!(%error, "functions not reloaded");
@@ -306,8 +399,13 @@ impl Functions {
     /// every write answered after a deploy (or a start) reaches it. Called with the
     /// deploy lock held, like [`Functions::forget_undeployed`].
     async fn mark_trigger_starts(&self, functions: &[FunctionInfo]) -> Result<(), LoadError> {
-        for function in functions.iter().filter(|function| function.kind == Kind::DocumentWritten) {
-            triggers::start_at(&self.shared.store, &function.name).await.map_err(|error| LoadError {
+        let natives = self.shared.natives.iter().map(|native| &native.info);
+        for function in natives.chain(functions).filter(|function| function.kind.has_cursor()) {
+            let started = match function.kind {
+                Kind::UserCreated => users::start_at(&self.shared.auth, &function.name).await,
+                _ => triggers::start_at(&self.shared.store, &function.name).await,
+            };
+            started.map_err(|error| LoadError {
                 file: function.file.clone(),
                 line: None,
                 message: format!("cannot start trigger `{}`: {error}", function.name),
@@ -319,22 +417,38 @@ impl Functions {
     /// Deletes the cursors of triggers no longer deployed: they would hold back pruning
     /// forever, and deployed again a trigger starts afresh at the end of the log.
     async fn forget_undeployed(&self, functions: &[FunctionInfo]) {
-        let names = functions
-            .iter()
-            .filter(|function| function.kind != Kind::Call)
-            .map(|function| function.name.clone())
-            .collect();
-        if let Err(error) = self.shared.store.backend().retain_trigger_cursors(names).await {
+        let natives = self.shared.natives.iter().map(|native| &native.info);
+        let kept = |kind: Kind| {
+            natives.clone().chain(functions).filter(move |function| function.kind == kind).map(|f| f.name.clone())
+        };
+        let (logged, users) =
+            (kept(Kind::DocumentWritten).chain(kept(Kind::Schedule)).collect(), kept(Kind::UserCreated).collect());
+        if let Err(error) = self.shared.store.backend().retain_trigger_cursors(logged).await {
             tracing::error!(%error, "cannot forget the cursors of undeployed triggers");
+        }
+        if let Err(error) = self.shared.auth.repo().retain_user_event_cursors(users).await {
+            tracing::error!(%error, "cannot forget the cursors of undeployed user triggers");
         }
     }
 
     fn install(&self, files: Vec<(String, String)>, functions: Vec<FunctionInfo>) -> Vec<FunctionInfo> {
         let generation = self.shared.generations.fetch_add(1, Ordering::AcqRel) + 1;
-        let bundle = Arc::new(Bundle { generation, files, functions: functions.clone() });
+        let bundle = Arc::new(Bundle::new(generation, files, functions, &self.shared.natives));
         *self.shared.bundle.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = bundle;
         self.shared.installed.send_replace(generation);
-        functions
+        self.list()
+    }
+}
+
+/// Refuses a bundle that exports a name a Rust function has.
+fn check_names(natives: &[Native], functions: &[FunctionInfo]) -> Result<(), LoadError> {
+    match functions.iter().find(|function| natives.iter().any(|native| native.info.name == function.name)) {
+        Some(function) => Err(LoadError {
+            file: function.file.clone(),
+            line: None,
+            message: format!("`{}` is the name of a function the server defines in Rust", function.name),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -466,11 +580,13 @@ fn load(
                 .and_then(|kind| match kind.as_str() {
                     "call" => Some(Kind::Call),
                     "document-written" => Some(Kind::DocumentWritten),
+                    "before-document-write" => Some(Kind::BeforeDocumentWrite),
+                    "user-created" => Some(Kind::UserCreated),
                     "schedule" => Some(Kind::Schedule),
                     _ => None,
                 })
                 .ok_or_else(|| {
-                    let helpers = "`onCall`, `onDocumentWritten` or `schedule` from \"hearth\"";
+                    let helpers = "`onCall`, `onDocumentWritten`, `beforeDocumentWrite`, `onUserCreated` or `schedule` from \"hearth\"";
                     fault(file, format!("export `{name}` is not a Hearth function (made with {helpers})"))
                 })?;
             let pattern = field("pattern");
@@ -517,7 +633,7 @@ fn line_in(text: &str, file: &str) -> Option<u32> {
 
 /// Checks a bundle in a runtime of its own: gives its functions or the first error.
 fn probe(files: &[(String, String)]) -> Result<Vec<FunctionInfo>, LoadError> {
-    let bundle = Bundle { generation: 0, files: files.to_vec(), functions: Vec::new() };
+    let bundle = Bundle::new(0, files.to_vec(), Vec::new(), &[]);
     let limits = FunctionsConfig::default();
     Engine::new(&bundle, &limits, None).map(|(_, functions)| functions)
 }
@@ -550,7 +666,7 @@ fn worker(receiver: &Mutex<mpsc::Receiver<Job>>, shared: &Shared, host: &host::H
         let span = tracing::info_span!("function", name = %job.name, invocation = %invocation);
         let _entered = span.enter();
         host::start_recording();
-        let (outcome, broken) = invoke(current, &job, &shared.limits);
+        let (outcome, broken) = invoke(current, &job);
         let wrote = host::take_recorded();
         if let Err(error) = &outcome
             && error.code == ErrorCode::Internal
@@ -577,15 +693,15 @@ fn uuid_like() -> String {
 }
 
 /// Runs one invocation; `true` when the runtime must not be used again.
-fn invoke(engine: &Engine, job: &Job, limits: &FunctionsConfig) -> (Result<serde_json::Value, FunctionError>, bool) {
-    engine.arm(Duration::from_millis(limits.timeout_ms));
+fn invoke(engine: &Engine, job: &Job) -> (Result<serde_json::Value, FunctionError>, bool) {
+    engine.arm(job.timeout);
     let outcome = engine.context.with(|ctx| run(&ctx, job));
     engine.disarm();
     let interrupted = engine.interrupted.load(Ordering::Relaxed);
     let outcome = match outcome {
         Err(_) if interrupted => Err(FunctionError::new(
             ErrorCode::DeadlineExceeded,
-            format!("the function ran longer than {} ms", limits.timeout_ms),
+            format!("the function ran longer than {} ms", job.timeout.as_millis()),
         )),
         other => other,
     };
@@ -672,4 +788,9 @@ fn thrown(error: CaughtError<'_>) -> FunctionError {
         }
         CaughtError::Error(error) => FunctionError::new(ErrorCode::Internal, error.to_string()),
     }
+}
+
+/// Checks a cron expression as `schedule` takes it.
+pub fn parse_cron(expression: &str) -> Result<(), String> {
+    schedules::parse(expression).map(drop)
 }

@@ -36,5 +36,6 @@
     update: async (path, data) => call("update", path, data),
     delete: async (path) => call("delete", path),
     query: async (query) => call("query", query),
+    batch: async (writes) => call("batch", writes),
   });
 })();

@@ -22,7 +22,7 @@ use crate::rules::set::DocPattern;
 use crate::store::{DeadLetter, DocJson, Store, StoredDoc};
 
 /// Changes read from the log at a time; the cursor is saved after each such batch.
-const BATCH: usize = 100;
+pub(super) const BATCH: usize = 100;
 /// Tries of one event before it is dead-lettered.
 pub const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -41,7 +41,8 @@ pub async fn supervise(functions: Functions, store: Store) {
             .filter_map(|function| match function.kind {
                 Kind::DocumentWritten => Some((function.name, (Kind::DocumentWritten, function.pattern?))),
                 Kind::Schedule => Some((function.name, (Kind::Schedule, function.cron?))),
-                Kind::Call => None,
+                Kind::UserCreated => Some((function.name, (Kind::UserCreated, String::new()))),
+                Kind::Call | Kind::BeforeDocumentWrite => None,
             })
             .collect();
         running.retain(|name, (spec, task)| {
@@ -61,6 +62,7 @@ pub async fn supervise(functions: Functions, store: Store) {
                     Ok(cron) => tokio::spawn(super::schedules::run(functions, store, task_name, cron)),
                     Err(_) => continue,
                 },
+                (Kind::UserCreated, _) => tokio::spawn(super::users::follow(functions, task_name)),
                 (_, pattern) => match DocPattern::parse(pattern) {
                     Ok(pattern) => tokio::spawn(follow(functions, store, task_name, pattern)),
                     Err(_) => continue,
@@ -141,7 +143,7 @@ async fn handle(
             "runaway chain: `{name}` rewrote `{path}` in response to its own change {MAX_CHAIN} times in a row; stopped for this change"
         );
         tracing::error!(trigger = %name, path, seq = change.seq, "{error}");
-        dead_letter(store, name, change, 0, error).await;
+        dead_letter(store, name, change.seq, path, 0, error).await;
         return;
     }
     let params: serde_json::Map<String, Value> =
@@ -154,21 +156,34 @@ async fn handle(
         "after": change.doc.as_deref().map(doc_json),
         "seq": change.seq,
     });
+    if let Some(wrote) = deliver(functions, store, name, event, change.seq, path).await {
+        if wrote.iter().any(|wrote| wrote == path) {
+            chains.insert(path.to_owned(), rounds + 1);
+        } else {
+            chains.remove(path);
+        }
+    }
+}
+
+/// Invokes `name` with `event` until it succeeds, at most [`ATTEMPTS`] times with
+/// doubling backoff; then the event (`seq`, about `path`) goes to the dead letters.
+/// Gives the documents the successful invocation wrote.
+pub(super) async fn deliver(
+    functions: &Functions,
+    store: &Store,
+    name: &str,
+    event: Value,
+    seq: i64,
+    path: &str,
+) -> Option<Vec<String>> {
     let mut backoff = FIRST_BACKOFF;
     let mut last_error = String::new();
     for attempt in 1..=ATTEMPTS {
-        let invocation = functions.invoke(name, event.clone(), None).await;
+        let invocation = functions.invoke(name, event.clone(), None, functions.time_limit()).await;
         match invocation.outcome {
-            Ok(_) => {
-                if invocation.wrote.iter().any(|wrote| wrote == path) {
-                    chains.insert(path.to_owned(), rounds + 1);
-                } else {
-                    chains.remove(path);
-                }
-                return;
-            }
+            Ok(_) => return Some(invocation.wrote),
             Err(error) => {
-                tracing::warn!(trigger = %name, path, seq = change.seq, attempt, code = error.code.as_str(), "trigger failed");
+                tracing::warn!(trigger = %name, path, seq, attempt, code = error.code.as_str(), "trigger failed");
                 last_error = format!("{}: {}", error.code.as_str(), error.message);
                 if attempt < ATTEMPTS {
                     tokio::time::sleep(backoff).await;
@@ -177,14 +192,15 @@ async fn handle(
             }
         }
     }
-    dead_letter(store, name, change, ATTEMPTS, last_error).await;
+    dead_letter(store, name, seq, path, ATTEMPTS, last_error).await;
+    None
 }
 
-async fn dead_letter(store: &Store, name: &str, change: &Change, attempts: u32, error: String) {
+async fn dead_letter(store: &Store, name: &str, seq: i64, path: &str, attempts: u32, error: String) {
     let letter = DeadLetter {
         name: name.to_owned(),
-        seq: change.seq,
-        path: change.path.as_str().to_owned(),
+        seq,
+        path: path.to_owned(),
         attempts,
         error,
         failed_at: chrono::Utc::now().timestamp_micros(),
@@ -194,7 +210,8 @@ async fn dead_letter(store: &Store, name: &str, change: &Change, attempts: u32, 
     }
 }
 
-fn doc_json(doc: &StoredDoc) -> Value {
+/// A document as functions see it: the contract's `Document`.
+pub(super) fn doc_json(doc: &StoredDoc) -> Value {
     let data = serde_json::to_string(&doc.data).unwrap_or_else(|_| "{}".into());
     let mut text = String::new();
     DocJson::written(doc, &data).write_to(&mut text);

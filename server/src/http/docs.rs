@@ -8,8 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hearth_types::{
-    AggregateRequest, AggregateResult, BatchOp, BatchRequest, BatchResponse, BatchResult, Document, ErrorBody, Query,
-    QueryPage,
+    AggregateRequest, AggregateResult, BatchRequest, BatchResponse, BatchResult, Document, ErrorBody, Query, QueryPage,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -20,7 +19,8 @@ use super::state::AppState;
 use crate::rules::{Access, Filtered, Op};
 use crate::store::query::Field;
 use crate::store::{
-    Aggregation, AnyPath, DocJson, DocPath, QuerySpec, RawDoc, StoredDoc, Write, WriteGuard, WriteOp, path::new_id,
+    Aggregation, AnyPath, DocJson, DocPath, QuerySpec, RawDoc, StoredDoc, Write, WriteGuard, WriteOp, WriteResult,
+    path::new_id,
 };
 
 /// Most writes in one batch.
@@ -35,21 +35,7 @@ fn doc_path(path: &str) -> Result<DocPath, ApiError> {
 }
 
 fn object(value: Value, what: &str) -> Result<Map<String, Value>, ApiError> {
-    match value {
-        Value::Object(map) => Ok(map),
-        other => Err(ApiError::invalid(format!("{what} must be a JSON object, not {}", json_kind(&other)))),
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
+    Ok(crate::store::value::object(value, what)?)
 }
 
 fn etag(version: i64) -> HeaderValue {
@@ -65,14 +51,21 @@ fn doc_response(doc: &DocJson<'_>, status: StatusCode) -> Response {
     response
 }
 
-/// The write guard of `caller`'s rules; none for the service key.
-fn guard(state: &AppState, caller: &Caller) -> Option<Arc<dyn WriteGuard>> {
-    caller.principal().map(|principal| state.rules().guard(&principal))
+/// Commits a client's writes: through the before-write hooks, then the store, each write
+/// passing `caller`'s rules (none for the service key).
+async fn write(
+    state: &AppState,
+    caller: &Caller,
+    writes: Vec<Write>,
+    batch: bool,
+) -> Result<Vec<WriteResult>, crate::store::Error> {
+    let guard: Option<Arc<dyn WriteGuard>> = caller.principal().map(|principal| state.rules().guard(&principal));
+    state.functions().write(writes, batch, guard, caller.function_auth()).await
 }
 
 /// The one document a write left, or an internal error if it left none.
 async fn write_one(state: &AppState, caller: &Caller, write: Write) -> Result<(Arc<StoredDoc>, Arc<str>), ApiError> {
-    let mut results = state.store().write_guarded(vec![write], guard(state, caller)).await?;
+    let mut results = self::write(state, caller, vec![write], false).await?;
     let result = results.pop().ok_or_else(|| ApiError::internal("a write gave no result"))?;
     match (result.doc, result.data_json) {
         (Some(doc), Some(json)) => Ok((doc, json)),
@@ -266,7 +259,7 @@ pub async fn delete(
         return Err(ApiError::invalid("If-None-Match does not apply to DELETE"));
     }
     let write = Write { path, op: WriteOp::Delete, if_version: preconditions.if_match };
-    state.store().write_guarded(vec![write], guard(&state, &caller)).await?;
+    self::write(&state, &caller, vec![write], false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -337,28 +330,10 @@ pub async fn batch(
         .into_iter()
         .enumerate()
         .map(|(index, write)| {
-            let located = |error: ApiError| {
-                ApiError { message: format!("write {index}: {}", error.message), ..error }.with_detail("index", index)
-            };
-            let path = doc_path(&write.path).map_err(located)?;
-            let data = match (write.op, write.data) {
-                (BatchOp::Delete, None) => None,
-                (BatchOp::Delete, Some(_)) => {
-                    return Err(located(ApiError::invalid("a delete takes no `data`")));
-                }
-                (_, None) => return Err(located(ApiError::invalid("this write needs `data`"))),
-                (_, Some(data)) => Some(object(data, "`data`").map_err(located)?),
-            };
-            let op = match (write.op, data) {
-                (BatchOp::Create, Some(data)) => WriteOp::Create(data),
-                (BatchOp::Set, Some(data)) => WriteOp::Set(data),
-                (BatchOp::Update, Some(data)) => WriteOp::Update(data),
-                _ => WriteOp::Delete,
-            };
-            Ok(Write { path, op, if_version: write.if_version })
+            Write::from_batch(write).map_err(|error| crate::store::Error::InBatch { index, error: Box::new(error) })
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    let results = state.store().batch_guarded(writes, guard(&state, &caller)).await?;
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = self::write(&state, &caller, writes, true).await?;
     Ok(Json(BatchResponse {
         results: results
             .iter()

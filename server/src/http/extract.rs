@@ -85,6 +85,14 @@ impl Caller {
         }
     }
 
+    /// The caller as functions see it in `ctx.auth`: `None` without a user.
+    pub fn function_auth(&self) -> crate::functions::Auth {
+        match self {
+            Caller::User(user) => Some(user.to_json()),
+            Caller::Service | Caller::Anonymous => None,
+        }
+    }
+
     /// Admin routes take only the service key.
     pub fn require_service(&self) -> Result<(), ApiError> {
         match self {

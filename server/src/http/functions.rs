@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::extract::{Caller, JsonBody};
 use super::state::AppState;
-use crate::functions::{FunctionError, FunctionInfo, LoadError};
+use crate::functions::{FunctionError, FunctionInfo, FunctionStatus, LoadError};
 
 /// Largest body of a call (the data of a callable is at most 1 MiB).
 pub const MAX_CALL_BYTES: usize = 1024 * 1024;
@@ -39,6 +39,14 @@ pub struct FunctionList {
     pub functions: Vec<FunctionInfo>,
 }
 
+/// The functions in force with what they have done since the server started.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FunctionStatusList {
+    /// `name`, `kind`, `file`, `pattern`/`cron`, `invocations`, `errors`, `p50_ms`, `p99_ms`.
+    #[schema(value_type = Vec<Object>)]
+    pub functions: Vec<FunctionStatus>,
+}
+
 /// Call a callable function (`onCall`). A `HearthError` it throws is the error answer
 /// with its code; any other failure is `internal`.
 #[utoipa::path(post, path = "/v1/functions/{name}", tag = "functions",
@@ -53,17 +61,7 @@ pub async fn call(
     Path(name): Path<String>,
     JsonBody(request): JsonBody<CallRequest>,
 ) -> Result<Json<CallResponse>, ApiError> {
-    let auth = match &caller {
-        Caller::User(user) => Some(serde_json::json!({
-            "uid": user.uid,
-            "email": user.email,
-            "email_verified": user.email_verified,
-            "anonymous": user.anonymous,
-            "claims": user.claims,
-        })),
-        Caller::Service | Caller::Anonymous => None,
-    };
-    let result = state.functions().call(&name, request.data, auth).await.map_err(failed)?;
+    let result = state.functions().call(&name, request.data, caller.function_auth()).await.map_err(failed)?;
     Ok(Json(CallResponse { result }))
 }
 
@@ -71,13 +69,14 @@ fn failed(error: FunctionError) -> ApiError {
     ApiError::new(error.code, error.message)
 }
 
-/// The functions in force: name, kind and file.
+/// The functions in force: name, kind, file, and invocations, errors and p50/p99
+/// duration since the server started (within 25 %; Prometheus has the same).
 #[utoipa::path(get, path = "/v1/admin/functions", tag = "functions",
-    responses((status = 200, body = FunctionList)),
+    responses((status = 200, body = FunctionStatusList)),
     security(("service_key" = [])))]
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<FunctionList>, ApiError> {
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<FunctionStatusList>, ApiError> {
     caller.require_service()?;
-    Ok(Json(FunctionList { functions: state.functions().list() }))
+    Ok(Json(FunctionStatusList { functions: state.functions().status() }))
 }
 
 /// Deploy one module (the JavaScript source as the body): checked with the others

@@ -56,7 +56,7 @@ pub use state::{AppState, Services};
         auth::TokenRequest, auth::RecoverRequest, auth::ResetRequest,
         hearth_types::LoginAnswer, hearth_types::MfaChallenge, hearth_types::TotpEnrollment,
         hearth_types::RecoveryCodes, hearth_types::CodeRequest, hearth_types::MfaVerifyRequest,
-        functions::CallRequest, functions::CallResponse, functions::FunctionList, functions::DeadLetters,
+        functions::CallRequest, functions::CallResponse, functions::FunctionList, functions::FunctionStatusList, functions::DeadLetters,
     )),
     modifiers(&BearerAuth),
 )]

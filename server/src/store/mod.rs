@@ -43,6 +43,9 @@ pub enum Error {
     /// A bug or a database fault; the text is for the log only.
     #[error("{0}")]
     Internal(String),
+    /// Refused with its own code by code the server runs (a before-write hook).
+    #[error("{message}")]
+    Refused { code: hearth_types::ErrorCode, message: String },
     /// The write at `index` of a batch failed; nothing of the batch was written.
     #[error("write {index}: {error}")]
     InBatch { index: usize, error: Box<Error> },
@@ -61,6 +64,7 @@ impl Error {
             Error::Unavailable(_) => C::Unavailable,
             Error::PermissionDenied(_) => C::PermissionDenied,
             Error::Internal(_) => C::Internal,
+            Error::Refused { code, .. } => *code,
             Error::InBatch { error, .. } => error.code(),
         }
     }

@@ -15,6 +15,19 @@ pub const MAX_DOC_BYTES: usize = 1024 * 1024;
 
 /// Rank of a JSON type in the sort order: null < booleans < numbers < strings < arrays <
 /// objects. Booleans share a rank so that `<` between booleans means false < true.
+/// `value` as a JSON object, or invalid-argument naming `what` and what it is instead.
+pub fn object(value: Value, what: &str) -> Result<Map<String, Value>, super::Error> {
+    let kind = match value {
+        Value::Object(map) => return Ok(map),
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+    };
+    Err(super::Error::InvalidArgument(format!("{what} must be a JSON object, not {kind}")))
+}
+
 pub fn type_rank(value: &Value) -> u8 {
     match value {
         Value::Null => 0,

@@ -16,6 +16,29 @@ pub struct Write {
     pub if_version: Option<i64>,
 }
 
+impl Write {
+    /// A write of a batch as the contract sends it (`POST /v1/batch`, `ctx.db.batch`).
+    pub fn from_batch(write: hearth_types::BatchWrite) -> Result<Write, Error> {
+        use hearth_types::BatchOp;
+        let invalid = |message: &str| Error::InvalidArgument(message.to_owned());
+        let path = DocPath::parse(&write.path).map_err(|error| Error::InvalidArgument(error.0))?;
+        let op = match (write.op, write.data) {
+            (BatchOp::Delete, None) => WriteOp::Delete,
+            (BatchOp::Delete, Some(_)) => return Err(invalid("a delete takes no `data`")),
+            (_, None) => return Err(invalid("this write needs `data`")),
+            (op, Some(data)) => {
+                let data = value::object(data, "`data`")?;
+                match op {
+                    BatchOp::Create => WriteOp::Create(data),
+                    BatchOp::Set => WriteOp::Set(data),
+                    _ => WriteOp::Update(data),
+                }
+            }
+        };
+        Ok(Write { path, op, if_version: write.if_version })
+    }
+}
+
 /// The kinds of write.
 #[derive(Debug, Clone)]
 pub enum WriteOp {

@@ -425,3 +425,233 @@ export const newYear = schedule("0 0 1 1 *", async (ctx, tick) => {
     let (_, run) = again.call(Method::GET, "/v1/docs/yearly/run", None).await;
     assert_eq!(run["data"]["count"], 1, "once, not once per missed tick");
 }
+
+const HOOKS: &str = r#"
+import { beforeDocumentWrite, onCall, HearthError } from "hearth";
+
+export const noShouting = beforeDocumentWrite("rooms/{room}/messages/{msg}", (event, ctx) => {
+  if (!event.after) return;
+  if (event.after.data.text === "STOP") throw new HearthError("invalid-argument", "no shouting");
+  return {
+    ...event.after.data,
+    text: event.after.data.text.toLowerCase(),
+    checked: true,
+    by: ctx.auth ? ctx.auth.uid : null,
+    room: event.params.room,
+    kind: event.kind,
+    was: event.before ? event.before.version : 0,
+  };
+});
+
+export const locked = beforeDocumentWrite("notes/{id}", (event) => {
+  if (event.kind === "delete" && event.before.data.locked) throw new HearthError("failed-precondition", "locked");
+});
+
+export const stamp = beforeDocumentWrite("counters/{id}", async (event, ctx) => {
+  await ctx.db.get("counters/other");
+  return event.after && { ...event.after.data, stamped: (event.after.data.stamped || 0) + 1 };
+});
+
+export const spin = beforeDocumentWrite("slow/{id}", () => { for (;;) {} });
+export const odd = beforeDocumentWrite("odd/{id}", () => 42);
+
+export const direct = onCall(async (data, ctx) => {
+  await ctx.db.set("rooms/r1/messages/direct", { text: "FROM A FUNCTION" });
+  return (await ctx.db.get("rooms/r1/messages/direct")).data;
+});
+"#;
+
+const CHECKED_RULES: &str = r#"
+["rooms/{room}/messages/{msg}"]
+read = "auth != null"
+write = "auth != null && request.data.checked == true && request.data.by == auth.uid"
+"#;
+
+#[tokio::test]
+async fn before_write_hooks_refuse_or_replace_and_the_rules_see_the_replaced_data() {
+    let config = "[functions]\nbefore_write_timeout_ms = 300\n".to_owned();
+    let app = App::spawn_with(Options { config: Some(config), ..Options::default() }).await;
+    let (status, body) = deploy(&app, "hooks.js", HOOKS).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app.send(app.admin(Method::PUT, "/v1/admin/rules").body(CHECKED_RULES)).await;
+    assert!(status.is_success(), "{body}");
+    let (status, session) = app
+        .send(
+            app.client
+                .post(app.url("/v1/auth/signup"))
+                .json(&json!({"email": "ada@example.com", "password": "correct horse battery staple"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{session}");
+    let (uid, token) = (session["user"]["id"].as_str().expect("uid"), session["access_token"].as_str().expect("token"));
+    let as_user = |method: Method, path: &str, body: Value| {
+        app.client.request(method, app.url(path)).bearer_auth(token).json(&body)
+    };
+
+    // Replaced: the rules demand what only the hook adds, and see it.
+    let (status, doc) = app.send(as_user(Method::PUT, "/v1/docs/rooms/r1/messages/m1", json!({"text": "HELLO"}))).await;
+    assert_eq!(status, 201, "{doc}");
+    assert_eq!(
+        doc["data"],
+        json!({"text": "hello", "checked": true, "by": uid, "room": "r1", "kind": "create", "was": 0})
+    );
+    let (status, doc) =
+        app.send(as_user(Method::PATCH, "/v1/docs/rooms/r1/messages/m1", json!({"text": "AGAIN"}))).await;
+    assert_eq!(
+        (status.as_u16(), &doc["data"]["text"], &doc["data"]["kind"], &doc["data"]["was"]),
+        (200, &json!("again"), &json!("update"), &json!(1))
+    );
+
+    // Refused with the hook's code; nothing written.
+    let (status, body) = app.send(as_user(Method::PUT, "/v1/docs/rooms/r1/messages/m2", json!({"text": "STOP"}))).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("invalid-argument")), "{body}");
+    assert_eq!(body["error"]["message"], "no shouting");
+    assert_eq!(app.call(Method::GET, "/v1/docs/rooms/r1/messages/m2", None).await.0, 404);
+
+    // In a batch the refusal names its write and nothing of the batch commits.
+    let batch = json!({"writes": [
+        {"op": "set", "path": "rooms/r1/messages/m3", "data": {"text": "FINE"}},
+        {"op": "set", "path": "rooms/r1/messages/m4", "data": {"text": "STOP"}},
+    ]});
+    let (status, body) = app.send(as_user(Method::POST, "/v1/batch", batch)).await;
+    assert_eq!((status.as_u16(), &body["error"]["details"]["index"]), (400, &json!(1)), "{body}");
+    assert_eq!(app.call(Method::GET, "/v1/docs/rooms/r1/messages/m3", None).await.0, 404);
+
+    // Deletes: a hook may refuse them.
+    app.call(Method::PUT, "/v1/docs/notes/n1", Some(json!({"locked": true}))).await;
+    app.call(Method::PUT, "/v1/docs/notes/n2", Some(json!({"locked": false}))).await;
+    let (status, body) = app.call(Method::DELETE, "/v1/docs/notes/n1", None).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (412, Some("failed-precondition")), "{body}");
+    assert_eq!(app.call(Method::DELETE, "/v1/docs/notes/n2", None).await.0, 204);
+
+    // A hook over its time limit, or returning nonsense, fails the write alone.
+    let (status, body) = app.call(Method::PUT, "/v1/docs/slow/s1", Some(json!({"x": 1}))).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (504, Some("deadline-exceeded")), "{body}");
+    let (status, body) = app.call(Method::PUT, "/v1/docs/odd/o1", Some(json!({"x": 1}))).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (500, Some("internal")), "{body}");
+    assert_eq!(app.call(Method::GET, "/v1/docs/slow/s1", None).await.0, 404);
+
+    // Concurrent increments through a hook all land, each stamped once.
+    app.call(Method::PUT, "/v1/docs/counters/c1", Some(json!({"n": 0}))).await;
+    let bumps = (0..24).map(|_| app.call(Method::PATCH, "/v1/docs/counters/c1", Some(json!({"n": {"$increment": 1}}))));
+    for (status, body) in futures::future::join_all(bumps).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, counter) = app.call(Method::GET, "/v1/docs/counters/c1", None).await;
+    assert_eq!((&counter["data"]["n"], &counter["data"]["stamped"]), (&json!(24), &json!(25)), "{counter}");
+
+    // Functions' own writes do not run hooks.
+    let (status, body) = call(&app, "direct", None, json!({})).await;
+    assert_eq!((status, &body["result"]["text"]), (200, &json!("FROM A FUNCTION")), "{body}");
+
+    // The admin list counts each hook.
+    let (_, list) = app.send(app.admin(Method::GET, "/v1/admin/functions")).await;
+    let stamp =
+        list["functions"].as_array().expect("list").iter().find(|f| f["name"] == "stamp").expect("stamp").clone();
+    assert_eq!(
+        (&stamp["kind"], &stamp["invocations"], &stamp["errors"]),
+        (&json!("before-document-write"), &json!(25), &json!(0)),
+        "{stamp}"
+    );
+    assert!(
+        stamp["p50_ms"].as_f64().is_some_and(|p50| p50 > 0.0) && stamp["p99_ms"].as_f64() >= stamp["p50_ms"].as_f64(),
+        "{stamp}"
+    );
+}
+
+#[tokio::test]
+async fn on_user_created_sees_every_new_user_also_across_a_crash() {
+    let welcome = r#"
+import { onUserCreated } from "hearth";
+export const welcome = onUserCreated(async (user, ctx) => {
+  await ctx.db.set(`profiles/${user.id}`, { email: user.email, anonymous: user.anonymous });
+});
+"#;
+    let mut app = App::spawn().await;
+    assert_eq!(deploy(&app, "welcome.js", welcome).await.0, 200);
+    let signup = json!({"email": "ada@example.com", "password": "correct horse battery staple"});
+    let (status, session) = app.send(app.client.post(app.url("/v1/auth/signup")).json(&signup)).await;
+    assert_eq!(status, 200, "{session}");
+    let ada = session["user"]["id"].as_str().expect("uid").to_owned();
+    let profile = eventually(&app, &format!("/v1/docs/profiles/{ada}"), |doc| doc["data"].is_object()).await;
+    assert_eq!(profile["data"], json!({"email": "ada@example.com", "anonymous": false}));
+
+    // Users created right before a kill -9 are welcomed after the restart.
+    let mut anonymous = Vec::new();
+    for _ in 0..5 {
+        let (status, session) = app.send(app.client.post(app.url("/v1/auth/anonymous")).json(&json!({}))).await;
+        assert_eq!(status, 200, "{session}");
+        anonymous.push(session["user"]["id"].as_str().expect("uid").to_owned());
+    }
+    app.kill_hard();
+    let again = App::start_in(&app.dir(), &Options::default());
+    for uid in anonymous {
+        let profile = eventually(&again, &format!("/v1/docs/profiles/{uid}"), |doc| doc["data"].is_object()).await;
+        assert_eq!(profile["data"], json!({"email": null, "anonymous": true}));
+    }
+}
+
+#[tokio::test]
+async fn ctx_db_batch_commits_all_or_nothing() {
+    let source = r#"
+import { onCall } from "hearth";
+export const pair = onCall(async (data, ctx) => ctx.db.batch([
+  { op: "set", path: `pairs/${data.id}/sides/left`, data: { n: 1 } },
+  { op: data.bad ? "update" : "create", path: `pairs/${data.id}/sides/right`, data: { n: 2 } },
+]));
+"#;
+    let app = App::spawn().await;
+    assert_eq!(deploy(&app, "pair.js", source).await.0, 200);
+    let (status, body) = call(&app, "pair", None, json!({"id": "p1"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["results"].as_array().map(Vec::len), Some(2), "{body}");
+    // The update of an absent document fails the batch; its first write is not kept.
+    let (status, body) = call(&app, "pair", None, json!({"id": "p2", "bad": true})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not-found")), "{body}");
+    assert_eq!(app.call(Method::GET, "/v1/docs/pairs/p2/sides/left", None).await.0, 404);
+}
+
+/// The example functions, deployed as a user of the examples would, do what they say.
+#[tokio::test]
+async fn the_example_functions_work_with_the_example_rules() {
+    let port = echo_server().await;
+    let config = format!(
+        "[functions]\nfetch_allow = [\"127.0.0.1:{port}\"]\n[functions.secrets]\n\
+         WEATHER_API_URL = \"http://127.0.0.1:{port}\"\nWEATHER_API_KEY = \"k-123\"\n"
+    );
+    let app = App::spawn_with(Options { config: Some(config), ..Options::default() }).await;
+    let chat = include_str!("../../../examples/chat/functions/chat.js");
+    let weather = include_str!("../../../examples/proxy/functions/weather.js");
+    assert_eq!(deploy(&app, "chat.js", chat).await.0, 200);
+    assert_eq!(deploy(&app, "weather.js", weather).await.0, 200);
+    let rules = include_str!("../../../examples/chat/rules.toml");
+    let (status, body) = app.send(app.admin(Method::PUT, "/v1/admin/rules").body(rules)).await;
+    assert!(status.is_success(), "{body}");
+
+    let signup = json!({"email": "ada@example.com", "password": "correct horse battery staple"});
+    let (_, session) = app.send(app.client.post(app.url("/v1/auth/signup")).json(&signup)).await;
+    let (uid, token) = (session["user"]["id"].as_str().expect("uid"), session["access_token"].as_str().expect("token"));
+    let profile = eventually(&app, &format!("/v1/docs/users/{uid}"), |doc| doc["data"].is_object()).await;
+    assert_eq!(profile["data"]["name"], "ada", "{profile}");
+
+    let as_ada = |method: Method, path: &str, body: Value| {
+        app.client.request(method, app.url(path)).bearer_auth(token).json(&body)
+    };
+    let (status, body) =
+        app.send(as_ada(Method::PUT, "/v1/docs/rooms/r1", json!({"owner": uid, "members": [uid]}))).await;
+    assert_eq!(status, 201, "{body}");
+    let message = json!({"author": uid, "text": "  Oh heck, it works  "});
+    let (status, body) = app.send(as_ada(Method::POST, "/v1/docs/rooms/r1/messages", message)).await;
+    assert_eq!((status.as_u16(), &body["data"]["text"]), (201, &json!("Oh ****, it works")), "{body}");
+    let (status, body) =
+        app.send(as_ada(Method::POST, "/v1/docs/rooms/r1/messages", json!({"author": uid, "text": " "}))).await;
+    assert_eq!(status, 400, "{body}");
+    let room = eventually(&app, "/v1/docs/rooms/r1", |doc| doc["data"]["message_count"] == 1).await;
+    assert_eq!(room["data"]["last_message"], "Oh ****, it works");
+
+    let (status, body) = call(&app, "weather", Some(token), json!({"city": "Zürich"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["weather"], json!({"path": "/v1/current?city=Z%C3%BCrich", "key": "k-123"}));
+    let (status, _) = call(&app, "weather", None, json!({"city": "Bern"})).await;
+    assert_eq!(status, 401, "the proxy is for signed-in users");
+}

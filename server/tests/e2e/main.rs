@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod documents;
+mod embedded;
 mod functions;
 mod oauth;
 mod realtime;

@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "mfa", include_str!("../../../../migrations/sqlite/0004_mfa.sql")),
     (5, "oauth", include_str!("../../../../migrations/sqlite/0005_oauth.sql")),
     (6, "functions", include_str!("../../../../migrations/sqlite/0006_functions.sql")),
+    (7, "user_events", include_str!("../../../../migrations/sqlite/0007_user_events.sql")),
 ];
 
 /// How durable a commit is. `Normal` (WAL) survives a crash of the process; `Full`
