@@ -51,8 +51,8 @@ impl Functions {
         }
         let paths = writes.iter().filter(|write| hooked(write)).map(|write| write.path.clone()).collect();
         let _locked = self.shared.hook_locks.lock(paths).await;
-        for _ in 0..TRIES {
-            let approved = self.run_hooks(&bundle, writes.clone(), batch, &auth).await?;
+        for attempt in 0..TRIES {
+            let approved = self.run_hooks(&bundle, writes.clone(), batch, &auth, attempt == 0).await?;
             match self.commit(approved, batch, guard.clone()).await {
                 Err(error) if is_race(&error) => continue,
                 other => return other,
@@ -74,12 +74,15 @@ impl Functions {
     }
 
     /// The writes as the hooks approved them, each pinned to the state the hooks saw.
+    /// On a `first_try`, a create is taken to find no document without reading it (one
+    /// that exists fails the commit, and the next try reads it).
     async fn run_hooks(
         &self,
         bundle: &Bundle,
         writes: Vec<Write>,
         batch: bool,
         auth: &Auth,
+        first_try: bool,
     ) -> Result<Vec<Write>, Error> {
         let timeout = Duration::from_millis(self.shared.limits.before_write_timeout_ms);
         let now = crate::store::now_micros();
@@ -91,6 +94,7 @@ impl Functions {
             let path = write.path.clone();
             let before = match state.get(&path) {
                 Some(doc) => doc.clone(),
+                None if first_try && matches!(write.op, WriteOp::Create(_)) => None,
                 None => self.shared.store.get(path.clone()).await?,
             };
             let unpinned = write.if_version;
