@@ -4,6 +4,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub mod realtime;
+pub mod value;
+
 /// A JSON object: the body of every document.
 pub type Object = Map<String, Value>;
 

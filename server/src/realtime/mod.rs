@@ -15,7 +15,6 @@ pub mod presence;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use serde::Deserialize;
 use tokio::sync::{Notify, mpsc};
 
 use crate::config::RealtimeConfig;
@@ -70,11 +69,13 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// The next message for the client; it no longer counts against the queue.
-    pub async fn recv(&mut self) -> Option<Arc<str>> {
-        let message = self.receiver.recv().await?;
-        self.queued.fetch_sub(message.len(), Ordering::AcqRel);
-        Some(message)
+    /// Waits for the next message, then takes every message queued by then, up to
+    /// `limit`, into `into`; 0 when the queue is closed.
+    pub async fn recv_many(&mut self, into: &mut Vec<Arc<str>>, limit: usize) -> usize {
+        let taken = self.receiver.recv_many(into, limit).await;
+        let bytes: usize = into[into.len() - taken..].iter().map(|message| message.len()).sum();
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        taken
     }
 }
 
@@ -217,41 +218,7 @@ pub struct Session {
     outbox: Outbox,
 }
 
-/// A client message, as the contract spells it.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum ClientMessage {
-    Auth {
-        token: String,
-    },
-    Sub {
-        id: String,
-        #[serde(default)]
-        doc: Option<String>,
-        #[serde(default)]
-        query: Option<hearth_types::Query>,
-        #[serde(default)]
-        resume: Option<String>,
-    },
-    Unsub {
-        id: String,
-    },
-    Ping,
-    Join {
-        channel: String,
-        #[serde(default)]
-        presence: Option<serde_json::Value>,
-    },
-    Leave {
-        channel: String,
-    },
-    Broadcast {
-        channel: String,
-        event: String,
-        #[serde(default)]
-        payload: serde_json::Value,
-    },
-}
+pub use hearth_types::realtime::ClientMessage;
 
 impl Session {
     /// Sends a message to this client directly (answers that are not deliveries).
