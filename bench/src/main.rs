@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 mod fanout;
 mod functions;
 mod rules;
+mod sdk;
 
 const KEY: &str = "hk_bench_0123456789abcdefghijklmnopqrstuvwxyz";
 const SEEDED: usize = 100_000;
@@ -34,6 +35,12 @@ fn main() {
         let phase = if quick { Duration::from_secs(1) } else { Duration::from_secs(5) };
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
         return runtime.block_on(auth_bench(phase));
+    }
+    if args.get(1).map(String::as_str) == Some("sdk") {
+        let quick = args.iter().any(|arg| arg == "--quick");
+        let phase = if quick { Duration::from_secs(1) } else { Duration::from_secs(5) };
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        return runtime.block_on(sdk::sdk_bench(phase));
     }
     if args.get(1).map(String::as_str) == Some("fanout") {
         let quick = args.iter().any(|arg| arg == "--quick");
@@ -260,7 +267,7 @@ fn filler() -> &'static str {
 struct Hearth {
     child: Child,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Hearth {
@@ -293,6 +300,18 @@ fn start(mut command: Command) -> (Child, SocketAddr) {
     (child, addr)
 }
 
+/// A server on `dir` at `127.0.0.1:port` (to restart it on the same data and port).
+fn start_hearth_at(dir: &std::path::Path, port: u16) -> Hearth {
+    let mut command = Command::new(server_binary());
+    command
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--dir"])
+        .arg(dir)
+        .env("HEARTH_SERVICE_KEY", KEY)
+        .env("RUST_LOG", "info,tower_http=off");
+    let (child, addr) = start(command);
+    Hearth { child, addr, _dir: None }
+}
+
 fn start_hearth(group_commit: bool) -> Hearth {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(
@@ -312,7 +331,7 @@ fn start_hearth(group_commit: bool) -> Hearth {
         .env("HEARTH_AUTH__RATE_LIMIT__PER_IP_BURST", "100000000")
         .env("RUST_LOG", "info,tower_http=off");
     let (child, addr) = start(command);
-    Hearth { child, addr, _dir: dir }
+    Hearth { child, addr, _dir: Some(dir) }
 }
 
 async fn run(phase: Duration, quick: bool) {

@@ -132,7 +132,7 @@ pub struct RealtimeConfig {
 
 impl Default for RealtimeConfig {
     fn default() -> Self {
-        RealtimeConfig { max_connections: 10_000, max_subscriptions: 100, queue_bytes: 16 * 1024 * 1024 }
+        RealtimeConfig { max_connections: 10_000, max_subscriptions: 1_000, queue_bytes: 16 * 1024 * 1024 }
     }
 }
 

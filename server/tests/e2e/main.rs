@@ -9,5 +9,6 @@ mod functions;
 mod oauth;
 mod realtime;
 mod rules;
+mod sdk;
 mod server;
 mod support;

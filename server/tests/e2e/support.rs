@@ -27,6 +27,8 @@ pub struct App {
 pub struct Options {
     pub config: Option<String>,
     pub extra_args: Vec<String>,
+    /// `--addr` (default `127.0.0.1:0`): a restart on the same port for clients that reconnect.
+    pub addr: Option<String>,
 }
 
 impl App {
@@ -52,7 +54,7 @@ impl App {
             .arg("serve")
             .arg("--dir")
             .arg(dir)
-            .args(["--addr", "127.0.0.1:0"])
+            .args(["--addr", options.addr.as_deref().unwrap_or("127.0.0.1:0")])
             .args(&options.extra_args)
             .env("HEARTH_SERVICE_KEY", KEY)
             // Cheap password hashing keeps the suite fast; production keeps OWASP's cost.

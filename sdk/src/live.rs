@@ -1,0 +1,441 @@
+//! Live listeners and channels over one shared WebSocket.
+//!
+//! A task owns the socket. It connects when the first listener or channel needs it,
+//! signs in with the client's credential (and again whenever the token is refreshed),
+//! and subscribes everything open. When the connection breaks it reconnects with
+//! doubling backoff (100 ms to 5 s) and subscribes again with each subscription's last
+//! `resume` token, so the server sends exactly what was missed (or a fresh snapshot,
+//! which the task turns into the changes against what the listener had).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{SinkExt, Stream, StreamExt};
+use hearth_types::realtime::{ChangeType, ClientMessage, ServerMessage};
+use hearth_types::{Document, Query};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use crate::docs::query_order;
+use crate::transport::SocketSink;
+use crate::{Client, Error, Inner, Result};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const PING_EVERY: Duration = Duration::from_secs(25);
+
+/// What a listener watches.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    Doc(String),
+    Query(Query),
+}
+
+/// One document entering, changing in or leaving a listener's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocChange {
+    pub kind: ChangeType,
+    /// As it is now; for `Removed`, as it was last seen.
+    pub doc: Document,
+}
+
+/// A listener's result after a change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The whole result, in query order (for a document: it, or nothing).
+    pub docs: Vec<Document>,
+    /// What changed since the previous snapshot; in the first, every document is `Added`.
+    pub changes: Vec<DocChange>,
+}
+
+/// A live document or query: a [`Stream`] of [`Snapshot`]s. It ends after an error (a
+/// subscription the rules refuse); dropping it unsubscribes.
+pub struct Listener {
+    id: u64,
+    events: mpsc::UnboundedReceiver<Result<Snapshot>>,
+    live: Live,
+}
+
+impl Stream for Listener {
+    type Item = Result<Snapshot>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.live.commands.send(Command::Stop { id: self.id });
+    }
+}
+
+/// What happens on a channel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelEvent {
+    /// Members that joined or changed state, and members that left, by member id; each
+    /// member is `{uid, state}`. The first event after joining holds everyone present.
+    Presence { joins: Map<String, Value>, leaves: Map<String, Value> },
+    /// A message another member broadcast.
+    Broadcast { event: String, payload: Value },
+}
+
+/// A realtime channel by name (e.g. `room:r1`), guarded by the `@channels/` rules.
+#[derive(Clone)]
+pub struct Channel {
+    client: Client,
+    name: String,
+}
+
+impl Channel {
+    pub(crate) fn new(client: Client, name: &str) -> Channel {
+        Channel { client, name: name.to_owned() }
+    }
+
+    /// Joins with a presence `state`; the stream gives what happens on the channel until
+    /// it is dropped (which leaves). Joined again after a reconnect.
+    pub fn join(&self, state: Value) -> ChannelListener {
+        let live = self.client.live();
+        let (sender, events) = mpsc::unbounded_channel();
+        let _ = live.commands.send(Command::Join { channel: self.name.clone(), state, events: sender });
+        ChannelListener { channel: self.name.clone(), events, live }
+    }
+
+    /// Sends an ephemeral message to the channel's members (a member may broadcast).
+    pub fn broadcast(&self, event: &str, payload: Value) {
+        let command = Command::Broadcast { channel: self.name.clone(), event: event.to_owned(), payload };
+        let _ = self.client.live().commands.send(command);
+    }
+}
+
+/// Membership of a channel: a [`Stream`] of [`ChannelEvent`]s; dropping it leaves.
+pub struct ChannelListener {
+    channel: String,
+    events: mpsc::UnboundedReceiver<Result<ChannelEvent>>,
+    live: Live,
+}
+
+impl ChannelListener {
+    /// Changes this member's presence state.
+    pub fn set_state(&self, state: Value) {
+        let _ = self.live.commands.send(Command::State { channel: self.channel.clone(), state });
+    }
+}
+
+impl Stream for ChannelListener {
+    type Item = Result<ChannelEvent>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+impl Drop for ChannelListener {
+    fn drop(&mut self) {
+        let _ = self.live.commands.send(Command::Leave { channel: self.channel.clone() });
+    }
+}
+
+enum Command {
+    Listen { id: u64, target: Target, events: mpsc::UnboundedSender<Result<Snapshot>> },
+    Stop { id: u64 },
+    Join { channel: String, state: Value, events: mpsc::UnboundedSender<Result<ChannelEvent>> },
+    State { channel: String, state: Value },
+    Leave { channel: String },
+    Broadcast { channel: String, event: String, payload: Value },
+}
+
+/// The handle to the socket task. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Live {
+    commands: mpsc::UnboundedSender<Command>,
+    next: Arc<AtomicU64>,
+}
+
+impl Live {
+    pub(crate) fn start(client: Weak<Inner>) -> Live {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(run(client, receiver));
+        Live { commands, next: Arc::new(AtomicU64::new(1)) }
+    }
+
+    pub(crate) fn listen(&self, target: Target) -> Listener {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (sender, events) = mpsc::unbounded_channel();
+        let _ = self.commands.send(Command::Listen { id, target, events: sender });
+        Listener { id, events, live: self.clone() }
+    }
+}
+
+struct Subscription {
+    target: Target,
+    events: mpsc::UnboundedSender<Result<Snapshot>>,
+    /// The last `resume` token, once the first snapshot came.
+    resume: Option<String>,
+    docs: Vec<Document>,
+}
+
+struct Membership {
+    state: Value,
+    events: mpsc::UnboundedSender<Result<ChannelEvent>>,
+}
+
+/// Everything open, kept across connections.
+#[derive(Default)]
+struct Open {
+    subs: HashMap<u64, Subscription>,
+    channels: HashMap<String, Membership>,
+}
+
+impl Open {
+    fn is_empty(&self) -> bool {
+        self.subs.is_empty() && self.channels.is_empty()
+    }
+
+    /// Applies a command; gives the message it needs sent, if connected.
+    fn apply(&mut self, command: Command) -> Option<ClientMessage> {
+        match command {
+            Command::Listen { id, target, events } => {
+                let subscription = Subscription { target, events, resume: None, docs: Vec::new() };
+                let message = subscribe(id, &subscription);
+                self.subs.insert(id, subscription);
+                Some(message)
+            }
+            Command::Stop { id } => self.subs.remove(&id).map(|_| ClientMessage::Unsub { id: wire_id(id) }),
+            Command::Join { channel, state, events } => {
+                self.channels.insert(channel.clone(), Membership { state: state.clone(), events });
+                Some(ClientMessage::Join { channel, presence: Some(state) })
+            }
+            Command::State { channel, state } => {
+                let membership = self.channels.get_mut(&channel)?;
+                membership.state = state.clone();
+                Some(ClientMessage::Join { channel, presence: Some(state) })
+            }
+            Command::Leave { channel } => self.channels.remove(&channel).map(|_| ClientMessage::Leave { channel }),
+            Command::Broadcast { channel, event, payload } => {
+                Some(ClientMessage::Broadcast { channel, event, payload })
+            }
+        }
+    }
+
+    /// Everything to send on a new connection.
+    fn resubscribe(&self) -> Vec<ClientMessage> {
+        let subs = self.subs.iter().map(|(id, subscription)| subscribe(*id, subscription));
+        let joins = self.channels.iter().map(|(channel, membership)| ClientMessage::Join {
+            channel: channel.clone(),
+            presence: Some(membership.state.clone()),
+        });
+        subs.chain(joins).collect()
+    }
+
+    /// Handles a server message; `true` when the token must be refreshed.
+    fn receive(&mut self, message: ServerMessage) -> bool {
+        match message {
+            ServerMessage::Snapshot { id, docs, resume } => {
+                let Some(subscription) = parse_id(&id).and_then(|id| self.subs.get_mut(&id)) else { return false };
+                let changes = diff(&subscription.docs, &docs, subscription.resume.is_none());
+                subscription.docs = docs;
+                subscription.resume = Some(resume);
+                let _ = subscription.events.send(Ok(Snapshot { docs: subscription.docs.clone(), changes }));
+            }
+            ServerMessage::Changes { id, changes, resume } => {
+                let Some(subscription) = parse_id(&id).and_then(|id| self.subs.get_mut(&id)) else { return false };
+                subscription.resume = Some(resume);
+                if changes.is_empty() {
+                    return false;
+                }
+                let mut applied = Vec::with_capacity(changes.len());
+                for change in changes {
+                    subscription.docs.retain(|doc| doc.path != change.doc.path);
+                    if change.kind != ChangeType::Removed {
+                        subscription.docs.push(change.doc.clone());
+                    }
+                    applied.push(DocChange { kind: change.kind, doc: change.doc });
+                }
+                if let Target::Query(query) = &subscription.target {
+                    subscription.docs.sort_by(|a, b| query_order(query, a, b));
+                }
+                let _ = subscription.events.send(Ok(Snapshot { docs: subscription.docs.clone(), changes: applied }));
+            }
+            ServerMessage::Error { id: Some(id), code, message, .. } => {
+                if let Some(subscription) = parse_id(&id).and_then(|id| self.subs.remove(&id)) {
+                    let _ = subscription.events.send(Err(Error::Api { code, message, details: Map::new() }));
+                }
+            }
+            ServerMessage::Error { channel: Some(channel), code, message, .. } => {
+                if let Some(membership) = self.channels.remove(&channel) {
+                    let _ = membership.events.send(Err(Error::Api { code, message, details: Map::new() }));
+                }
+            }
+            ServerMessage::Error { code, message, .. } => {
+                tracing::debug!(?code, %message, "the realtime connection reported a problem");
+                return code == hearth_types::ErrorCode::Unauthenticated;
+            }
+            ServerMessage::Presence { channel, joins, leaves } => {
+                if let Some(membership) = self.channels.get(&channel) {
+                    let _ = membership.events.send(Ok(ChannelEvent::Presence { joins, leaves }));
+                }
+            }
+            ServerMessage::Broadcast { channel, event, payload } => {
+                if let Some(membership) = self.channels.get(&channel) {
+                    let _ = membership.events.send(Ok(ChannelEvent::Broadcast { event, payload }));
+                }
+            }
+            ServerMessage::Pong => {}
+        }
+        false
+    }
+}
+
+fn wire_id(id: u64) -> String {
+    format!("s{id}")
+}
+
+fn parse_id(id: &str) -> Option<u64> {
+    id.strip_prefix('s')?.parse().ok()
+}
+
+fn subscribe(id: u64, subscription: &Subscription) -> ClientMessage {
+    let (doc, query) = match &subscription.target {
+        Target::Doc(path) => (Some(path.clone()), None),
+        Target::Query(query) => (None, Some(query.clone())),
+    };
+    ClientMessage::Sub { id: wire_id(id), doc, query, resume: subscription.resume.clone() }
+}
+
+/// The changes from `before` to `after`: all `Added` for a first snapshot.
+fn diff(before: &[Document], after: &[Document], first: bool) -> Vec<DocChange> {
+    let added = |doc: &Document| DocChange { kind: ChangeType::Added, doc: doc.clone() };
+    if first {
+        return after.iter().map(added).collect();
+    }
+    let old: HashMap<&str, &Document> = before.iter().map(|doc| (doc.path.as_str(), doc)).collect();
+    let new: HashMap<&str, &Document> = after.iter().map(|doc| (doc.path.as_str(), doc)).collect();
+    let removed = before
+        .iter()
+        .filter(|doc| !new.contains_key(doc.path.as_str()))
+        .map(|doc| DocChange { kind: ChangeType::Removed, doc: doc.clone() });
+    let changed = after.iter().filter_map(|doc| match old.get(doc.path.as_str()) {
+        None => Some(added(doc)),
+        Some(was) if was.version != doc.version => Some(DocChange { kind: ChangeType::Modified, doc: doc.clone() }),
+        Some(_) => None,
+    });
+    removed.chain(changed).collect()
+}
+
+async fn send(sink: &mut SocketSink, message: &ClientMessage) -> Result<()> {
+    let text = serde_json::to_string(message).map_err(|error| Error::Protocol(error.to_string()))?;
+    sink.send(text).await
+}
+
+/// The socket task: connects while anything is open, until the client is gone.
+async fn run(client: Weak<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let mut open = Open::default();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if open.is_empty() {
+            match commands.recv().await {
+                Some(command) => drop(open.apply(command)),
+                None => return,
+            }
+            continue;
+        }
+        let Some(inner) = client.upgrade() else { return };
+        let client_now = Client { inner };
+        let connected = client_now.inner.transport.connect(client_now.websocket_url()).await;
+        let credential = client_now.credential().await.ok().flatten();
+        let mut tokens = client_now.inner.tokens.subscribe();
+        tokens.borrow_and_update();
+        drop(client_now);
+        let (mut sink, mut stream) = match connected {
+            Ok(socket) => socket,
+            Err(error) => {
+                tracing::debug!(%error, ?backoff, "realtime connection failed; retrying");
+                if !wait(&mut open, &mut commands, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let mut greeting = Vec::new();
+        if let Some(token) = credential {
+            greeting.push(ClientMessage::Auth { token });
+        }
+        greeting.extend(open.resubscribe());
+        let mut healthy = true;
+        for message in &greeting {
+            if send(&mut sink, message).await.is_err() {
+                healthy = false;
+                break;
+            }
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        while healthy {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => {
+                        if let Some(message) = open.apply(command) {
+                            healthy = send(&mut sink, &message).await.is_ok();
+                        }
+                    }
+                    None => return,
+                },
+                frame = stream.next() => match frame {
+                    Some(Ok(text)) => match serde_json::from_str::<ServerMessage>(&text) {
+                        Ok(message) => {
+                            backoff = FIRST_BACKOFF;
+                            if open.receive(message) {
+                                // Deliveries paused for an expired token: refresh; the new
+                                // token arrives through `tokens` below.
+                                if let Some(inner) = client.upgrade() {
+                                    tokio::spawn(async move { drop(Client { inner }.refresh(true).await) });
+                                }
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "a realtime message the SDK does not know"),
+                    },
+                    _ => healthy = false,
+                },
+                changed = tokens.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let token = match client.upgrade() {
+                        Some(inner) => Client { inner }.credential().await.ok().flatten(),
+                        None => return,
+                    };
+                    if let Some(token) = token {
+                        healthy = send(&mut sink, &ClientMessage::Auth { token }).await.is_ok();
+                    }
+                }
+                _ = ping.tick() => healthy = send(&mut sink, &ClientMessage::Ping).await.is_ok(),
+            }
+        }
+        tracing::debug!(?backoff, "realtime connection lost; reconnecting");
+        if !wait(&mut open, &mut commands, backoff).await {
+            return;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Sleeps `backoff`, still taking commands; `false` when the client is gone.
+async fn wait(open: &mut Open, commands: &mut mpsc::UnboundedReceiver<Command>, backoff: Duration) -> bool {
+    let sleep = tokio::time::sleep(backoff);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = &mut sleep => return true,
+            command = commands.recv() => match command {
+                Some(command) => drop(open.apply(command)),
+                None => return false,
+            },
+        }
+    }
+}
