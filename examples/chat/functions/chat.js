@@ -1,7 +1,7 @@
-// Functions for the chat example: a profile for each new user, a word filter on every
-// message, and a message counter on each room. Deploy with the project (`functions/`)
-// or `PUT /v1/admin/functions/chat.js`.
-import { beforeDocumentWrite, onDocumentWritten, onUserCreated, HearthError } from "hearth";
+// Functions for the chat example: a profile for each new user, open rooms to join, a
+// word filter on every message, and a message counter on each room. Deployed with the
+// project (`hearth serve --dir examples/chat`) or `PUT /v1/admin/functions/chat.js`.
+import { beforeDocumentWrite, onCall, onDocumentWritten, onUserCreated, HearthError } from "hearth";
 
 const BLOCKED = ["darn", "heck", "drat"];
 
@@ -32,4 +32,19 @@ export const countMessages = onDocumentWritten("rooms/{room}/messages/{msg}", as
   } else if (event.kind === "delete") {
     await ctx.db.update(room, { message_count: { $increment: -1 } });
   }
+});
+
+// Open rooms: any signed-in user (not anonymous) may join one; the first one in creates
+// it and owns it. Rules let only the owner change a room, so joining goes through here.
+export const joinRoom = onCall(async (data, ctx) => {
+  if (!ctx.auth || ctx.auth.anonymous) throw new HearthError("unauthenticated", "sign in to join a room");
+  const room = String(data?.room ?? "");
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(room)) throw new HearthError("invalid-argument", "a room name is 1 to 64 letters, digits, _ or -");
+  const existing = await ctx.db.get(`rooms/${room}`);
+  if (!existing) {
+    await ctx.db.create(`rooms/${room}`, { owner: ctx.auth.uid, members: [ctx.auth.uid] });
+  } else if (!existing.data.members.includes(ctx.auth.uid)) {
+    await ctx.db.update(`rooms/${room}`, { members: { $array_union: [ctx.auth.uid] } });
+  }
+  return { room };
 });

@@ -649,6 +649,20 @@ async fn the_example_functions_work_with_the_example_rules() {
     let room = eventually(&app, "/v1/docs/rooms/r1", |doc| doc["data"]["message_count"] == 1).await;
     assert_eq!(room["data"]["last_message"], "Oh ****, it works");
 
+    // Another user joins through `joinRoom` and may then post.
+    let signup = json!({"email": "bob@example.com", "password": "another long password"});
+    let (_, session) = app.send(app.client.post(app.url("/v1/auth/signup")).json(&signup)).await;
+    let (bob, bob_token) =
+        (session["user"]["id"].as_str().expect("uid"), session["access_token"].as_str().expect("token"));
+    let post = json!({"author": bob, "text": "hi"});
+    let as_bob = || app.client.post(app.url("/v1/docs/rooms/r1/messages")).bearer_auth(bob_token).json(&post);
+    assert_eq!(app.send(as_bob()).await.0, 403, "not a member yet");
+    let (status, body) = call(&app, "joinRoom", Some(bob_token), json!({"room": "r1"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.send(as_bob()).await.0, 201);
+    let (status, _) = call(&app, "joinRoom", Some(bob_token), json!({"room": "no/slashes"})).await;
+    assert_eq!(status, 400);
+
     let (status, body) = call(&app, "weather", Some(token), json!({"city": "Zürich"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["result"]["weather"], json!({"path": "/v1/current?city=Z%C3%BCrich", "key": "k-123"}));
