@@ -110,3 +110,26 @@ pub enum SignIn {
     /// The user has TOTP on: finish with [`crate::Client::verify_mfa`] and a code.
     MfaRequired { ticket: String },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_store_keeps_the_session_and_forgets_it_on_sign_out() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = FileTokenStore::new(dir.path().join("session.json"));
+        assert_eq!(store.load(), None);
+        let user: User = serde_json::from_value(serde_json::json!({
+            "id": "u1", "email": null, "email_verified": false, "anonymous": true, "disabled": false,
+            "claims": {}, "data": {}, "mfa": false, "created_at": "2026-11-28T00:00:00.000000Z", "providers": ["anonymous"]
+        }))
+        .expect("user");
+        let session = StoredSession { access_token: "a".into(), refresh_token: "r".into(), expires_at: 10, user };
+        store.save(Some(&session));
+        assert_eq!(FileTokenStore::new(dir.path().join("session.json")).load(), Some(session.clone()));
+        assert!(session.expires_within(Duration::from_secs(60)), "expired long ago");
+        store.save(None);
+        assert_eq!(store.load(), None);
+    }
+}

@@ -49,3 +49,20 @@ impl Error {
 
 /// What SDK calls return.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_without_a_contract_body_still_get_a_code() {
+        let proxy = Error::from_answer(502, b"<html>Bad Gateway</html>");
+        assert_eq!(proxy.code(), ErrorCode::Unavailable);
+        let ours = Error::from_answer(404, br#"{"error":{"code":"not-found","message":"no such document"}}"#);
+        assert_eq!(
+            ours,
+            Error::Api { code: ErrorCode::NotFound, message: "no such document".into(), details: Map::new() }
+        );
+        assert_eq!(Error::Network("refused".into()).code(), ErrorCode::Unavailable);
+    }
+}

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::Stream;
-use hearth_types::{LoginAnswer, Session, User};
+use hearth_types::{LoginAnswer, RecoveryCodes, Session};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -48,7 +48,7 @@ pub use auth::{FileTokenStore, MemoryTokenStore, SignIn, StoredSession, TokenSto
 pub use docs::{Batch, CollectionRef, DocRef, DocumentExt, QueryBuilder, Transaction};
 pub use error::{Error, Result};
 pub use hearth_types::realtime::ChangeType;
-pub use hearth_types::{Direction, Document, ErrorCode, Op, QueryPage};
+pub use hearth_types::{Direction, Document, ErrorCode, Op, QueryPage, TotpEnrollment, User};
 pub use live::{Channel, ChannelEvent, ChannelListener, DocChange, Listener, Snapshot};
 pub use transport::{HttpRequest, HttpResponse, NativeTransport, SocketSink, SocketStream, Transport};
 
@@ -179,6 +179,40 @@ impl Client {
         Ok(self.signed_in(session))
     }
 
+    /// Starts turning TOTP sign-in on: the secret (and `otpauth://` URI) for an
+    /// authenticator app. Takes effect with [`Client::confirm_totp`].
+    pub async fn enroll_totp(&self) -> Result<TotpEnrollment> {
+        self.post_json("/v1/auth/mfa/totp/enroll", &json!({})).await
+    }
+
+    /// Turns TOTP sign-in on with a first code; gives single-use recovery codes.
+    pub async fn confirm_totp(&self, code: &str) -> Result<Vec<String>> {
+        let codes: RecoveryCodes = self.post_json("/v1/auth/mfa/totp/confirm", &json!({ "code": code })).await?;
+        Ok(codes.recovery_codes)
+    }
+
+    /// Turns TOTP sign-in off (a current code proves it is the user).
+    pub async fn disable_totp(&self, code: &str) -> Result<()> {
+        self.request("DELETE", "/v1/auth/mfa/totp", Some(&json!({ "code": code }))).await.map(drop)
+    }
+
+    /// Mails a password-reset code to `email` (the answer is the same whether or not
+    /// there is such a user).
+    pub async fn recover(&self, email: &str) -> Result<()> {
+        self.request("POST", "/v1/auth/recover", Some(&json!({ "email": email }))).await.map(drop)
+    }
+
+    /// Sets a new password with a mailed reset code; every session of the user ends.
+    pub async fn reset_password(&self, token: &str, password: &str) -> Result<()> {
+        let body = json!({ "token": token, "password": password });
+        self.request("POST", "/v1/auth/reset", Some(&body)).await.map(drop)
+    }
+
+    /// Mails the signed-in user a code that verifies their e-mail address.
+    pub async fn request_verification(&self) -> Result<()> {
+        self.request("POST", "/v1/auth/verify/request", Some(&json!({}))).await.map(drop)
+    }
+
     /// Ends the session on the server and forgets it here.
     pub async fn sign_out(&self) -> Result<()> {
         let answer = match self.has_session() {
@@ -271,7 +305,7 @@ impl Client {
             return Ok(());
         }
         let body = json!({ "refresh_token": current.refresh_token });
-        match self.send("POST", "/v1/auth/refresh", Some(&body), None).await {
+        match self.send_with("POST", "/v1/auth/refresh", Some(&body), None, &[]).await {
             Ok(answer) => {
                 let session: Session = decode(&answer.body)?;
                 self.set_session(Some(StoredSession::from_session(session)));
@@ -332,16 +366,6 @@ impl Client {
             }
             other => other,
         }
-    }
-
-    async fn send(
-        &self,
-        method: &'static str,
-        path: &str,
-        body: Option<&Value>,
-        credential: Option<&str>,
-    ) -> Result<HttpResponse> {
-        self.send_with(method, path, body, credential, &[]).await
     }
 
     async fn send_with(

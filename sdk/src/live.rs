@@ -439,3 +439,75 @@ async fn wait(open: &mut Open, commands: &mut mpsc::UnboundedReceiver<Command>, 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(id: &str, version: i64, n: i64) -> Document {
+        let data = json!({ "n": n }).as_object().cloned().unwrap_or_default();
+        let time = "2026-11-28T00:00:00.000000Z".to_owned();
+        Document { path: format!("c/{id}"), id: id.into(), data, version, created_at: time.clone(), updated_at: time }
+    }
+
+    #[test]
+    fn a_fresh_snapshot_becomes_the_changes_against_what_the_listener_had() {
+        let before = [doc("a", 1, 1), doc("b", 1, 2), doc("c", 3, 3)];
+        let after = [doc("b", 2, 5), doc("c", 3, 3), doc("d", 1, 4)];
+        let kinds: Vec<(ChangeType, String)> =
+            diff(&before, &after, false).into_iter().map(|change| (change.kind, change.doc.id)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (ChangeType::Removed, "a".into()),
+                (ChangeType::Modified, "b".into()),
+                (ChangeType::Added, "d".into())
+            ]
+        );
+        assert!(diff(&before, &after, true).iter().all(|change| change.kind == ChangeType::Added));
+    }
+
+    #[test]
+    fn changes_keep_a_query_result_in_query_order_and_unknown_ids_are_ignored() {
+        let query = Query {
+            collection: Some("c".into()),
+            order_by: vec![hearth_types::OrderBy { field: "n".into(), dir: hearth_types::Direction::Desc }],
+            ..Query::default()
+        };
+        let (events, mut received) = mpsc::unbounded_channel();
+        let mut open = Open::default();
+        open.apply(Command::Listen { id: 7, target: Target::Query(query), events });
+        let snapshot =
+            ServerMessage::Snapshot { id: "s7".into(), docs: vec![doc("a", 1, 3), doc("b", 1, 1)], resume: "5".into() };
+        assert!(!open.receive(snapshot));
+        let change = |kind, doc| hearth_types::realtime::Change { kind, doc };
+        let changes = vec![change(ChangeType::Added, doc("c", 1, 2)), change(ChangeType::Removed, doc("a", 1, 3))];
+        open.receive(ServerMessage::Changes { id: "s7".into(), changes, resume: "7".into() });
+        open.receive(ServerMessage::Changes { id: "s99".into(), changes: Vec::new(), resume: "8".into() });
+        let first = received.try_recv().expect("snapshot").expect("ok");
+        assert_eq!(first.changes.len(), 2);
+        let second = received.try_recv().expect("changes").expect("ok");
+        let ids: Vec<&str> = second.docs.iter().map(|doc| doc.id.as_str()).collect();
+        assert_eq!(ids, ["c", "b"], "n descending");
+        assert_eq!(open.subs[&7].resume.as_deref(), Some("7"));
+        assert!(received.try_recv().is_err(), "nothing for another subscription");
+        // An expired token asks for a refresh; a refused subscription ends its listener.
+        let expired = ServerMessage::Error {
+            id: None,
+            channel: None,
+            code: hearth_types::ErrorCode::Unauthenticated,
+            message: "expired".into(),
+        };
+        assert!(open.receive(expired));
+        let refused = ServerMessage::Error {
+            id: Some("s7".into()),
+            channel: None,
+            code: hearth_types::ErrorCode::PermissionDenied,
+            message: "no".into(),
+        };
+        open.receive(refused);
+        assert!(matches!(received.try_recv(), Ok(Err(Error::Api { .. }))));
+        assert!(open.subs.is_empty());
+    }
+}

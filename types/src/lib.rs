@@ -58,7 +58,7 @@ impl ErrorCode {
             413 => ErrorCode::PayloadTooLarge,
             429 => ErrorCode::ResourceExhausted,
             504 | 408 => ErrorCode::DeadlineExceeded,
-            503 => ErrorCode::Unavailable,
+            502 | 503 => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         }
     }

@@ -8,7 +8,7 @@ use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{App, KEY, Options, assert_error};
+use crate::support::{App, KEY, Options, assert_error, totp_code};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -507,17 +507,6 @@ async fn sign_in_routes_are_rate_limited_per_ip_and_per_account() {
     // Other routes are not limited.
     let (status, _) = app.send(app.client.get(app.url("/.well-known/jwks.json"))).await;
     assert_eq!(status, 200);
-}
-
-/// The code of the authenticator with this base32 secret, `offset` seconds from now.
-fn totp_code(secret: &str, offset: u64) -> String {
-    let totp = totp_rs::Builder::new()
-        .with_secret(totp_rs::Secret::try_from_base32(secret).expect("base32 secret"))
-        .with_account_name("test")
-        .build()
-        .expect("authenticator");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
-    totp.generate(now + offset).to_string()
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use hearth_sdk::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::support::{App, KEY, Options};
+use crate::support::{App, KEY, Options, totp_code};
 
 const RULES: &str = r#"
 ["notes/{note}"]
@@ -269,4 +269,33 @@ async fn a_listener_over_the_subscription_cap_fails_alone() {
 /// The next item of a listener, within 10 s.
 async fn next(listener: &mut hearth_sdk::Listener) -> hearth_sdk::Result<hearth_sdk::Snapshot> {
     tokio::time::timeout(Duration::from_secs(10), listener.next()).await.expect("in time").expect("open")
+}
+
+#[tokio::test]
+async fn totp_sign_in_and_linking_an_anonymous_user_through_the_sdk() {
+    let app = App::spawn().await;
+    let client = Client::new(&url(&app)).expect("client");
+    let carol = client.sign_up("carol@example.com", "correct horse battery staple").await.expect("signed up");
+    let enrollment = client.enroll_totp().await.expect("enrolled");
+    let recovery = client.confirm_totp(&totp_code(&enrollment.secret, 0)).await.expect("confirmed");
+    assert_eq!(recovery.len(), 10, "{recovery:?}");
+    client.sign_out().await.expect("signed out");
+
+    let ticket = match client.sign_in("carol@example.com", "correct horse battery staple").await.expect("first step") {
+        SignIn::MfaRequired { ticket } => ticket,
+        other => panic!("TOTP is on: {other:?}"),
+    };
+    assert_eq!(client.current_user(), None, "not signed in before the second step");
+    let wrong = client.verify_mfa(&ticket, "000000").await.expect_err("a wrong code");
+    assert_eq!(wrong.code(), ErrorCode::Unauthenticated);
+    let user = client.verify_mfa(&ticket, &recovery[0]).await.expect("a recovery code works");
+    assert_eq!((user.id, user.mfa), (carol.id, true));
+
+    // An anonymous user keeps their id when they link an e-mail and password.
+    let guest = Client::new(&url(&app)).expect("client");
+    let anonymous = guest.sign_in_anonymously().await.expect("anonymous");
+    assert!(anonymous.anonymous);
+    let linked = guest.link("dave@example.com", "another long password").await.expect("linked");
+    assert_eq!((linked.id.as_str(), linked.anonymous), (anonymous.id.as_str(), false));
+    assert_eq!(guest.current_user().map(|user| user.email), Some(Some("dave@example.com".to_owned())));
 }

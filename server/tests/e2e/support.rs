@@ -173,3 +173,14 @@ pub fn assert_error(status: StatusCode, body: &Value, expected_status: u16, code
     assert!(body["error"]["details"].is_object(), "body: {body}");
     body["error"]["message"].as_str().expect("message").to_owned()
 }
+
+/// The code of the authenticator with this base32 secret, `offset` seconds from now.
+pub fn totp_code(secret: &str, offset: u64) -> String {
+    let totp = totp_rs::Builder::new()
+        .with_secret(totp_rs::Secret::try_from_base32(secret).expect("base32 secret"))
+        .with_account_name("test")
+        .build()
+        .expect("authenticator");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    totp.generate(now + offset).to_string()
+}
