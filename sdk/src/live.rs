@@ -174,8 +174,10 @@ impl Live {
 struct Subscription {
     target: Target,
     events: mpsc::UnboundedSender<Result<Snapshot>>,
-    /// The last `resume` token, once the first snapshot came.
+    /// The last `resume` token.
     resume: Option<String>,
+    /// Whether a first snapshot came (later ones become changes against `docs`).
+    seen: bool,
     docs: Vec<Document>,
 }
 
@@ -189,6 +191,9 @@ struct Membership {
 struct Open {
     subs: HashMap<u64, Subscription>,
     channels: HashMap<String, Membership>,
+    /// Who the resume tokens were read as (a user id; `None`: no user): a token only
+    /// means "what this caller saw", so another caller starts from fresh snapshots.
+    identity: Option<String>,
 }
 
 impl Open {
@@ -200,7 +205,7 @@ impl Open {
     fn apply(&mut self, command: Command) -> Option<ClientMessage> {
         match command {
             Command::Listen { id, target, events } => {
-                let subscription = Subscription { target, events, resume: None, docs: Vec::new() };
+                let subscription = Subscription { target, events, resume: None, seen: false, docs: Vec::new() };
                 let message = subscribe(id, &subscription);
                 self.subs.insert(id, subscription);
                 Some(message)
@@ -222,6 +227,16 @@ impl Open {
         }
     }
 
+    /// Forgets the resume tokens if they were read as someone else than `identity`.
+    fn speak_as(&mut self, identity: Option<String>) {
+        if self.identity != identity {
+            for subscription in self.subs.values_mut() {
+                subscription.resume = None;
+            }
+            self.identity = identity;
+        }
+    }
+
     /// Everything to send on a new connection.
     fn resubscribe(&self) -> Vec<ClientMessage> {
         let subs = self.subs.iter().map(|(id, subscription)| subscribe(*id, subscription));
@@ -237,9 +252,10 @@ impl Open {
         match message {
             ServerMessage::Snapshot { id, docs, resume } => {
                 let Some(subscription) = parse_id(&id).and_then(|id| self.subs.get_mut(&id)) else { return false };
-                let changes = diff(&subscription.docs, &docs, subscription.resume.is_none());
+                let changes = diff(&subscription.docs, &docs, !subscription.seen);
                 subscription.docs = docs;
                 subscription.resume = Some(resume);
+                subscription.seen = true;
                 let _ = subscription.events.send(Ok(Snapshot { docs: subscription.docs.clone(), changes }));
             }
             ServerMessage::Changes { id, changes, resume } => {
@@ -350,6 +366,7 @@ async fn run(client: Weak<Inner>, mut commands: mpsc::UnboundedReceiver<Command>
         let credential = client_now.credential().await.ok().flatten();
         let mut tokens = client_now.inner.tokens.subscribe();
         tokens.borrow_and_update();
+        open.speak_as(identity(&client_now));
         drop(client_now);
         let (mut sink, mut stream) = match connected {
             Ok(socket) => socket,
@@ -406,12 +423,19 @@ async fn run(client: Weak<Inner>, mut commands: mpsc::UnboundedReceiver<Command>
                     if changed.is_err() {
                         return;
                     }
-                    let token = match client.upgrade() {
-                        Some(inner) => Client { inner }.credential().await.ok().flatten(),
-                        None => return,
-                    };
-                    if let Some(token) = token {
-                        healthy = send(&mut sink, &ClientMessage::Auth { token }).await.is_ok();
+                    let Some(inner) = client.upgrade() else { return };
+                    let now = Client { inner };
+                    let token = now.credential().await.ok().flatten();
+                    if identity(&now) != open.identity {
+                        // Another caller: the server restarts the subscriptions from
+                        // fresh snapshots after the `auth`, and tokens read before are void.
+                        open.speak_as(identity(&now));
+                    }
+                    match token {
+                        Some(token) => healthy = send(&mut sink, &ClientMessage::Auth { token }).await.is_ok(),
+                        // Signed out: the socket still speaks for the old user, and the
+                        // protocol has no way back to no one; start a new one.
+                        None => healthy = false,
                     }
                 }
                 _ = ping.tick() => healthy = send(&mut sink, &ClientMessage::Ping).await.is_ok(),
@@ -423,6 +447,14 @@ async fn run(client: Weak<Inner>, mut commands: mpsc::UnboundedReceiver<Command>
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Who the client's calls speak for: the signed-in user's id, or the service key.
+fn identity(client: &Client) -> Option<String> {
+    if client.inner.service_key.is_some() {
+        return Some("service key".into());
+    }
+    client.current_user().map(|user| user.id)
 }
 
 /// Sleeps `backoff`, still taking commands; `false` when the client is gone.

@@ -299,3 +299,28 @@ async fn totp_sign_in_and_linking_an_anonymous_user_through_the_sdk() {
     assert_eq!((linked.id.as_str(), linked.anonymous), (anonymous.id.as_str(), false));
     assert_eq!(guest.current_user().map(|user| user.email), Some(Some("dave@example.com".to_owned())));
 }
+
+#[tokio::test]
+async fn after_sign_out_listeners_no_longer_speak_for_the_user() {
+    let app = App::spawn().await;
+    admin(&app).set_rules(RULES).await.expect("rules");
+    let ada = Client::new(&url(&app)).expect("client");
+    let uid = ada.sign_up("ada@example.com", "correct horse battery staple").await.expect("signed up").id;
+    ada.doc("notes/mine").set(json!({"owner": uid, "text": "secret", "n": 1})).await.expect("written");
+    let mut mine = ada.doc("notes/mine").listen();
+    assert_eq!(next(&mut mine).await.expect("snapshot").docs.len(), 1);
+    ada.sign_out().await.expect("signed out");
+    // Reconnected as no one: the rules no longer let this listener see the note.
+    let after = tokio::time::timeout(Duration::from_secs(10), mine.next()).await.expect("in time");
+    match after {
+        Some(Ok(snapshot)) => assert!(snapshot.docs.is_empty(), "{snapshot:?}"),
+        Some(Err(error)) => assert_eq!(error.code(), ErrorCode::PermissionDenied),
+        None => {}
+    }
+    admin(&app).doc("notes/mine").update(json!({"text": "still secret"})).await.expect("written");
+    let leaked = tokio::time::timeout(Duration::from_millis(500), mine.next()).await;
+    assert!(
+        !matches!(&leaked, Ok(Some(Ok(snapshot))) if !snapshot.docs.is_empty()),
+        "a signed-out client got {leaked:?}"
+    );
+}
