@@ -54,8 +54,8 @@ async fn count_posts(event: Value, ctx: NativeContext) -> Result<Value, Function
     let data = json!({ "count": { "$increment": step } });
     let op = WriteOp::Set(data.as_object().cloned().unwrap_or_default());
     // `$increment` in a set counts from the stored value, or from 0 without one.
-    ctx.store
-        .write_one(Write { path, op, if_version: None })
+    // `ctx.write` (not `ctx.store`) so that triggers feeding each other are stopped.
+    ctx.write(vec![Write { path, op, if_version: None }])
         .await
         .map_err(|error| FunctionError::new(error.code(), error.to_string()))?;
     Ok(Value::Null)

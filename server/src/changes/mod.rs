@@ -68,7 +68,14 @@ pub struct ChangeBus {
     /// The `seq` of the last change published: a wake-up for readers of the log that
     /// need no documents from the bus.
     published: Arc<tokio::sync::watch::Sender<i64>>,
+    /// `seq` → how many trigger runs in a row led to that change, for recent changes a
+    /// trigger run caused (what stops a chain of triggers feeding each other). Kept in
+    /// memory: after a restart a chain is counted afresh.
+    causes: Arc<Mutex<std::collections::BTreeMap<i64, u8>>>,
 }
+
+/// Changes whose cause is remembered; older ones count as not caused by a trigger.
+const REMEMBERED_CAUSES: usize = 100_000;
 
 /// The bus's end of one receiver.
 struct Queue {
@@ -122,7 +129,38 @@ impl ChangeBus {
     /// Each receiver may fall `limit` bytes of document JSON behind before it lags (and
     /// must resume from the log).
     pub fn new(limit: usize) -> ChangeBus {
-        ChangeBus { receivers: Arc::default(), limit, published: Arc::new(tokio::sync::watch::Sender::new(0)) }
+        ChangeBus {
+            receivers: Arc::default(),
+            limit,
+            published: Arc::new(tokio::sync::watch::Sender::new(0)),
+            causes: Arc::default(),
+        }
+    }
+
+    /// Remembers how deep in a chain of trigger runs each of these changes is.
+    pub fn note_causes(&self, causes: &[(i64, u8)]) {
+        if causes.is_empty() {
+            return;
+        }
+        let mut known = self.causes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        known.extend(causes.iter().copied());
+        while known.len() > REMEMBERED_CAUSES {
+            known.pop_first();
+        }
+    }
+
+    /// Forgets causes noted for changes that did not commit.
+    pub fn forget_causes(&self, causes: &[(i64, u8)]) {
+        let mut known = self.causes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (seq, _) in causes {
+            known.remove(seq);
+        }
+    }
+
+    /// How many trigger runs in a row led to change `seq` (0: a client's write, a
+    /// callable's, or one too old to remember).
+    pub fn cause(&self, seq: i64) -> u8 {
+        self.causes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&seq).copied().unwrap_or(0)
     }
 
     /// Publishes the changes of one commit; only ever called after the commit.

@@ -129,7 +129,7 @@ impl Functions {
                     "before": before.as_ref().map(super::triggers::doc_json),
                     "after": after.as_ref().map(super::triggers::doc_json),
                 });
-                let outcome = self.invoke(name, event, auth.clone(), timeout).await.outcome;
+                let outcome = self.invoke(name, event, auth.clone(), timeout, 0).await;
                 match (outcome, after.as_mut()) {
                     (Err(error), _) => {
                         return Err(fail(Error::Refused { code: error.code, message: error.message }));

@@ -139,18 +139,17 @@ pub fn install(ctx: &Ctx<'_>, host: Option<&Host>) -> rquickjs::Result<()> {
 }
 
 thread_local! {
-    /// The documents the running invocation wrote.
-    static WROTE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// How many function runs in a row led to the running invocation.
+    static DEPTH: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
 }
 
-/// Starts noting the documents this thread's invocation writes.
-pub fn start_recording() {
-    WROTE.with(|wrote| wrote.borrow_mut().clear());
+/// Sets the depth of this thread's next invocation: its writes are one deeper.
+pub fn set_depth(depth: u8) {
+    DEPTH.with(|cell| cell.set(depth));
 }
 
-/// The documents written since [`start_recording`].
-pub fn take_recorded() -> Vec<String> {
-    WROTE.with(|wrote| std::mem::take(&mut *wrote.borrow_mut()))
+fn write_depth() -> u8 {
+    DEPTH.with(|cell| cell.get()).saturating_add(1)
 }
 
 fn log(level: &str, message: &str) {
@@ -214,8 +213,7 @@ async fn db(store: &Store, op: &str, first: Option<&str>, second: Option<&str>) 
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(store_error)?;
-        let results = store.batch(writes).await.map_err(store_error)?;
-        WROTE.with(|wrote| wrote.borrow_mut().extend(results.iter().map(|result| result.path.as_str().to_owned())));
+        let results = store.write_caused(writes, true, write_depth()).await.map_err(store_error)?;
         let results: Vec<Value> =
             results.iter().map(|result| json!({ "path": result.path.as_str(), "version": result.version() })).collect();
         return Ok(json!({ "results": results }));
@@ -239,8 +237,9 @@ async fn db(store: &Store, op: &str, first: Option<&str>, second: Option<&str>) 
         "delete" => WriteOp::Delete,
         other => return Err(invalid(format!("unknown host call `{other}`"))),
     };
-    let written = store.write_one(Write { path: path.clone(), op, if_version: None }).await.map_err(store_error)?;
-    WROTE.with(|wrote| wrote.borrow_mut().push(path.as_str().to_owned()));
+    let write = Write { path, op, if_version: None };
+    let mut written = store.write_caused(vec![write], false, write_depth()).await.map_err(store_error)?;
+    let written = written.pop().ok_or(("internal", "a write gave no result".to_owned()))?;
     match (&written.doc, &written.data_json) {
         (Some(doc), Some(data)) => doc_value(doc, data),
         _ => Ok(Value::Null),

@@ -157,15 +157,13 @@ struct Job {
     argument: serde_json::Value,
     auth: Auth,
     timeout: Duration,
-    reply: oneshot::Sender<Invocation>,
+    /// How many function runs in a row led here; its writes are one deeper.
+    depth: u8,
+    reply: oneshot::Sender<Outcome>,
 }
 
-/// What one invocation did.
-struct Invocation {
-    outcome: Result<serde_json::Value, FunctionError>,
-    /// The documents it wrote through `ctx.db` (how a trigger feeding itself is seen).
-    wrote: Vec<String>,
-}
+/// What one invocation gave.
+type Outcome = Result<serde_json::Value, FunctionError>;
 
 struct Shared {
     dir: PathBuf,
@@ -274,7 +272,7 @@ impl Functions {
         if !natives.chain(&bundle.functions).any(|function| function.name == name && function.kind == Kind::Call) {
             return Err(FunctionError::new(ErrorCode::NotFound, format!("no callable function `{name}`")));
         }
-        self.invoke(name, data, auth, self.time_limit()).await.outcome
+        self.invoke(name, data, auth, self.time_limit(), 0).await
     }
 
     /// The time limit of an invocation.
@@ -282,35 +280,42 @@ impl Functions {
         Duration::from_millis(self.shared.limits.timeout_ms)
     }
 
-    /// Runs the function `name`: in Rust, or of the bundle in force on a worker.
-    async fn invoke(&self, name: &str, argument: serde_json::Value, auth: Auth, timeout: Duration) -> Invocation {
+    /// Runs the function `name`: in Rust, or of the bundle in force on a worker. `depth`:
+    /// how many function runs in a row led to this one (see `ChangeBus::cause`).
+    async fn invoke(
+        &self,
+        name: &str,
+        argument: serde_json::Value,
+        auth: Auth,
+        timeout: Duration,
+        depth: u8,
+    ) -> Outcome {
         let started = Instant::now();
-        let failed =
-            |code, message: &str| Invocation { outcome: Err(FunctionError::new(code, message)), wrote: Vec::new() };
-        let invocation = match self.shared.natives.iter().find(|native| native.info.name == name) {
+        let failed = |code, message: &str| Err(FunctionError::new(code, message));
+        let outcome = match self.shared.natives.iter().find(|native| native.info.name == name) {
             Some(native) => {
-                let context = NativeContext { store: self.shared.store.clone(), auth };
+                let context = NativeContext { store: self.shared.store.clone(), auth, depth };
                 match tokio::time::timeout(timeout, native.run(argument, context)).await {
-                    Ok(outcome) => Invocation { outcome, wrote: Vec::new() },
+                    Ok(outcome) => outcome,
                     Err(_) => failed(ErrorCode::DeadlineExceeded, "the function ran over its time limit"),
                 }
             }
             None => {
                 let (reply, answer) = oneshot::channel();
-                let job = Job { name: name.to_owned(), argument, auth, timeout, reply };
+                let job = Job { name: name.to_owned(), argument, auth, timeout, depth, reply };
                 if self.jobs.send(job).is_err() {
                     return failed(ErrorCode::Unavailable, "functions are stopped");
                 }
                 answer.await.unwrap_or_else(|_| failed(ErrorCode::Internal, "internal error"))
             }
         };
-        self.shared.stats.record(name, started.elapsed(), invocation.outcome.is_err());
-        let status = if invocation.outcome.is_ok() { "ok" } else { "error" };
+        self.shared.stats.record(name, started.elapsed(), outcome.is_err());
+        let status = if outcome.is_ok() { "ok" } else { "error" };
         metrics::counter!("hearth_function_invocations_total", "name" => name.to_owned(), "status" => status)
             .increment(1);
         metrics::histogram!("hearth_function_duration_seconds", "name" => name.to_owned())
             .record(started.elapsed().as_secs_f64());
-        invocation
+        outcome
     }
 
     /// Checks `source` as `file` together with the other modules and, if the bundle
@@ -654,8 +659,7 @@ fn worker(receiver: &Mutex<mpsc::Receiver<Job>>, shared: &Shared, host: &host::H
                 Ok((fresh, _)) => engine = Some(fresh),
                 Err(error) => {
                     tracing::error!(%error, "a function runtime could not load the modules");
-                    let outcome = Err(FunctionError::new(ErrorCode::Internal, "internal error"));
-                    let _ = job.reply.send(Invocation { outcome, wrote: Vec::new() });
+                    let _ = job.reply.send(Err(FunctionError::new(ErrorCode::Internal, "internal error")));
                     engine = None;
                     continue;
                 }
@@ -665,9 +669,8 @@ fn worker(receiver: &Mutex<mpsc::Receiver<Job>>, shared: &Shared, host: &host::H
         let invocation = uuid_like();
         let span = tracing::info_span!("function", name = %job.name, invocation = %invocation);
         let _entered = span.enter();
-        host::start_recording();
+        host::set_depth(job.depth);
         let (outcome, broken) = invoke(current, &job);
-        let wrote = host::take_recorded();
         if let Err(error) = &outcome
             && error.code == ErrorCode::Internal
         {
@@ -678,7 +681,7 @@ fn worker(receiver: &Mutex<mpsc::Receiver<Job>>, shared: &Shared, host: &host::H
             ErrorCode::Internal => FunctionError::new(ErrorCode::Internal, "internal error"),
             _ => error,
         });
-        let _ = job.reply.send(Invocation { outcome, wrote });
+        let _ = job.reply.send(outcome);
         if broken {
             // Interrupted or out of memory: the next invocation gets a fresh runtime.
             engine = None;

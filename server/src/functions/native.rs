@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::{Auth, FunctionError, FunctionInfo, Kind};
-use crate::store::Store;
+use crate::store::{Store, Write, WriteResult};
 
 /// What a Rust function gets besides its argument: the store with admin rights (its
 /// writes go through the one write path, skip before-write hooks and fire realtime and
@@ -20,6 +20,17 @@ use crate::store::Store;
 pub struct NativeContext {
     pub store: Store,
     pub auth: Auth,
+    /// How many function runs in a row led to this one.
+    pub depth: u8,
+}
+
+impl NativeContext {
+    /// Writes through the store as this run's writes: a chain of triggers feeding each
+    /// other through them is stopped like one of JavaScript triggers (writes made with
+    /// `store` directly count as a client's).
+    pub async fn write(&self, writes: Vec<Write>) -> Result<Vec<WriteResult>, crate::store::Error> {
+        self.store.write_caused(writes, false, self.depth.saturating_add(1)).await
+    }
 }
 
 type Handler = Arc<dyn Fn(Value, NativeContext) -> BoxFuture<'static, Result<Value, FunctionError>> + Send + Sync>;

@@ -77,7 +77,7 @@ async fn fire(functions: &Functions, store: &Store, name: &str, tick: DateTime<U
         return;
     }
     let event = json!({ "tick": tick.to_rfc3339_opts(chrono::SecondsFormat::Micros, true) });
-    if let Err(error) = functions.invoke(name, event, None, functions.time_limit()).await.outcome {
+    if let Err(error) = functions.invoke(name, event, None, functions.time_limit(), 0).await {
         tracing::warn!(schedule = %name, %tick, code = error.code.as_str(), message = %error.message, "scheduled run failed");
     }
 }

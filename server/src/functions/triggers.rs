@@ -7,9 +7,12 @@
 //! (`Functions::mark_trigger_starts`), so it sees every write answered after the deploy.
 //!
 //! A failing event is retried with doubling backoff and after [`ATTEMPTS`] goes to the
-//! dead letters (`GET /v1/admin/functions/dead`); the trigger moves on. A trigger that
-//! writes the document that triggered it, again and again, is stopped for that document
-//! after [`MAX_CHAIN`] rounds and says so in the log.
+//! dead letters (`GET /v1/admin/functions/dead`); the trigger moves on.
+//!
+//! Every write a function makes is one deeper than the change it ran for
+//! (`ChangeBus::cause`); a trigger is not run for a change [`MAX_CHAIN`] deep, so a
+//! trigger rewriting its own document, or triggers feeding each other in a cycle, stop
+//! there and say so in the log and the dead letters.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,7 +29,8 @@ pub(super) const BATCH: usize = 100;
 /// Tries of one event before it is dead-lettered.
 pub const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// Rounds of a trigger rewriting its own document before it is stopped for it.
+/// Writes in a row made by functions run for each other's writes (a trigger rewriting
+/// its own document, or triggers feeding each other) before the chain is stopped.
 pub const MAX_CHAIN: u32 = 16;
 
 /// Keeps one task per trigger and per schedule of the bundle in force.
@@ -88,8 +92,6 @@ async fn follow(functions: Functions, store: Store, name: String, pattern: DocPa
             }
         }
     };
-    // Documents this trigger rewrote in response to their own change, and how often in a row.
-    let mut chains: HashMap<String, u32> = HashMap::new();
     loop {
         let changes = match store.changes_since(cursor, BATCH).await {
             Ok(changes) => changes,
@@ -106,7 +108,7 @@ async fn follow(functions: Functions, store: Store, name: String, pattern: DocPa
         };
         for change in &changes {
             if let Some(captures) = pattern.matches(change.path.as_str()) {
-                handle(&functions, &store, &name, change, captures, &mut chains).await;
+                handle(&functions, &store, &name, change, captures).await;
             }
         }
         cursor = last;
@@ -127,20 +129,14 @@ pub async fn start_at(store: &Store, name: &str) -> Result<i64, crate::store::Er
     Ok(seq)
 }
 
-async fn handle(
-    functions: &Functions,
-    store: &Store,
-    name: &str,
-    change: &Change,
-    captures: Vec<(String, String)>,
-    chains: &mut HashMap<String, u32>,
-) {
+async fn handle(functions: &Functions, store: &Store, name: &str, change: &Change, captures: Vec<(String, String)>) {
     let path = change.path.as_str();
-    let rounds = chains.get(path).copied().unwrap_or(0);
-    if rounds >= MAX_CHAIN {
-        chains.remove(path);
+    let depth = store.bus().cause(change.seq);
+    if u32::from(depth) >= MAX_CHAIN {
         let error = format!(
-            "runaway chain: `{name}` rewrote `{path}` in response to its own change {MAX_CHAIN} times in a row; stopped for this change"
+            "runaway chain: change {} of `{path}` is the {depth}th write in a row made by functions run for \
+             each other's writes; `{name}` is not run for it",
+            change.seq
         );
         tracing::error!(trigger = %name, path, seq = change.seq, "{error}");
         dead_letter(store, name, change.seq, path, 0, error).await;
@@ -156,18 +152,12 @@ async fn handle(
         "after": change.doc.as_deref().map(doc_json),
         "seq": change.seq,
     });
-    if let Some(wrote) = deliver(functions, store, name, event, change.seq, path).await {
-        if wrote.iter().any(|wrote| wrote == path) {
-            chains.insert(path.to_owned(), rounds + 1);
-        } else {
-            chains.remove(path);
-        }
-    }
+    deliver(functions, store, name, event, change.seq, path, depth).await;
 }
 
-/// Invokes `name` with `event` until it succeeds, at most [`ATTEMPTS`] times with
-/// doubling backoff; then the event (`seq`, about `path`) goes to the dead letters.
-/// Gives the documents the successful invocation wrote.
+/// Invokes `name` with `event` (`depth` runs deep in a chain) until it succeeds, at most
+/// [`ATTEMPTS`] times with doubling backoff; then the event (`seq`, about `path`) goes to
+/// the dead letters.
 pub(super) async fn deliver(
     functions: &Functions,
     store: &Store,
@@ -175,13 +165,13 @@ pub(super) async fn deliver(
     event: Value,
     seq: i64,
     path: &str,
-) -> Option<Vec<String>> {
+    depth: u8,
+) {
     let mut backoff = FIRST_BACKOFF;
     let mut last_error = String::new();
     for attempt in 1..=ATTEMPTS {
-        let invocation = functions.invoke(name, event.clone(), None, functions.time_limit()).await;
-        match invocation.outcome {
-            Ok(_) => return Some(invocation.wrote),
+        match functions.invoke(name, event.clone(), None, functions.time_limit(), depth).await {
+            Ok(_) => return,
             Err(error) => {
                 tracing::warn!(trigger = %name, path, seq, attempt, code = error.code.as_str(), "trigger failed");
                 last_error = format!("{}: {}", error.code.as_str(), error.message);
@@ -193,7 +183,6 @@ pub(super) async fn deliver(
         }
     }
     dead_letter(store, name, seq, path, ATTEMPTS, last_error).await;
-    None
 }
 
 async fn dead_letter(store: &Store, name: &str, seq: i64, path: &str, attempts: u32, error: String) {

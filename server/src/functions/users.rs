@@ -53,7 +53,7 @@ pub async fn follow(functions: Functions, name: String) {
         for (seq, user) in events {
             let user: Value = serde_json::from_str(&user).unwrap_or(Value::Null);
             let path = format!("@users/{}", user.get("id").and_then(Value::as_str).unwrap_or_default());
-            deliver(&functions, &store, &name, user, seq, &path).await;
+            deliver(&functions, &store, &name, user, seq, &path, 0).await;
         }
         cursor = last;
         if let Err(error) = auth.repo().set_user_event_cursor(&name, cursor).await {

@@ -268,6 +268,22 @@ impl Store {
         self.backend.commit(prepared, false, guard).await
     }
 
+    /// Writes made by a trigger run `depth` deep in a chain of triggers (see
+    /// [`ChangeBus::cause`]); `batch` names the failing index in errors.
+    pub async fn write_caused(&self, writes: Vec<Write>, batch: bool, depth: u8) -> Result<Vec<WriteResult>, Error> {
+        let prepared = writes
+            .into_iter()
+            .enumerate()
+            .map(|(index, write)| {
+                let located = |error| if batch { Error::InBatch { index, error: Box::new(error) } } else { error };
+                let mut prepared = Prepared::new(write).map_err(located)?;
+                prepared.depth = depth;
+                Ok::<_, Error>(prepared)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.backend.commit(prepared, batch, None).await
+    }
+
     /// Like [`Store::write`], with errors naming the index of the failing write.
     pub async fn batch(&self, writes: Vec<Write>) -> Result<Vec<WriteResult>, Error> {
         self.batch_guarded(writes, None).await

@@ -70,6 +70,9 @@ pub enum Effect {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub write: Write,
+    /// How many trigger runs in a row led to this write (0: not a trigger's); see
+    /// [`crate::changes::ChangeBus::cause`].
+    pub depth: u8,
     /// The encoded data, when it could be settled in advance.
     text: Option<String>,
 }
@@ -85,7 +88,7 @@ impl Prepared {
             }
             _ => None,
         };
-        Ok(Prepared { write, text })
+        Ok(Prepared { write, depth: 0, text })
     }
 }
 
@@ -95,7 +98,7 @@ fn has_transform(data: &Map<String, Value>) -> bool {
 
 /// Applies `write` to `current` at time `now` (microseconds since the epoch).
 pub fn apply(current: Option<&StoredDoc>, prepared: Prepared, now: i64) -> Result<Effect, Error> {
-    let Prepared { write, text } = prepared;
+    let Prepared { write, text, .. } = prepared;
     let path = &write.path;
     if let Some(expected) = write.if_version {
         match current {

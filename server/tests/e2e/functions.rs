@@ -232,6 +232,14 @@ export const alwaysFails = onDocumentWritten("fragile/{id}", () => {
 export const feedsItself = onDocumentWritten("loops/{id}", async (event, ctx) => {
   await ctx.db.update(event.path, { n: { $increment: 1 } });
 });
+
+export const ping = onDocumentWritten("ping/{id}", async (event, ctx) => {
+  if (event.after) await ctx.db.set(`pong/${event.params.id}`, { n: event.after.data.n + 1 });
+});
+
+export const pong = onDocumentWritten("pong/{id}", async (event, ctx) => {
+  if (event.after) await ctx.db.set(`ping/${event.params.id}`, { n: event.after.data.n + 1 });
+});
 "#;
 
 #[tokio::test]
@@ -273,6 +281,18 @@ async fn a_trigger_sees_every_write_in_order_and_failures_are_dead_lettered() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let (_, looped) = app.call(Method::GET, "/v1/docs/loops/l1", None).await;
     assert_eq!(looped["data"]["n"], 16, "{looped}");
+
+    // So is a cycle of two triggers feeding each other: 16 writes by functions in a row.
+    app.call(Method::PUT, "/v1/docs/ping/p1", Some(json!({"n": 0}))).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !app.output_text().contains("`ping` is not run for it") {
+        assert!(std::time::Instant::now() < deadline, "the cycle was not stopped");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (_, ping) = app.call(Method::GET, "/v1/docs/ping/p1", None).await;
+    let (_, pong) = app.call(Method::GET, "/v1/docs/pong/p1", None).await;
+    assert_eq!((&ping["data"]["n"], &pong["data"]["n"]), (&json!(16), &json!(15)), "{ping} {pong}");
 }
 
 #[tokio::test]

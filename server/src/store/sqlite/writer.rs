@@ -120,6 +120,8 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
     let now = now_micros();
     let mut answers = Vec::with_capacity(jobs.len());
     let mut changes = Vec::new();
+    // `(seq, depth)` of the changes trigger runs caused.
+    let mut causes: Vec<(i64, u8)> = Vec::new();
     // Documents the guards read, shared by the group: many writes check the same parent
     // (a room, a project). An entry goes when its document is written, all of them when
     // a request rolls back.
@@ -127,12 +129,19 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
     let outcome = (|| -> Result<(), Error> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for Job { writes, batch, guard, reply } in jobs {
+            let depth = writes.iter().map(|prepared| prepared.depth).max().unwrap_or(0);
+            let caused = |changes: &[Change], causes: &mut Vec<(i64, u8)>| {
+                if depth > 0 {
+                    causes.extend(changes.iter().map(|change| (change.seq, depth)));
+                }
+            };
             // A single write checks everything before it changes a row, so only requests
             // of several writes need a savepoint to fail alone.
             if writes.len() == 1 {
                 match apply_job(&tx, writes, batch, guard.as_deref(), &mut seen, now) {
                     Ok((results, job_changes)) => {
                         answers.push((reply, Ok(results)));
+                        caused(&job_changes, &mut causes);
                         changes.extend(job_changes);
                     }
                     Err(error @ (Error::Internal(_) | Error::Unavailable(_))) => {
@@ -148,6 +157,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
                 Ok((results, job_changes)) => {
                     savepoint.commit()?;
                     answers.push((reply, Ok(results)));
+                    caused(&job_changes, &mut causes);
                     changes.extend(job_changes);
                 }
                 Err(error) => {
@@ -157,6 +167,9 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
                 }
             }
         }
+        // Noted before the commit, so a trigger that reads the log right after it finds
+        // them; forgotten again if the commit fails (its `seq`s may then be reused).
+        bus.note_causes(&causes);
         tx.commit()?;
         Ok(())
     })();
@@ -170,6 +183,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
         Err(error) => {
             // Nothing of the group committed: every request hears so, none is published.
             tracing::error!(%error, "group commit failed");
+            bus.forget_causes(&causes);
             for (reply, _) in answers {
                 let _ = reply.send(Err(error.clone()));
             }
