@@ -91,13 +91,41 @@ impl DocRef {
         }
     }
 
-    /// The document, or `None` if there is none.
+    /// The document, or `None` if there is none. With a cache
+    /// ([`ClientOptions::cache`](crate::ClientOptions)), a document seen before is
+    /// answered from it while the server cannot be reached.
     pub async fn get(&self) -> Result<Option<Document>> {
+        let cache = self.client.cache();
         match self.client.request("GET", &self.url(), None).await {
-            Ok(answer) => decode(&answer.body).map(Some),
-            Err(Error::Api { code: ErrorCode::NotFound, .. }) => Ok(None),
+            Ok(answer) => {
+                let doc: Document = decode(&answer.body)?;
+                self.keep(&doc);
+                Ok(Some(doc))
+            }
+            Err(Error::Api { code: ErrorCode::NotFound, .. }) => {
+                if let Some(cache) = cache {
+                    cache.remove(&self.path);
+                }
+                Ok(None)
+            }
+            Err(error @ Error::Network(_)) => match cache.and_then(|cache| cache.get(&self.path)) {
+                Some(doc) => Ok(Some(doc)),
+                None => Err(error),
+            },
             Err(error) => Err(error),
         }
+    }
+
+    fn keep(&self, doc: &Document) {
+        if let Some(cache) = self.client.cache() {
+            cache.put(std::slice::from_ref(doc));
+        }
+    }
+
+    fn written(&self, body: &[u8]) -> Result<Document> {
+        let doc: Document = decode(body)?;
+        self.keep(&doc);
+        Ok(doc)
     }
 
     /// The document's data decoded as `T`, or `None` if there is none.
@@ -108,14 +136,14 @@ impl DocRef {
     /// Creates or replaces the document with `data` (a JSON object, or any struct).
     pub async fn set(&self, data: impl Serialize) -> Result<Document> {
         let body = Value::Object(to_object(data)?);
-        decode(&self.client.request_with("PUT", &self.url(), Some(&body), &self.headers()).await?.body)
+        self.written(&self.client.request_with("PUT", &self.url(), Some(&body), &self.headers()).await?.body)
     }
 
     /// Creates the document; `already-exists` if it exists.
     pub async fn create(&self, data: impl Serialize) -> Result<Document> {
         let body = Value::Object(to_object(data)?);
         let headers = [("if-none-match", "*".to_owned())];
-        decode(&self.client.request_with("PUT", &self.url(), Some(&body), &headers).await?.body)
+        self.written(&self.client.request_with("PUT", &self.url(), Some(&body), &headers).await?.body)
     }
 
     /// Deep-merges `patch` into the document (`null` removes a field; `$increment`,
@@ -123,12 +151,16 @@ impl DocRef {
     /// it does not exist.
     pub async fn update(&self, patch: impl Serialize) -> Result<Document> {
         let body = Value::Object(to_object(patch)?);
-        decode(&self.client.request_with("PATCH", &self.url(), Some(&body), &self.headers()).await?.body)
+        self.written(&self.client.request_with("PATCH", &self.url(), Some(&body), &self.headers()).await?.body)
     }
 
     /// Deletes the document (nothing happens if there is none, unless a version is set).
     pub async fn delete(&self) -> Result<()> {
-        self.client.request_with("DELETE", &self.url(), None, &self.headers()).await.map(drop)
+        self.client.request_with("DELETE", &self.url(), None, &self.headers()).await?;
+        if let Some(cache) = self.client.cache() {
+            cache.remove(&self.path);
+        }
+        Ok(())
     }
 
     /// The document live: a first [`Snapshot`](crate::Snapshot) (its `docs` empty when the document is
@@ -162,7 +194,12 @@ impl CollectionRef {
     /// Creates a document with a server-made id.
     pub async fn add(&self, data: impl Serialize) -> Result<Document> {
         let body = Value::Object(to_object(data)?);
-        decode(&self.client.request("POST", &format!("/v1/docs/{}", self.path), Some(&body)).await?.body)
+        let doc: Document =
+            decode(&self.client.request("POST", &format!("/v1/docs/{}", self.path), Some(&body)).await?.body)?;
+        if let Some(cache) = self.client.cache() {
+            cache.put(std::slice::from_ref(&doc));
+        }
+        Ok(doc)
     }
 
     /// A query over this collection.
@@ -224,7 +261,11 @@ impl QueryBuilder {
     /// One page; `cursor` in the answer fetches the next.
     pub async fn get(&self) -> Result<QueryPage> {
         let body = serde_json::to_value(&self.query).map_err(|error| Error::Protocol(error.to_string()))?;
-        self.client.post_json("/v1/query", &body).await
+        let page: QueryPage = self.client.post_json("/v1/query", &body).await?;
+        if let Some(cache) = self.client.cache() {
+            cache.put(&page.docs);
+        }
+        Ok(page)
     }
 
     /// Every page, followed to the end.

@@ -30,6 +30,7 @@
 //! tokio-tungstenite) is the default. There is no browser (wasm) transport yet.
 
 mod auth;
+mod cache;
 mod docs;
 mod error;
 mod live;
@@ -62,6 +63,10 @@ pub struct ClientOptions {
     pub transport: Arc<dyn Transport>,
     /// How long before it expires the access token is refreshed.
     pub refresh_margin: Duration,
+    /// A SQLite file that keeps every document the app has seen, so document reads and
+    /// listeners answer from it while the server cannot be reached (also after the app
+    /// restarts). `None` (the default): no cache.
+    pub cache: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -71,6 +76,7 @@ impl Default for ClientOptions {
             token_store: Arc::new(MemoryTokenStore::default()),
             transport: Arc::new(NativeTransport::new()),
             refresh_margin: Duration::from_secs(60),
+            cache: None,
         }
     }
 }
@@ -98,6 +104,7 @@ struct Inner {
     tokens: tokio::sync::watch::Sender<u64>,
     live: Mutex<Option<live::Live>>,
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    cache: Option<Arc<cache::Cache>>,
 }
 
 impl Drop for Inner {
@@ -121,6 +128,10 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Protocol(format!("`{url}` is not an http(s) URL")));
         }
+        let cache = match &options.cache {
+            Some(path) => Some(Arc::new(cache::Cache::open(path)?)),
+            None => None,
+        };
         let session = options.token_store.load();
         let user = session.as_ref().map(|session| session.user.clone());
         Ok(Client {
@@ -136,6 +147,7 @@ impl Client {
                 tokens: tokio::sync::watch::Sender::new(0),
                 live: Mutex::new(None),
                 refresher: Mutex::new(None),
+                cache,
             }),
         })
     }
@@ -488,7 +500,12 @@ impl Client {
     /// The live connection, started on first use.
     pub(crate) fn live(&self) -> live::Live {
         let mut live = self.inner.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        live.get_or_insert_with(|| live::Live::start(Arc::downgrade(&self.inner))).clone()
+        live.get_or_insert_with(|| live::Live::start(Arc::downgrade(&self.inner), self.inner.cache.clone())).clone()
+    }
+
+    /// The local cache, if the client has one.
+    pub(crate) fn cache(&self) -> Option<&cache::Cache> {
+        self.inner.cache.as_deref()
     }
 
     pub(crate) fn websocket_url(&self) -> String {

@@ -20,6 +20,7 @@ use hearth_types::{Document, Query};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+use crate::cache::Cache;
 use crate::docs::query_order;
 use crate::transport::SocketSink;
 use crate::{Client, Error, Inner, Result};
@@ -157,9 +158,10 @@ pub(crate) struct Live {
 }
 
 impl Live {
-    pub(crate) fn start(client: Weak<Inner>) -> Live {
+    pub(crate) fn start(client: Weak<Inner>, cache: Option<Arc<Cache>>) -> Live {
         let (commands, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(client, receiver));
+        let open = Open { cache, ..Open::default() };
+        tokio::spawn(run(client, receiver, open));
         Live { commands, next: Arc::new(AtomicU64::new(1)) }
     }
 
@@ -194,6 +196,8 @@ struct Open {
     /// Who the resume tokens were read as (a user id; `None`: no user): a token only
     /// means "what this caller saw", so another caller starts from fresh snapshots.
     identity: Option<String>,
+    /// Where documents that arrive are kept, if the client has a cache.
+    cache: Option<Arc<Cache>>,
 }
 
 impl Open {
@@ -237,6 +241,21 @@ impl Open {
         }
     }
 
+    /// While the server cannot be reached, a document listener that has had nothing yet
+    /// gets the document from the cache (a snapshot, without a `resume` token: the
+    /// server's first snapshot then comes as the changes against it).
+    fn answer_from_cache(&mut self) {
+        let Some(cache) = &self.cache else { return };
+        for subscription in self.subs.values_mut().filter(|subscription| !subscription.seen) {
+            let Target::Doc(path) = &subscription.target else { continue };
+            let Some(doc) = cache.get(path) else { continue };
+            subscription.seen = true;
+            subscription.docs = vec![doc];
+            let changes = diff(&[], &subscription.docs, true);
+            let _ = subscription.events.send(Ok(Snapshot { docs: subscription.docs.clone(), changes }));
+        }
+    }
+
     /// Everything to send on a new connection.
     fn resubscribe(&self) -> Vec<ClientMessage> {
         let subs = self.subs.iter().map(|(id, subscription)| subscribe(*id, subscription));
@@ -252,6 +271,9 @@ impl Open {
         match message {
             ServerMessage::Snapshot { id, docs, resume } => {
                 let Some(subscription) = parse_id(&id).and_then(|id| self.subs.get_mut(&id)) else { return false };
+                if let Some(cache) = &self.cache {
+                    cache.put(&docs);
+                }
                 let changes = diff(&subscription.docs, &docs, !subscription.seen);
                 subscription.docs = docs;
                 subscription.resume = Some(resume);
@@ -263,6 +285,14 @@ impl Open {
                 subscription.resume = Some(resume);
                 if changes.is_empty() {
                     return false;
+                }
+                if let Some(cache) = &self.cache {
+                    let arrived: Vec<Document> = changes
+                        .iter()
+                        .filter(|change| change.kind != ChangeType::Removed)
+                        .map(|change| change.doc.clone())
+                        .collect();
+                    cache.put(&arrived);
                 }
                 let mut applied = Vec::with_capacity(changes.len());
                 for change in changes {
@@ -349,8 +379,7 @@ async fn send(sink: &mut SocketSink, message: &ClientMessage) -> Result<()> {
 }
 
 /// The socket task: connects while anything is open, until the client is gone.
-async fn run(client: Weak<Inner>, mut commands: mpsc::UnboundedReceiver<Command>) {
-    let mut open = Open::default();
+async fn run(client: Weak<Inner>, mut commands: mpsc::UnboundedReceiver<Command>, mut open: Open) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         if open.is_empty() {
@@ -372,6 +401,7 @@ async fn run(client: Weak<Inner>, mut commands: mpsc::UnboundedReceiver<Command>
             Ok(socket) => socket,
             Err(error) => {
                 tracing::debug!(%error, ?backoff, "realtime connection failed; retrying");
+                open.answer_from_cache();
                 if !wait(&mut open, &mut commands, backoff).await {
                     return;
                 }

@@ -324,3 +324,33 @@ async fn after_sign_out_listeners_no_longer_speak_for_the_user() {
         "a signed-out client got {leaked:?}"
     );
 }
+
+#[tokio::test]
+async fn with_a_cache_documents_seen_before_answer_while_the_server_is_down() {
+    let mut app = App::spawn().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("cache.db");
+    let options =
+        || ClientOptions { service_key: Some(KEY.to_owned()), cache: Some(path.clone()), ..ClientOptions::default() };
+    let client = Client::with_options(&url(&app), options()).expect("client");
+    client.doc("notes/a").set(json!({"text": "kept"})).await.expect("written");
+    let added = client.collection("notes").add(json!({"text": "added"})).await.expect("added");
+    client.doc("notes/gone").set(json!({"text": "deleted later"})).await.expect("written");
+    client.doc("notes/gone").delete().await.expect("deleted");
+    app.kill_hard();
+
+    let kept = client.doc("notes/a").get().await.expect("from the cache").expect("cached");
+    assert_eq!((kept.data["text"].as_str(), kept.version), (Some("kept"), 1));
+    assert!(client.doc(&added.path).get().await.expect("from the cache").is_some());
+    let never = client.doc("notes/never").get().await.expect_err("never seen, server down");
+    assert_eq!(never.code(), ErrorCode::Unavailable);
+    let gone = client.doc("notes/gone").get().await.expect_err("a deleted document is not kept");
+    assert_eq!(gone.code(), ErrorCode::Unavailable);
+
+    // After an app restart, from the same file, reads and listeners answer offline.
+    let again = Client::with_options(&url(&app), options()).expect("client");
+    assert_eq!(again.doc("notes/a").get().await.expect("cached").map(|doc| doc.version), Some(1));
+    let mut live = again.doc("notes/a").listen();
+    let snapshot = next(&mut live).await.expect("a snapshot from the cache");
+    assert_eq!((snapshot.docs.len(), snapshot.changes[0].kind), (1, ChangeType::Added));
+}
