@@ -129,6 +129,21 @@ impl DocRef {
     }
 
     /// The document's data decoded as `T`, or `None` if there is none.
+    ///
+    /// ```no_run
+    /// # async fn run(client: hearth_sdk::Client) -> hearth_sdk::Result<()> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Room {
+    ///     title: String,
+    ///     members: u32,
+    /// }
+    ///
+    /// if let Some(room) = client.doc("rooms/r1").get_as::<Room>().await? {
+    ///     println!("{}: {}", room.title, room.members);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get_as<T: DeserializeOwned>(&self) -> Result<Option<T>> {
         self.get().await?.map(|doc| doc.data_as()).transpose()
     }
@@ -302,6 +317,22 @@ impl QueryBuilder {
 
     /// The query live: a first [`Snapshot`](crate::Snapshot) with the current result, then one per
     /// change, each equal to a fresh run of the query.
+    ///
+    /// ```no_run
+    /// # async fn run(client: hearth_sdk::Client) -> hearth_sdk::Result<()> {
+    /// use futures::StreamExt;
+    /// use hearth_sdk::{ChangeType, Direction};
+    ///
+    /// let messages = client.collection("rooms/r1/messages");
+    /// let mut latest = messages.query().order_by("sent_at", Direction::Desc).limit(50).listen();
+    /// while let Some(snapshot) = latest.next().await {
+    ///     for change in snapshot?.changes.iter().filter(|change| change.kind == ChangeType::Added) {
+    ///         println!("{}", change.doc.data["text"]);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn listen(&self) -> Listener {
         self.client.live().listen(Target::Query(self.query.clone()))
     }

@@ -123,6 +123,19 @@ impl Client {
 
     /// A client with a token store, a service key or another transport. A session in
     /// the token store signs the client in at once.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use hearth_sdk::{Client, ClientOptions, FileTokenStore};
+    ///
+    /// let options = ClientOptions {
+    ///     token_store: Arc::new(FileTokenStore::new("session.json")),
+    ///     cache: Some("cache.db".into()),
+    ///     ..ClientOptions::default()
+    /// };
+    /// let client = Client::with_options("https://hearth.example.com", options)?;
+    /// # Ok::<(), hearth_sdk::Error>(())
+    /// ```
     pub fn with_options(url: &str, options: ClientOptions) -> Result<Client> {
         let base = url.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
@@ -162,6 +175,18 @@ impl Client {
     }
 
     /// Signs in with e-mail and password; a user with TOTP on needs a second step.
+    ///
+    /// ```no_run
+    /// # async fn run(client: hearth_sdk::Client, code: &str) -> hearth_sdk::Result<()> {
+    /// use hearth_sdk::SignIn;
+    ///
+    /// let user = match client.sign_in("ada@example.com", "correct horse battery staple").await? {
+    ///     SignIn::Done(user) => user,
+    ///     SignIn::MfaRequired { ticket } => client.verify_mfa(&ticket, code).await?,
+    /// };
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn sign_in(&self, email: &str, password: &str) -> Result<SignIn> {
         let answer: LoginAnswer =
             self.post_json("/v1/auth/login", &json!({ "email": email, "password": password })).await?;
@@ -415,11 +440,40 @@ impl Client {
     // ---- documents, queries, functions ----
 
     /// The document at `path` (`rooms/r1`, `rooms/r1/messages/m1`).
+    ///
+    /// ```no_run
+    /// # async fn run(client: hearth_sdk::Client) -> hearth_sdk::Result<()> {
+    /// use serde_json::json;
+    ///
+    /// let room = client.doc("rooms/r1");
+    /// room.set(json!({ "title": "Lobby", "members": 3 })).await?;
+    /// let updated = room.update(json!({ "members": { "$increment": 1 } })).await?;
+    /// room.clone().if_version(updated.version).delete().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn doc(&self, path: &str) -> DocRef {
         DocRef::new(self.clone(), path)
     }
 
     /// The collection at `path` (`rooms`, `rooms/r1/messages`).
+    ///
+    /// ```no_run
+    /// # async fn run(client: hearth_sdk::Client) -> hearth_sdk::Result<()> {
+    /// use hearth_sdk::{Direction, Op};
+    ///
+    /// let page = client
+    ///     .collection("rooms")
+    ///     .query()
+    ///     .filter("members", Op::Ge, 5)
+    ///     .order_by("members", Direction::Desc)
+    ///     .limit(20)
+    ///     .get()
+    ///     .await?;
+    /// println!("{} rooms, more: {}", page.docs.len(), page.cursor.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn collection(&self, path: &str) -> CollectionRef {
         CollectionRef::new(self.clone(), path)
     }
@@ -430,6 +484,22 @@ impl Client {
     }
 
     /// Writes that commit together or not at all (up to 500).
+    ///
+    /// ```no_run
+    /// # async fn run(client: hearth_sdk::Client) -> hearth_sdk::Result<()> {
+    /// use serde_json::json;
+    ///
+    /// let versions = client
+    ///     .batch()
+    ///     .create("rooms/r2", json!({ "title": "Go" }))
+    ///     .update("rooms/r1", json!({ "members": { "$increment": -1 } }))
+    ///     .if_version(4)
+    ///     .delete("rooms/r9")
+    ///     .commit()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn batch(&self) -> Batch {
         Batch::new(self.clone())
     }
@@ -439,6 +509,23 @@ impl Client {
     /// version `work` read. When another write got there first, `work` runs again after
     /// a short random pause (at most 10 runs, then `failed-precondition`). Documents only
     /// read are not checked at commit.
+    ///
+    /// ```no_run
+    /// # async fn run(client: hearth_sdk::Client) -> hearth_sdk::Result<()> {
+    /// use serde_json::json;
+    ///
+    /// let seats = client
+    ///     .run_transaction(|tx| async move {
+    ///         let left = tx.get("events/e1").await?.and_then(|doc| doc.data["seats"].as_i64()).unwrap_or(0);
+    ///         if left > 0 {
+    ///             tx.update("events/e1", json!({ "seats": left - 1 }));
+    ///         }
+    ///         Ok(left)
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn run_transaction<T, F, Fut>(&self, work: F) -> Result<T>
     where
         F: Fn(Transaction) -> Fut,
@@ -448,6 +535,13 @@ impl Client {
     }
 
     /// Calls the callable function `name` with `data`; its result.
+    ///
+    /// ```no_run
+    /// # async fn run(client: hearth_sdk::Client) -> hearth_sdk::Result<()> {
+    /// let answer = client.call("greet", serde_json::json!({ "name": "Ada" })).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn call(&self, name: &str, data: impl Serialize) -> Result<Value> {
         let data = serde_json::to_value(data).map_err(|error| Error::Protocol(error.to_string()))?;
         let answer: Value = self.post_json(&format!("/v1/functions/{name}"), &json!({ "data": data })).await?;
@@ -460,6 +554,23 @@ impl Client {
     }
 
     /// A realtime channel: presence (who is here, with what state) and broadcast.
+    ///
+    /// ```no_run
+    /// # async fn run(client: hearth_sdk::Client) -> hearth_sdk::Result<()> {
+    /// use futures::StreamExt;
+    /// use hearth_sdk::ChannelEvent;
+    ///
+    /// let room = client.channel("room:r1");
+    /// let mut here = room.join(serde_json::json!({ "typing": false }));
+    /// room.broadcast("wave", serde_json::json!({}));
+    /// while let Some(event) = here.next().await {
+    ///     if let ChannelEvent::Presence { joins, leaves } = event? {
+    ///         println!("+{} -{}", joins.len(), leaves.len());
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn channel(&self, name: &str) -> Channel {
         Channel::new(self.clone(), name)
     }
