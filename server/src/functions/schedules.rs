@@ -8,7 +8,6 @@
 //! tick.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use croner::Cron;
@@ -28,15 +27,7 @@ pub fn parse(expression: &str) -> Result<Cron, String> {
 /// Runs the schedule `name` forever.
 pub async fn run(functions: Functions, store: Store, name: String, cron: Cron) {
     let backend = store.backend();
-    let last = loop {
-        match backend.schedule_tick(name.clone()).await {
-            Ok(last) => break last,
-            Err(error) => {
-                tracing::error!(schedule = %name, %error, "cannot read the schedule's last tick; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
+    let last = super::triggers::until_read(&name, "last tick", || backend.schedule_tick(name.clone())).await;
     let now = Utc::now();
     match last.and_then(|micros| Utc.timestamp_micros(micros).single()) {
         Some(last) => {

@@ -83,15 +83,7 @@ pub async fn supervise(functions: Functions, store: Store) {
 /// Runs one trigger over the log, forever.
 async fn follow(functions: Functions, store: Store, name: String, pattern: DocPattern) {
     let mut published = store.bus().published();
-    let mut cursor = loop {
-        match start_at(&store, &name).await {
-            Ok(seq) => break seq,
-            Err(error) => {
-                tracing::error!(trigger = %name, %error, "cannot read the trigger's cursor; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
+    let mut cursor = until_read(&name, "cursor", || start_at(&store, &name)).await;
     loop {
         let changes = match store.changes_since(cursor, BATCH).await {
             Ok(changes) => changes,
@@ -114,6 +106,24 @@ async fn follow(functions: Functions, store: Store, name: String, pattern: DocPa
         cursor = last;
         if let Err(error) = store.backend().set_trigger_cursor(name.clone(), cursor).await {
             tracing::error!(trigger = %name, %error, "cannot save the trigger's cursor");
+        }
+    }
+}
+
+/// What `read` gives once it succeeds: a function's saved state (cursor, last tick) is
+/// read again a second later while the database fails, each failure logged.
+pub(super) async fn until_read<T, F, Fut>(name: &str, what: &str, read: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, crate::store::Error>>,
+{
+    loop {
+        match read().await {
+            Ok(value) => return value,
+            Err(error) => {
+                tracing::error!(function = %name, %error, "cannot read the function's {what}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Functions;
-use super::triggers::{BATCH, deliver};
+use super::triggers::{BATCH, deliver, until_read};
 use crate::auth::Auth;
 
 /// The function's saved cursor; a new one starts at the end of the log (users created
@@ -28,15 +28,7 @@ pub async fn start_at(auth: &Auth, name: &str) -> Result<i64, crate::store::Erro
 pub async fn follow(functions: Functions, name: String) {
     let (auth, store) = (functions.shared.auth.clone(), functions.shared.store.clone());
     let mut created = auth.users_created();
-    let mut cursor = loop {
-        match start_at(&auth, &name).await {
-            Ok(seq) => break seq,
-            Err(error) => {
-                tracing::error!(function = %name, %error, "cannot read the function's cursor; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
+    let mut cursor = until_read(&name, "cursor", || start_at(&auth, &name)).await;
     loop {
         let events = match auth.repo().user_events_since(cursor, BATCH).await {
             Ok(events) => events,

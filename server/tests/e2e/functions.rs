@@ -202,6 +202,17 @@ async fn changed_files_reload_without_a_restart() {
     }
 }
 
+/// Waits up to 20 s for the server to log `text`, then half a second more for what
+/// was in flight to settle.
+async fn logged(app: &App, text: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !app.output_text().contains(text) {
+        assert!(std::time::Instant::now() < deadline, "never logged: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+}
+
 /// Polls `path` until `done` holds for its document, for up to 20 s.
 async fn eventually(app: &App, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -273,23 +284,13 @@ async fn a_trigger_sees_every_write_in_order_and_failures_are_dead_lettered() {
 
     // A trigger rewriting its own document is stopped, and says so.
     app.call(Method::PUT, "/v1/docs/loops/l1", Some(json!({"n": 0}))).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !app.output_text().contains("runaway chain") {
-        assert!(std::time::Instant::now() < deadline, "the chain was not stopped");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    logged(&app, "runaway chain").await;
     let (_, looped) = app.call(Method::GET, "/v1/docs/loops/l1", None).await;
     assert_eq!(looped["data"]["n"], 16, "{looped}");
 
     // So is a cycle of two triggers feeding each other: 16 writes by functions in a row.
     app.call(Method::PUT, "/v1/docs/ping/p1", Some(json!({"n": 0}))).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !app.output_text().contains("`ping` is not run for it") {
-        assert!(std::time::Instant::now() < deadline, "the cycle was not stopped");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    logged(&app, "`ping` is not run for it").await;
     let (_, ping) = app.call(Method::GET, "/v1/docs/ping/p1", None).await;
     let (_, pong) = app.call(Method::GET, "/v1/docs/pong/p1", None).await;
     assert_eq!((&ping["data"]["n"], &pong["data"]["n"]), (&json!(16), &json!(15)), "{ping} {pong}");
