@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::live::{Listener, Target};
+use crate::local::unreachable;
 use crate::{Client, Error, Result, decode};
 
 /// Typed access to a document's data.
@@ -84,48 +85,46 @@ impl DocRef {
         format!("/v1/docs/{}", self.path)
     }
 
-    fn headers(&self) -> Vec<(&'static str, String)> {
-        match self.precondition {
-            Precondition::None => Vec::new(),
-            Precondition::Version(version) => vec![("if-match", format!("\"{version}\""))],
-        }
-    }
-
     /// The document, or `None` if there is none. With a cache
     /// ([`ClientOptions::cache`](crate::ClientOptions)), a document seen before is
-    /// answered from it while the server cannot be reached.
+    /// answered from it while the server cannot be reached, and writes not yet confirmed
+    /// by the server show in the answer.
     pub async fn get(&self) -> Result<Option<Document>> {
-        let cache = self.client.cache();
-        match self.client.request("GET", &self.url(), None).await {
-            Ok(answer) => {
-                let doc: Document = decode(&answer.body)?;
-                self.keep(&doc);
-                Ok(Some(doc))
+        let local = self.client.local();
+        let answer = match self.client.request("GET", &self.url(), None).await {
+            Ok(answer) => Some(decode::<Document>(&answer.body)?),
+            Err(Error::Api { code: ErrorCode::NotFound, .. }) => None,
+            Err(error) if unreachable(&error) => {
+                return match local.and_then(|local| local.view(&self.path)) {
+                    Some(doc) => Ok(Some(doc)),
+                    None if local.is_some_and(|local| local.is_pending(&self.path)) => Ok(None),
+                    None => Err(error),
+                };
             }
-            Err(Error::Api { code: ErrorCode::NotFound, .. }) => {
-                if let Some(cache) = cache {
-                    cache.remove(&self.path);
-                }
-                Ok(None)
-            }
-            Err(error @ Error::Network(_)) => match cache.and_then(|cache| cache.get(&self.path)) {
-                Some(doc) => Ok(Some(doc)),
-                None => Err(error),
-            },
-            Err(error) => Err(error),
+            Err(error) => return Err(error),
+        };
+        let Some(local) = local else { return Ok(answer) };
+        match &answer {
+            Some(doc) => local.cache.put(std::slice::from_ref(doc)),
+            None => local.cache.remove(&self.path),
         }
+        if local.is_pending(&self.path) { Ok(local.view(&self.path)) } else { Ok(answer) }
     }
 
-    fn keep(&self, doc: &Document) {
-        if let Some(cache) = self.client.cache() {
-            cache.put(std::slice::from_ref(doc));
-        }
+    fn write(&self, op: BatchOp, data: Option<Value>) -> BatchWrite {
+        let if_version = match self.precondition {
+            Precondition::None => None,
+            Precondition::Version(version) => Some(version),
+        };
+        BatchWrite { op, path: self.path.clone(), data, if_version }
     }
 
-    fn written(&self, body: &[u8]) -> Result<Document> {
-        let doc: Document = decode(body)?;
-        self.keep(&doc);
-        Ok(doc)
+    /// Sends one write; see [`write_one`].
+    async fn written(&self, write: BatchWrite) -> Result<Document> {
+        let path = write.path.clone();
+        write_one(&self.client, write)
+            .await?
+            .ok_or_else(|| Error::Protocol(format!("no document in the answer for `{path}`")))
     }
 
     /// The document's data decoded as `T`, or `None` if there is none.
@@ -149,33 +148,28 @@ impl DocRef {
     }
 
     /// Creates or replaces the document with `data` (a JSON object, or any struct).
+    ///
+    /// With a cache, a write the server cannot take now (offline) is applied locally and
+    /// queued (see [`Client::pending_writes`]); the answer is then the local document.
     pub async fn set(&self, data: impl Serialize) -> Result<Document> {
-        let body = Value::Object(to_object(data)?);
-        self.written(&self.client.request_with("PUT", &self.url(), Some(&body), &self.headers()).await?.body)
+        self.written(self.write(BatchOp::Set, Some(Value::Object(to_object(data)?)))).await
     }
 
     /// Creates the document; `already-exists` if it exists.
     pub async fn create(&self, data: impl Serialize) -> Result<Document> {
-        let body = Value::Object(to_object(data)?);
-        let headers = [("if-none-match", "*".to_owned())];
-        self.written(&self.client.request_with("PUT", &self.url(), Some(&body), &headers).await?.body)
+        self.written(self.write(BatchOp::Create, Some(Value::Object(to_object(data)?)))).await
     }
 
     /// Deep-merges `patch` into the document (`null` removes a field; `$increment`,
     /// `$server_time`, `$array_union`, `$array_remove` transform one); `not-found` if
     /// it does not exist.
     pub async fn update(&self, patch: impl Serialize) -> Result<Document> {
-        let body = Value::Object(to_object(patch)?);
-        self.written(&self.client.request_with("PATCH", &self.url(), Some(&body), &self.headers()).await?.body)
+        self.written(self.write(BatchOp::Update, Some(Value::Object(to_object(patch)?)))).await
     }
 
     /// Deletes the document (nothing happens if there is none, unless a version is set).
     pub async fn delete(&self) -> Result<()> {
-        self.client.request_with("DELETE", &self.url(), None, &self.headers()).await?;
-        if let Some(cache) = self.client.cache() {
-            cache.remove(&self.path);
-        }
-        Ok(())
+        write_one(&self.client, self.write(BatchOp::Delete, None)).await.map(drop)
     }
 
     /// The document live: a first [`Snapshot`](crate::Snapshot) (its `docs` empty when the document is
@@ -206,15 +200,33 @@ impl CollectionRef {
         DocRef::new(self.client.clone(), &format!("{}/{id}", self.path))
     }
 
-    /// Creates a document with a server-made id.
+    /// Creates a document with a server-made id (offline, with a cache: a random id
+    /// made here, and the create queued).
     pub async fn add(&self, data: impl Serialize) -> Result<Document> {
         let body = Value::Object(to_object(data)?);
-        let doc: Document =
-            decode(&self.client.request("POST", &format!("/v1/docs/{}", self.path), Some(&body)).await?.body)?;
-        if let Some(cache) = self.client.cache() {
-            cache.put(std::slice::from_ref(&doc));
+        let local = self.client.local();
+        if local.is_none_or(|local| local.pending() == 0) {
+            match self.client.request("POST", &format!("/v1/docs/{}", self.path), Some(&body)).await {
+                Ok(answer) => {
+                    let doc: Document = decode(&answer.body)?;
+                    if let Some(local) = local {
+                        local.cache.put(std::slice::from_ref(&doc));
+                    }
+                    return Ok(doc);
+                }
+                Err(error) if local.is_some() && unreachable(&error) => {}
+                Err(error) => return Err(error),
+            }
         }
-        Ok(doc)
+        let id = local_id();
+        self.doc(&id)
+            .written(BatchWrite {
+                op: BatchOp::Create,
+                path: format!("{}/{id}", self.path),
+                data: Some(body),
+                if_version: None,
+            })
+            .await
     }
 
     /// A query over this collection.
@@ -273,12 +285,23 @@ impl QueryBuilder {
         &self.query
     }
 
-    /// One page; `cursor` in the answer fetches the next.
+    /// One page; `cursor` in the answer fetches the next. With a cache, writes not yet
+    /// confirmed by the server show in it, and while the server cannot be reached the
+    /// first page is answered from the cache (without a `cursor`).
     pub async fn get(&self) -> Result<QueryPage> {
         let body = serde_json::to_value(&self.query).map_err(|error| Error::Protocol(error.to_string()))?;
-        let page: QueryPage = self.client.post_json("/v1/query", &body).await?;
-        if let Some(cache) = self.client.cache() {
-            cache.put(&page.docs);
+        let local = self.client.local();
+        let mut page: QueryPage = match self.client.post_json("/v1/query", &body).await {
+            Ok(page) => page,
+            Err(error) if unreachable(&error) && self.query.cursor.is_none() => match local {
+                Some(local) => return Ok(QueryPage { docs: local.query(&self.query), cursor: None }),
+                None => return Err(error),
+            },
+            Err(error) => return Err(error),
+        };
+        if let Some(local) = local {
+            local.cache.put(&page.docs);
+            page.docs = local.overlay(&Target::Query(self.query.clone()), &page.docs).0;
         }
         Ok(page)
     }
@@ -382,11 +405,21 @@ impl Batch {
     }
 
     /// Commits; the version each write left (0 for a delete). A failing write names its
-    /// index in the error's `details`.
+    /// index in the error's `details`. With a cache, a batch the server cannot take now
+    /// is applied locally and queued as a whole.
     pub async fn commit(self) -> Result<Vec<i64>> {
-        let body = serde_json::json!({ "writes": self.writes });
-        let answer: BatchResponse = self.client.post_json("/v1/batch", &body).await?;
-        Ok(answer.results.into_iter().map(|result| result.version).collect())
+        let local = self.client.local();
+        if local.is_none_or(|local| local.pending() == 0) {
+            let body = serde_json::json!({ "writes": self.writes });
+            match self.client.post_json::<BatchResponse>("/v1/batch", &body).await {
+                Ok(answer) => return Ok(answer.results.into_iter().map(|result| result.version).collect()),
+                Err(error) if local.is_some() && unreachable(&error) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let Some(local) = local else { return Err(Error::Protocol("no local cache".into())) };
+        let docs = local.enqueue(self.writes)?;
+        Ok(docs.iter().map(|doc| doc.as_ref().map_or(0, |doc| doc.version)).collect())
     }
 }
 
@@ -445,6 +478,65 @@ impl Transaction {
     }
 }
 
+/// Sends one document write. With a cache, it waits behind writes already queued, and a
+/// server that cannot be reached queues it: applied locally at once, sent when the server
+/// answers again. The document after the write (`None` after a delete).
+pub(crate) async fn write_one(client: &Client, write: BatchWrite) -> Result<Option<Document>> {
+    let local = client.local();
+    if local.is_none_or(|local| local.pending() == 0) {
+        match send_write(client, &write).await {
+            Ok(doc) => {
+                if let Some(local) = local {
+                    match &doc {
+                        Some(doc) => local.cache.put(std::slice::from_ref(doc)),
+                        None => local.cache.remove(&write.path),
+                    }
+                }
+                return Ok(doc);
+            }
+            Err(error) if local.is_some() && unreachable(&error) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    let Some(local) = local else { return Err(Error::Protocol("no local cache".into())) };
+    Ok(local.enqueue(vec![write])?.pop().flatten())
+}
+
+/// One write through the document routes, whose answer is the document.
+pub(crate) async fn send_write(client: &Client, write: &BatchWrite) -> Result<Option<Document>> {
+    let url = format!("/v1/docs/{}", write.path);
+    let mut headers = Vec::new();
+    if let Some(version) = write.if_version {
+        headers.push(("if-match", format!("\"{version}\"")));
+    }
+    let (method, body) = match write.op {
+        BatchOp::Create => {
+            headers.push(("if-none-match", "*".to_owned()));
+            ("PUT", write.data.as_ref())
+        }
+        BatchOp::Set => ("PUT", write.data.as_ref()),
+        BatchOp::Update => ("PATCH", write.data.as_ref()),
+        BatchOp::Delete => ("DELETE", None),
+    };
+    let answer = client.request_with(method, &url, body, &headers).await?;
+    if write.op == BatchOp::Delete { Ok(None) } else { decode(&answer.body).map(Some) }
+}
+
+/// A document id made on this device: 20 random letters and digits, like the server's.
+fn local_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    use std::hash::{BuildHasher, Hasher};
+    let keys = std::collections::hash_map::RandomState::new();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |now| now.as_nanos());
+    let pick = |index: usize| {
+        let mut hasher = keys.build_hasher();
+        hasher.write_u128(nanos);
+        hasher.write_usize(index);
+        char::from(ALPHABET[(hasher.finish() % ALPHABET.len() as u64) as usize])
+    };
+    (0..20).map(pick).collect()
+}
+
 /// Runs of a transaction before it gives up.
 const TRANSACTION_TRIES: u32 = 10;
 
@@ -491,6 +583,27 @@ pub(crate) fn field_value<'a>(doc: &'a Document, field: &str) -> Option<std::bor
     }
     let segments: Vec<String> = field.split('.').map(str::to_owned).collect();
     hearth_types::value::lookup(&doc.data, &segments).map(std::borrow::Cow::Borrowed)
+}
+
+/// Whether `doc` is in the result of `query` (target, filters, every order field
+/// present), ignoring limit and cursor: the server's rules, from `hearth_types::eval`.
+pub(crate) fn query_matches(query: &Query, doc: &Document) -> bool {
+    in_target(query.collection.as_deref(), query.collection_group.as_deref(), &doc.path)
+        && query.order_by.iter().all(|order| field_value(doc, &order.field).is_some())
+        && query.filters.iter().all(|filter| {
+            hearth_types::eval::op_matches(filter.op, &filter.value, field_value(doc, &filter.field).as_deref())
+        })
+}
+
+/// Whether the document at `path` is directly in `collection`, or (without one) in a
+/// collection with the id `group`.
+pub(crate) fn in_target(collection: Option<&str>, group: Option<&str>, path: &str) -> bool {
+    let parent = path.rsplit_once('/').map_or("", |(parent, _)| parent);
+    match (collection, group) {
+        (Some(collection), _) => parent == collection,
+        (None, Some(group)) => parent.rsplit('/').next() == Some(group),
+        (None, None) => false,
+    }
 }
 
 /// The order of a query's results: its `order_by`, then the path ascending.

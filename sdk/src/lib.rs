@@ -34,12 +34,13 @@ mod cache;
 mod docs;
 mod error;
 mod live;
+mod local;
 mod transport;
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use hearth_types::{LoginAnswer, RecoveryCodes, Session};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -49,8 +50,9 @@ pub use auth::{FileTokenStore, MemoryTokenStore, SignIn, StoredSession, TokenSto
 pub use docs::{Batch, CollectionRef, DocRef, DocumentExt, QueryBuilder, Transaction};
 pub use error::{Error, Result};
 pub use hearth_types::realtime::ChangeType;
-pub use hearth_types::{Direction, Document, ErrorCode, Op, QueryPage, TotpEnrollment, User};
+pub use hearth_types::{BatchOp, BatchWrite, Direction, Document, ErrorCode, Op, QueryPage, TotpEnrollment, User};
 pub use live::{Channel, ChannelEvent, ChannelListener, DocChange, Listener, Snapshot};
+pub use local::RejectedWrite;
 pub use transport::{HttpRequest, HttpResponse, NativeTransport, SocketSink, SocketStream, Transport};
 
 /// How a [`Client`] is set up.
@@ -63,9 +65,11 @@ pub struct ClientOptions {
     pub transport: Arc<dyn Transport>,
     /// How long before it expires the access token is refreshed.
     pub refresh_margin: Duration,
-    /// A SQLite file that keeps every document the app has seen, so document reads and
-    /// listeners answer from it while the server cannot be reached (also after the app
-    /// restarts). `None` (the default): no cache.
+    /// A SQLite file that makes the client offline-first: it keeps every document the
+    /// app has seen, so reads, queries and listeners answer from it while the server
+    /// cannot be reached, and the writes made meanwhile, which are applied locally at
+    /// once and sent in order when the server answers again (also after the app
+    /// restarts). `None` (the default): no cache, and calls fail while offline.
     pub cache: Option<std::path::PathBuf>,
 }
 
@@ -104,13 +108,17 @@ struct Inner {
     tokens: tokio::sync::watch::Sender<u64>,
     live: Mutex<Option<live::Live>>,
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    cache: Option<Arc<cache::Cache>>,
+    local: Option<Arc<local::Local>>,
+    /// The task that sends the queued writes.
+    sender: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = self.refresher.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
-            task.abort();
+        for task in [&self.refresher, &self.sender] {
+            if let Some(task) = task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+                task.abort();
+            }
         }
     }
 }
@@ -141,13 +149,13 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Protocol(format!("`{url}` is not an http(s) URL")));
         }
-        let cache = match &options.cache {
-            Some(path) => Some(Arc::new(cache::Cache::open(path)?)),
+        let local = match &options.cache {
+            Some(path) => Some(Arc::new(local::Local::open(path)?)),
             None => None,
         };
         let session = options.token_store.load();
         let user = session.as_ref().map(|session| session.user.clone());
-        Ok(Client {
+        let client = Client {
             inner: Arc::new(Inner {
                 base,
                 transport: options.transport,
@@ -160,9 +168,16 @@ impl Client {
                 tokens: tokio::sync::watch::Sender::new(0),
                 live: Mutex::new(None),
                 refresher: Mutex::new(None),
-                cache,
+                local,
+                sender: Mutex::new(None),
             }),
-        })
+        };
+        // Writes queued by an earlier run go out as soon as the server answers (outside
+        // a runtime, the task starts with the first call that needs it).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            client.local();
+        }
+        Ok(client)
     }
 
     // ---- auth ----
@@ -611,12 +626,80 @@ impl Client {
     /// The live connection, started on first use.
     pub(crate) fn live(&self) -> live::Live {
         let mut live = self.inner.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        live.get_or_insert_with(|| live::Live::start(Arc::downgrade(&self.inner), self.inner.cache.clone())).clone()
+        live.get_or_insert_with(|| live::Live::start(Arc::downgrade(&self.inner), self.inner.local.clone())).clone()
     }
 
-    /// The local cache, if the client has one.
-    pub(crate) fn cache(&self) -> Option<&cache::Cache> {
-        self.inner.cache.as_deref()
+    /// The local cache and write queue, if the client has them; starts the task that
+    /// sends the queue on first use.
+    pub(crate) fn local(&self) -> Option<&local::Local> {
+        let local = self.inner.local.as_deref()?;
+        let mut sender = self.inner.sender.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if sender.is_none() {
+            *sender = Some(tokio::spawn(local::send_queue(Arc::downgrade(&self.inner))));
+        }
+        Some(local)
+    }
+
+    // ---- offline ----
+
+    /// How many writes (or batches) made offline wait for the server. Always 0 without
+    /// a cache.
+    pub fn pending_writes(&self) -> usize {
+        self.inner.local.as_ref().map_or(0, |local| local.pending())
+    }
+
+    /// Waits until every write made offline has been answered by the server (confirmed,
+    /// or refused and reported on [`Client::rejected_writes`]).
+    ///
+    /// ```no_run
+    /// # async fn run(client: hearth_sdk::Client) -> hearth_sdk::Result<()> {
+    /// client.doc("todos/t1").set(serde_json::json!({ "title": "milk", "done": false })).await?;
+    /// if client.pending_writes() > 0 {
+    ///     println!("offline: saved here, syncing when the server is back");
+    ///     client.wait_for_pending_writes().await;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_for_pending_writes(&self) {
+        let Some(local) = self.local() else { return };
+        let mut changes = local.changes();
+        while local.pending() > 0 {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes made offline that the server refused when they were sent (a precondition
+    /// no longer held, a rule denied it, ...). Each has been rolled back: reads and
+    /// listeners no longer show it. Only refusals after this call are seen.
+    ///
+    /// ```no_run
+    /// # async fn run(client: hearth_sdk::Client) {
+    /// use futures::StreamExt;
+    ///
+    /// let mut rejected = client.rejected_writes();
+    /// while let Some(refused) = rejected.next().await {
+    ///     eprintln!("not saved: {} ({})", refused.writes[0].path, refused.error);
+    /// }
+    /// # }
+    /// ```
+    pub fn rejected_writes(&self) -> impl Stream<Item = RejectedWrite> + Send + Unpin + 'static {
+        let receiver = self.local().map(local::Local::rejections);
+        futures::stream::unfold(receiver, |receiver| async move {
+            let mut receiver = receiver?;
+            loop {
+                match receiver.recv().await {
+                    Ok(refused) => return Some((refused, Some(receiver))),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "refused offline writes were not all read");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
     }
 
     pub(crate) fn websocket_url(&self) -> String {

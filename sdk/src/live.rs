@@ -6,6 +6,10 @@
 //! doubling backoff (100 ms to 5 s) and subscribes again with each subscription's last
 //! `resume` token, so the server sends exactly what was missed (or a fresh snapshot,
 //! which the task turns into the changes against what the listener had).
+//!
+//! With a local cache, a listener shows the server's result with the writes still
+//! queued for the server applied on top (`has_pending_writes`), and answers from the
+//! cache while the server cannot be reached.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -20,8 +24,8 @@ use hearth_types::{Document, Query};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::cache::Cache;
 use crate::docs::query_order;
+use crate::local::Local;
 use crate::transport::SocketSink;
 use crate::{Client, Error, Inner, Result};
 
@@ -51,6 +55,9 @@ pub struct Snapshot {
     pub docs: Vec<Document>,
     /// What changed since the previous snapshot; in the first, every document is `Added`.
     pub changes: Vec<DocChange>,
+    /// Whether `docs` shows writes made on this client that the server has not
+    /// confirmed yet (made offline, or waiting behind those).
+    pub has_pending_writes: bool,
 }
 
 /// A live document or query: a [`Stream`] of [`Snapshot`]s. It ends after an error (a
@@ -158,9 +165,9 @@ pub(crate) struct Live {
 }
 
 impl Live {
-    pub(crate) fn start(client: Weak<Inner>, cache: Option<Arc<Cache>>) -> Live {
+    pub(crate) fn start(client: Weak<Inner>, local: Option<Arc<Local>>) -> Live {
         let (commands, receiver) = mpsc::unbounded_channel();
-        let open = Open { cache, ..Open::default() };
+        let open = Open { local, ..Open::default() };
         tokio::spawn(run(client, receiver, open));
         Live { commands, next: Arc::new(AtomicU64::new(1)) }
     }
@@ -178,9 +185,51 @@ struct Subscription {
     events: mpsc::UnboundedSender<Result<Snapshot>>,
     /// The last `resume` token.
     resume: Option<String>,
-    /// Whether a first snapshot came (later ones become changes against `docs`).
+    /// Whether the server's first snapshot came (later ones become changes).
     seen: bool,
-    docs: Vec<Document>,
+    /// The result as the server (or, before it answered, the cache) has it.
+    server: Vec<Document>,
+    /// What the listener was last given, and whether it had pending writes.
+    shown: Vec<Document>,
+    shown_pending: bool,
+    /// Whether the listener has had a first snapshot.
+    delivered: bool,
+}
+
+impl Subscription {
+    fn new(target: Target, events: mpsc::UnboundedSender<Result<Snapshot>>) -> Subscription {
+        Subscription {
+            target,
+            events,
+            resume: None,
+            seen: false,
+            server: Vec::new(),
+            shown: Vec::new(),
+            shown_pending: false,
+            delivered: false,
+        }
+    }
+
+    /// Gives the listener the server's result with the queued writes applied, if it
+    /// differs from what it has. `server_changes` are the server's own changes, passed on
+    /// as they are (in the server's order) when no queued write is in the way.
+    fn show(&mut self, local: Option<&Local>, server_changes: Option<Vec<DocChange>>) {
+        let (view, pending) = match local {
+            Some(local) => local.overlay(&self.target, &self.server),
+            None => (self.server.clone(), false),
+        };
+        let changes = match server_changes {
+            Some(changes) if self.delivered && !pending && !self.shown_pending => changes,
+            _ => diff(&self.shown, &view, !self.delivered),
+        };
+        if self.delivered && changes.is_empty() && pending == self.shown_pending {
+            return;
+        }
+        self.shown.clone_from(&view);
+        self.shown_pending = pending;
+        self.delivered = true;
+        let _ = self.events.send(Ok(Snapshot { docs: view, changes, has_pending_writes: pending }));
+    }
 }
 
 struct Membership {
@@ -196,8 +245,9 @@ struct Open {
     /// Who the resume tokens were read as (a user id; `None`: no user): a token only
     /// means "what this caller saw", so another caller starts from fresh snapshots.
     identity: Option<String>,
-    /// Where documents that arrive are kept, if the client has a cache.
-    cache: Option<Arc<Cache>>,
+    /// Where documents that arrive are kept, and the writes queued for the server, if
+    /// the client has a cache.
+    local: Option<Arc<Local>>,
 }
 
 impl Open {
@@ -209,7 +259,7 @@ impl Open {
     fn apply(&mut self, command: Command) -> Option<ClientMessage> {
         match command {
             Command::Listen { id, target, events } => {
-                let subscription = Subscription { target, events, resume: None, seen: false, docs: Vec::new() };
+                let subscription = Subscription::new(target, events);
                 let message = subscribe(id, &subscription);
                 self.subs.insert(id, subscription);
                 Some(message)
@@ -241,18 +291,27 @@ impl Open {
         }
     }
 
-    /// While the server cannot be reached, a document listener that has had nothing yet
-    /// gets the document from the cache (a snapshot, without a `resume` token: the
+    /// While the server cannot be reached, a listener that has had nothing yet gets
+    /// what the cache holds, if anything (a snapshot without a `resume` token: the
     /// server's first snapshot then comes as the changes against it).
     fn answer_from_cache(&mut self) {
-        let Some(cache) = &self.cache else { return };
-        for subscription in self.subs.values_mut().filter(|subscription| !subscription.seen) {
-            let Target::Doc(path) = &subscription.target else { continue };
-            let Some(doc) = cache.get(path) else { continue };
-            subscription.seen = true;
-            subscription.docs = vec![doc];
-            let changes = diff(&[], &subscription.docs, true);
-            let _ = subscription.events.send(Ok(Snapshot { docs: subscription.docs.clone(), changes }));
+        let Some(local) = &self.local else { return };
+        for subscription in self.subs.values_mut().filter(|subscription| !subscription.delivered) {
+            subscription.server = match &subscription.target {
+                Target::Doc(path) => local.cache.get(path).into_iter().collect(),
+                Target::Query(query) => local.cached(query),
+            };
+            if !subscription.server.is_empty() || local.overlay(&subscription.target, &[]).1 {
+                subscription.show(Some(local), None);
+            }
+        }
+    }
+
+    /// The queue of local writes changed: every listener shows its new local view.
+    fn queue_changed(&mut self) {
+        let local = self.local.clone();
+        for subscription in self.subs.values_mut().filter(|subscription| subscription.delivered || subscription.seen) {
+            subscription.show(local.as_deref(), None);
         }
     }
 
@@ -271,14 +330,13 @@ impl Open {
         match message {
             ServerMessage::Snapshot { id, docs, resume } => {
                 let Some(subscription) = parse_id(&id).and_then(|id| self.subs.get_mut(&id)) else { return false };
-                if let Some(cache) = &self.cache {
-                    cache.put(&docs);
+                if let Some(local) = &self.local {
+                    local.cache.put(&docs);
                 }
-                let changes = diff(&subscription.docs, &docs, !subscription.seen);
-                subscription.docs = docs;
+                subscription.server = docs;
                 subscription.resume = Some(resume);
                 subscription.seen = true;
-                let _ = subscription.events.send(Ok(Snapshot { docs: subscription.docs.clone(), changes }));
+                subscription.show(self.local.as_deref(), None);
             }
             ServerMessage::Changes { id, changes, resume } => {
                 let Some(subscription) = parse_id(&id).and_then(|id| self.subs.get_mut(&id)) else { return false };
@@ -286,26 +344,26 @@ impl Open {
                 if changes.is_empty() {
                     return false;
                 }
-                if let Some(cache) = &self.cache {
+                if let Some(local) = &self.local {
                     let arrived: Vec<Document> = changes
                         .iter()
                         .filter(|change| change.kind != ChangeType::Removed)
                         .map(|change| change.doc.clone())
                         .collect();
-                    cache.put(&arrived);
+                    local.cache.put(&arrived);
                 }
                 let mut applied = Vec::with_capacity(changes.len());
                 for change in changes {
-                    subscription.docs.retain(|doc| doc.path != change.doc.path);
+                    subscription.server.retain(|doc| doc.path != change.doc.path);
                     if change.kind != ChangeType::Removed {
-                        subscription.docs.push(change.doc.clone());
+                        subscription.server.push(change.doc.clone());
                     }
                     applied.push(DocChange { kind: change.kind, doc: change.doc });
                 }
                 if let Target::Query(query) = &subscription.target {
-                    subscription.docs.sort_by(|a, b| query_order(query, a, b));
+                    subscription.server.sort_by(|a, b| query_order(query, a, b));
                 }
-                let _ = subscription.events.send(Ok(Snapshot { docs: subscription.docs.clone(), changes: applied }));
+                subscription.show(self.local.as_deref(), Some(applied));
             }
             ServerMessage::Error { id: Some(id), code, message, .. } => {
                 if let Some(subscription) = parse_id(&id).and_then(|id| self.subs.remove(&id)) {
@@ -368,6 +426,7 @@ fn diff(before: &[Document], after: &[Document], first: bool) -> Vec<DocChange> 
     let changed = after.iter().filter_map(|doc| match old.get(doc.path.as_str()) {
         None => Some(added(doc)),
         Some(was) if was.version != doc.version => Some(DocChange { kind: ChangeType::Modified, doc: doc.clone() }),
+        Some(was) if was.data != doc.data => Some(DocChange { kind: ChangeType::Modified, doc: doc.clone() }),
         Some(_) => None,
     });
     removed.chain(changed).collect()
@@ -381,6 +440,7 @@ async fn send(sink: &mut SocketSink, message: &ClientMessage) -> Result<()> {
 /// The socket task: connects while anything is open, until the client is gone.
 async fn run(client: Weak<Inner>, mut commands: mpsc::UnboundedReceiver<Command>, mut open: Open) {
     let mut backoff = FIRST_BACKOFF;
+    let mut queue = open.local.as_ref().map(|local| local.changes());
     loop {
         if open.is_empty() {
             match commands.recv().await {
@@ -402,13 +462,17 @@ async fn run(client: Weak<Inner>, mut commands: mpsc::UnboundedReceiver<Command>
             Err(error) => {
                 tracing::debug!(%error, ?backoff, "realtime connection failed; retrying");
                 open.answer_from_cache();
-                if !wait(&mut open, &mut commands, backoff).await {
+                if !wait(&mut open, &mut commands, &mut queue, backoff).await {
                     return;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
+        if let Some(local) = &open.local {
+            // The server answers again: send what was written meanwhile.
+            local.poke();
+        }
         let mut greeting = Vec::new();
         if let Some(token) = credential {
             greeting.push(ClientMessage::Auth { token });
@@ -469,10 +533,11 @@ async fn run(client: Weak<Inner>, mut commands: mpsc::UnboundedReceiver<Command>
                     }
                 }
                 _ = ping.tick() => healthy = send(&mut sink, &ClientMessage::Ping).await.is_ok(),
+                () = queue_changed(&mut queue) => open.queue_changed(),
             }
         }
         tracing::debug!(?backoff, "realtime connection lost; reconnecting");
-        if !wait(&mut open, &mut commands, backoff).await {
+        if !wait(&mut open, &mut commands, &mut queue, backoff).await {
             return;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -487,15 +552,39 @@ fn identity(client: &Client) -> Option<String> {
     client.current_user().map(|user| user.id)
 }
 
-/// Sleeps `backoff`, still taking commands; `false` when the client is gone.
-async fn wait(open: &mut Open, commands: &mut mpsc::UnboundedReceiver<Command>, backoff: Duration) -> bool {
+/// Resolves when the local write queue changed (never without a cache).
+async fn queue_changed(queue: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    let changed = match queue {
+        Some(receiver) => receiver.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Sleeps `backoff`, still taking commands and showing local writes; `false` when the
+/// client is gone.
+async fn wait(
+    open: &mut Open,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    queue: &mut Option<tokio::sync::watch::Receiver<u64>>,
+    backoff: Duration,
+) -> bool {
     let sleep = tokio::time::sleep(backoff);
     tokio::pin!(sleep);
     loop {
         tokio::select! {
             () = &mut sleep => return true,
+            () = queue_changed(queue) => {
+                open.queue_changed();
+                open.answer_from_cache();
+            }
             command = commands.recv() => match command {
-                Some(command) => drop(open.apply(command)),
+                Some(command) => {
+                    drop(open.apply(command));
+                    open.answer_from_cache();
+                }
                 None => return false,
             },
         }

@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub mod eval;
 pub mod realtime;
+pub mod time;
 pub mod value;
 
 /// A JSON object: the body of every document.

@@ -49,6 +49,17 @@ fn compare_numbers(x: &Number, y: &Number) -> Ordering {
     x.partial_cmp(&y).unwrap_or(Ordering::Equal)
 }
 
+/// A float as stored: integral values within `i64` become integers (`1.0` → `1`, as
+/// JavaScript sees it).
+pub fn normalized_float(f: f64) -> Number {
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
+    if f.fract() == 0.0 && (-LIMIT..LIMIT).contains(&f) {
+        Number::from(f as i64)
+    } else {
+        Number::from_f64(f).unwrap_or_else(|| Number::from(0))
+    }
+}
+
 /// The canonical text of a value: minified, object keys sorted (serde_json's default map).
 pub fn canonical(value: &Value) -> String {
     serde_json::to_string(value).unwrap_or_default()

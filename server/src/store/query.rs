@@ -12,7 +12,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use super::path::{CollectionPath, is_valid_id};
-use super::value::{self, compare, equal, lookup, type_rank};
+use super::value::{self, compare, equal, lookup};
 use super::{Error, StoredDoc};
 
 /// Default page size.
@@ -303,26 +303,7 @@ fn compare_positions(order: &[OrderKey], a: &[Value], a_path: &str, b: &[Value],
 
 /// The in-memory meaning of one filter; `value` is the field's value, `None` if absent.
 pub fn filter_matches(filter: &FieldFilter, value: Option<&Value>) -> bool {
-    let Some(value) = value else {
-        return false;
-    };
-    let wanted = &filter.value;
-    let same_type = type_rank(value) == type_rank(wanted);
-    let list = || wanted.as_array().map(Vec::as_slice).unwrap_or(&[]);
-    match filter.op {
-        Op::Eq => equal(value, wanted),
-        Op::Ne => !equal(value, wanted),
-        Op::Lt => same_type && compare(value, wanted) == Ordering::Less,
-        Op::Le => same_type && compare(value, wanted) != Ordering::Greater,
-        Op::Gt => same_type && compare(value, wanted) == Ordering::Greater,
-        Op::Ge => same_type && compare(value, wanted) != Ordering::Less,
-        Op::In => list().iter().any(|item| equal(value, item)),
-        Op::NotIn => !list().iter().any(|item| equal(value, item)),
-        Op::ArrayContains => value.as_array().is_some_and(|items| items.iter().any(|item| equal(item, wanted))),
-        Op::ArrayContainsAny => value
-            .as_array()
-            .is_some_and(|items| items.iter().any(|item| list().iter().any(|candidate| equal(item, candidate)))),
-    }
+    hearth_types::eval::op_matches(filter.op, &filter.value, value)
 }
 
 /// The wire spelling of an operator.

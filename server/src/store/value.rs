@@ -4,7 +4,7 @@
 //! The SQL compiler (`sqlite::sql`) encodes exactly these rules in SQL; the in-memory
 //! matcher (`query`) uses them directly. A randomized test keeps the two in agreement.
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 /// Deepest nesting a document may have (the document object itself is level 1).
 pub const MAX_DEPTH: usize = 32;
@@ -24,7 +24,7 @@ pub fn object(value: Value, what: &str) -> Result<Map<String, Value>, super::Err
     Err(super::Error::InvalidArgument(format!("{what} must be a JSON object, not {kind}")))
 }
 
-pub use hearth_types::value::{canonical, compare, equal, type_rank};
+pub use hearth_types::value::{canonical, compare, equal, normalized_float, type_rank};
 
 /// Why a value breaks the shape rules of a document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,16 +60,6 @@ pub fn normalize(value: &mut Value, depth: usize) -> Result<(), ShapeError> {
         _ => {}
     }
     Ok(())
-}
-
-/// A float as stored: integral values within `i64` become integers.
-pub fn normalized_float(f: f64) -> Number {
-    const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
-    if f.fract() == 0.0 && (-LIMIT..LIMIT).contains(&f) {
-        Number::from(f as i64)
-    } else {
-        Number::from_f64(f).unwrap_or_else(|| Number::from(0))
-    }
 }
 
 /// Checks a stored document: no `$` keys left anywhere (they are transforms, resolved

@@ -2,6 +2,7 @@
 //! preconditions, RFC 7396 merge, the four transforms and the shape limits. Every backend
 //! calls [`apply`] inside its transaction, so they cannot disagree on semantics.
 
+use hearth_types::eval::{Transforms, has_transform};
 use serde_json::{Map, Value};
 
 use super::value::{self, MAX_DOC_BYTES, ShapeError};
@@ -92,10 +93,6 @@ impl Prepared {
     }
 }
 
-fn has_transform(data: &Map<String, Value>) -> bool {
-    data.iter().any(|(key, value)| key.starts_with('$') || value.as_object().is_some_and(has_transform))
-}
-
 /// Applies `write` to `current` at time `now` (microseconds since the epoch).
 pub fn apply(current: Option<&StoredDoc>, prepared: Prepared, now: i64) -> Result<Effect, Error> {
     let Prepared { write, text, .. } = prepared;
@@ -116,7 +113,8 @@ pub fn apply(current: Option<&StoredDoc>, prepared: Prepared, now: i64) -> Resul
             }
         }
     }
-    let context = Transforms { now };
+    let server_time = || super::format_time(now);
+    let context = Transforms { now: &server_time };
     let (data, text) = match (write.op, current, text) {
         (WriteOp::Delete, Some(_), _) => return Ok(Effect::Delete),
         (WriteOp::Delete, None, _) => return Ok(Effect::Nothing),
@@ -129,11 +127,11 @@ pub fn apply(current: Option<&StoredDoc>, prepared: Prepared, now: i64) -> Resul
         // Settled by `Prepared::new`: nothing here depends on the stored document.
         (WriteOp::Create(data) | WriteOp::Set(data), _, Some(text)) => (data, text),
         (WriteOp::Create(data) | WriteOp::Set(data), current, None) => {
-            checked(context.materialize(&data, current.map(|doc| &doc.data))?)?
+            checked(context.materialize(&data, current.map(|doc| &doc.data)).map_err(Error::InvalidArgument)?)?
         }
         (WriteOp::Update(patch), Some(doc), _) => {
             let mut merged = doc.data.clone();
-            context.merge(&mut merged, &patch)?;
+            context.merge(&mut merged, &patch).map_err(Error::InvalidArgument)?;
             checked(merged)?
         }
     };
@@ -161,149 +159,6 @@ fn checked(mut data: Map<String, Value>) -> Result<(Map<String, Value>, String),
         return Err(Error::TooLarge(format!("document is {} bytes encoded; the limit is {MAX_DOC_BYTES}", text.len())));
     }
     Ok((data, text))
-}
-
-/// A transform found as a value: `{"$increment": 1}` and friends.
-enum Transform<'a> {
-    Increment(&'a serde_json::Number),
-    ServerTime,
-    ArrayUnion(&'a [Value]),
-    ArrayRemove(&'a [Value]),
-}
-
-fn transform_of(value: &Value) -> Result<Option<Transform<'_>>, Error> {
-    let Value::Object(map) = value else {
-        return Ok(None);
-    };
-    let Some((key, argument)) = map.iter().find(|(key, _)| key.starts_with('$')) else {
-        return Ok(None);
-    };
-    if map.len() != 1 {
-        return Err(Error::InvalidArgument(format!("a transform object holds only its `{key}` key")));
-    }
-    let transform = match (key.as_str(), argument) {
-        ("$increment", Value::Number(n)) => Transform::Increment(n),
-        ("$increment", _) => {
-            return Err(Error::InvalidArgument("`$increment` takes a number".into()));
-        }
-        ("$server_time", Value::Bool(true)) => Transform::ServerTime,
-        ("$server_time", _) => {
-            return Err(Error::InvalidArgument("`$server_time` takes `true`".into()));
-        }
-        ("$array_union", Value::Array(items)) => Transform::ArrayUnion(items),
-        ("$array_remove", Value::Array(items)) => Transform::ArrayRemove(items),
-        ("$array_union" | "$array_remove", _) => {
-            return Err(Error::InvalidArgument(format!("`{key}` takes an array")));
-        }
-        _ => {
-            return Err(Error::InvalidArgument(format!(
-                "unknown transform `{key}` (known: `$increment`, `$server_time`, `$array_union`, `$array_remove`)"
-            )));
-        }
-    };
-    Ok(Some(transform))
-}
-
-struct Transforms {
-    now: i64,
-}
-
-impl Transforms {
-    /// RFC 7396 merge of `patch` into `target`, resolving transforms against `target`.
-    fn merge(&self, target: &mut Map<String, Value>, patch: &Map<String, Value>) -> Result<(), Error> {
-        for (key, value) in patch {
-            if value.is_null() {
-                target.remove(key);
-                continue;
-            }
-            if let Some(transform) = transform_of(value)? {
-                let result = self.resolve(key, transform, target.get(key))?;
-                target.insert(key.clone(), result);
-                continue;
-            }
-            match value {
-                Value::Object(inner_patch) => {
-                    let slot = target.entry(key.clone()).or_insert_with(|| Value::Object(Map::new()));
-                    if !slot.is_object() {
-                        *slot = Value::Object(Map::new());
-                    }
-                    if let Value::Object(inner) = slot {
-                        self.merge(inner, inner_patch)?;
-                    }
-                }
-                other => {
-                    target.insert(key.clone(), other.clone());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The data of a create or set: kept as given (nulls included), transforms resolved
-    /// against the fields of the document being replaced.
-    fn materialize(
-        &self,
-        data: &Map<String, Value>,
-        current: Option<&Map<String, Value>>,
-    ) -> Result<Map<String, Value>, Error> {
-        let mut out = Map::new();
-        for (key, value) in data {
-            let before = current.and_then(|map| map.get(key));
-            let resolved = if let Some(transform) = transform_of(value)? {
-                self.resolve(key, transform, before)?
-            } else if let Value::Object(inner) = value {
-                Value::Object(self.materialize(inner, before.and_then(Value::as_object))?)
-            } else {
-                value.clone()
-            };
-            out.insert(key.clone(), resolved);
-        }
-        Ok(out)
-    }
-
-    fn resolve(&self, key: &str, transform: Transform<'_>, before: Option<&Value>) -> Result<Value, Error> {
-        Ok(match transform {
-            Transform::Increment(by) => match before {
-                None | Some(Value::Null) => Value::Number(by.clone()),
-                Some(Value::Number(current)) => Value::Number(add(current, by)),
-                Some(_) => {
-                    return Err(Error::InvalidArgument(format!("`$increment` on `{key}`, which is not a number")));
-                }
-            },
-            Transform::ServerTime => Value::String(super::format_time(self.now)),
-            Transform::ArrayUnion(items) => {
-                let mut array = existing_array(key, before)?;
-                for item in items {
-                    if !array.iter().any(|present| value::equal(present, item)) {
-                        array.push(item.clone());
-                    }
-                }
-                Value::Array(array)
-            }
-            Transform::ArrayRemove(items) => {
-                let mut array = existing_array(key, before)?;
-                array.retain(|present| !items.iter().any(|item| value::equal(present, item)));
-                Value::Array(array)
-            }
-        })
-    }
-}
-
-fn existing_array(key: &str, before: Option<&Value>) -> Result<Vec<Value>, Error> {
-    match before {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(items)) => Ok(items.clone()),
-        Some(_) => Err(Error::InvalidArgument(format!("array transform on `{key}`, which is not an array"))),
-    }
-}
-
-fn add(a: &serde_json::Number, b: &serde_json::Number) -> serde_json::Number {
-    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64())
-        && let Some(sum) = x.checked_add(y)
-    {
-        return serde_json::Number::from(sum);
-    }
-    value::normalized_float(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0))
 }
 
 #[cfg(test)]

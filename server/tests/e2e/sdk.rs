@@ -168,11 +168,7 @@ async fn every_api_area_through_the_sdk() {
 
 #[tokio::test]
 async fn listeners_see_every_change_once_across_a_server_restart() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        probe.local_addr().expect("addr").port()
-    };
-    let options = Options { addr: Some(format!("127.0.0.1:{port}")), ..Options::default() };
+    let options = Options { addr: Some(free_addr()), ..Options::default() };
     let mut app = App::spawn_with(options.clone()).await;
     let admin = admin(&app);
     admin.set_rules(RULES).await.expect("rules");
@@ -266,6 +262,12 @@ async fn a_listener_over_the_subscription_cap_fails_alone() {
     assert_eq!(change.changes[0].kind, ChangeType::Added);
 }
 
+/// A loopback address with a port free now, for a server restarted on the same port.
+fn free_addr() -> String {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    probe.local_addr().expect("addr").to_string()
+}
+
 /// The next item of a listener, within 10 s.
 async fn next(listener: &mut hearth_sdk::Listener) -> hearth_sdk::Result<hearth_sdk::Snapshot> {
     tokio::time::timeout(Duration::from_secs(10), listener.next()).await.expect("in time").expect("open")
@@ -353,4 +355,126 @@ async fn with_a_cache_documents_seen_before_answer_while_the_server_is_down() {
     let mut live = again.doc("notes/a").listen();
     let snapshot = next(&mut live).await.expect("a snapshot from the cache");
     assert_eq!((snapshot.docs.len(), snapshot.changes[0].kind), (1, ChangeType::Added));
+}
+
+/// Snapshots of `listener` until one meets `done`, within 30 s.
+async fn until(
+    listener: &mut hearth_sdk::Listener,
+    done: impl Fn(&hearth_sdk::Snapshot) -> bool,
+) -> hearth_sdk::Snapshot {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let snapshot = tokio::time::timeout_at(deadline, listener.next()).await.expect("in time").expect("open");
+        let snapshot = snapshot.expect("no error");
+        if done(&snapshot) {
+            return snapshot;
+        }
+    }
+}
+
+fn n_of(snapshot: &hearth_sdk::Snapshot, id: &str) -> Option<i64> {
+    snapshot.docs.iter().find(|doc| doc.id == id).and_then(|doc| doc.data["n"].as_i64())
+}
+
+#[tokio::test]
+async fn writes_made_offline_survive_an_app_restart_and_are_sent_in_order() {
+    let options = Options { addr: Some(free_addr()), ..Options::default() };
+    let mut app = App::spawn_with(options.clone()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("cache.db");
+    let offline_first =
+        || ClientOptions { service_key: Some(KEY.to_owned()), cache: Some(path.clone()), ..ClientOptions::default() };
+    let client = Client::with_options(&url(&app), offline_first()).expect("client");
+    client.doc("todos/t1").set(json!({"n": 1, "title": "milk"})).await.expect("online write");
+    let mut todos = client.collection("todos").query().order_by("n", Direction::Asc).listen();
+    let first = next(&mut todos).await.expect("snapshot");
+    assert!(!first.has_pending_writes);
+    app.kill_hard();
+
+    // Offline: every write answers at once from the local view and is queued.
+    let t2 = client.doc("todos/t2").set(json!({"n": 2, "title": "eggs"})).await.expect("queued");
+    assert_eq!(t2.version, 1);
+    let t2 = client.doc("todos/t2").update(json!({"n": {"$increment": 5}})).await.expect("queued");
+    assert_eq!((t2.data["n"].clone(), t2.version), (json!(7), 2), "applied over the queued set");
+    let t1 = client.doc("todos/t1").update(json!({"n": {"$increment": 10}})).await.expect("queued");
+    assert_eq!(t1.data["n"], json!(11));
+    let added = client.collection("todos").add(json!({"n": 3, "title": "bread"})).await.expect("queued");
+    assert_eq!(added.id.len(), 20);
+    let refused = client.doc("todos/t1").create(json!({"n": 0})).await.expect_err("exists in the local view");
+    assert_eq!(refused.code(), ErrorCode::AlreadyExists);
+    assert_eq!(client.pending_writes(), 4);
+    let local = until(&mut todos, |snapshot| snapshot.has_pending_writes && snapshot.docs.len() == 3).await;
+    let order: Vec<&str> = local.docs.iter().map(|doc| doc.id.as_str()).collect();
+    assert_eq!(order, [added.id.as_str(), "t2", "t1"], "in query order over the local view (n: 3, 7, 11)");
+    let page = client.collection("todos").query().filter("n", Op::Gt, 5).get().await.expect("from the cache");
+    assert_eq!(page.docs.len(), 2);
+    let read = client.doc("todos/t2").get().await.expect("local view").expect("queued document");
+    assert_eq!(read.data["title"], json!("eggs"));
+    drop(todos);
+    drop(client);
+
+    // The app restarts while the server is still down; then the server comes back.
+    let client = Client::with_options(&url(&app), offline_first()).expect("client");
+    assert_eq!(client.pending_writes(), 4, "the queue is in the cache file");
+    let mut todos = client.collection("todos").query().order_by("n", Direction::Asc).listen();
+    let from_cache = next(&mut todos).await.expect("answered from the cache");
+    assert!(from_cache.has_pending_writes);
+    assert_eq!((n_of(&from_cache, "t1"), n_of(&from_cache, "t2")), (Some(11), Some(7)));
+    let dir_of_server = app.dir();
+    let app = App::start_in(&dir_of_server, &options);
+    tokio::time::timeout(Duration::from_secs(30), client.wait_for_pending_writes()).await.expect("synced in time");
+    let admin = admin(&app);
+    let on_server = admin.collection("todos").query().order_by("n", Direction::Asc).get().await.expect("query");
+    let ns: Vec<(String, i64)> =
+        on_server.docs.iter().map(|doc| (doc.id.clone(), doc.data["n"].as_i64().unwrap_or(-1))).collect();
+    assert_eq!(ns, [(added.id.clone(), 3), ("t2".into(), 7), ("t1".into(), 11)], "each write once, in order");
+    let synced = until(&mut todos, |snapshot| !snapshot.has_pending_writes && snapshot.docs.len() == 3).await;
+    assert_eq!((n_of(&synced, "t1"), n_of(&synced, "t2")), (Some(11), Some(7)));
+}
+
+#[tokio::test]
+async fn an_offline_write_the_server_refuses_is_rolled_back_and_reported() {
+    let addr = free_addr();
+    let options = Options { addr: Some(addr.clone()), ..Options::default() };
+    let mut app = App::spawn_with(options.clone()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let offline_first = ClientOptions {
+        service_key: Some(KEY.to_owned()),
+        cache: Some(dir.path().join("cache.db")),
+        ..ClientOptions::default()
+    };
+    let client = Client::with_options(&url(&app), offline_first).expect("client");
+    let mut rejected = client.rejected_writes();
+    let seen = client.doc("todos/x").set(json!({"n": 1, "title": "a"})).await.expect("online write");
+    let mut x = client.doc("todos/x").listen();
+    next(&mut x).await.expect("snapshot");
+    app.kill_hard();
+
+    client.doc("todos/x").if_version(seen.version).update(json!({"title": "mine"})).await.expect("queued");
+    client.doc("todos/y").set(json!({"n": 2})).await.expect("queued behind it");
+    let mine = until(&mut x, |snapshot| snapshot.has_pending_writes).await;
+    assert_eq!(mine.docs[0].data["title"], json!("mine"));
+
+    // Meanwhile someone else changes the document (the server runs on another port,
+    // out of this client's reach), then the server comes back where the client looks.
+    let project = app.dir();
+    let other = Options { addr: Some(free_addr()), ..Options::default() };
+    let mut elsewhere = App::start_in(&project, &other);
+    admin(&elsewhere).doc("todos/x").update(json!({"title": "theirs"})).await.expect("their write");
+    elsewhere.terminate();
+    let app = App::start_in(&project, &options);
+
+    let refused =
+        tokio::time::timeout(Duration::from_secs(30), rejected.next()).await.expect("reported").expect("open");
+    assert_eq!(refused.error.code(), ErrorCode::FailedPrecondition);
+    assert_eq!((refused.writes.len(), refused.writes[0].path.as_str()), (1, "todos/x"));
+    tokio::time::timeout(Duration::from_secs(30), client.wait_for_pending_writes()).await.expect("synced in time");
+    let rolled_back =
+        until(&mut x, |snapshot| !snapshot.has_pending_writes && snapshot.docs[0].data["title"] == json!("theirs"))
+            .await;
+    assert_eq!(rolled_back.docs[0].version, 2);
+    let x_now = client.doc("todos/x").get().await.expect("read").expect("exists");
+    assert_eq!(x_now.data["title"], json!("theirs"));
+    let y = admin(&app).doc("todos/y").get().await.expect("read").expect("the write behind it went through");
+    assert_eq!(y.data["n"], json!(2));
 }
