@@ -8,6 +8,7 @@
 //! It also keeps the queue of writes made while offline (`pending`), in the order they
 //! were made, until the server has answered each.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -19,6 +20,9 @@ use crate::{Error, Result};
 /// The cache file. Calls are short single-row statements, run in place.
 pub(crate) struct Cache {
     conn: Mutex<Connection>,
+    /// The version the file holds of each document written or read this run: a read
+    /// that brings nothing newer (the common case) writes nothing.
+    known: Mutex<HashMap<String, i64>>,
 }
 
 fn fault(error: impl std::fmt::Display) -> Error {
@@ -29,20 +33,39 @@ impl Cache {
     pub(crate) fn open(path: &Path) -> Result<Cache> {
         let conn = Connection::open(path).map_err(fault)?;
         conn.execute_batch(
+            // NORMAL: a commit survives the app crashing (not the machine losing power),
+            // without an fsync on every document kept.
             "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
              CREATE TABLE IF NOT EXISTS docs (path TEXT PRIMARY KEY, doc TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY AUTOINCREMENT, writes TEXT NOT NULL);",
         )
         .map_err(fault)?;
-        Ok(Cache { conn: Mutex::new(conn) })
+        Ok(Cache { conn: Mutex::new(conn), known: Mutex::default() })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Keeps these documents (newer versions only replace older ones).
     pub(crate) fn put(&self, docs: &[Document]) {
+        let docs: Vec<&Document> = {
+            let mut known = self.known();
+            docs.iter()
+                .filter(|doc| match known.get(&doc.path) {
+                    Some(&version) if version >= doc.version => false,
+                    _ => {
+                        known.insert(doc.path.clone(), doc.version);
+                        true
+                    }
+                })
+                .collect()
+        };
         if docs.is_empty() {
             return;
         }
@@ -54,7 +77,7 @@ impl Cache {
                     "INSERT INTO docs (path, doc) VALUES (?1, ?2) ON CONFLICT (path) DO UPDATE SET doc = excluded.doc \
                      WHERE json_extract(docs.doc, '$.version') <= json_extract(excluded.doc, '$.version')",
                 )?;
-                for doc in docs {
+                for doc in &docs {
                     let text = serde_json::to_string(doc).unwrap_or_default();
                     upsert.execute(params![doc.path, text])?;
                 }
@@ -68,6 +91,7 @@ impl Cache {
 
     /// Forgets a document that is gone.
     pub(crate) fn remove(&self, path: &str) {
+        self.known().remove(path);
         if let Err(error) = self.conn().execute("DELETE FROM docs WHERE path = ?1", [path]) {
             tracing::warn!(%error, "cannot update the local cache");
         }
@@ -81,7 +105,9 @@ impl Cache {
             .optional()
             .ok()
             .flatten();
-        text.and_then(|text| serde_json::from_str(&text).ok())
+        let doc: Document = serde_json::from_str(&text?).ok()?;
+        self.known().insert(doc.path.clone(), doc.version);
+        Some(doc)
     }
 
     /// The documents directly in `collection` (for a group: every collection with that

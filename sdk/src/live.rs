@@ -189,8 +189,10 @@ struct Subscription {
     seen: bool,
     /// The result as the server (or, before it answered, the cache) has it.
     server: Vec<Document>,
-    /// What the listener was last given, and whether it had pending writes.
-    shown: Vec<Document>,
+    /// What the listener was last given, when that is not `server` (queued writes were
+    /// on top, or `server` just took a fresh snapshot): the result never costs two copies
+    /// while nothing is queued.
+    shown: Option<Vec<Document>>,
     shown_pending: bool,
     /// Whether the listener has had a first snapshot.
     delivered: bool,
@@ -204,7 +206,7 @@ impl Subscription {
             resume: None,
             seen: false,
             server: Vec::new(),
-            shown: Vec::new(),
+            shown: None,
             shown_pending: false,
             delivered: false,
         }
@@ -219,13 +221,13 @@ impl Subscription {
             None => (self.server.clone(), false),
         };
         let changes = match server_changes {
-            Some(changes) if self.delivered && !pending && !self.shown_pending => changes,
-            _ => diff(&self.shown, &view, !self.delivered),
+            Some(changes) if self.delivered && !pending && self.shown.is_none() => changes,
+            _ => diff(self.shown.as_deref().unwrap_or(&self.server), &view, !self.delivered),
         };
         if self.delivered && changes.is_empty() && pending == self.shown_pending {
             return;
         }
-        self.shown.clone_from(&view);
+        self.shown = pending.then(|| view.clone());
         self.shown_pending = pending;
         self.delivered = true;
         let _ = self.events.send(Ok(Snapshot { docs: view, changes, has_pending_writes: pending }));
@@ -333,7 +335,8 @@ impl Open {
                 if let Some(local) = &self.local {
                     local.cache.put(&docs);
                 }
-                subscription.server = docs;
+                let before = std::mem::replace(&mut subscription.server, docs);
+                subscription.shown.get_or_insert(before);
                 subscription.resume = Some(resume);
                 subscription.seen = true;
                 subscription.show(self.local.as_deref(), None);
@@ -351,6 +354,12 @@ impl Open {
                         .map(|change| change.doc.clone())
                         .collect();
                     local.cache.put(&arrived);
+                }
+                if subscription.shown.is_none()
+                    && self.local.as_ref().is_some_and(|local| local.touches(&subscription.target))
+                {
+                    // Queued writes now apply: keep what the listener has to tell the changes.
+                    subscription.shown = Some(subscription.server.clone());
                 }
                 let mut applied = Vec::with_capacity(changes.len());
                 for change in changes {

@@ -112,6 +112,11 @@ impl Local {
         paths.filter(|path| within(target, path)).cloned().collect()
     }
 
+    /// Whether a queued write concerns `target`.
+    pub(crate) fn touches(&self, target: &Target) -> bool {
+        !self.pending_in(target).is_empty()
+    }
+
     /// `base` (the server's state of `path`, as last known) with the queued writes to
     /// it applied.
     fn fold(&self, path: &str, base: Option<Document>) -> Option<Document> {
