@@ -357,7 +357,7 @@ impl Client {
             return Ok(());
         }
         let body = json!({ "refresh_token": current.refresh_token });
-        match self.send_with("POST", "/v1/auth/refresh", Some(&body), None, &[]).await {
+        match self.send_with("POST", "/v1/auth/refresh", Some(json_body(&body)?), None, &[]).await {
             Ok(answer) => {
                 let session: Session = decode(&answer.body)?;
                 self.set_session(Some(StoredSession::from_session(session)));
@@ -406,8 +406,9 @@ impl Client {
         body: Option<&Value>,
         headers: &[(&'static str, String)],
     ) -> Result<HttpResponse> {
+        let body = body.map(json_body).transpose()?;
         let credential = self.credential().await?;
-        let answer = self.send_with(method, path, body, credential.as_deref(), headers).await;
+        let answer = self.send_with(method, path, body.clone(), credential.as_deref(), headers).await;
         match answer {
             Err(Error::Api { code: ErrorCode::Unauthenticated, .. })
                 if credential.is_some() && self.inner.service_key.is_none() =>
@@ -420,11 +421,12 @@ impl Client {
         }
     }
 
+    /// One request; `body` is its content type and bytes.
     async fn send_with(
         &self,
         method: &'static str,
         path: &str,
-        body: Option<&Value>,
+        body: Option<(&'static str, Vec<u8>)>,
         credential: Option<&str>,
         extra: &[(&'static str, String)],
     ) -> Result<HttpResponse> {
@@ -432,13 +434,10 @@ impl Client {
         if let Some(credential) = credential {
             headers.push(("authorization", format!("Bearer {credential}")));
         }
-        let body = match body {
-            Some(body) => {
-                headers.push(("content-type", "application/json".into()));
-                Some(serde_json::to_vec(body).map_err(|error| Error::Protocol(error.to_string()))?)
-            }
-            None => None,
-        };
+        let body = body.map(|(content_type, bytes)| {
+            headers.push(("content-type", content_type.to_owned()));
+            bytes
+        });
         let request = HttpRequest { method, url: format!("{}{path}", self.inner.base), headers, body };
         let answer = self.inner.transport.send(request).await?;
         if (200..300).contains(&answer.status) {
@@ -603,24 +602,11 @@ impl Client {
         decode(&answer.body)
     }
 
+    /// A text body (admin calls, made with the service key).
     async fn raw(&self, method: &'static str, path: &str, body: &str) -> Result<HttpResponse> {
         let credential = self.credential().await?;
-        let mut headers = vec![("content-type", "text/plain".to_owned())];
-        if let Some(credential) = credential {
-            headers.push(("authorization", format!("Bearer {credential}")));
-        }
-        let request = HttpRequest {
-            method,
-            url: format!("{}{path}", self.inner.base),
-            headers,
-            body: Some(body.as_bytes().to_vec()),
-        };
-        let answer = self.inner.transport.send(request).await?;
-        if (200..300).contains(&answer.status) {
-            Ok(answer)
-        } else {
-            Err(Error::from_answer(answer.status, &answer.body))
-        }
+        let body = Some(("text/plain", body.as_bytes().to_vec()));
+        self.send_with(method, path, body, credential.as_deref(), &[]).await
     }
 
     /// The live connection, started on first use.
@@ -707,6 +693,12 @@ impl Client {
         let base = base.strip_prefix("http").map_or_else(|| base.clone(), |rest| format!("ws{rest}"));
         format!("{base}/v1/realtime")
     }
+}
+
+/// A JSON request body: its content type and bytes.
+fn json_body(value: &Value) -> Result<(&'static str, Vec<u8>)> {
+    let bytes = serde_json::to_vec(value).map_err(|error| Error::Protocol(error.to_string()))?;
+    Ok(("application/json", bytes))
 }
 
 /// Decodes a JSON answer.
