@@ -10,10 +10,13 @@ use serde::{Deserialize, Serialize};
 /// A signed-in session as the SDK keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredSession {
+    /// The bearer token of calls (short-lived).
     pub access_token: String,
+    /// Buys the next pair of tokens (used once).
     pub refresh_token: String,
     /// Unix seconds when `access_token` expires.
     pub expires_at: u64,
+    /// Who is signed in.
     pub user: User,
 }
 
@@ -71,6 +74,7 @@ pub struct FileTokenStore {
 }
 
 impl FileTokenStore {
+    /// A store in the file at `path` (made on the first sign-in).
     pub fn new(path: impl Into<PathBuf>) -> FileTokenStore {
         FileTokenStore { path: path.into() }
     }
@@ -108,7 +112,10 @@ pub enum SignIn {
     /// Signed in.
     Done(User),
     /// The user has TOTP on: finish with [`crate::Client::verify_mfa`] and a code.
-    MfaRequired { ticket: String },
+    MfaRequired {
+        /// Names this half-done sign-in for `verify_mfa` (valid for minutes).
+        ticket: String,
+    },
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ impl DocRef {
         DocRef { client, path: path.trim_matches('/').to_owned(), precondition: Precondition::None }
     }
 
+    /// The path, without leading or trailing `/`.
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -191,6 +192,7 @@ impl CollectionRef {
         CollectionRef { client, path: path.trim_matches('/').to_owned() }
     }
 
+    /// The path, without leading or trailing `/`.
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -377,21 +379,25 @@ impl Batch {
         self
     }
 
+    /// Adds a create (`already-exists` fails the batch).
     pub fn create(self, path: &str, data: impl Serialize) -> Batch {
         let data = serde_json::to_value(data).ok();
         self.push(BatchOp::Create, path, data, None)
     }
 
+    /// Adds a create-or-replace.
     pub fn set(self, path: &str, data: impl Serialize) -> Batch {
         let data = serde_json::to_value(data).ok();
         self.push(BatchOp::Set, path, data, None)
     }
 
+    /// Adds a deep merge with transforms (`not-found` fails the batch).
     pub fn update(self, path: &str, patch: impl Serialize) -> Batch {
         let data = serde_json::to_value(patch).ok();
         self.push(BatchOp::Update, path, data, None)
     }
 
+    /// Adds a delete.
     pub fn delete(self, path: &str) -> Batch {
         self.push(BatchOp::Delete, path, None, None)
     }

@@ -9,7 +9,14 @@ use serde_json::{Map, Value};
 pub enum Error {
     /// The server answered with an error of the contract.
     #[error("{code:?}: {message}")]
-    Api { code: ErrorCode, message: String, details: Map<String, Value> },
+    Api {
+        /// The contract's error code.
+        code: ErrorCode,
+        /// For people, not for matching.
+        message: String,
+        /// Structured context (e.g. `index` of the failing write of a batch).
+        details: Map<String, Value>,
+    },
     /// The server could not be reached, or the connection broke.
     #[error("cannot reach the server: {0}")]
     Network(String),

@@ -29,6 +29,8 @@
 //! The transport is a trait ([`Transport`]); [`NativeTransport`] (reqwest and
 //! tokio-tungstenite) is the default. There is no browser (wasm) transport yet.
 
+#![warn(missing_docs)]
+
 mod auth;
 mod cache;
 mod docs;
@@ -62,6 +64,7 @@ pub struct ClientOptions {
     pub service_key: Option<String>,
     /// Where the session is kept between runs (default: memory only).
     pub token_store: Arc<dyn TokenStore>,
+    /// How requests and the WebSocket travel (default: [`NativeTransport`]).
     pub transport: Arc<dyn Transport>,
     /// How long before it expires the access token is refreshed.
     pub refresh_margin: Duration,

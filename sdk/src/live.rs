@@ -43,6 +43,7 @@ pub(crate) enum Target {
 /// One document entering, changing in or leaving a listener's result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocChange {
+    /// Added to, modified in, or removed from the result.
     pub kind: ChangeType,
     /// As it is now; for `Removed`, as it was last seen.
     pub doc: Document,
@@ -87,9 +88,19 @@ impl Drop for Listener {
 pub enum ChannelEvent {
     /// Members that joined or changed state, and members that left, by member id; each
     /// member is `{uid, state}`. The first event after joining holds everyone present.
-    Presence { joins: Map<String, Value>, leaves: Map<String, Value> },
+    Presence {
+        /// Members that joined or changed state.
+        joins: Map<String, Value>,
+        /// Members that left.
+        leaves: Map<String, Value>,
+    },
     /// A message another member broadcast.
-    Broadcast { event: String, payload: Value },
+    Broadcast {
+        /// The name the sender gave it.
+        event: String,
+        /// What it carries.
+        payload: Value,
+    },
 }
 
 /// A realtime channel by name (e.g. `room:r1`), guarded by the `@channels/` rules.

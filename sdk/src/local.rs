@@ -35,6 +35,7 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 pub struct RejectedWrite {
     /// The writes, as queued (one for a single document write, several for a batch).
     pub writes: Vec<BatchWrite>,
+    /// Why the server refused it.
     pub error: Error,
 }
 

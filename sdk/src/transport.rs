@@ -13,8 +13,11 @@ use crate::error::{Error, Result};
 /// One HTTP request.
 #[derive(Debug, Clone)]
 pub struct HttpRequest {
+    /// `GET`, `POST`, ...
     pub method: &'static str,
+    /// The whole URL.
     pub url: String,
+    /// Header names in lower case, with their values.
     pub headers: Vec<(&'static str, String)>,
     /// JSON, or the raw body of a deploy.
     pub body: Option<Vec<u8>>,
@@ -23,7 +26,9 @@ pub struct HttpRequest {
 /// One HTTP answer.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
+    /// The HTTP status code.
     pub status: u16,
+    /// The whole body (the SDK's answers are small JSON documents).
     pub body: Vec<u8>,
 }
 
@@ -34,6 +39,7 @@ pub type SocketStream = Pin<Box<dyn Stream<Item = Result<String>> + Send>>;
 
 /// What the SDK needs from the platform.
 pub trait Transport: Send + Sync + 'static {
+    /// Sends one request; `Error::Network` if no answer came.
     fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse>>;
     /// Opens a WebSocket to `url` (`ws://` or `wss://`).
     fn connect(&self, url: String) -> BoxFuture<'_, Result<(SocketSink, SocketStream)>>;
@@ -46,6 +52,7 @@ pub struct NativeTransport {
 }
 
 impl NativeTransport {
+    /// A transport with its own connection pool.
     pub fn new() -> NativeTransport {
         NativeTransport::default()
     }
