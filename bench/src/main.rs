@@ -307,7 +307,7 @@ fn start_hearth_at(dir: &std::path::Path, port: u16) -> Hearth {
         .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--dir"])
         .arg(dir)
         .env("HEARTH_SERVICE_KEY", KEY)
-        .env("RUST_LOG", "info,tower_http=off");
+        .env("RUST_LOG", "info,hearth::access=off");
     let (child, addr) = start(command);
     Hearth { child, addr, _dir: None }
 }
@@ -329,7 +329,7 @@ fn start_hearth(group_commit: bool) -> Hearth {
         // phases measure hashing, not the limiter.
         .env("HEARTH_AUTH__RATE_LIMIT__PER_IP_PER_MINUTE", "100000000")
         .env("HEARTH_AUTH__RATE_LIMIT__PER_IP_BURST", "100000000")
-        .env("RUST_LOG", "info,tower_http=off");
+        .env("RUST_LOG", "info,hearth::access=off");
     let (child, addr) = start(command);
     Hearth { child, addr, _dir: Some(dir) }
 }

@@ -13,15 +13,11 @@ pub mod state;
 pub mod system;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::HeaderName;
+use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowMethods, AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
 use utoipa::OpenApi;
 
 pub use state::{AppState, Services};
@@ -74,29 +70,6 @@ impl utoipa::Modify for BearerAuth {
 
 /// Auth bodies are small; a profile is at most 64 KiB.
 const AUTH_BODY_LIMIT: usize = 128 * 1024;
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Request ids in UUID v4 form from the thread's userspace RNG (a UUID crate v4 asks the
-/// kernel for randomness on every request). A client's own `x-request-id` is kept.
-#[derive(Clone, Copy)]
-struct RandomRequestId;
-
-impl MakeRequestId for RandomRequestId {
-    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
-        let bits: u128 = rand::random();
-        let bits = (bits & !(0xF000 << 64) & !(0xC << 60)) | (0x4000 << 64) | (0x8 << 60);
-        let text = format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            (bits >> 96) as u32,
-            (bits >> 80) as u16,
-            (bits >> 64) as u16,
-            (bits >> 48) as u16,
-            bits & 0xFFFF_FFFF_FFFF
-        );
-        axum::http::HeaderValue::from_str(&text).ok().map(RequestId::new)
-    }
-}
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
@@ -165,21 +138,6 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(system::panic_response))
         .layer(cors())
         .layer(observe::ObserveLayer)
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    let id = request
-                        .extensions()
-                        .get::<RequestId>()
-                        .and_then(|id| id.header_value().to_str().ok())
-                        .unwrap_or_default();
-                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
-                })
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
-        )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
         .with_state(state)
 }
 
@@ -191,23 +149,6 @@ fn cors() -> CorsLayer {
         .allow_origin(AllowOrigin::any())
         .allow_methods(AllowMethods::any())
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH, header::IF_NONE_MATCH])
-        .expose_headers([header::ETAG, header::LOCATION, REQUEST_ID, header::RETRY_AFTER])
+        .expose_headers([header::ETAG, header::LOCATION, observe::REQUEST_ID, header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(3600))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_version_4_uuids() {
-        let request = axum::http::Request::new(());
-        let id = RandomRequestId.make_request_id(&request).expect("an id");
-        let text = id.header_value().to_str().expect("ascii").to_owned();
-        assert_eq!(text.len(), 36);
-        assert_eq!(text.as_bytes()[14], b'4', "{text}");
-        assert!(matches!(text.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{text}");
-        let other = RandomRequestId.make_request_id(&request).expect("an id");
-        assert_ne!(other.header_value(), id.header_value());
-    }
 }

@@ -1,9 +1,13 @@
-//! The outermost application layer: request metrics by route, method and status, the log
-//! line of internal errors (inside the request's span), and the contract's error shape for
-//! every error answer that did not come from an [`ApiError`] (axum's own 405 or 413).
+//! The outermost application layer: the request id (the client's `x-request-id`, or a
+//! new one, answered in the same header), the request's span (method, path, id) around
+//! everything the request does, one log line per answer (target `hearth::access`),
+//! request metrics by route, method and status, the log line of internal errors, and the
+//! contract's error shape for every error answer that did not come from an [`ApiError`]
+//! (axum's own 405 or 413).
 //!
-//! Written as a tower layer rather than `middleware::from_fn`: it runs on every request,
-//! and this way it costs no boxed future and no labelled-key lookup per request.
+//! One hand-written tower layer rather than tower-http's request-id, propagate and trace
+//! layers plus a `middleware::from_fn`: it runs on every request, and this way it costs
+//! one future, no boxing, no wrapped body and no labelled-key lookup per request.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,7 +17,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hearth_types::ErrorCode;
 use tower::{Layer, Service};
@@ -50,11 +54,46 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let started = Instant::now();
         let method = request.method().clone();
         let route = request.extensions().get::<MatchedPath>().cloned();
-        ObserveFuture { inner: self.inner.call(request), started: Instant::now(), method, route }
+        let id = match request.headers().get(&REQUEST_ID) {
+            Some(id) if !id.is_empty() && id.len() <= 200 && id.to_str().is_ok() => id.clone(),
+            _ => {
+                let id = new_request_id();
+                request.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let span = tracing::info_span!(
+            "request",
+            method = %method,
+            path = %request.uri().path(),
+            request_id = id.to_str().unwrap_or_default(),
+        );
+        let inner = span.in_scope(|| self.inner.call(request));
+        ObserveFuture { inner, started, method, route, id: Some(id), span }
     }
+}
+
+/// The header that carries the request id both ways.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A request id in UUID v4 form from the thread's userspace RNG (a UUID crate v4 asks
+/// the kernel for randomness on every request).
+fn new_request_id() -> HeaderValue {
+    let bits: u128 = rand::random();
+    let bits = (bits & !(0xF000 << 64) & !(0xC << 60)) | (0x4000 << 64) | (0x8 << 60);
+    let text = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        (bits >> 96) as u32,
+        (bits >> 80) as u16,
+        (bits >> 64) as u16,
+        (bits >> 48) as u16,
+        bits & 0xFFFF_FFFF_FFFF
+    );
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 pin_project_lite::pin_project! {
@@ -65,6 +104,8 @@ pin_project_lite::pin_project! {
         started: Instant,
         method: Method,
         route: Option<MatchedPath>,
+        id: Option<HeaderValue>,
+        span: tracing::Span,
     }
 }
 
@@ -76,6 +117,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         let mut response = ready!(this.inner.poll(cx))?;
         if let Some(InternalCause(cause)) = response.extensions_mut().remove::<InternalCause>() {
             tracing::error!(%cause, "internal error");
@@ -84,8 +126,14 @@ where
         if (status.is_client_error() || status.is_server_error()) && response.extensions().get::<Shaped>().is_none() {
             response = reshape(response);
         }
+        if let Some(id) = this.id.take() {
+            response.headers_mut().insert(REQUEST_ID, id);
+        }
+        let seconds = this.started.elapsed().as_secs_f64();
+        let status = response.status().as_u16();
+        tracing::info!(target: "hearth::access", status, latency_ms = seconds * 1000.0, "answered");
         let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
-        REQUEST_METRICS.record(route, this.method, response.status().as_u16(), this.started.elapsed().as_secs_f64());
+        REQUEST_METRICS.record(route, this.method, status, seconds);
         Poll::Ready(Ok(response))
     }
 }
@@ -161,5 +209,18 @@ impl RequestMetrics {
         handles.record(seconds);
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
         routes.entry(route.to_owned()).or_default().push(Labelled { method: method.clone(), status, handles });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let id = super::new_request_id();
+        let text = id.to_str().expect("ascii").to_owned();
+        assert_eq!(text.len(), 36);
+        assert_eq!(text.as_bytes()[14], b'4', "{text}");
+        assert!(matches!(text.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "{text}");
+        assert_ne!(super::new_request_id(), id);
     }
 }
