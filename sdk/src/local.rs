@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hearth_types::eval::Transforms;
 use hearth_types::time::{format_time, now_micros};
@@ -48,7 +48,33 @@ struct Entry {
     /// server version beyond it may already hold the write, so it is not applied again
     /// on top (a `$increment` would show twice until the answer comes).
     sent_over: Option<HashMap<String, i64>>,
+    /// Once the server took it: when, and the version it left on each document (0: a
+    /// delete). No longer pending; kept a while so that a listener whose server result
+    /// is older still shows it, instead of the document going back and forth until the
+    /// change arrives over the socket.
+    confirmed: Option<(Instant, HashMap<String, i64>)>,
 }
+
+impl Entry {
+    fn is_pending(&self) -> bool {
+        self.confirmed.is_none()
+    }
+
+    /// Whether a server state at `server_version` (0: absent) may already hold this
+    /// entry's write to `path`.
+    fn reached(&self, path: &str, server_version: i64) -> bool {
+        let seen = self.sent_over.as_ref().and_then(|sent| sent.get(path)).copied();
+        let left = self.confirmed.as_ref().and_then(|(_, left)| left.get(path)).copied();
+        match (left, seen) {
+            (Some(left), _) if left > 0 => server_version >= left,
+            (_, Some(seen)) => server_version > seen || (left == Some(0) && server_version == 0),
+            _ => false,
+        }
+    }
+}
+
+/// How long a confirmed entry still shows to listeners that have not had its change.
+const SHOWN_AFTER_CONFIRMED: Duration = Duration::from_secs(10);
 
 /// The cache and the write queue of a client.
 pub(crate) struct Local {
@@ -69,7 +95,11 @@ pub(crate) fn unreachable(error: &Error) -> bool {
 impl Local {
     pub(crate) fn open(path: &Path) -> Result<Local> {
         let cache = Cache::open(path)?;
-        let queue = cache.pending().into_iter().map(|(seq, writes)| Entry { seq, writes, sent_over: None }).collect();
+        let queue = cache
+            .pending()
+            .into_iter()
+            .map(|(seq, writes)| Entry { seq, writes, sent_over: None, confirmed: None })
+            .collect();
         Ok(Local {
             cache,
             queue: Mutex::new(queue),
@@ -85,7 +115,7 @@ impl Local {
 
     /// How many entries wait for the server.
     pub(crate) fn pending(&self) -> usize {
-        self.queue().len()
+        self.queue().iter().filter(|entry| entry.is_pending()).count()
     }
 
     pub(crate) fn changes(&self) -> watch::Receiver<u64> {
@@ -103,19 +133,26 @@ impl Local {
 
     /// Whether a queued write touches `path`.
     pub(crate) fn is_pending(&self, path: &str) -> bool {
-        self.queue().iter().any(|entry| entry.writes.iter().any(|write| write.path == path))
+        self.queue().iter().any(|entry| entry.is_pending() && entry.writes.iter().any(|write| write.path == path))
     }
 
-    /// The documents with queued writes that `target` could show.
-    fn pending_in(&self, target: &Target) -> HashSet<String> {
-        let queue = self.queue();
-        let paths = queue.iter().flat_map(|entry| entry.writes.iter().map(|write| &write.path));
-        paths.filter(|path| within(target, path)).cloned().collect()
+    /// The documents `target` could show that queued (or just confirmed) writes touch,
+    /// and whether a pending one does.
+    fn written_in(&self, target: &Target) -> (HashSet<String>, bool) {
+        let mut paths = HashSet::new();
+        let mut pending = false;
+        for entry in self.queue().iter() {
+            for write in entry.writes.iter().filter(|write| within(target, &write.path)) {
+                pending |= entry.is_pending();
+                paths.insert(write.path.clone());
+            }
+        }
+        (paths, pending)
     }
 
     /// Whether a queued write concerns `target`.
     pub(crate) fn touches(&self, target: &Target) -> bool {
-        !self.pending_in(target).is_empty()
+        !self.written_in(target).0.is_empty()
     }
 
     /// `base` (the server's state of `path`, as last known) with the queued writes to
@@ -124,7 +161,7 @@ impl Local {
         let server_version = base.as_ref().map_or(0, |doc| doc.version);
         let mut doc = base;
         for entry in self.queue().iter() {
-            if entry.sent_over.as_ref().and_then(|sent| sent.get(path)).is_some_and(|&seen| server_version > seen) {
+            if entry.reached(path, server_version) {
                 continue;
             }
             for write in entry.writes.iter().filter(|write| write.path == path) {
@@ -145,7 +182,7 @@ impl Local {
     /// A target's result from the server (`server`) with the queued writes applied, and
     /// whether any of them concern it.
     pub(crate) fn overlay(&self, target: &Target, server: &[Document]) -> (Vec<Document>, bool) {
-        let paths = self.pending_in(target);
+        let (paths, pending) = self.written_in(target);
         if paths.is_empty() {
             return (server.to_vec(), false);
         }
@@ -164,7 +201,7 @@ impl Local {
                 docs.truncate(limit as usize);
             }
         }
-        (docs, true)
+        (docs, pending)
     }
 
     /// The matching cached documents of a query, in order, limited: the server's result
@@ -206,16 +243,17 @@ impl Local {
             results.push(doc);
         }
         let seq = self.cache.push_pending(&writes)?;
-        self.queue().push(Entry { seq, writes, sent_over: None });
+        self.queue().push(Entry { seq, writes, sent_over: None, confirmed: None });
         self.changed.send_modify(|generation| *generation += 1);
         self.poke();
         Ok(results)
     }
 
-    /// The oldest entry, marked as sent.
+    /// The oldest pending entry, marked as sent.
     fn next(&self) -> Option<Entry> {
         let mut queue = self.queue();
-        let entry = queue.first_mut()?;
+        queue.retain(|entry| entry.confirmed.as_ref().is_none_or(|(at, _)| at.elapsed() < SHOWN_AFTER_CONFIRMED));
+        let entry = queue.iter_mut().find(|entry| entry.is_pending())?;
         let versions = entry
             .writes
             .iter()
@@ -224,8 +262,17 @@ impl Local {
         Some(entry.clone())
     }
 
-    /// The server answered `seq` (it is in the cache now, or was refused).
-    fn done(&self, seq: i64) {
+    /// The server took `seq`, leaving these versions (its documents are in the cache).
+    fn confirmed(&self, seq: i64, left: HashMap<String, i64>) {
+        self.cache.drop_pending(seq);
+        if let Some(entry) = self.queue().iter_mut().find(|entry| entry.seq == seq) {
+            entry.confirmed = Some((Instant::now(), left));
+        }
+        self.changed.send_modify(|generation| *generation += 1);
+    }
+
+    /// The server refused `seq`: it is dropped, so the local view rolls back.
+    fn refused(&self, seq: i64) {
         self.cache.drop_pending(seq);
         self.queue().retain(|entry| entry.seq != seq);
         self.changed.send_modify(|generation| *generation += 1);
@@ -307,9 +354,9 @@ pub(crate) async fn send_queue(client: Weak<Inner>) {
             continue;
         };
         match send(&client_now, &entry).await {
-            Ok(()) => {
+            Ok(left) => {
                 retry = FIRST_RETRY;
-                local.done(entry.seq);
+                local.confirmed(entry.seq, left);
             }
             Err(error) if unreachable(&error) => {
                 drop(client_now);
@@ -322,7 +369,7 @@ pub(crate) async fn send_queue(client: Weak<Inner>) {
             }
             Err(error) => {
                 tracing::warn!(%error, "the server refused a write made offline; rolled back");
-                local.done(entry.seq);
+                local.refused(entry.seq);
                 let _ = local.rejected.send(RejectedWrite { writes: entry.writes, error });
             }
         }
@@ -330,25 +377,28 @@ pub(crate) async fn send_queue(client: Weak<Inner>) {
 }
 
 /// Sends one entry: a single write through the document routes (whose answer is the
-/// document, kept in the cache), several as a batch.
-async fn send(client: &Client, entry: &Entry) -> Result<()> {
-    let Some(local) = client.local() else { return Ok(()) };
+/// document, kept in the cache), several as a batch. The version each document was left
+/// at (0: deleted).
+async fn send(client: &Client, entry: &Entry) -> Result<HashMap<String, i64>> {
+    let Some(local) = client.local() else { return Ok(HashMap::new()) };
     if let [write] = entry.writes.as_slice() {
-        return match crate::docs::send_write(client, write).await? {
+        let version = match crate::docs::send_write(client, write).await? {
             Some(doc) => {
                 local.cache.put(std::slice::from_ref(&doc));
-                Ok(())
+                doc.version
             }
             None => {
                 local.cache.remove(&write.path);
-                Ok(())
+                0
             }
         };
+        return Ok(HashMap::from([(write.path.clone(), version)]));
     }
     let body = serde_json::json!({ "writes": entry.writes });
     let answer: BatchResponse = decode(&client.request("POST", "/v1/batch", Some(&body)).await?.body)?;
     // The batch answers versions, not documents: the cache takes the writes applied to
     // what it had, at the versions the server gave.
+    let mut left = HashMap::new();
     for (write, result) in entry.writes.iter().zip(answer.results) {
         match apply(local.cache.get(&write.path).as_ref(), write) {
             Ok(Some(mut doc)) => {
@@ -357,8 +407,9 @@ async fn send(client: &Client, entry: &Entry) -> Result<()> {
             }
             _ => local.cache.remove(&write.path),
         }
+        left.insert(write.path.clone(), result.version);
     }
-    Ok(())
+    Ok(left)
 }
 
 #[cfg(test)]
@@ -398,9 +449,18 @@ mod tests {
             serde_json::from_value(json!({"collection": "todos", "where": [{"field": "n", "op": ">", "value": 2}]}))
                 .expect("query");
         assert_eq!(local.query(&query).len(), 1);
+        // The server takes the create: no longer pending, but a listener whose server
+        // result does not have it yet still sees it; once it does, it is not applied twice.
         let entry = local.next().expect("first entry");
-        local.done(entry.seq);
+        local.confirmed(entry.seq, HashMap::from([("todos/a".to_owned(), 1)]));
         assert_eq!(local.pending(), 1);
-        assert!(local.is_pending("todos/a"));
+        assert!(local.is_pending("todos/a"), "the update still waits");
+        let target = Target::Query(query);
+        assert_eq!(local.overlay(&target, &[]).0.len(), 1);
+        let on_server = apply(None, &write(BatchOp::Create, "todos/a", json!({"n": 1, "tags": ["x"]})))
+            .expect("applies")
+            .expect("a document");
+        let (shown, pending) = local.overlay(&target, &[on_server]);
+        assert_eq!((shown[0].data["n"].clone(), pending), (json!(3), true), "the create once, the update on top");
     }
 }
