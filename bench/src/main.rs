@@ -300,15 +300,20 @@ fn start(mut command: Command) -> (Child, SocketAddr) {
     (child, addr)
 }
 
-/// A server on `dir` at `127.0.0.1:port` (to restart it on the same data and port).
-fn start_hearth_at(dir: &std::path::Path, port: u16) -> Hearth {
+/// `hearth serve` on `dir` at `addr`, with the bench's key and request logs off.
+fn serve_command(dir: &std::path::Path, addr: &str) -> Command {
     let mut command = Command::new(server_binary());
     command
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--dir"])
+        .args(["serve", "--addr", addr, "--dir"])
         .arg(dir)
         .env("HEARTH_SERVICE_KEY", KEY)
         .env("RUST_LOG", "info,hearth::access=off");
-    let (child, addr) = start(command);
+    command
+}
+
+/// A server on `dir` at `127.0.0.1:port` (to restart it on the same data and port).
+fn start_hearth_at(dir: &std::path::Path, port: u16) -> Hearth {
+    let (child, addr) = start(serve_command(dir, &format!("127.0.0.1:{port}")));
     Hearth { child, addr, _dir: None }
 }
 
@@ -319,17 +324,13 @@ fn start_hearth(group_commit: bool) -> Hearth {
         "[[indexes]]\ncollection = \"items\"\nfields = [\"owner\", \"score desc\"]\n",
     )
     .expect("config");
-    let mut command = Command::new(server_binary());
+    let mut command = serve_command(dir.path(), "127.0.0.1:0");
     command
-        .args(["serve", "--addr", "127.0.0.1:0", "--dir"])
-        .arg(dir.path())
-        .env("HEARTH_SERVICE_KEY", KEY)
         .env("HEARTH_STORE__GROUP_COMMIT", group_commit.to_string())
         // Every request comes from loopback: lift the per-IP sign-in limit so the login
         // phases measure hashing, not the limiter.
         .env("HEARTH_AUTH__RATE_LIMIT__PER_IP_PER_MINUTE", "100000000")
-        .env("HEARTH_AUTH__RATE_LIMIT__PER_IP_BURST", "100000000")
-        .env("RUST_LOG", "info,hearth::access=off");
+        .env("HEARTH_AUTH__RATE_LIMIT__PER_IP_BURST", "100000000");
     let (child, addr) = start(command);
     Hearth { child, addr, _dir: Some(dir) }
 }
