@@ -623,8 +623,12 @@ impl Client {
     pub(crate) fn local(&self) -> Option<&local::Local> {
         let local = self.inner.local.as_deref()?;
         let mut sender = self.inner.sender.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if sender.is_none() {
-            *sender = Some(tokio::spawn(local::send_queue(Arc::downgrade(&self.inner))));
+        // Outside a runtime (a sync call such as `rejected_writes`), the next async call
+        // starts it.
+        if sender.is_none()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            *sender = Some(runtime.spawn(local::send_queue(Arc::downgrade(&self.inner))));
         }
         Some(local)
     }
@@ -707,4 +711,20 @@ fn json_body(value: &Value) -> Result<(&'static str, Vec<u8>)> {
 /// Decodes a JSON answer.
 pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|error| Error::Protocol(format!("{error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offline_first_client_is_usable_outside_a_runtime() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = ClientOptions { cache: Some(dir.path().join("cache.db")), ..ClientOptions::default() };
+        let client = Client::with_options("http://127.0.0.1:9", options).expect("client");
+        assert_eq!(client.pending_writes(), 0);
+        drop(client.rejected_writes());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(client.wait_for_pending_writes());
+    }
 }
