@@ -288,7 +288,7 @@ impl QueryBuilder {
     }
 
     /// One page; `cursor` in the answer fetches the next. With a cache, writes not yet
-    /// confirmed by the server show in it, and while the server cannot be reached the
+    /// confirmed by the server show in the first page, and while the server cannot be reached the
     /// first page is answered from the cache (without a `cursor`).
     pub async fn get(&self) -> Result<QueryPage> {
         let body = serde_json::to_value(&self.query).map_err(|error| Error::Protocol(error.to_string()))?;
@@ -303,7 +303,11 @@ impl QueryBuilder {
         };
         if let Some(local) = local {
             local.cache.put(&page.docs);
-            page.docs = local.overlay(&Target::Query(self.query.clone()), &page.docs).0;
+            // Queued writes show on the first page only: on a later one they could land
+            // before its cursor.
+            if self.query.cursor.is_none() {
+                page.docs = local.overlay(&Target::Query(self.query.clone()), &page.docs).0;
+            }
         }
         Ok(page)
     }
