@@ -205,30 +205,24 @@ impl CollectionRef {
     /// Creates a document with a server-made id (offline, with a cache: a random id
     /// made here, and the create queued).
     pub async fn add(&self, data: impl Serialize) -> Result<Document> {
-        let body = Value::Object(to_object(data)?);
-        let local = self.client.local();
-        if local.is_none_or(|local| local.pending() == 0) {
-            match self.client.request("POST", &format!("/v1/docs/{}", self.path), Some(&body)).await {
-                Ok(answer) => {
-                    let doc: Document = decode(&answer.body)?;
-                    if let Some(local) = local {
-                        local.cache.put(std::slice::from_ref(&doc));
-                    }
-                    return Ok(doc);
+        let create = BatchWrite {
+            op: BatchOp::Create,
+            path: format!("{}/{}", self.path, local_id()),
+            data: Some(Value::Object(to_object(data)?)),
+            if_version: None,
+        };
+        let url = format!("/v1/docs/{}", self.path);
+        let online = self.client.request("POST", &url, create.data.as_ref());
+        match send_or_queue(&self.client, std::slice::from_ref(&create), online).await? {
+            Sent(answer) => {
+                let doc: Document = decode(&answer.body)?;
+                if let Some(local) = self.client.local() {
+                    local.cache.put(std::slice::from_ref(&doc));
                 }
-                Err(error) if local.is_some() && unreachable(&error) => {}
-                Err(error) => return Err(error),
+                Ok(doc)
             }
+            Queued(mut docs) => docs.pop().flatten().ok_or_else(|| Error::Protocol("a create left no document".into())),
         }
-        let id = local_id();
-        self.doc(&id)
-            .written(BatchWrite {
-                op: BatchOp::Create,
-                path: format!("{}/{id}", self.path),
-                data: Some(body),
-                if_version: None,
-            })
-            .await
     }
 
     /// A query over this collection.
@@ -288,8 +282,8 @@ impl QueryBuilder {
     }
 
     /// One page; `cursor` in the answer fetches the next. With a cache, writes not yet
-    /// confirmed by the server show in the first page, and while the server cannot be reached the
-    /// first page is answered from the cache (without a `cursor`).
+    /// confirmed by the server show in the first page, and while the server cannot be
+    /// reached the first page is answered from the cache (without a `cursor`).
     pub async fn get(&self) -> Result<QueryPage> {
         let body = serde_json::to_value(&self.query).map_err(|error| Error::Protocol(error.to_string()))?;
         let local = self.client.local();
@@ -418,18 +412,12 @@ impl Batch {
     /// index in the error's `details`. With a cache, a batch the server cannot take now
     /// is applied locally and queued as a whole.
     pub async fn commit(self) -> Result<Vec<i64>> {
-        let local = self.client.local();
-        if local.is_none_or(|local| local.pending() == 0) {
-            let body = serde_json::json!({ "writes": self.writes });
-            match self.client.post_json::<BatchResponse>("/v1/batch", &body).await {
-                Ok(answer) => return Ok(answer.results.into_iter().map(|result| result.version).collect()),
-                Err(error) if local.is_some() && unreachable(&error) => {}
-                Err(error) => return Err(error),
-            }
-        }
-        let Some(local) = local else { return Err(Error::Protocol("no local cache".into())) };
-        let docs = local.enqueue(self.writes)?;
-        Ok(docs.iter().map(|doc| doc.as_ref().map_or(0, |doc| doc.version)).collect())
+        let body = serde_json::json!({ "writes": self.writes });
+        let online = self.client.post_json::<BatchResponse>("/v1/batch", &body);
+        Ok(match send_or_queue(&self.client, &self.writes, online).await? {
+            Sent(answer) => answer.results.into_iter().map(|result| result.version).collect(),
+            Queued(docs) => docs.iter().map(|doc| doc.as_ref().map_or(0, |doc| doc.version)).collect(),
+        })
     }
 }
 
@@ -492,27 +480,42 @@ impl Transaction {
 /// server that cannot be reached queues it: applied locally at once, sent when the server
 /// answers again. The document after the write (`None` after a delete).
 pub(crate) async fn write_one(client: &Client, write: BatchWrite) -> Result<Option<Document>> {
+    match send_or_queue(client, std::slice::from_ref(&write), send_write(client, &write)).await? {
+        Sent(doc) => Ok(doc),
+        Queued(mut docs) => Ok(docs.pop().flatten()),
+    }
+}
+
+/// What became of writes: the server's answer, or (offline, with a cache) the local
+/// documents after them, queued.
+enum Outcome<T> {
+    Sent(T),
+    Queued(Vec<Option<Document>>),
+}
+
+use Outcome::{Queued, Sent};
+
+/// Sends `writes` through `online`, unless writes made earlier still wait (they go
+/// first); with a cache, a server that cannot be reached gets them queued instead.
+async fn send_or_queue<T>(
+    client: &Client,
+    writes: &[BatchWrite],
+    online: impl Future<Output = Result<T>>,
+) -> Result<Outcome<T>> {
     let local = client.local();
     if local.is_none_or(|local| local.pending() == 0) {
-        match send_write(client, &write).await {
-            Ok(doc) => {
-                if let Some(local) = local {
-                    match &doc {
-                        Some(doc) => local.cache.put(std::slice::from_ref(doc)),
-                        None => local.cache.remove(&write.path),
-                    }
-                }
-                return Ok(doc);
-            }
+        match online.await {
+            Ok(answer) => return Ok(Sent(answer)),
             Err(error) if local.is_some() && unreachable(&error) => {}
             Err(error) => return Err(error),
         }
     }
     let Some(local) = local else { return Err(Error::Protocol("no local cache".into())) };
-    Ok(local.enqueue(vec![write])?.pop().flatten())
+    local.enqueue(writes.to_vec()).map(Queued)
 }
 
-/// One write through the document routes, whose answer is the document.
+/// One write through the document routes, whose answer is the document (kept in the
+/// cache, if the client has one).
 pub(crate) async fn send_write(client: &Client, write: &BatchWrite) -> Result<Option<Document>> {
     let url = format!("/v1/docs/{}", write.path);
     let mut headers = Vec::new();
@@ -529,7 +532,14 @@ pub(crate) async fn send_write(client: &Client, write: &BatchWrite) -> Result<Op
         BatchOp::Delete => ("DELETE", None),
     };
     let answer = client.request_with(method, &url, body, &headers).await?;
-    if write.op == BatchOp::Delete { Ok(None) } else { decode(&answer.body).map(Some) }
+    let doc = if write.op == BatchOp::Delete { None } else { Some(decode::<Document>(&answer.body)?) };
+    if let Some(local) = client.local() {
+        match &doc {
+            Some(doc) => local.cache.put(std::slice::from_ref(doc)),
+            None => local.cache.remove(&write.path),
+        }
+    }
+    Ok(doc)
 }
 
 /// A document id made on this device: 20 random letters and digits, like the server's.

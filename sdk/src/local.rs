@@ -152,7 +152,7 @@ impl Local {
 
     /// Whether a queued write concerns `target`.
     pub(crate) fn touches(&self, target: &Target) -> bool {
-        !self.written_in(target).0.is_empty()
+        self.queue().iter().any(|entry| entry.writes.iter().any(|write| within(target, &write.path)))
     }
 
     /// `base` (the server's state of `path`, as last known) with the queued writes to
@@ -196,10 +196,7 @@ impl Local {
         }
         let mut docs: Vec<Document> = docs.into_values().collect();
         if let Target::Query(query) = target {
-            docs.sort_by(|a, b| query_order(query, a, b));
-            if let Some(limit) = query.limit {
-                docs.truncate(limit as usize);
-            }
+            in_result_order(query, &mut docs);
         }
         (docs, pending)
     }
@@ -209,10 +206,7 @@ impl Local {
     pub(crate) fn cached(&self, query: &Query) -> Vec<Document> {
         let mut cached = self.cache.scan(query.collection.as_deref(), query.collection_group.as_deref());
         cached.retain(|doc| query_matches(query, doc));
-        cached.sort_by(|a, b| query_order(query, a, b));
-        if let Some(limit) = query.limit {
-            cached.truncate(limit as usize);
-        }
+        in_result_order(query, &mut cached);
         cached
     }
 
@@ -251,14 +245,18 @@ impl Local {
 
     /// The oldest pending entry, marked as sent.
     fn next(&self) -> Option<Entry> {
+        let (seq, paths): (i64, Vec<String>) = {
+            let mut queue = self.queue();
+            queue.retain(|entry| entry.confirmed.as_ref().is_none_or(|(at, _)| at.elapsed() < SHOWN_AFTER_CONFIRMED));
+            let entry = queue.iter().find(|entry| entry.is_pending())?;
+            (entry.seq, entry.writes.iter().map(|write| write.path.clone()).collect())
+        };
+        // The cache is read without holding the queue: listeners fold through it meanwhile.
+        let versions: HashMap<String, i64> =
+            paths.into_iter().map(|path| (path.clone(), self.cache.get(&path).map_or(0, |doc| doc.version))).collect();
         let mut queue = self.queue();
-        queue.retain(|entry| entry.confirmed.as_ref().is_none_or(|(at, _)| at.elapsed() < SHOWN_AFTER_CONFIRMED));
-        let entry = queue.iter_mut().find(|entry| entry.is_pending())?;
-        let versions = entry
-            .writes
-            .iter()
-            .map(|write| (write.path.clone(), self.cache.get(&write.path).map_or(0, |doc| doc.version)));
-        entry.sent_over = Some(versions.collect());
+        let entry = queue.iter_mut().find(|entry| entry.seq == seq)?;
+        entry.sent_over = Some(versions);
         Some(entry.clone())
     }
 
@@ -276,6 +274,14 @@ impl Local {
         self.cache.drop_pending(seq);
         self.queue().retain(|entry| entry.seq != seq);
         self.changed.send_modify(|generation| *generation += 1);
+    }
+}
+
+/// Sorts matching documents as `query` orders them and keeps its `limit`.
+fn in_result_order(query: &Query, docs: &mut Vec<Document>) {
+    docs.sort_by(|a, b| query_order(query, a, b));
+    if let Some(limit) = query.limit {
+        docs.truncate(limit as usize);
     }
 }
 
@@ -382,16 +388,7 @@ pub(crate) async fn send_queue(client: Weak<Inner>) {
 async fn send(client: &Client, entry: &Entry) -> Result<HashMap<String, i64>> {
     let Some(local) = client.local() else { return Ok(HashMap::new()) };
     if let [write] = entry.writes.as_slice() {
-        let version = match crate::docs::send_write(client, write).await? {
-            Some(doc) => {
-                local.cache.put(std::slice::from_ref(&doc));
-                doc.version
-            }
-            None => {
-                local.cache.remove(&write.path);
-                0
-            }
-        };
+        let version = crate::docs::send_write(client, write).await?.map_or(0, |doc| doc.version);
         return Ok(HashMap::from([(write.path.clone(), version)]));
     }
     let body = serde_json::json!({ "writes": entry.writes });
