@@ -6,6 +6,7 @@ pub mod sql;
 mod writer;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
@@ -32,6 +33,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "oauth", include_str!("../../../../migrations/sqlite/0005_oauth.sql")),
     (6, "functions", include_str!("../../../../migrations/sqlite/0006_functions.sql")),
     (7, "user_events", include_str!("../../../../migrations/sqlite/0007_user_events.sql")),
+    (8, "prune_by_seq", include_str!("../../../../migrations/sqlite/0008_prune_by_seq.sql")),
 ];
 
 /// How durable a commit is. `Normal` (WAL) survives a crash of the process; `Full`
@@ -296,69 +298,107 @@ fn reconcile_indexes(conn: &Connection, indexes: &[IndexDef]) -> Result<(), Erro
     Ok(())
 }
 
-/// A pool of read-only connections; each read runs on the blocking pool.
+/// A pool of read-only connections. A read runs on the blocking pool, or on the calling
+/// thread when it is short (see [`Readers::run_short`]).
 struct Readers {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Reader>>,
     permits: Semaphore,
+}
+
+/// One read connection and the step budget its progress handler spends.
+struct Reader {
+    conn: Connection,
+    /// Thousands of SQLite VM steps the current read may still take before it is
+    /// interrupted; unbounded on the blocking pool.
+    budget: Arc<AtomicI64>,
+}
+
+/// How many thousand VM steps a read may take on an async worker before it moves to the
+/// blocking pool: a page of 20 documents through an index takes a few thousand; a scan
+/// of a large collection takes millions and must not hold a worker.
+const INLINE_BUDGET: i64 = 25;
+
+impl Reader {
+    fn open(path: &std::path::Path) -> Result<Reader, Error> {
+        let conn = open_reader(path)?;
+        let budget = Arc::new(AtomicI64::new(i64::MAX));
+        let spent = budget.clone();
+        conn.progress_handler(1000, Some(move || spent.fetch_sub(1, Ordering::Relaxed) <= 1));
+        Ok(Reader { conn, budget })
+    }
 }
 
 impl Readers {
     fn open(path: &std::path::Path, size: usize) -> Result<Readers, Error> {
-        let connections = (0..size).map(|_| open_reader(path)).collect::<Result<Vec<_>, _>>()?;
+        let connections = (0..size).map(|_| Reader::open(path)).collect::<Result<Vec<_>, _>>()?;
         metrics::gauge!("hearth_db_readers").set(size as f64);
         Ok(Readers { path: path.to_owned(), idle: Mutex::new(connections), permits: Semaphore::new(size) })
     }
 
+    fn take_idle(&self) -> Option<Reader> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn put_back(&self, reader: Reader) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(reader);
+    }
+
+    /// Runs `read` on the blocking pool.
     async fn run<R, F>(self: &Arc<Self>, read: F) -> Result<R, Error>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, Error> + Send + 'static,
     {
         let _permit = self.permits.acquire().await.map_err(|_| shutting_down())?;
-        let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match conn {
-            Some(conn) => conn,
-            None => open_reader(&self.path)?,
+        let reader = match self.take_idle() {
+            Some(reader) => reader,
+            None => Reader::open(&self.path)?,
         };
         metrics::gauge!("hearth_db_readers_busy").increment(1.0);
         let outcome = tokio::task::spawn_blocking(move || {
-            let result = read(&conn);
-            (conn, result)
+            reader.budget.store(i64::MAX, Ordering::Relaxed);
+            let result = read(&reader.conn);
+            (reader, result)
         })
         .await;
         metrics::gauge!("hearth_db_readers_busy").decrement(1.0);
         match outcome {
-            Ok((conn, result)) => {
-                self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            Ok((reader, result)) => {
+                self.put_back(reader);
                 result
             }
             // The connection went down with the panicking read; the next read opens another.
             Err(error) => Err(Error::Internal(format!("read task failed: {error}"))),
         }
     }
-}
 
-impl Readers {
-    /// Runs a read that is known to be short (one row by its primary key) on the calling
-    /// thread when a connection is idle: handing a 10 µs lookup to the blocking pool
-    /// costs more in thread wake-ups than the lookup itself. Falls back to [`Readers::run`].
+    /// Runs `read` on the calling thread when a connection is idle, within
+    /// [`INLINE_BUDGET`]: handing a lookup or a short indexed page to the blocking pool
+    /// costs more in thread wake-ups than the read itself. A read that runs out of budget
+    /// is interrupted and run again on the blocking pool, as is one that finds no idle
+    /// connection.
     async fn run_short<R, F>(self: &Arc<Self>, read: F) -> Result<R, Error>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, Error> + Send + 'static,
+        F: Fn(&Connection) -> Result<R, Error> + Send + 'static,
     {
         let Ok(permit) = self.permits.try_acquire() else {
-            return self.run(read).await;
+            return self.run(move |conn| read(conn)).await;
         };
-        let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let Some(conn) = conn else {
+        let Some(reader) = self.take_idle() else {
             drop(permit);
-            return self.run(read).await;
+            return self.run(move |conn| read(conn)).await;
         };
-        let result = read(&conn);
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        reader.budget.store(INLINE_BUDGET, Ordering::Relaxed);
+        let result = read(&reader.conn);
+        let interrupted = result.is_err() && reader.budget.load(Ordering::Relaxed) <= 0;
+        self.put_back(reader);
         drop(permit);
+        if interrupted {
+            metrics::counter!("hearth_db_reads_moved_total").increment(1);
+            return self.run(move |conn| read(conn)).await;
+        }
         result
     }
 }
@@ -388,7 +428,7 @@ fn open_reader(path: &std::path::Path) -> Result<Connection, Error> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|e| Error::Unavailable(format!("cannot open a reader: {e}")))?;
-    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -32768; PRAGMA mmap_size = 268435456;")?;
+    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -32768; PRAGMA mmap_size = 1073741824;")?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
@@ -460,7 +500,7 @@ impl Backend for SqliteBackend {
     }
 
     fn query(&self, spec: QuerySpec) -> BoxFuture<'_, Result<Page, Error>> {
-        self.readers.run(move |conn| run_query(conn, &spec)).boxed()
+        self.readers.run_short(move |conn| run_query(conn, &spec)).boxed()
     }
 
     fn snapshot(&self, spec: QuerySpec) -> BoxFuture<'_, Result<(Page, i64), Error>> {
@@ -554,6 +594,19 @@ impl Backend for SqliteBackend {
         // In slices, each its own command, so a large backlog never holds the writer long.
         const SLICE: u64 = 5_000;
         async move {
+            // The first change to keep. One writer stamps the log, so times grow with `seq`
+            // and the walk in `seq` order stops at it (no index on the time needed); it is
+            // read once, on a reader: changes committed since come later still.
+            let keep_from: i64 = self
+                .readers
+                .run(move |conn| {
+                    Ok(conn
+                        .prepare_cached("SELECT seq FROM changes WHERE committed_at >= ?1 ORDER BY seq LIMIT 1")?
+                        .query_row([before], |row| row.get(0))
+                        .optional()?
+                        .unwrap_or(i64::MAX))
+                })
+                .await?;
             let mut pruned = 0;
             loop {
                 let deleted = self
@@ -561,10 +614,10 @@ impl Backend for SqliteBackend {
                         Ok(conn.execute(
                             // A change a trigger has not handled yet stays, however old.
                             "DELETE FROM changes WHERE seq IN \
-                             (SELECT seq FROM changes WHERE committed_at < ?1 \
+                             (SELECT seq FROM changes WHERE seq < ?1 \
                               AND seq <= (SELECT coalesce(min(seq), 9223372036854775807) FROM trigger_cursors) \
                               ORDER BY seq LIMIT ?2)",
-                            params![before, SLICE as i64],
+                            params![keep_from, SLICE as i64],
                         )? as u64)
                     }))
                     .await?;

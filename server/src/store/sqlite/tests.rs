@@ -360,3 +360,54 @@ async fn pruning_keeps_what_a_trigger_has_not_handled() {
     assert_eq!(backend.trigger_cursor("slow".into()).await.expect("read"), None);
     assert_eq!(store.prune_changes(i64::MAX).await.expect("pruned"), 3, "the rest, once `slow` is undeployed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_keeps_the_changes_inside_the_retention_window() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), Vec::new()).await;
+    let write = |n: i64| Write {
+        path: DocPath::parse(&format!("c/d{n}")).expect("path"),
+        op: WriteOp::Set(json!({"n": n}).as_object().cloned().unwrap_or_default()),
+        if_version: None,
+    };
+    for n in 0..3 {
+        store.write(vec![write(n)]).await.expect("old write");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let cutoff = crate::store::now_micros();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    for n in 3..5 {
+        store.write(vec![write(n)]).await.expect("recent write");
+    }
+    assert_eq!(store.prune_changes(cutoff).await.expect("pruned"), 3, "the three older than the cutoff");
+    let kept: Vec<String> =
+        store.changes_since(0, 10).await.expect("log").iter().map(|change| change.path.to_string()).collect();
+    assert_eq!(kept, ["c/d3", "c/d4"]);
+    assert_eq!(store.prune_changes(cutoff).await.expect("pruned again"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_query_moves_off_the_async_worker_and_still_answers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), Vec::new()).await;
+    for batch in 0..10 {
+        let writes = (0..500)
+            .map(|i| Write {
+                path: DocPath::parse(&format!("big/d{batch:02}-{i:03}")).expect("path"),
+                op: WriteOp::Set(json!({"n": batch * 500 + i}).as_object().cloned().unwrap_or_default()),
+                if_version: None,
+            })
+            .collect();
+        store.batch(writes).await.expect("written");
+    }
+    // No index on `n`: the whole collection is scanned, far past the inline step budget.
+    let spec = QuerySpec::parse(
+        &serde_json::from_value(json!({"collection": "big", "where": [{"field": "n", "op": ">=", "value": 4998}]}))
+            .expect("wire"),
+        store.signer(),
+    )
+    .expect("valid");
+    let page = store.query(spec).await.expect("runs to the end");
+    let ids: Vec<&str> = page.docs.iter().map(|doc| doc.path.id()).collect();
+    assert_eq!(ids, ["d09-498", "d09-499"]);
+}
