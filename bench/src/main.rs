@@ -495,16 +495,9 @@ fn raw_argon2(phase: Duration) -> f64 {
 async fn verify_cost() -> (f64, f64) {
     use hearth_server::auth::{Auth, repo::Repo};
     use hearth_server::store::ChangeBus;
-    use hearth_server::store::sqlite::{SqliteBackend, SqliteOptions, Synchronous, WriterOptions};
+    use hearth_server::store::sqlite::{SqliteBackend, SqliteOptions};
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = SqliteOptions {
-        path: dir.path().join("verify.db"),
-        readers: 1,
-        writer: WriterOptions { group_commit: true, max_group_writes: 100 },
-        synchronous: Synchronous::Normal,
-        queue_capacity: 16,
-        indexes: Vec::new(),
-    };
+    let options = SqliteOptions::new(dir.path().join("verify.db"), &hearth_server::config::StoreConfig::default());
     let backend = Arc::new(SqliteBackend::open(options, ChangeBus::new(16)).expect("database"));
     let auth = Auth::new(
         Repo::new(backend),

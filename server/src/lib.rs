@@ -47,7 +47,7 @@ use auth::Auth;
 pub use config::{Config, LogFormat, Overrides};
 use functions::{FunctionError, Kind, Native, NativeContext};
 use http::extract::{ServiceKeys, new_service_key};
-use store::sqlite::{SqliteBackend, SqliteOptions, WriterOptions};
+use store::sqlite::{SqliteBackend, SqliteOptions};
 use store::{ChangeBus, Store};
 
 /// A built server, bound to its address, not yet serving.
@@ -237,17 +237,7 @@ async fn open_store(config: &Config) -> anyhow::Result<(Store, Arc<SqliteBackend
     let bus = ChangeBus::new(64 * 1024 * 1024);
     let backend = match config.database()? {
         config::Database::Sqlite(path) => {
-            let options = SqliteOptions {
-                path,
-                readers: config.store.readers,
-                writer: WriterOptions {
-                    group_commit: config.store.group_commit,
-                    max_group_writes: config.store.max_group_writes,
-                },
-                synchronous: config.store.synchronous,
-                queue_capacity: config.store.queue_capacity,
-                indexes: config.index_defs()?,
-            };
+            let options = SqliteOptions { indexes: config.index_defs()?, ..SqliteOptions::new(path, &config.store) };
             let bus = bus.clone();
             Arc::new(tokio::task::spawn_blocking(move || SqliteBackend::open(options, bus)).await??)
         }

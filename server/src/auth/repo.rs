@@ -735,8 +735,9 @@ impl Repo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::StoreConfig;
     use crate::store::ChangeBus;
-    use crate::store::sqlite::{SqliteOptions, Synchronous, WriterOptions};
+    use crate::store::sqlite::SqliteOptions;
 
     fn user(id: &str) -> UserRecord {
         UserRecord { id: id.into(), ..UserRecord::new(Some(format!("{id}@example.com")), &["password"], 0) }
@@ -745,14 +746,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pruning_forgets_only_what_can_no_longer_be_used() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let options = SqliteOptions {
-            path: dir.path().join("auth.db"),
-            readers: 1,
-            writer: WriterOptions { group_commit: true, max_group_writes: 100 },
-            synchronous: Synchronous::Normal,
-            queue_capacity: 16,
-            indexes: Vec::new(),
-        };
+        let options = SqliteOptions::new(dir.path().join("auth.db"), &StoreConfig::default());
         let repo = Repo::new(Arc::new(SqliteBackend::open(options, ChangeBus::new(1 << 20)).expect("database")));
         let now = 10 * 86_400 * 1_000_000;
         repo.insert_user(user("u1")).await.expect("user");

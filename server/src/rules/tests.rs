@@ -11,21 +11,15 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
 
 use super::*;
+use crate::config::StoreConfig;
 use crate::store::ChangeBus;
 use crate::store::query::CursorSigner;
-use crate::store::sqlite::{SqliteBackend, SqliteOptions, Synchronous, WriterOptions};
+use crate::store::sqlite::{SqliteBackend, SqliteOptions};
 use crate::store::{Write, WriteOp};
 
 async fn open(dir: &Path) -> Store {
     let bus = ChangeBus::new(1 << 20);
-    let options = SqliteOptions {
-        path: dir.join("rules.db"),
-        readers: 2,
-        writer: WriterOptions { group_commit: true, max_group_writes: 1000 },
-        synchronous: Synchronous::Normal,
-        queue_capacity: 64,
-        indexes: Vec::new(),
-    };
+    let options = SqliteOptions::new(dir.join("rules.db"), &StoreConfig::default());
     let backend = SqliteBackend::open(options, bus.clone()).expect("opens");
     Store::new(Arc::new(backend), bus).await.expect("store")
 }

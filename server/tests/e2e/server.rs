@@ -181,3 +181,39 @@ async fn json_logs_carry_request_ids() {
     assert!(found, "no JSON log line with request id {request_id}:\n{}", app.output_text());
     assert!(!app.output_text().contains(KEY), "the service key never reaches the log");
 }
+
+/// `store.exclusive`: the server reads and writes as usual, keeps what it acknowledged
+/// through a SIGKILL, and no other process opens its database while it runs.
+#[tokio::test]
+async fn an_exclusive_store_works_and_locks_other_processes_out() {
+    let options = Options { config: Some("[store]\nexclusive = true\n".into()), ..Options::default() };
+    let mut app = App::spawn_with(options.clone()).await;
+    for i in 0..20 {
+        let (status, body) = app.call(Method::PUT, &format!("/v1/docs/notes/n{i}"), Some(json!({"i": i}))).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = app.call(Method::GET, "/v1/docs/notes/n7", None).await;
+    assert_eq!((status.as_u16(), body["data"]["i"].clone()), (200, json!(7)), "{body}");
+
+    let rotate = |dir: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["keys", "rotate", "--dir"])
+            .arg(dir)
+            .output()
+            .expect("hearth keys rotate runs")
+    };
+    let locked_out = rotate(&app.dir());
+    assert!(!locked_out.status.success(), "another process opened an exclusive database");
+    let stderr = String::from_utf8_lossy(&locked_out.stderr);
+    assert!(stderr.contains("locked"), "{stderr}");
+
+    app.kill_hard();
+    let dir = app.keep_dir().expect("dir");
+    let opened = rotate(dir.path());
+    assert!(opened.status.success(), "once the server is gone: {}", String::from_utf8_lossy(&opened.stderr));
+    let again = App::start_in(dir.path(), &options);
+    let (status, page) =
+        again.call(Method::POST, "/v1/query", Some(json!({"collection": "notes", "limit": 100}))).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["docs"].as_array().map(Vec::len), Some(20), "every acknowledged write survived SIGKILL");
+}

@@ -10,19 +10,13 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
 
 use super::*;
+use crate::config::StoreConfig;
 use crate::store::query::QuerySpec;
 use crate::store::{Store, Write, WriteOp};
 
 async fn open(dir: &std::path::Path, indexes: Vec<IndexDef>) -> Store {
     let bus = ChangeBus::new(1 << 20);
-    let options = SqliteOptions {
-        path: dir.join("test.db"),
-        readers: 2,
-        writer: WriterOptions { group_commit: true, max_group_writes: 1000 },
-        synchronous: Synchronous::Normal,
-        queue_capacity: 64,
-        indexes,
-    };
+    let options = SqliteOptions { indexes, ..SqliteOptions::new(dir.join("test.db"), &StoreConfig::default()) };
     let backend = SqliteBackend::open(options, bus.clone()).expect("opens");
     Store::new(Arc::new(backend), bus).await.expect("store")
 }
@@ -83,6 +77,21 @@ fn random_query(rng: &mut StdRng, target: &str) -> Query {
 }
 
 /// What the in-memory evaluator says a page is.
+/// Writes `count` documents `collection/d00000`, `d00001`, … in batches of 500 (the
+/// batch limit); `data(n)` is the n-th document's data.
+async fn write_many(store: &Store, collection: &str, count: usize, data: impl Fn(usize) -> Value) {
+    for start in (0..count).step_by(500) {
+        let writes = (start..count.min(start + 500))
+            .map(|n| Write {
+                path: DocPath::parse(&format!("{collection}/d{n:05}")).expect("path"),
+                op: WriteOp::Set(data(n).as_object().cloned().unwrap_or_default()),
+                if_version: None,
+            })
+            .collect();
+        store.batch(writes).await.expect("written");
+    }
+}
+
 fn expected_page(spec: &QuerySpec, docs: &BTreeMap<String, Arc<StoredDoc>>) -> Vec<String> {
     let mut matching: Vec<&Arc<StoredDoc>> =
         docs.values().filter(|doc| spec.matches(doc) && spec.is_after_cursor(doc)).collect();
@@ -190,16 +199,7 @@ async fn declared_indexes_serve_equality_range_and_order_without_a_scan() {
         IndexDef { target: collection(), fields: vec![(field("score"), Direction::Asc)] },
     ];
     let store = open(dir.path(), indexes).await;
-    let writes = (0..500)
-        .map(|i| Write {
-            path: DocPath::parse(&format!("rooms/r{i}")).expect("path"),
-            op: WriteOp::Set(
-                json!({"owner": format!("u{}", i % 50), "score": i}).as_object().cloned().unwrap_or_default(),
-            ),
-            if_version: None,
-        })
-        .collect();
-    store.write(writes).await.expect("seeded");
+    write_many(&store, "rooms", 500, |i| json!({"owner": format!("u{}", i % 50), "score": i})).await;
     let conn = Connection::open(dir.path().join("test.db")).expect("opens");
     let plan = |query: Value| -> String {
         let wire: Query = serde_json::from_value(query).expect("wire");
@@ -328,16 +328,7 @@ async fn a_failing_request_in_a_group_commit_fails_alone() {
 async fn pruning_a_large_log_goes_in_slices_and_misses_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path(), Vec::new()).await;
-    for batch in 0..25 {
-        let writes = (0..500)
-            .map(|i| Write {
-                path: DocPath::parse(&format!("p/d{batch}-{i}")).expect("path"),
-                op: WriteOp::Set(Map::new()),
-                if_version: None,
-            })
-            .collect();
-        store.batch(writes).await.expect("written");
-    }
+    write_many(&store, "p", 12_500, |_| json!({})).await;
     assert_eq!(store.prune_changes(i64::MAX).await.expect("pruned"), 12_500);
     assert!(store.changes_since(0, 10).await.expect("log").is_empty());
 }
@@ -390,16 +381,7 @@ async fn pruning_keeps_the_changes_inside_the_retention_window() {
 async fn a_long_query_moves_off_the_async_worker_and_still_answers() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path(), Vec::new()).await;
-    for batch in 0..10 {
-        let writes = (0..500)
-            .map(|i| Write {
-                path: DocPath::parse(&format!("big/d{batch:02}-{i:03}")).expect("path"),
-                op: WriteOp::Set(json!({"n": batch * 500 + i}).as_object().cloned().unwrap_or_default()),
-                if_version: None,
-            })
-            .collect();
-        store.batch(writes).await.expect("written");
-    }
+    write_many(&store, "big", 5_000, |n| json!({"n": n})).await;
     // No index on `n`: the whole collection is scanned, far past the inline step budget.
     let spec = QuerySpec::parse(
         &serde_json::from_value(json!({"collection": "big", "where": [{"field": "n", "op": ">=", "value": 4998}]}))
@@ -409,5 +391,5 @@ async fn a_long_query_moves_off_the_async_worker_and_still_answers() {
     .expect("valid");
     let page = store.query(spec).await.expect("runs to the end");
     let ids: Vec<&str> = page.docs.iter().map(|doc| doc.path.id()).collect();
-    assert_eq!(ids, ["d09-498", "d09-499"]);
+    assert_eq!(ids, ["d04998", "d04999"]);
 }
