@@ -4,7 +4,7 @@
 //! - [`hub`]: the task that owns every subscription and turns committed changes into
 //!   `snapshot`/`changes` messages.
 //! - this module: the service handle, and the protocol of one connection
-//!   ([`Realtime::session`]), which knows frames and JSON but not axum.
+//!   ([`Realtime::open`] and [`Session`]), which knows frames and JSON but not axum.
 //!
 //! Each connection has an outbound queue bounded in bytes; the hub never waits on a
 //! client. A client whose queue is full is closed with 4008 and resumes with its token.

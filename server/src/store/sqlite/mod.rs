@@ -53,7 +53,7 @@ pub struct SqliteOptions {
     pub readers: usize,
     pub writer: WriterOptions,
     pub synchronous: Synchronous,
-    /// Hold the database file exclusively (see [`connect`]).
+    /// Hold the database file exclusively: no file lock per read, no other process.
     pub exclusive: bool,
     /// Requests waiting for the writer before callers wait to enqueue.
     pub queue_capacity: usize,
