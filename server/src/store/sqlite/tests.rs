@@ -76,7 +76,6 @@ fn random_query(rng: &mut StdRng, target: &str) -> Query {
     Query { collection, collection_group, filters, order_by, limit: Some(rng.random_range(1..60)), cursor: None }
 }
 
-/// What the in-memory evaluator says a page is.
 /// Writes `count` documents `collection/d00000`, `d00001`, … in batches of 500 (the
 /// batch limit); `data(n)` is the n-th document's data.
 async fn write_many(store: &Store, collection: &str, count: usize, data: impl Fn(usize) -> Value) {
@@ -92,6 +91,7 @@ async fn write_many(store: &Store, collection: &str, count: usize, data: impl Fn
     }
 }
 
+/// What the in-memory evaluator says a page is.
 fn expected_page(spec: &QuerySpec, docs: &BTreeMap<String, Arc<StoredDoc>>) -> Vec<String> {
     let mut matching: Vec<&Arc<StoredDoc>> =
         docs.values().filter(|doc| spec.matches(doc) && spec.is_after_cursor(doc)).collect();
