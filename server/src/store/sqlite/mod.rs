@@ -129,8 +129,9 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &std::path::Path, exclusive: bool) -> Result<Checkpointer, Error> {
-        let conn = connect(path, OpenFlags::default(), exclusive)
+    fn start(file: &DbFile) -> Result<Checkpointer, Error> {
+        let conn = file
+            .connect(OpenFlags::default())
             .map_err(|e| Error::Unavailable(format!("cannot open the checkpointer: {e}")))?;
         conn.execute_batch("PRAGMA busy_timeout = 5000;")?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -174,7 +175,9 @@ impl SqliteBackend {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
         }
-        let mut conn = connect(&options.path, OpenFlags::default(), options.exclusive)
+        let file = DbFile { path: options.path.clone(), exclusive: options.exclusive };
+        let mut conn = file
+            .connect(OpenFlags::default())
             .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", options.path.display())))?;
         let synchronous = match options.synchronous {
             Synchronous::Normal => "NORMAL",
@@ -200,8 +203,8 @@ impl SqliteBackend {
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
         reconcile_indexes(&conn, &options.indexes)?;
-        let readers = Arc::new(Readers::open(&options.path, options.readers.max(1), options.exclusive)?);
-        let checkpointer = Checkpointer::start(&options.path, options.exclusive)?;
+        let readers = Arc::new(Readers::open(file.clone(), options.readers.max(1))?);
+        let checkpointer = Checkpointer::start(&file)?;
         let (sender, receiver) = mpsc::channel(options.queue_capacity.max(1));
         let writer_options = options.writer;
         let thread = std::thread::Builder::new()
@@ -326,8 +329,7 @@ fn reconcile_indexes(conn: &Connection, indexes: &[IndexDef]) -> Result<(), Erro
 /// A pool of read-only connections. A read runs on the blocking pool, or on the calling
 /// thread when it is short (see [`Readers::run_short`]).
 struct Readers {
-    path: PathBuf,
-    exclusive: bool,
+    file: DbFile,
     idle: Mutex<Vec<Reader>>,
     permits: Semaphore,
 }
@@ -346,8 +348,8 @@ struct Reader {
 const INLINE_BUDGET: i64 = 25;
 
 impl Reader {
-    fn open(path: &std::path::Path, exclusive: bool) -> Result<Reader, Error> {
-        let conn = open_reader(path, exclusive)?;
+    fn open(file: &DbFile) -> Result<Reader, Error> {
+        let conn = open_reader(file)?;
         let budget = Arc::new(AtomicI64::new(i64::MAX));
         let spent = budget.clone();
         conn.progress_handler(1000, Some(move || spent.fetch_sub(1, Ordering::Relaxed) <= 1));
@@ -356,10 +358,10 @@ impl Reader {
 }
 
 impl Readers {
-    fn open(path: &std::path::Path, size: usize, exclusive: bool) -> Result<Readers, Error> {
-        let connections = (0..size).map(|_| Reader::open(path, exclusive)).collect::<Result<Vec<_>, _>>()?;
+    fn open(file: DbFile, size: usize) -> Result<Readers, Error> {
+        let connections = (0..size).map(|_| Reader::open(&file)).collect::<Result<Vec<_>, _>>()?;
         metrics::gauge!("hearth_db_readers").set(size as f64);
-        Ok(Readers { path: path.to_owned(), exclusive, idle: Mutex::new(connections), permits: Semaphore::new(size) })
+        Ok(Readers { file, idle: Mutex::new(connections), permits: Semaphore::new(size) })
     }
 
     fn take_idle(&self) -> Option<Reader> {
@@ -379,7 +381,7 @@ impl Readers {
         let _permit = self.permits.acquire().await.map_err(|_| shutting_down())?;
         let reader = match self.take_idle() {
             Some(reader) => reader,
-            None => Reader::open(&self.path, self.exclusive)?,
+            None => Reader::open(&self.file)?,
         };
         metrics::gauge!("hearth_db_readers_busy").increment(1.0);
         let outcome = tokio::task::spawn_blocking(move || {
@@ -448,25 +450,31 @@ fn last_seq(conn: &Connection) -> Result<i64, Error> {
     Ok(conn.prepare_cached(sql)?.query_row([], |row| row.get(0))?)
 }
 
-/// Opens a connection to the database file. With `exclusive` it goes through SQLite's
-/// `unix-excl` VFS: the WAL index lives in this process's memory and a read transaction
-/// takes no file lock (two `fcntl` calls fewer per read), but no other process can open
-/// the file while the server runs (no `sqlite3` shell, no backup tool reading it live).
-fn connect(path: &std::path::Path, flags: OpenFlags, exclusive: bool) -> rusqlite::Result<Connection> {
-    if exclusive {
-        Connection::open_with_flags_and_vfs(path, flags, "unix-excl")
-    } else {
-        Connection::open_with_flags(path, flags)
+/// The database file, and whether this process holds it alone.
+#[derive(Debug, Clone)]
+struct DbFile {
+    path: PathBuf,
+    /// Connect through SQLite's `unix-excl` VFS: the WAL index lives in this process's
+    /// memory and a read transaction takes no file lock (two `fcntl` calls fewer per
+    /// read), but no other process can open the file while the server runs (no `sqlite3`
+    /// shell, no backup tool reading it live).
+    exclusive: bool,
+}
+
+impl DbFile {
+    fn connect(&self, flags: OpenFlags) -> rusqlite::Result<Connection> {
+        if self.exclusive {
+            Connection::open_with_flags_and_vfs(&self.path, flags, "unix-excl")
+        } else {
+            Connection::open_with_flags(&self.path, flags)
+        }
     }
 }
 
-fn open_reader(path: &std::path::Path, exclusive: bool) -> Result<Connection, Error> {
-    let conn = connect(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-        exclusive,
-    )
-    .map_err(|e| Error::Unavailable(format!("cannot open a reader: {e}")))?;
+fn open_reader(file: &DbFile) -> Result<Connection, Error> {
+    let conn = file
+        .connect(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)
+        .map_err(|e| Error::Unavailable(format!("cannot open a reader: {e}")))?;
     conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA cache_size = -32768; PRAGMA mmap_size = 1073741824;")?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
