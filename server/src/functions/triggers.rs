@@ -15,6 +15,7 @@
 //! there and say so in the log and the dead letters.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -22,7 +23,7 @@ use serde_json::{Value, json};
 use super::{Functions, Kind};
 use crate::changes::Change;
 use crate::rules::set::DocPattern;
-use crate::store::{DeadLetter, DocJson, Store, StoredDoc};
+use crate::store::{DeadLetter, DocJson, LogPage, PathFilter, Store, StoredDoc};
 
 /// Changes read from the log at a time; the cursor is saved after each such batch.
 pub(super) const BATCH: usize = 100;
@@ -84,16 +85,21 @@ pub async fn supervise(functions: Functions, store: Store) {
 async fn follow(functions: Functions, store: Store, name: String, pattern: DocPattern) {
     let mut published = store.bus().published();
     let mut cursor = until_read(&name, "cursor", || start_at(&store, &name)).await;
+    // Changes of other paths are skipped without reading their documents.
+    let wanted: PathFilter = {
+        let pattern = pattern.clone();
+        Arc::new(move |path: &str| pattern.matches(path).is_some())
+    };
     loop {
-        let changes = match store.changes_since(cursor, BATCH).await {
-            Ok(changes) => changes,
+        let LogPage { changes, last } = match store.changes_of(cursor, BATCH, wanted.clone()).await {
+            Ok(page) => page,
             Err(error) => {
                 tracing::error!(trigger = %name, %error, "cannot read the change log");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let Some(last) = changes.last().map(|change| change.seq) else {
+        let Some(last) = last else {
             // Up to date: wait for the next commit (or a second, in case of a lost wake-up).
             let _ = tokio::time::timeout(Duration::from_secs(1), published.changed()).await;
             continue;

@@ -153,6 +153,19 @@ pub struct AggregateValues {
     pub avg: Vec<Value>,
 }
 
+/// Which documents' changes a reader of the log wants, by path.
+pub type PathFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// A stretch of the change log.
+#[derive(Debug)]
+pub struct LogPage {
+    /// The wanted changes, oldest first.
+    pub changes: Vec<Change>,
+    /// The `seq` of the last change read, wanted or not; `None` when the log has nothing
+    /// after the start.
+    pub last: Option<i64>,
+}
+
 /// A page of a query: the documents and whether more follow.
 #[derive(Debug, Clone)]
 pub struct Page {
@@ -197,8 +210,14 @@ pub trait Backend: Send + Sync + 'static {
     fn snapshot(&self, spec: QuerySpec) -> BoxFuture<'_, Result<(Page, i64), Error>>;
     /// The `seq` of the last committed change (0 if none).
     fn last_seq(&self) -> BoxFuture<'_, Result<i64, Error>>;
-    /// Logged changes with `seq > after`, oldest first, at most `limit`.
-    fn changes_since(&self, after: i64, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, Error>>;
+    /// Logged changes with `seq > after`, oldest first: the next `limit` changes, less
+    /// those of paths `wanted` refuses (whose documents are then not read at all).
+    fn changes_since(
+        &self,
+        after: i64,
+        limit: usize,
+        wanted: Option<PathFilter>,
+    ) -> BoxFuture<'_, Result<LogPage, Error>>;
     /// Removes logged changes committed before `before` (microseconds) that every trigger
     /// is done with; returns how many.
     fn prune_changes(&self, before: i64) -> BoxFuture<'_, Result<u64, Error>>;
@@ -335,8 +354,15 @@ impl Store {
         self.backend.last_seq().await
     }
 
+    /// The next `limit` logged changes after `after`.
     pub async fn changes_since(&self, after: i64, limit: usize) -> Result<Vec<Change>, Error> {
-        self.backend.changes_since(after, limit).await
+        Ok(self.backend.changes_since(after, limit, None).await?.changes)
+    }
+
+    /// The next `limit` logged changes after `after`, less those of paths `wanted` refuses:
+    /// for a reader that follows a few paths and skips the rest cheaply.
+    pub async fn changes_of(&self, after: i64, limit: usize, wanted: PathFilter) -> Result<LogPage, Error> {
+        self.backend.changes_since(after, limit, Some(wanted)).await
     }
 
     pub async fn prune_changes(&self, before: i64) -> Result<u64, Error> {

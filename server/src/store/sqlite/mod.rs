@@ -5,6 +5,7 @@
 pub mod sql;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,8 +19,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::query::{Field, Target};
 use super::{
-    AggregateValues, Aggregation, Backend, Change, ChangeBus, ChangeKind, DeadLetter, DocPath, Error, Page, Prepared,
-    QuerySpec, RawDoc, StoredDoc, WriteGuard, WriteResult,
+    AggregateValues, Aggregation, Backend, Change, ChangeBus, ChangeKind, DeadLetter, DocPath, Error, LogPage, Page,
+    PathFilter, Prepared, QuerySpec, RawDoc, StoredDoc, WriteGuard, WriteResult,
 };
 pub use writer::WriterOptions;
 use writer::{Command, Exec, Job};
@@ -34,6 +35,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "functions", include_str!("../../../../migrations/sqlite/0006_functions.sql")),
     (7, "user_events", include_str!("../../../../migrations/sqlite/0007_user_events.sql")),
     (8, "prune_by_seq", include_str!("../../../../migrations/sqlite/0008_prune_by_seq.sql")),
+    (9, "log_old_only", include_str!("../../../../migrations/sqlite/0009_log_old_only.sql")),
 ];
 
 /// How durable a commit is. `Normal` (WAL) survives a crash of the process; `Full`
@@ -480,6 +482,14 @@ fn open_reader(file: &DbFile) -> Result<Connection, Error> {
     Ok(conn)
 }
 
+fn read_document(conn: &Connection, path: &DocPath) -> Result<Option<RawDoc>, Error> {
+    let row = conn
+        .prepare_cached("SELECT path, json(data), version, created_at, updated_at FROM documents WHERE path = ?1")?
+        .query_row([path.as_str()], doc_from_row)
+        .optional()?;
+    row.map(parse_doc).transpose()
+}
+
 fn doc_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64, i64, i64)> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
 }
@@ -517,6 +527,109 @@ fn parse_logged(path: &DocPath, text: Option<String>) -> Result<Option<StoredDoc
     }))
 }
 
+/// One row of `changes`.
+struct LogRow {
+    seq: i64,
+    path: String,
+    kind: String,
+    /// Only in rows logged before migration 9; see [`read_changes`].
+    doc: Option<String>,
+    old: Option<String>,
+    committed_at: i64,
+}
+
+/// The next `limit` logged changes after `after` that `wanted` accepts, in `seq` order,
+/// each with the document before and after it.
+///
+/// A row keeps only the document before its change; the one after it is the `old` of the
+/// path's next change or, if none has come yet, the path's row in `documents`. Walking the
+/// rows backwards finds most of them in the rows already read; the others take one lookup
+/// in `changes_next_by_path` and, for the newest change of a path, one in `documents`.
+/// Call it inside a read transaction, so both tables are read at the same commit.
+fn read_changes(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+    wanted: Option<&(dyn Fn(&str) -> bool + Send + Sync)>,
+) -> Result<LogPage, Error> {
+    let mut rows = conn
+        .prepare_cached(
+            "SELECT seq, path, kind, doc, old, committed_at FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?
+        .query_map(params![after, limit as i64], |row| {
+            Ok(LogRow {
+                seq: row.get(0)?,
+                path: row.get(1)?,
+                kind: row.get(2)?,
+                doc: row.get(3)?,
+                old: row.get(4)?,
+                committed_at: row.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let last = rows.last().map(|row| row.seq);
+    if let Some(wanted) = wanted {
+        rows.retain(|row| wanted(&row.path));
+    }
+    // Per path, the document before the next change seen so far (walking backwards), with
+    // its size in the log.
+    let mut before_next: HashMap<String, (Arc<StoredDoc>, usize)> = HashMap::new();
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in rows.into_iter().rev() {
+        let path = DocPath::parse(&row.path).map_err(|e| Error::Internal(format!("logged path: {e}")))?;
+        let kind = ChangeKind::parse(&row.kind).ok_or_else(|| Error::Internal(format!("logged kind {}", row.kind)))?;
+        let old_bytes = row.old.as_ref().map_or(0, String::len);
+        let old = parse_logged(&path, row.old)?.map(Arc::new);
+        let after_change = match (kind, row.doc) {
+            (ChangeKind::Delete, _) => None,
+            (_, Some(text)) => {
+                let bytes = text.len();
+                parse_logged(&path, Some(text))?.map(|doc| (Arc::new(doc), bytes))
+            }
+            (_, None) => match before_next.get(row.path.as_str()) {
+                Some(next) => Some(next.clone()),
+                None => Some(document_after(conn, &path, row.seq)?),
+            },
+        };
+        match &old {
+            Some(old) => before_next.insert(row.path, (old.clone(), old_bytes)),
+            None => before_next.remove(row.path.as_str()),
+        };
+        let (doc, doc_bytes) = after_change.map_or((None, 0), |(doc, bytes)| (Some(doc), bytes));
+        changes.push(Change {
+            seq: row.seq,
+            kind,
+            bytes: doc_bytes + old_bytes,
+            doc,
+            old,
+            path,
+            committed_at: row.committed_at,
+        });
+    }
+    changes.reverse();
+    Ok(LogPage { changes, last })
+}
+
+/// The document as the change `seq` left it, when no later row read so far says: the `old`
+/// of the path's next change, else the current document.
+fn document_after(conn: &Connection, path: &DocPath, seq: i64) -> Result<(Arc<StoredDoc>, usize), Error> {
+    let next_old: Option<String> = conn
+        .prepare_cached(
+            "SELECT old FROM changes WHERE path = ?1 AND seq > ?2 AND kind <> 'create' ORDER BY seq LIMIT 1",
+        )?
+        .query_row(params![path.as_str(), seq], |row| row.get(0))
+        .optional()?
+        .flatten();
+    if let Some(text) = next_old {
+        let bytes = text.len();
+        let doc = parse_logged(path, Some(text))?.ok_or_else(|| Error::Internal("empty logged document".into()))?;
+        return Ok((Arc::new(doc), bytes));
+    }
+    let current = read_document(conn, path)?
+        .ok_or_else(|| Error::Internal(format!("change {seq} of `{path}` has no document after it")))?;
+    Ok((Arc::new(current.parse()?), current.data.len()))
+}
+
 impl Backend for SqliteBackend {
     fn commit(
         &self,
@@ -533,17 +646,7 @@ impl Backend for SqliteBackend {
     }
 
     fn get(&self, path: DocPath) -> BoxFuture<'_, Result<Option<RawDoc>, Error>> {
-        self.readers
-            .run_short(move |conn| {
-                let row = conn
-                    .prepare_cached(
-                        "SELECT path, json(data), version, created_at, updated_at FROM documents WHERE path = ?1",
-                    )?
-                    .query_row([path.as_str()], doc_from_row)
-                    .optional()?;
-                row.map(parse_doc).transpose()
-            })
-            .boxed()
+        self.readers.run_short(move |conn| read_document(conn, &path)).boxed()
     }
 
     fn query(&self, spec: QuerySpec) -> BoxFuture<'_, Result<Page, Error>> {
@@ -599,40 +702,19 @@ impl Backend for SqliteBackend {
             .boxed()
     }
 
-    fn changes_since(&self, after: i64, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, Error>> {
+    fn changes_since(
+        &self,
+        after: i64,
+        limit: usize,
+        wanted: Option<PathFilter>,
+    ) -> BoxFuture<'_, Result<LogPage, Error>> {
         self.readers
             .run(move |conn| {
-                let mut statement = conn.prepare_cached(
-                    "SELECT seq, path, kind, doc, old, committed_at FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                )?;
-                let rows = statement.query_map(rusqlite::params![after, limit as i64], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, Option<String>>(3)?,
-                        row.get::<_, Option<String>>(4)?,
-                        row.get::<_, i64>(5)?,
-                    ))
-                })?;
-                let mut changes = Vec::new();
-                for row in rows {
-                    let (seq, path, kind, doc, old, committed_at) = row?;
-                    let path = DocPath::parse(&path).map_err(|e| Error::Internal(format!("logged path: {e}")))?;
-                    let kind =
-                        ChangeKind::parse(&kind).ok_or_else(|| Error::Internal(format!("logged kind {kind}")))?;
-                    let bytes = doc.as_ref().map_or(0, String::len) + old.as_ref().map_or(0, String::len);
-                    changes.push(Change {
-                        seq,
-                        kind,
-                        bytes,
-                        doc: parse_logged(&path, doc)?.map(Arc::new),
-                        old: parse_logged(&path, old)?.map(Arc::new),
-                        path,
-                        committed_at,
-                    });
-                }
-                Ok(changes)
+                // One read transaction: the log and the documents it points at see the same commit.
+                conn.execute_batch("BEGIN")?;
+                let read = read_changes(conn, after, limit, wanted.as_deref());
+                let _ = conn.execute_batch("COMMIT");
+                read
             })
             .boxed()
     }

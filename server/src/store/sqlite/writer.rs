@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::changes::{Change, ChangeBus, ChangeKind};
@@ -250,7 +250,7 @@ fn apply_job(
                     return Err(located(Error::AlreadyExists(format!("`{path}` already exists"))));
                 }
                 let kind = if current.is_some() { ChangeKind::Update } else { ChangeKind::Create };
-                let seq = log(conn, path, kind, Some(&logged(&doc, &text)), old_logged.as_deref(), now)?;
+                let seq = log(conn, path, kind, old_logged.as_deref(), now)?;
                 let old = current.map(|(old, _)| Arc::new(old));
                 // One copy of the document, shared by the answer and the bus.
                 let doc = Arc::new(doc);
@@ -267,7 +267,7 @@ fn apply_job(
             }
             Effect::Delete => {
                 conn.prepare_cached("DELETE FROM documents WHERE path = ?1")?.execute([path])?;
-                let seq = log(conn, path, ChangeKind::Delete, None, old_logged.as_deref(), now)?;
+                let seq = log(conn, path, ChangeKind::Delete, old_logged.as_deref(), now)?;
                 let old = current.map(|(old, _)| Arc::new(old));
                 changes.push(Change {
                     seq,
@@ -288,17 +288,10 @@ fn apply_job(
 
 /// The stored document and its data as JSON text (kept to log without re-serialising).
 fn load(conn: &Connection, path: &DocPath) -> Result<Option<(StoredDoc, String)>, Error> {
-    let row = conn
-        .prepare_cached("SELECT json(data), version, created_at, updated_at FROM documents WHERE path = ?1")?
-        .query_row([path.as_str()], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?, row.get::<_, i64>(3)?))
-        })
-        .optional()?;
-    let Some((text, version, created_at, updated_at)) = row else {
+    let Some(raw) = super::read_document(conn, path)? else {
         return Ok(None);
     };
-    let data = serde_json::from_str(&text).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?;
-    Ok(Some((StoredDoc { path: path.clone(), data, version, created_at, updated_at }, text)))
+    Ok(Some((raw.parse()?, raw.data)))
 }
 
 /// A document as the log keeps it: `{"v", "c", "u", "d"}`, data spliced in as text.
@@ -306,15 +299,11 @@ fn logged(doc: &StoredDoc, data_text: &str) -> String {
     format!(r#"{{"v":{},"c":{},"u":{},"d":{data_text}}}"#, doc.version, doc.created_at, doc.updated_at)
 }
 
-fn log(
-    conn: &Connection,
-    path: &str,
-    kind: ChangeKind,
-    doc: Option<&str>,
-    old: Option<&str>,
-    now: i64,
-) -> Result<i64, Error> {
-    conn.prepare_cached("INSERT INTO changes (path, kind, doc, old, committed_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![path, kind.as_str(), doc, old, now])?;
+/// Appends a change to the log. Only the document before it is copied: the one after it
+/// is in `documents` until the path's next change, which logs it as its `old` (see
+/// `read_changes`), so each version is written once to the log, not twice.
+fn log(conn: &Connection, path: &str, kind: ChangeKind, old: Option<&str>, now: i64) -> Result<i64, Error> {
+    conn.prepare_cached("INSERT INTO changes (path, kind, old, committed_at) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![path, kind.as_str(), old, now])?;
     Ok(conn.last_insert_rowid())
 }
