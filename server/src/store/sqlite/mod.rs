@@ -513,18 +513,14 @@ struct Logged {
     d: serde_json::Map<String, Value>,
 }
 
-fn parse_logged(path: &DocPath, text: Option<String>) -> Result<Option<StoredDoc>, Error> {
-    let Some(text) = text else {
-        return Ok(None);
-    };
-    let logged: Logged = serde_json::from_str(&text).map_err(|e| Error::Internal(format!("logged JSON: {e}")))?;
-    Ok(Some(StoredDoc {
-        path: path.clone(),
-        data: logged.d,
-        version: logged.v,
-        created_at: logged.c,
-        updated_at: logged.u,
-    }))
+/// A document read back from the log, with its size there (what holding it costs).
+type LoggedDoc = (Arc<StoredDoc>, usize);
+
+fn parse_logged(path: &DocPath, text: &str) -> Result<LoggedDoc, Error> {
+    let logged: Logged = serde_json::from_str(text).map_err(|e| Error::Internal(format!("logged JSON: {e}")))?;
+    let doc =
+        StoredDoc { path: path.clone(), data: logged.d, version: logged.v, created_at: logged.c, updated_at: logged.u };
+    Ok((Arc::new(doc), text.len()))
 }
 
 /// One row of `changes`.
@@ -571,37 +567,32 @@ fn read_changes(
     if let Some(wanted) = wanted {
         rows.retain(|row| wanted(&row.path));
     }
-    // Per path, the document before the next change seen so far (walking backwards), with
-    // its size in the log.
-    let mut before_next: HashMap<String, (Arc<StoredDoc>, usize)> = HashMap::new();
+    // Per path, the document before the next change seen so far (walking backwards).
+    let mut before_next: HashMap<String, LoggedDoc> = HashMap::new();
     let mut changes = Vec::with_capacity(rows.len());
     for row in rows.into_iter().rev() {
         let path = DocPath::parse(&row.path).map_err(|e| Error::Internal(format!("logged path: {e}")))?;
         let kind = ChangeKind::parse(&row.kind).ok_or_else(|| Error::Internal(format!("logged kind {}", row.kind)))?;
-        let old_bytes = row.old.as_ref().map_or(0, String::len);
-        let old = parse_logged(&path, row.old)?.map(Arc::new);
+        let old = row.old.as_deref().map(|text| parse_logged(&path, text)).transpose()?;
         let after_change = match (kind, row.doc) {
             (ChangeKind::Delete, _) => None,
-            (_, Some(text)) => {
-                let bytes = text.len();
-                parse_logged(&path, Some(text))?.map(|doc| (Arc::new(doc), bytes))
-            }
+            (_, Some(text)) => Some(parse_logged(&path, &text)?),
             (_, None) => match before_next.get(row.path.as_str()) {
                 Some(next) => Some(next.clone()),
                 None => Some(document_after(conn, &path, row.seq)?),
             },
         };
         match &old {
-            Some(old) => before_next.insert(row.path, (old.clone(), old_bytes)),
+            Some(old) => before_next.insert(row.path, old.clone()),
             None => before_next.remove(row.path.as_str()),
         };
-        let (doc, doc_bytes) = after_change.map_or((None, 0), |(doc, bytes)| (Some(doc), bytes));
+        let size = |logged: &Option<LoggedDoc>| logged.as_ref().map_or(0, |(_, bytes)| *bytes);
         changes.push(Change {
             seq: row.seq,
             kind,
-            bytes: doc_bytes + old_bytes,
-            doc,
-            old,
+            bytes: size(&after_change) + size(&old),
+            doc: after_change.map(|(doc, _)| doc),
+            old: old.map(|(doc, _)| doc),
             path,
             committed_at: row.committed_at,
         });
@@ -612,7 +603,7 @@ fn read_changes(
 
 /// The document as the change `seq` left it, when no later row read so far says: the `old`
 /// of the path's next change, else the current document.
-fn document_after(conn: &Connection, path: &DocPath, seq: i64) -> Result<(Arc<StoredDoc>, usize), Error> {
+fn document_after(conn: &Connection, path: &DocPath, seq: i64) -> Result<LoggedDoc, Error> {
     let next_old: Option<String> = conn
         .prepare_cached(
             "SELECT old FROM changes WHERE path = ?1 AND seq > ?2 AND kind <> 'create' ORDER BY seq LIMIT 1",
@@ -621,9 +612,7 @@ fn document_after(conn: &Connection, path: &DocPath, seq: i64) -> Result<(Arc<St
         .optional()?
         .flatten();
     if let Some(text) = next_old {
-        let bytes = text.len();
-        let doc = parse_logged(path, Some(text))?.ok_or_else(|| Error::Internal("empty logged document".into()))?;
-        return Ok((Arc::new(doc), bytes));
+        return parse_logged(path, &text);
     }
     let current = read_document(conn, path)?
         .ok_or_else(|| Error::Internal(format!("change {seq} of `{path}` has no document after it")))?;
