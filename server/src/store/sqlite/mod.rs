@@ -482,12 +482,28 @@ fn open_reader(file: &DbFile) -> Result<Connection, Error> {
     Ok(conn)
 }
 
+/// The stored document at `path` (the path is the caller's, not parsed again from the row).
 fn read_document(conn: &Connection, path: &DocPath) -> Result<Option<RawDoc>, Error> {
-    let row = conn
-        .prepare_cached("SELECT path, json(data), version, created_at, updated_at FROM documents WHERE path = ?1")?
-        .query_row([path.as_str()], doc_from_row)
-        .optional()?;
-    row.map(parse_doc).transpose()
+    Ok(conn
+        .prepare_cached("SELECT json(data), version, created_at, updated_at FROM documents WHERE path = ?1")?
+        .query_row([path.as_str()], |row| {
+            Ok(RawDoc {
+                path: path.clone(),
+                data: row.get(0)?,
+                version: row.get(1)?,
+                created_at: row.get(2)?,
+                updated_at: row.get(3)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Runs `read` in one read transaction, so all its statements see the same commit.
+fn in_read_transaction<R>(conn: &Connection, read: impl FnOnce(&Connection) -> Result<R, Error>) -> Result<R, Error> {
+    conn.execute_batch("BEGIN")?;
+    let outcome = read(conn);
+    let _ = conn.execute_batch("COMMIT");
+    outcome
 }
 
 fn doc_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64, i64, i64)> {
@@ -601,13 +617,16 @@ fn read_changes(
     Ok(LogPage { changes, last })
 }
 
+/// The `old` of the path's next change after a `seq`; `kind <> 'create'` lets SQLite use
+/// the partial index `changes_next_by_path`.
+const NEXT_CHANGE_OLD: &str =
+    "SELECT old FROM changes WHERE path = ?1 AND seq > ?2 AND kind <> 'create' ORDER BY seq LIMIT 1";
+
 /// The document as the change `seq` left it, when no later row read so far says: the `old`
 /// of the path's next change, else the current document.
 fn document_after(conn: &Connection, path: &DocPath, seq: i64) -> Result<LoggedDoc, Error> {
     let next_old: Option<String> = conn
-        .prepare_cached(
-            "SELECT old FROM changes WHERE path = ?1 AND seq > ?2 AND kind <> 'create' ORDER BY seq LIMIT 1",
-        )?
+        .prepare_cached(NEXT_CHANGE_OLD)?
         .query_row(params![path.as_str(), seq], |row| row.get(0))
         .optional()?
         .flatten();
@@ -645,11 +664,8 @@ impl Backend for SqliteBackend {
     fn snapshot(&self, spec: QuerySpec) -> BoxFuture<'_, Result<(Page, i64), Error>> {
         self.readers
             .run(move |conn| {
-                // One read transaction: the page and the seq see the same commit.
-                conn.execute_batch("BEGIN")?;
-                let read = run_query(conn, &spec).and_then(|page| Ok((page, last_seq(conn)?)));
-                let _ = conn.execute_batch("COMMIT");
-                read
+                // The page and the seq, at the same commit.
+                in_read_transaction(conn, |conn| Ok((run_query(conn, &spec)?, last_seq(conn)?)))
             })
             .boxed()
     }
@@ -699,11 +715,8 @@ impl Backend for SqliteBackend {
     ) -> BoxFuture<'_, Result<LogPage, Error>> {
         self.readers
             .run(move |conn| {
-                // One read transaction: the log and the documents it points at see the same commit.
-                conn.execute_batch("BEGIN")?;
-                let read = read_changes(conn, after, limit, wanted.as_deref());
-                let _ = conn.execute_batch("COMMIT");
-                read
+                // The log and the documents it points at, at the same commit.
+                in_read_transaction(conn, |conn| read_changes(conn, after, limit, wanted.as_deref()))
             })
             .boxed()
     }

@@ -312,11 +312,7 @@ async fn the_log_gives_back_every_version_the_bus_published() {
     // Finding a path's next change is an index seek, not a scan of the log.
     let conn = rusqlite::Connection::open(dir.path().join("test.db")).expect("opens");
     let plan: String = conn
-        .query_row(
-            "EXPLAIN QUERY PLAN SELECT old FROM changes WHERE path = 'v/d1' AND seq > 3 AND kind <> 'create' ORDER BY seq LIMIT 1",
-            [],
-            |row| row.get(3),
-        )
+        .query_row(&format!("EXPLAIN QUERY PLAN {NEXT_CHANGE_OLD}"), rusqlite::params!["v/d1", 3], |row| row.get(3))
         .expect("plan");
     assert!(plan.contains("changes_next_by_path"), "{plan}");
 }
