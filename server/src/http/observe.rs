@@ -127,9 +127,12 @@ where
         if let Some(id) = this.id.take() {
             response.headers_mut().insert(REQUEST_ID, id);
         }
-        let seconds = this.started.elapsed().as_secs_f64();
+        let elapsed = this.started.elapsed();
         let status = response.status().as_u16();
-        tracing::info!(target: "hearth::access", status, latency_ms = seconds * 1000.0, "answered");
+        // Whole microseconds, so the line reads `0.045`, not `0.045200000000000004`.
+        let latency_ms = elapsed.as_micros() as f64 / 1000.0;
+        tracing::info!(target: "hearth::access", status, latency_ms, "answered");
+        let seconds = elapsed.as_secs_f64();
         let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
         REQUEST_METRICS.record(route, this.method, status, seconds);
         Poll::Ready(Ok(response))
