@@ -23,9 +23,11 @@
 //!
 //! Modules: `config` (file + env + flags), `store` (documents, queries, the one write
 //! path), `changes` (the change log record and the bus), `auth` (users, sessions,
-//! tokens), `rules` (access rules), `http` (routes, extractors, errors, middleware).
+//! tokens), `rules` (access rules), `http` (routes, extractors, errors, middleware),
+//! `backup` (backups, restore, the lock that keeps one server per database).
 
 pub mod auth;
+pub mod backup;
 pub mod changes;
 pub mod config;
 pub mod functions;
@@ -55,6 +57,8 @@ pub struct Server {
     listener: TcpListener,
     state: http::AppState,
     new_service_key: Option<String>,
+    /// Held until the server has stopped and flushed its writer.
+    lock: backup::DatabaseLock,
 }
 
 /// A server being set up: its config and the functions it runs in Rust.
@@ -158,6 +162,9 @@ impl Server {
 
     async fn start(config: Config, natives: Vec<Native>) -> anyhow::Result<Server> {
         let metrics = metrics_handle()?;
+        let config::Database::Sqlite(database) = config.database()?;
+        let lock = backup::DatabaseLock::acquire(&database, "start")?;
+        let backups = backup::Backups::beside(&database);
         let (store, sqlite) = open_store(&config).await?;
         let auth = Auth::new(auth::repo::Repo::new(sqlite), config.auth.clone(), &config.mail).await?;
         let mut hashes = store.backend().service_key_hashes().await?;
@@ -181,9 +188,9 @@ impl Server {
             functions::Functions::start(&config.dir, store.clone(), auth.clone(), config.functions.clone(), natives)
                 .await
                 .map_err(|error| anyhow::anyhow!("functions: {error}"))?;
-        let services = http::Services { store, auth, rules, realtime, functions };
+        let services = http::Services { store, auth, rules, realtime, functions, backups };
         let state = http::AppState::new(services, config, ServiceKeys::new(hashes), metrics);
-        Ok(Server { listener, state, new_service_key: first_key })
+        Ok(Server { listener, state, new_service_key: first_key, lock })
     }
 
     /// The address the server listens on (with the real port when 0 was asked).
@@ -226,6 +233,7 @@ impl Server {
         rules_watcher.abort();
         functions_watcher.abort();
         state.store().close().await;
+        drop(self.lock);
         tracing::info!("stopped");
         Ok(())
     }

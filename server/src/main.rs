@@ -45,6 +45,16 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Put a backup (from `POST /v1/admin/backups`) in place of the project's database.
+    /// The server must be stopped; start it again afterwards.
+    Restore {
+        /// The backup file.
+        backup: PathBuf,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long)]
+        database_url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -113,6 +123,27 @@ fn main() -> std::process::ExitCode {
             match rotated {
                 Ok(kid) => {
                     println!("added signing key {kid}; running servers use it within 30 s");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("hearth: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Restore { backup, dir, database_url } => {
+            let overrides = Overrides { database_url, ..Overrides::default() };
+            let restored = Config::load(&dir, overrides).and_then(|config| {
+                let hearth_server::config::Database::Sqlite(database) = config.database()?;
+                Ok((hearth_server::backup::restore(&database, &backup)?, database))
+            });
+            match restored {
+                Ok((seq, database)) => {
+                    println!(
+                        "restored {} from {} (changes up to seq {seq}); start the server to serve it",
+                        database.display(),
+                        backup.display()
+                    );
                     std::process::ExitCode::SUCCESS
                 }
                 Err(error) => {

@@ -2,6 +2,7 @@
 //! contract's error shape. The only module that knows axum and tower.
 
 pub mod auth;
+pub mod backups;
 pub mod docs;
 pub mod error;
 pub mod extract;
@@ -38,6 +39,7 @@ pub use state::{AppState, Services};
         auth::oauth_start, auth::oauth_callback,
         rules::get_rules, rules::put_rules, realtime::realtime,
         functions::call, functions::list, functions::deploy, functions::dead,
+        backups::create, backups::list, backups::download, backups::delete,
     ),
     components(schemas(
         hearth_types::Document, hearth_types::Query, hearth_types::Filter, hearth_types::Op,
@@ -53,6 +55,7 @@ pub use state::{AppState, Services};
         hearth_types::LoginAnswer, hearth_types::MfaChallenge, hearth_types::TotpEnrollment,
         hearth_types::RecoveryCodes, hearth_types::CodeRequest, hearth_types::MfaVerifyRequest,
         functions::CallRequest, functions::CallResponse, functions::FunctionList, functions::FunctionStatusList, functions::DeadLetters,
+        crate::backup::BackupInfo, backups::BackupList,
     )),
     modifiers(&BearerAuth),
 )]
@@ -123,8 +126,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/functions/dead", get(functions::dead))
         .route("/v1/admin/functions/{file}", axum::routing::put(functions::deploy))
         .layer(DefaultBodyLimit::max(functions::MAX_CALL_BYTES.max(crate::functions::MAX_FILE_BYTES)));
+    let backups = Router::new()
+        .route("/v1/admin/backups", get(backups::list).post(backups::create))
+        .route("/v1/admin/backups/{name}", get(backups::download).delete(backups::delete));
     Router::new()
         .route("/v1/realtime", get(realtime::realtime))
+        .merge(backups)
         .merge(functions)
         .merge(documents)
         .merge(rules)

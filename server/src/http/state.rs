@@ -7,6 +7,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::extract::ServiceKeys;
 use crate::auth::Auth;
+use crate::backup::Backups;
 use crate::config::Config;
 use crate::functions::Functions;
 use crate::realtime::Realtime;
@@ -23,6 +24,7 @@ pub struct Services {
     pub rules: Rules,
     pub realtime: Realtime,
     pub functions: Functions,
+    pub backups: Backups,
 }
 
 struct Inner {
@@ -31,6 +33,7 @@ struct Inner {
     rules: Rules,
     realtime: Realtime,
     functions: Functions,
+    backups: Backups,
     config: Config,
     service_keys: ServiceKeys,
     metrics: PrometheusHandle,
@@ -39,13 +42,14 @@ struct Inner {
 
 impl AppState {
     pub fn new(services: Services, config: Config, service_keys: ServiceKeys, metrics: PrometheusHandle) -> AppState {
-        let Services { store, auth, rules, realtime, functions } = services;
+        let Services { store, auth, rules, realtime, functions, backups } = services;
         AppState(Arc::new(Inner {
             store,
             auth,
             rules,
             realtime,
             functions,
+            backups,
             config,
             service_keys,
             metrics,
@@ -71,6 +75,10 @@ impl AppState {
 
     pub fn functions(&self) -> &Functions {
         &self.0.functions
+    }
+
+    pub fn backups(&self) -> &Backups {
+        &self.0.backups
     }
 
     pub fn config(&self) -> &Config {

@@ -2,6 +2,7 @@
 //! a fresh project dir and talks to it over HTTP.
 
 mod auth;
+mod backups;
 mod bad_input;
 mod documents;
 mod embedded;

@@ -41,6 +41,8 @@ async fn health_readiness_metrics_and_openapi_answer() {
         ("/readyz", &["get"][..]),
         ("/metrics", &["get"][..]),
         ("/v1/openapi.json", &["get"][..]),
+        ("/v1/admin/backups", &["get", "post"][..]),
+        ("/v1/admin/backups/{name}", &["get", "delete"][..]),
     ] {
         for method in methods {
             assert!(paths[path].get(*method).is_some(), "OpenAPI lacks {method} {path}");

@@ -6,7 +6,7 @@ pub mod sql;
 mod writer;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -446,10 +446,54 @@ fn run_query(conn: &Connection, spec: &QuerySpec) -> Result<Page, Error> {
     Ok(Page { docs, more })
 }
 
-fn last_seq(conn: &Connection) -> Result<i64, Error> {
+/// The `seq` of the last change logged in the database `conn` is open on (0 if none).
+pub(crate) fn last_seq(conn: &Connection) -> Result<i64, Error> {
     // AUTOINCREMENT's counter, not max(seq): it survives pruning the log.
     let sql = "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)";
     Ok(conn.prepare_cached(sql)?.query_row([], |row| row.get(0))?)
+}
+
+/// Replaces the database at `path` with the backup `from` (a file [`Backend::backup`]
+/// made), page by page through SQLite, so the live file's WAL is never replayed over
+/// restored pages. Nothing else may have `path` open. Returns the `seq` of the last
+/// change the backup holds.
+pub fn restore(path: &Path, from: &Path) -> Result<i64, Error> {
+    let refused = |reason: String| Error::InvalidArgument(format!("{}: {reason}", from.display()));
+    let source = Connection::open_with_flags(from, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| refused(format!("cannot open it: {e}")))?;
+    let check: String = source
+        .query_row("PRAGMA quick_check", [], |row| row.get(0))
+        .map_err(|e| refused(format!("not a database: {e}")))?;
+    if check != "ok" {
+        return Err(refused(format!("damaged: {check}")));
+    }
+    let version: i64 = source
+        .query_row("SELECT coalesce(max(version), 0) FROM _hearth_migrations", [], |row| row.get(0))
+        .map_err(|_| refused("not a Hearth database".into()))?;
+    let known = MIGRATIONS.last().map_or(0, |(version, ..)| *version);
+    if version > known {
+        return Err(refused(format!("made by a newer Hearth (schema {version}; this one knows up to {known})")));
+    }
+    let restored = last_seq(&source)?;
+    drop(source);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let mut live = Connection::open(path)?;
+    let logged: bool =
+        live.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE name = 'sqlite_sequence'", [], |row| row.get(0))?;
+    let live_seq = if logged { last_seq(&live)? } else { 0 };
+    live.restore(rusqlite::MAIN_DB, from, None::<fn(rusqlite::backup::Progress)>)?;
+    // A client may hold a resume token from after the backup. Changes from now on start
+    // past a gap above every `seq` the live log gave out, so no such token reaches them
+    // and the client gets a fresh snapshot instead of missing the rewind.
+    if live_seq > restored
+        && live.execute("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'changes'", [live_seq + 1])? == 0
+    {
+        live.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('changes', ?1)", [live_seq + 1])?;
+    }
+    Ok(restored)
 }
 
 /// The database file, and whether this process holds it alone.
@@ -766,6 +810,17 @@ impl Backend for SqliteBackend {
             .run(|conn| {
                 conn.query_row("SELECT 1", [], |_| Ok(()))?;
                 Ok(())
+            })
+            .boxed()
+    }
+
+    fn backup(&self, into: PathBuf) -> BoxFuture<'_, Result<i64, Error>> {
+        self.readers
+            .run(move |conn| {
+                // One read transaction: the copy is the database as of its start, while the
+                // writer goes on appending to the WAL.
+                conn.execute("VACUUM INTO ?1", [into.to_string_lossy()])?;
+                last_seq(&Connection::open_with_flags(&into, OpenFlags::SQLITE_OPEN_READ_ONLY)?)
             })
             .boxed()
     }

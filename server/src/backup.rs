@@ -1,0 +1,230 @@
+//! Backups: consistent copies of the database made while the server runs, kept in
+//! `backups/` beside the database file; the restore that puts one back; and the lock
+//! that keeps a second server, or a restore, off a database a server is running on.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+
+use crate::store::{self, Error, Store, format_time};
+
+/// One backup file.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct BackupInfo {
+    /// The file name, e.g. `hearth-20261128T153012.345Z.db`.
+    pub name: String,
+    pub bytes: u64,
+    /// When the copy was taken (RFC 3339).
+    pub created_at: String,
+    /// The `seq` of the last change the copy holds.
+    pub seq: i64,
+}
+
+/// The backups of one database.
+pub struct Backups {
+    dir: PathBuf,
+    /// One backup at a time: each is a full read of the database.
+    running: tokio::sync::Mutex<()>,
+}
+
+const PREFIX: &str = "hearth-";
+const SUFFIX: &str = "Z.db";
+const TIME_FORMAT: &str = "%Y%m%dT%H%M%S%.3f";
+
+impl Backups {
+    /// The backups of the database file `database`, in `backups/` beside it.
+    pub fn beside(database: &Path) -> Backups {
+        let dir = database.parent().unwrap_or(Path::new(".")).join("backups");
+        Backups { dir, running: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Copies the database into a new backup file. Writes go on meanwhile; the copy is
+    /// the database as of the moment it began.
+    pub async fn create(&self, store: &Store) -> Result<BackupInfo, Error> {
+        let _one_at_a_time = self.running.lock().await;
+        let dir = self.dir.clone();
+        let (name, partial) = tokio::task::spawn_blocking(move || -> Result<(String, PathBuf), Error> {
+            std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+            // Names carry milliseconds; two backups in one millisecond wait for the next.
+            let name = loop {
+                let name = format!("{PREFIX}{}{SUFFIX}", Utc::now().format(TIME_FORMAT));
+                if !dir.join(&name).exists() {
+                    break name;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            };
+            // A hidden name until complete: a listing never shows half a backup.
+            let partial = dir.join(format!(".{name}.partial"));
+            let _ = std::fs::remove_file(&partial);
+            Ok((name, partial))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))??;
+        let seq = match store.backend().backup(partial.clone()).await {
+            Ok(seq) => seq,
+            Err(error) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(error);
+            }
+        };
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<BackupInfo, Error> {
+            let file = dir.join(&name);
+            let finished = File::open(&partial)
+                .and_then(|copy| copy.sync_all())
+                .and_then(|()| std::fs::rename(&partial, &file))
+                .and_then(|()| File::open(&dir)?.sync_all());
+            if let Err(error) = finished {
+                let _ = std::fs::remove_file(&partial);
+                return Err(io_error(&file, error));
+            }
+            let bytes = std::fs::metadata(&file).map_err(|e| io_error(&file, e))?.len();
+            let created_at = created_at(&name).unwrap_or_default();
+            tracing::info!(%name, bytes, seq, "backup made");
+            Ok(BackupInfo { name, bytes, created_at, seq })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
+    }
+
+    /// Every backup, newest first.
+    pub async fn list(&self) -> Result<Vec<BackupInfo>, Error> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(error) => return Err(io_error(&dir, error)),
+            };
+            let mut backups = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| io_error(&dir, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(created_at) = created_at(&name) else { continue };
+                match describe(&entry.path()) {
+                    Ok((bytes, seq)) => backups.push(BackupInfo { name, bytes, created_at, seq }),
+                    Err(error) => tracing::warn!(%name, %error, "unreadable backup left out of the list"),
+                }
+            }
+            backups.sort_by(|a, b| b.name.cmp(&a.name));
+            Ok(backups)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
+    }
+
+    /// The file of the backup `name`; not-found for any name this module did not make.
+    pub fn file(&self, name: &str) -> Result<PathBuf, Error> {
+        let missing = || Error::NotFound(format!("no backup named `{name}`"));
+        // Only names of the exact form made here, so no name reaches outside the dir.
+        created_at(name).ok_or_else(missing)?;
+        let file = self.dir.join(name);
+        if file.is_file() { Ok(file) } else { Err(missing()) }
+    }
+
+    /// Deletes the backup `name`.
+    pub async fn delete(&self, name: &str) -> Result<(), Error> {
+        let file = self.file(name)?;
+        tokio::fs::remove_file(&file).await.map_err(|e| io_error(&file, e))?;
+        tracing::info!(%name, "backup deleted");
+        Ok(())
+    }
+}
+
+/// The creation time a backup's name carries, or `None` for a name not made here.
+fn created_at(name: &str) -> Option<String> {
+    let time = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+    // chrono accepts some variations (fewer digits); only the canonical form is a name.
+    let parsed = NaiveDateTime::parse_from_str(time, TIME_FORMAT).ok()?;
+    (parsed.format(TIME_FORMAT).to_string() == time)
+        .then(|| format_time(DateTime::<Utc>::from_naive_utc_and_offset(parsed, Utc).timestamp_micros()))
+}
+
+/// Size and last `seq` of a backup file.
+fn describe(file: &Path) -> Result<(u64, i64), Error> {
+    let bytes = std::fs::metadata(file).map_err(|e| io_error(file, e))?.len();
+    let seq = store::sqlite::last_seq(&Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY)?)?;
+    Ok((bytes, seq))
+}
+
+fn io_error(path: &Path, error: std::io::Error) -> Error {
+    Error::Unavailable(format!("{}: {error}", path.display()))
+}
+
+/// Held while a server runs on a database (an OS lock on `<database>.lock`, gone with the
+/// process however it ends): a second server would break the one-writer design, and a
+/// restore under a running server would leave it serving stale state.
+pub struct DatabaseLock {
+    _file: File,
+}
+
+impl DatabaseLock {
+    /// Takes the lock, or says who holds it.
+    pub fn acquire(database: &Path, purpose: &str) -> anyhow::Result<DatabaseLock> {
+        if let Some(parent) = database.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let path = lock_path(database);
+        let file = File::options().create(true).truncate(false).write(true).open(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(DatabaseLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "cannot {purpose}: a Hearth server is running on {} (it holds {})",
+                database.display(),
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(error)) => Err(anyhow::anyhow!("cannot lock {}: {error}", path.display())),
+        }
+    }
+}
+
+fn lock_path(database: &Path) -> PathBuf {
+    let mut name = database.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    database.with_file_name(name)
+}
+
+/// Puts the backup `from` in place of the database at `database`: refused while a
+/// server runs on it, and refused whole for a file that is not a sound Hearth backup.
+/// Returns the `seq` of the last change the backup holds.
+pub fn restore(database: &Path, from: &Path) -> anyhow::Result<i64> {
+    let _lock = DatabaseLock::acquire(database, "restore")?;
+    Ok(store::sqlite::restore(database, from)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_made_here_are_backups() {
+        let made = format!("{PREFIX}{}{SUFFIX}", Utc::now().format(TIME_FORMAT));
+        assert!(created_at(&made).is_some(), "{made}");
+        assert_eq!(created_at("hearth-20261128T153012.345Z.db").as_deref(), Some("2026-11-28T15:30:12.345000Z"));
+        for bad in [
+            "hearth-20261128T153012.3Z.db",
+            "hearth-20261128T153012.345Z.db.partial",
+            ".hearth-20261128T153012.345Z.db.partial",
+            "../hearth-20261128T153012.345Z.db",
+            "hearth-20261128T153012.345Z.db/..",
+            "hearth.db",
+            "hearth-20261328T153012.345Z.db",
+        ] {
+            assert_eq!(created_at(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_second_lock_on_one_database_is_refused_until_the_first_goes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let database = dir.path().join("data/hearth.db");
+        let held = DatabaseLock::acquire(&database, "serve").expect("first lock");
+        let refused = DatabaseLock::acquire(&database, "restore").err().expect("second lock refused").to_string();
+        assert!(refused.contains("cannot restore: a Hearth server is running"), "{refused}");
+        drop(held);
+        DatabaseLock::acquire(&database, "restore").expect("free again");
+    }
+}
