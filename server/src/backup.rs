@@ -71,7 +71,7 @@ impl Backups {
             }
         };
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || -> Result<BackupInfo, Error> {
+        let made = tokio::task::spawn_blocking(move || -> Result<BackupInfo, Error> {
             let file = dir.join(&name);
             let finished = File::open(&partial)
                 .and_then(|copy| copy.sync_all())
@@ -83,11 +83,12 @@ impl Backups {
             }
             let bytes = std::fs::metadata(&file).map_err(|e| io_error(&file, e))?.len();
             let created_at = created_at(&name).unwrap_or_default();
-            tracing::info!(%name, bytes, seq, "backup made");
             Ok(BackupInfo { name, bytes, created_at, seq })
         })
         .await
-        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))??;
+        tracing::info!(name = %made.name, bytes = made.bytes, seq = made.seq, "backup made");
+        Ok(made)
     }
 
     /// Every backup, newest first.
