@@ -107,9 +107,6 @@ pub struct SqliteBackend {
     readers: Arc<Readers>,
 }
 
-/// Moves WAL checkpoints off the writer thread: the writer only appends to the WAL, and
-/// this thread copies committed pages back into the database file (PASSIVE, so it never
-/// blocks the writer or readers).
 /// SQLite's default busy handler sleeps in whole milliseconds (and longer as it retries),
 /// which is an eternity for the writer when the checkpointer briefly holds a lock; poll
 /// every 50 µs instead, for up to 5 s.
@@ -125,6 +122,9 @@ fn short_busy_waits(conn: &Connection) -> Result<(), Error> {
 /// WAL size (in pages) past which the checkpointer restarts the WAL.
 const RESTART_WAL_FRAMES: i64 = 16384;
 
+/// Moves WAL checkpoints off the writer thread: the writer only appends to the WAL, and
+/// this thread copies committed pages back into the database file (PASSIVE, so it never
+/// blocks the writer or readers).
 struct Checkpointer {
     stop: std::sync::mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
@@ -135,12 +135,21 @@ impl Checkpointer {
         let conn = file
             .connect(OpenFlags::default())
             .map_err(|e| Error::Unavailable(format!("cannot open the checkpointer: {e}")))?;
-        conn.execute_batch("PRAGMA busy_timeout = 5000;")?;
+        // A RESTART holds new writes back while it waits for readers of older snapshots;
+        // a long read (a backup, a big aggregate) would stall every write for as long as
+        // the wait lasted. Wait 20 ms at most, polling every 50 µs, and back off.
+        fn brief_wait(attempt: i32) -> bool {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+            attempt < 400
+        }
+        conn.busy_handler(Some(brief_wait))?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("hearth-checkpoint".into())
             .spawn(move || {
                 let interval = std::time::Duration::from_millis(100);
+                let mut skip = 0u32;
+                let mut backoff = 1u32;
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     // PASSIVE copies what it can without blocking anyone. Under a steady
                     // stream of writes it never catches up, and the WAL would grow without
@@ -148,10 +157,22 @@ impl Checkpointer {
                     // transaction so the next one starts the WAL from the beginning.
                     let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1));
                     let outcome = match passive {
-                        Ok(frames) if frames > RESTART_WAL_FRAMES => {
-                            conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+                        Ok(frames) if frames > RESTART_WAL_FRAMES && skip == 0 => conn
+                            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get::<_, bool>(0))
+                            .map(|busy| {
+                                // Still busy: a reader holds an old snapshot. Try again after
+                                // 1, 2, 4 … 32 ticks (3.2 s at most).
+                                if busy {
+                                    skip = backoff;
+                                    backoff = (backoff * 2).min(32);
+                                } else {
+                                    backoff = 1;
+                                }
+                            }),
+                        other => {
+                            skip = skip.saturating_sub(1);
+                            other.map(|_| ())
                         }
-                        other => other.map(|_| ()),
                     };
                     if let Err(error) = outcome {
                         tracing::warn!(%error, "WAL checkpoint failed");
