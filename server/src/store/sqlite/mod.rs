@@ -7,7 +7,7 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
@@ -105,6 +105,8 @@ pub struct SqliteBackend {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
     readers: Arc<Readers>,
+    /// How many backups are running (the checkpointer holds back while one does).
+    backups: Arc<AtomicUsize>,
 }
 
 /// SQLite's default busy handler sleeps in whole milliseconds (and longer as it retries),
@@ -131,48 +133,31 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(file: &DbFile) -> Result<Checkpointer, Error> {
+    /// `backups`: how many backups are running.
+    fn start(file: &DbFile, backups: Arc<AtomicUsize>) -> Result<Checkpointer, Error> {
         let conn = file
             .connect(OpenFlags::default())
             .map_err(|e| Error::Unavailable(format!("cannot open the checkpointer: {e}")))?;
-        // A RESTART holds new writes back while it waits for readers of older snapshots;
-        // a long read (a backup, a big aggregate) would stall every write for as long as
-        // the wait lasted. Wait 20 ms at most, polling every 50 µs, and back off.
-        fn brief_wait(attempt: i32) -> bool {
-            std::thread::sleep(std::time::Duration::from_micros(50));
-            attempt < 400
-        }
-        conn.busy_handler(Some(brief_wait))?;
+        conn.execute_batch("PRAGMA busy_timeout = 5000;")?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("hearth-checkpoint".into())
             .spawn(move || {
                 let interval = std::time::Duration::from_millis(100);
-                let mut skip = 0u32;
-                let mut backoff = 1u32;
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     // PASSIVE copies what it can without blocking anyone. Under a steady
                     // stream of writes it never catches up, and the WAL would grow without
                     // end; once it is large, RESTART waits for the writer's current
                     // transaction so the next one starts the WAL from the beginning.
+                    // RESTART also holds new writes back until every reader is on the
+                    // newest snapshot, so it waits while a backup (a read of the whole
+                    // database, seconds long) runs: the WAL grows meanwhile instead.
                     let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1));
                     let outcome = match passive {
-                        Ok(frames) if frames > RESTART_WAL_FRAMES && skip == 0 => conn
-                            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get::<_, bool>(0))
-                            .map(|busy| {
-                                // Still busy: a reader holds an old snapshot. Try again after
-                                // 1, 2, 4 … 32 ticks (3.2 s at most).
-                                if busy {
-                                    skip = backoff;
-                                    backoff = (backoff * 2).min(32);
-                                } else {
-                                    backoff = 1;
-                                }
-                            }),
-                        other => {
-                            skip = skip.saturating_sub(1);
-                            other.map(|_| ())
+                        Ok(frames) if frames > RESTART_WAL_FRAMES && backups.load(Ordering::Relaxed) == 0 => {
+                            conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
                         }
+                        other => other.map(|_| ()),
                     };
                     if let Err(error) = outcome {
                         tracing::warn!(%error, "WAL checkpoint failed");
@@ -227,7 +212,8 @@ impl SqliteBackend {
         migrate(&mut conn)?;
         reconcile_indexes(&conn, &options.indexes)?;
         let readers = Arc::new(Readers::open(file.clone(), options.readers.max(1))?);
-        let checkpointer = Checkpointer::start(&file)?;
+        let backups = Arc::new(AtomicUsize::new(0));
+        let checkpointer = Checkpointer::start(&file, backups.clone())?;
         let (sender, receiver) = mpsc::channel(options.queue_capacity.max(1));
         let writer_options = options.writer;
         let thread = std::thread::Builder::new()
@@ -239,6 +225,7 @@ impl SqliteBackend {
             thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some(checkpointer)),
             readers,
+            backups,
         })
     }
 
@@ -836,8 +823,18 @@ impl Backend for SqliteBackend {
     }
 
     fn backup(&self, into: PathBuf) -> BoxFuture<'_, Result<i64, Error>> {
+        /// Counts a running backup until dropped, however the backup ends.
+        struct Running(Arc<AtomicUsize>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.backups.fetch_add(1, Ordering::Relaxed);
+        let running = Running(self.backups.clone());
         self.readers
             .run(move |conn| {
+                let _running = running;
                 // One read transaction: the copy is the database as of its start, while the
                 // writer goes on appending to the WAL.
                 conn.execute("VACUUM INTO ?1", [into.to_string_lossy()])?;
