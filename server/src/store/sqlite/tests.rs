@@ -468,3 +468,35 @@ async fn a_long_query_moves_off_the_async_worker_and_still_answers() {
     let ids: Vec<&str> = page.docs.iter().map(|doc| doc.path.id()).collect();
     assert_eq!(ids, ["d04998", "d04999"]);
 }
+
+#[tokio::test]
+async fn a_backup_of_a_newer_schema_or_a_damaged_file_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), Vec::new()).await;
+    write_many(&store, "notes", 3, |i| json!({"i": i})).await;
+    let copy = dir.path().join("copy.db");
+    assert_eq!(store.backend().backup(copy.clone()).await.expect("backup"), 3);
+    store.close().await;
+    let live = dir.path().join("test.db");
+
+    let newer = dir.path().join("newer.db");
+    std::fs::copy(&copy, &newer).expect("copy");
+    Connection::open(&newer)
+        .and_then(|conn| conn.execute("INSERT INTO _hearth_migrations VALUES (9999, 'future', 0)", []))
+        .expect("a future migration");
+    let refused = restore(&live, &newer).expect_err("refused").to_string();
+    assert!(refused.contains("made by a newer Hearth (schema 9999"), "{refused}");
+
+    let damaged = dir.path().join("damaged.db");
+    let mut bytes = std::fs::read(&copy).expect("read");
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&damaged, bytes).expect("write");
+    assert!(restore(&live, &damaged).is_err(), "half a database is refused");
+
+    let store = open(dir.path(), Vec::new()).await;
+    let spec = QuerySpec::parse(&serde_json::from_value(json!({"collection": "notes"})).expect("wire"), store.signer())
+        .expect("valid");
+    let page = store.query(spec).await.expect("query");
+    assert_eq!(page.docs.len(), 3, "the live database is untouched");
+    store.close().await;
+}
