@@ -693,3 +693,46 @@ async fn subscribers_joining_a_shared_query_while_it_changes_all_end_equal_to_a_
         assert_eq!(view, &fresh, "subscriber {index}");
     }
 }
+
+/// After `hearth restore`, a resume token from before it — from before the backup, or
+/// from the history the restore undid — gets a fresh snapshot, never a silent gap.
+#[tokio::test]
+async fn resuming_across_a_restore_starts_over_and_never_misses_the_rewind() {
+    let mut app = App::spawn().await;
+    app.call(Method::PUT, "/v1/docs/notes/a1", Some(json!({"n": 1}))).await;
+    let (status, backup) = app.call(Method::POST, "/v1/admin/backups", None).await;
+    assert_eq!(status, 201, "{backup}");
+    let query = json!({"collection": "notes"});
+    let mut client = Client::connect(&app, Some(KEY)).await;
+    client.send(json!({"op": "sub", "id": "n", "query": query})).await;
+    let before = client.next().await["resume"].as_str().expect("token").to_owned();
+    app.call(Method::PUT, "/v1/docs/notes/b1", Some(json!({"n": 2}))).await;
+    let between = client.next().await;
+    assert_eq!(kinds(&between), [pair("added", "b1")]);
+    let between = between["resume"].as_str().expect("token").to_owned();
+    drop(client);
+
+    assert_eq!(app.terminate(), Some(0));
+    let dir = app.keep_dir().expect("dir");
+    let file = dir.path().join("hearth_data/backups").join(backup["name"].as_str().expect("name"));
+    let restored = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .arg("restore")
+        .arg(&file)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("hearth restore runs");
+    assert!(restored.status.success(), "{restored:?}");
+    let app = App::start_in(dir.path(), &crate::support::Options::default());
+    app.call(Method::PUT, "/v1/docs/notes/c1", Some(json!({"n": 3}))).await;
+
+    let mut client = Client::connect(&app, Some(KEY)).await;
+    for (id, token) in [("old", before), ("undone", between)] {
+        client.send(json!({"op": "sub", "id": id, "query": query, "resume": token})).await;
+        let fresh = client.next().await;
+        assert_eq!(fresh["op"], "snapshot", "{fresh}");
+        let ids: Vec<&str> =
+            fresh["docs"].as_array().expect("docs").iter().map(|doc| doc["id"].as_str().expect("id")).collect();
+        assert_eq!(ids, ["a1", "c1"], "b1 was undone by the restore, c1 came after it");
+    }
+}
