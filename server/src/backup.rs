@@ -46,7 +46,7 @@ impl Backups {
     pub async fn create(&self, store: &Store) -> Result<BackupInfo, Error> {
         let _one_at_a_time = self.running.lock().await;
         let dir = self.dir.clone();
-        let (name, partial) = tokio::task::spawn_blocking(move || -> Result<(String, PathBuf), Error> {
+        let (name, partial) = blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
             // Names carry milliseconds; two backups in one millisecond wait for the next.
             let name = loop {
@@ -61,17 +61,13 @@ impl Backups {
             let _ = std::fs::remove_file(&partial);
             Ok((name, partial))
         })
-        .await
-        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))??;
-        let seq = match store.backend().backup(partial.clone()).await {
-            Ok(seq) => seq,
-            Err(error) => {
-                let _ = std::fs::remove_file(&partial);
-                return Err(error);
-            }
-        };
+        .await?;
+        if let Err(error) = store.backend().backup(partial.clone()).await {
+            let _ = std::fs::remove_file(&partial);
+            return Err(error);
+        }
         let dir = self.dir.clone();
-        let made = tokio::task::spawn_blocking(move || -> Result<BackupInfo, Error> {
+        let made = blocking(move || {
             let file = dir.join(&name);
             let finished = File::open(&partial)
                 .and_then(|copy| copy.sync_all())
@@ -81,12 +77,9 @@ impl Backups {
                 let _ = std::fs::remove_file(&partial);
                 return Err(io_error(&file, error));
             }
-            let bytes = std::fs::metadata(&file).map_err(|e| io_error(&file, e))?.len();
-            let created_at = created_at(&name).unwrap_or_default();
-            Ok(BackupInfo { name, bytes, created_at, seq })
+            describe(&dir, name)
         })
-        .await
-        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))??;
+        .await?;
         tracing::info!(name = %made.name, bytes = made.bytes, seq = made.seq, "backup made");
         Ok(made)
     }
@@ -94,7 +87,7 @@ impl Backups {
     /// Every backup, newest first.
     pub async fn list(&self) -> Result<Vec<BackupInfo>, Error> {
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let entries = match std::fs::read_dir(&dir) {
                 Ok(entries) => entries,
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -102,19 +95,18 @@ impl Backups {
             };
             let mut backups = Vec::new();
             for entry in entries {
-                let entry = entry.map_err(|e| io_error(&dir, e))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let Some(created_at) = created_at(&name) else { continue };
-                match describe(&entry.path()) {
-                    Ok((bytes, seq)) => backups.push(BackupInfo { name, bytes, created_at, seq }),
-                    Err(error) => tracing::warn!(%name, %error, "unreadable backup left out of the list"),
+                let name = entry.map_err(|e| io_error(&dir, e))?.file_name().to_string_lossy().into_owned();
+                match describe(&dir, name) {
+                    Ok(backup) => backups.push(backup),
+                    // Not a backup's name: a partial one, or a file someone put there.
+                    Err(Error::NotFound(_)) => {}
+                    Err(error) => tracing::warn!(%error, "unreadable backup left out of the list"),
                 }
             }
             backups.sort_by(|a, b| b.name.cmp(&a.name));
             Ok(backups)
         })
         .await
-        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
     }
 
     /// The file of the backup `name`; not-found for any name this module did not make.
@@ -144,11 +136,18 @@ fn created_at(name: &str) -> Option<String> {
         .then(|| format_time(DateTime::<Utc>::from_naive_utc_and_offset(parsed, Utc).timestamp_micros()))
 }
 
-/// Size and last `seq` of a backup file.
-fn describe(file: &Path) -> Result<(u64, i64), Error> {
-    let bytes = std::fs::metadata(file).map_err(|e| io_error(file, e))?.len();
-    let seq = store::sqlite::last_seq(&Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY)?)?;
-    Ok((bytes, seq))
+/// The backup `name` in `dir`, read from its file; not-found for a name not made here.
+fn describe(dir: &Path, name: String) -> Result<BackupInfo, Error> {
+    let created_at = created_at(&name).ok_or_else(|| Error::NotFound(format!("no backup named `{name}`")))?;
+    let file = dir.join(&name);
+    let bytes = std::fs::metadata(&file).map_err(|e| io_error(&file, e))?.len();
+    let seq = store::sqlite::last_seq(&Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_ONLY)?)?;
+    Ok(BackupInfo { name, bytes, created_at, seq })
+}
+
+/// Runs file work off the async workers.
+async fn blocking<R: Send + 'static>(work: impl FnOnce() -> Result<R, Error> + Send + 'static) -> Result<R, Error> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
 }
 
 fn io_error(path: &Path, error: std::io::Error) -> Error {

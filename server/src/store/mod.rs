@@ -224,8 +224,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether the database answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), Error>>;
     /// Writes a consistent copy of the whole database to the new file `into`, without
-    /// holding up writes; returns the `seq` of the last change the copy holds.
-    fn backup(&self, into: std::path::PathBuf) -> BoxFuture<'_, Result<i64, Error>>;
+    /// holding up writes.
+    fn backup(&self, into: std::path::PathBuf) -> BoxFuture<'_, Result<(), Error>>;
     /// Finishes queued writes and stops the writer; later writes fail with unavailable.
     fn close(&self) -> BoxFuture<'_, ()>;
     /// SHA-256 hashes of the service keys stored in the database.
