@@ -36,6 +36,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "user_events", include_str!("../../../../migrations/sqlite/0007_user_events.sql")),
     (8, "prune_by_seq", include_str!("../../../../migrations/sqlite/0008_prune_by_seq.sql")),
     (9, "log_old_only", include_str!("../../../../migrations/sqlite/0009_log_old_only.sql")),
+    (10, "one_document_key", include_str!("../../../../migrations/sqlite/0010_one_document_key.sql")),
 ];
 
 /// How durable a commit is. `Normal` (WAL) survives a crash of the process; `Full`
@@ -537,8 +538,10 @@ fn open_reader(file: &DbFile) -> Result<Connection, Error> {
 /// The stored document at `path` (the path is the caller's, not parsed again from the row).
 fn read_document(conn: &Connection, path: &DocPath) -> Result<Option<RawDoc>, Error> {
     Ok(conn
-        .prepare_cached("SELECT json(data), version, created_at, updated_at FROM documents WHERE path = ?1")?
-        .query_row([path.as_str()], |row| {
+        .prepare_cached(
+            "SELECT json(data), version, created_at, updated_at FROM documents WHERE collection = ?1 AND path = ?2",
+        )?
+        .query_row([path.collection(), path.as_str()], |row| {
             Ok(RawDoc {
                 path: path.clone(),
                 data: row.get(0)?,

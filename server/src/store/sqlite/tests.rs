@@ -501,3 +501,67 @@ async fn a_backup_of_a_newer_schema_or_a_damaged_file_is_refused_and_changes_not
     assert_eq!(page.docs.len(), 3, "the live database is untouched");
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_keyed_by_path_before_migration_10_carry_over_under_one_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        // A database as migration 9 left it, with documents in the path-keyed table.
+        let mut conn = Connection::open(dir.path().join("test.db")).expect("opens");
+        conn.execute_batch("PRAGMA journal_mode = WAL").expect("wal");
+        conn.execute_batch(
+            "CREATE TABLE _hearth_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        )
+        .expect("table");
+        let tx = conn.transaction().expect("tx");
+        for (version, name, sql) in MIGRATIONS.iter().filter(|(version, ..)| *version <= 9) {
+            tx.execute_batch(sql).expect("old migration");
+            tx.execute("INSERT INTO _hearth_migrations VALUES (?1, ?2, 0)", rusqlite::params![version, name])
+                .expect("recorded");
+        }
+        for (path, collection, id, owner) in [("rooms/r1", "rooms", "r1", "ann"), ("rooms/r2", "rooms", "r2", "bob")] {
+            tx.execute(
+                "INSERT INTO documents VALUES (?1, ?2, ?2, ?3, jsonb(?4), 1, 5, 5)",
+                rusqlite::params![path, collection, id, json!({"owner": owner}).to_string()],
+            )
+            .expect("old row");
+        }
+        tx.commit().expect("commit");
+    }
+    let field = Field::parse("owner").expect("field");
+    let rooms = Target::Collection(crate::store::CollectionPath::parse("rooms").expect("path"));
+    let store = open(dir.path(), vec![IndexDef { target: rooms, fields: vec![(field, Direction::Asc)] }]).await;
+
+    let r1 = store.get(DocPath::parse("rooms/r1").expect("path")).await.expect("get").expect("carried over");
+    assert_eq!((r1.data["owner"].clone(), r1.version, r1.created_at), (json!("ann"), 1, 5));
+    // The path is still unique: a create of a taken path fails, a set updates in place.
+    let data = |owner: &str| json!({"owner": owner}).as_object().cloned().unwrap_or_default();
+    let taken = store
+        .write(vec![Write {
+            path: DocPath::parse("rooms/r2").expect("path"),
+            op: WriteOp::Create(data("eve")),
+            if_version: None,
+        }])
+        .await;
+    assert!(matches!(taken, Err(Error::AlreadyExists(_))), "{taken:?}");
+    let set = DocPath::parse("rooms/r2").expect("path");
+    store.write(vec![Write { path: set.clone(), op: WriteOp::Set(data("eve")), if_version: None }]).await.expect("set");
+    assert_eq!(store.get(set).await.expect("get").expect("kept").version, 2);
+
+    let conn = Connection::open(dir.path().join("test.db")).expect("opens");
+    let rows: i64 = conn.query_row("SELECT count(*) FROM documents", [], |row| row.get(0)).expect("count");
+    assert_eq!(rows, 2, "one row per path after the update");
+    // A point read is one seek in the key, and the declared index was made again.
+    let plan: String = conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT data FROM documents WHERE collection = ?1 AND path = ?2",
+            ["rooms", "rooms/r1"],
+            |row| row.get(3),
+        )
+        .expect("plan");
+    assert!(plan.contains("documents_by_collection"), "{plan}");
+    let declared: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'hx%'", [], |row| row.get(0))
+        .expect("indexes");
+    assert_eq!(declared, 1);
+}
