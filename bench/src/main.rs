@@ -1,7 +1,8 @@
 //! Hearth load benchmark: starts the release `hearth` binary on loopback and measures
 //! throughput and p50/p99 latency of creates, gets, an indexed query and 500-write
 //! batches, with group commit on and off; and, in the same run, the references: raw
-//! SQLite inserts (WAL, synchronous=NORMAL, 1 KB JSON rows) and a bare axum hello world.
+//! SQLite inserts (WAL, synchronous=NORMAL, 1 KB JSON rows), a bare axum hello world, and
+//! the least an HTTP server can do per create ([`floor`]).
 //!
 //! Run with `bench/run.sh` (builds in release first). `--quick` shortens every phase.
 
@@ -17,6 +18,7 @@ use hyper::{Method, Request};
 use tokio::net::TcpStream;
 
 mod fanout;
+mod floor;
 mod functions;
 mod rules;
 mod sdk;
@@ -29,6 +31,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("hello") {
         return hello_world();
+    }
+    if args.get(1).map(String::as_str) == Some("floor") {
+        return floor::serve();
     }
     if args.get(1).map(String::as_str) == Some("auth") {
         let quick = args.iter().any(|arg| arg == "--quick");
@@ -243,6 +248,11 @@ fn create_request(i: u64) -> (Method, String, Option<Bytes>) {
     (Method::POST, "/v1/docs/creates".into(), Some(Bytes::from(document(i))))
 }
 
+/// `PUT` of a ~1 KB document at a random id the client made.
+fn client_create_request(i: u64) -> (Method, String, Option<Bytes>) {
+    (Method::PUT, format!("/v1/docs/creates/{}", random_id(i)), Some(Bytes::from(document(i))))
+}
+
 /// `GET` of one of the `seeded` documents, spread over all of them.
 fn get_request(i: u64, seeded: usize) -> (Method, String, Option<Bytes>) {
     let id = (i * 2_654_435_761) as usize % seeded;
@@ -348,9 +358,12 @@ async fn run(phase: Duration, quick: bool) {
     }
     let hello = hello_reference(phase).await;
     println!("{}", hello.row());
+    let floor = floor_reference(phase).await;
+    println!("{}", floor.row());
 
     let mut creates_on = Vec::new();
     let mut creates_off = Vec::new();
+    let mut client_ids = 0.0;
     for group_commit in [true, false] {
         let hearth = start_hearth(group_commit);
         let label = if group_commit { "group commit on" } else { "group commit off" };
@@ -370,6 +383,12 @@ async fn run(phase: Duration, quick: bool) {
         if !group_commit {
             break;
         }
+        // Creates with ids the client makes, random like the reference's keys: each lands
+        // at a random place in the b-trees instead of at their end.
+        let make: MakeRequest = Arc::new(client_create_request);
+        let outcome = load("hearth create, random client ids, c=64", hearth.addr, 64, Budget::Time(phase), make).await;
+        println!("{}", outcome.row());
+        client_ids = outcome.rate();
         // 100,000 documents through 500-write batches: the batch benchmark and the seed.
         let seeded = if quick { 20_000 } else { SEEDED };
         let outcome = seed(hearth.addr, seeded).await;
@@ -407,9 +426,18 @@ async fn run(phase: Duration, quick: bool) {
             creates_on[i] / creates_off[i]
         );
     }
+    let per_second = |outcome: &Outcome| outcome.rate() * outcome.per_request as f64;
+    let (ordered, scattered) = (per_second(&reference[1]), per_second(&reference[2]));
+    println!("creates c=64 vs raw SQLite 1000-row transactions, keys in order: {:.2}", creates_on[2] / ordered);
     println!(
-        "creates c=64 vs raw SQLite 1000-row transactions: {:.2}",
-        creates_on[2] / (reference[1].rate() * reference[1].per_request as f64)
+        "creates c=64 vs raw SQLite 1000-row transactions, random keys: {:.2} (server ids), {:.2} (random client ids)",
+        creates_on[2] / scattered,
+        client_ids / scattered
+    );
+    println!(
+        "minimal HTTP create server vs raw SQLite 1000-row transactions, keys in order: {:.2}; hearth creates c=64 vs it: {:.2}",
+        floor.rate() / ordered,
+        creates_on[2] / floor.rate()
     );
 }
 
@@ -596,12 +624,16 @@ async fn auth_bench(phase: Duration) {
 }
 
 /// Raw SQLite: WAL, synchronous=NORMAL, 1 KB JSON rows; one row per transaction, then
-/// a thousand per transaction.
+/// a thousand per transaction with keys in insertion order, then a thousand per
+/// transaction with random 20-character keys (ids like a document store's) into a table
+/// of its own.
 fn sqlite_reference(quick: bool) -> Vec<Outcome> {
     let dir = tempfile::tempdir().expect("temp dir");
     let conn = rusqlite::Connection::open(dir.path().join("ref.db")).expect("opens");
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; CREATE TABLE docs (path TEXT PRIMARY KEY, data TEXT NOT NULL);",
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+         CREATE TABLE docs (path TEXT PRIMARY KEY, data TEXT NOT NULL);
+         CREATE TABLE random_docs (path TEXT PRIMARY KEY, data TEXT NOT NULL);",
     )
     .expect("schema");
     let single = if quick { 5_000 } else { 20_000 };
@@ -626,30 +658,72 @@ fn sqlite_reference(quick: bool) -> Vec<Outcome> {
         per_request: 1,
     };
     let batched = if quick { 20_000 } else { 100_000 };
+    let ordered =
+        insert_thousands(&conn, "raw SQLite insert, 1000 rows per transaction", "docs", batched, |i| format!("b/{i}"));
+    let random = if quick { 40_000 } else { 200_000 };
+    let scattered = insert_thousands(
+        &conn,
+        "raw SQLite insert, 1000 rows per transaction, random 20-char keys",
+        "random_docs",
+        random,
+        |i| format!("b/{}", random_id(i)),
+    );
+    vec![one, ordered, scattered]
+}
+
+/// `rows` rows into `table`, a thousand per transaction, keyed by `key`.
+fn insert_thousands(
+    conn: &rusqlite::Connection,
+    name: &str,
+    table: &str,
+    rows: usize,
+    key: impl Fn(u64) -> String,
+) -> Outcome {
+    let insert = format!("INSERT INTO {table} VALUES (?1, ?2)");
     let started = Instant::now();
     let mut latencies = Vec::new();
-    for chunk in 0..(batched / 1000) as u64 {
+    for chunk in 0..(rows / 1000) as u64 {
         let sent = Instant::now();
         conn.execute_batch("BEGIN").expect("begin");
         for j in 0..1000 {
             let i = chunk * 1000 + j;
-            conn.prepare_cached("INSERT INTO docs VALUES (?1, ?2)")
+            conn.prepare_cached(&insert)
                 .expect("prepare")
-                .execute(rusqlite::params![format!("b/{i}"), document(i)])
+                .execute(rusqlite::params![key(i), document(i)])
                 .expect("insert");
         }
         conn.execute_batch("COMMIT").expect("commit");
         latencies.push(sent.elapsed().as_micros() as u32);
     }
-    let thousand = Outcome {
-        name: "raw SQLite insert, 1000 rows per transaction".into(),
-        requests: batched / 1000,
+    Outcome {
+        name: name.into(),
+        requests: rows / 1000,
         errors: 0,
         elapsed: started.elapsed(),
         latencies,
         per_request: 1000,
+    }
+}
+
+/// A 20-character id in `[0-9A-Za-z]`, spread evenly over the key space (distinct in
+/// practice), like the random ids clients of a document store make; made from `i`
+/// (splitmix64) so the load generator stays lean and runs repeat.
+fn random_id(i: u64) -> String {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     };
-    vec![one, thousand]
+    let (mut high, mut low) = (mix(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)), mix(i));
+    (0..20)
+        .map(|n| {
+            let word = if n < 10 { &mut high } else { &mut low };
+            let c = ALPHABET[(*word % 62) as usize];
+            *word /= 62;
+            c as char
+        })
+        .collect()
 }
 
 async fn hello_reference(phase: Duration) -> Outcome {
@@ -663,17 +737,30 @@ async fn hello_reference(phase: Duration) -> Outcome {
     outcome
 }
 
-/// `load ADDR create|get CONCURRENCY SECONDS`: one phase against a running server, for
+/// Creates c=64 against the least an HTTP document store can do ([`floor`]).
+async fn floor_reference(phase: Duration) -> Outcome {
+    let mut command = Command::new(std::env::current_exe().expect("own path"));
+    command.arg("floor");
+    let (mut child, addr) = start(command);
+    let make: MakeRequest = Arc::new(create_request);
+    let outcome = load("minimal HTTP create server c=64", addr, 64, Budget::Time(phase), make).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome
+}
+
+/// `load ADDR create|client|seed|getitem|query|other CONCURRENCY SECONDS`: one phase against a running server, for
 /// profiling it from outside.
 fn load_only(args: &[String]) {
     let [addr, kind, concurrency, seconds] = args else {
-        panic!("usage: hearth-bench load ADDR create|get CONCURRENCY SECONDS");
+        panic!("usage: hearth-bench load ADDR create|client|seed|getitem|query|other CONCURRENCY SECONDS");
     };
     let addr: SocketAddr = addr.parse().expect("address");
     let concurrency: usize = concurrency.parse().expect("concurrency");
     let phase = Duration::from_secs(seconds.parse().expect("seconds"));
     let make: MakeRequest = match kind.as_str() {
         "create" => Arc::new(create_request),
+        "client" => Arc::new(client_create_request),
         "seed" => Arc::new(|i| (Method::PUT, format!("/v1/docs/items/i{i}"), Some(Bytes::from(document(i))))),
         "query" => Arc::new(|i| indexed_query(i, SEEDED)),
         "getitem" => Arc::new(|i| get_request(i, SEEDED)),
