@@ -153,7 +153,6 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, expires: Opti
             () = expired => {
                 expiry = None;
                 session.set_principal(principal.clone(), true);
-                session.reply(error_message("", "unauthenticated", "the access token expired; send a new `auth` to resume deliveries"));
             }
             _ = heartbeat.tick() => {
                 if heard.elapsed() > IDLE {

@@ -322,6 +322,15 @@ impl Hub {
                 let resubscribe = !paused && (state.paused || !same(&state.principal, &principal));
                 state.principal = principal;
                 state.paused = paused;
+                if paused {
+                    // Sent from here, not by the socket, so the caller hears of the pause only
+                    // once no later change can reach it.
+                    state.outbox.send(error_message(
+                        "",
+                        "unauthenticated",
+                        "the access token expired; send a new `auth` to resume deliveries",
+                    ));
+                }
                 if resubscribe {
                     // What this caller may read changed, or deliveries were paused: start
                     // every subscription again from a fresh snapshot.

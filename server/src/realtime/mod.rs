@@ -227,7 +227,7 @@ impl Session {
     }
 
     /// Tells the hub who the caller is now (`None`: the service key); `paused` stops
-    /// deliveries until new credentials arrive.
+    /// deliveries until new credentials arrive, and the hub tells the caller so.
     pub fn set_principal(&self, principal: Option<Principal>, paused: bool) {
         let _ = self.commands.send(Command::Principal { conn: self.conn, principal, paused });
     }
