@@ -47,6 +47,10 @@ pub enum Command {
         conn: ConnId,
         id: String,
     },
+    /// Answered by the hub, so a `pong` follows whatever it did for the frames before.
+    Ping {
+        conn: ConnId,
+    },
     Close {
         conn: ConnId,
     },
@@ -359,6 +363,11 @@ impl Hub {
                 self.subscribe(conn, id, watch, resume);
             }
             Command::Unsub { conn, id } => self.remove(&(conn, id)),
+            Command::Ping { conn } => {
+                if let Some(state) = self.conns.get(&conn) {
+                    state.outbox.send(r#"{"op":"pong"}"#.into());
+                }
+            }
             Command::Join { conn, channel, uid, state } => {
                 if let Some(connection) = self.conns.get(&conn) {
                     self.channels.join(conn, connection.outbox.clone(), &channel, uid, state);

@@ -235,7 +235,9 @@ impl Session {
     /// Handles one text frame that is not `auth` (the caller handles credentials).
     pub fn handle(&self, message: ClientMessage, signer: &crate::store::CursorSigner) {
         match message {
-            ClientMessage::Ping => self.reply(r#"{"op":"pong"}"#.into()),
+            ClientMessage::Ping => {
+                let _ = self.commands.send(Command::Ping { conn: self.conn });
+            }
             ClientMessage::Unsub { id } => {
                 let _ = self.commands.send(Command::Unsub { conn: self.conn, id });
             }
