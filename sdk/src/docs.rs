@@ -542,19 +542,19 @@ pub(crate) async fn send_write(client: &Client, write: &BatchWrite) -> Result<Op
     Ok(doc)
 }
 
-/// A document id made on this device: 20 random letters and digits, like the server's.
+/// A document id made on this device, like the server's: time first, then random.
 fn local_id() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     use std::hash::{BuildHasher, Hasher};
     let keys = std::collections::hash_map::RandomState::new();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |now| now.as_nanos());
-    let pick = |index: usize| {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut index = 0u64;
+    hearth_types::id::time_ordered_id(since.as_millis() as u64, || {
         let mut hasher = keys.build_hasher();
-        hasher.write_u128(nanos);
-        hasher.write_usize(index);
-        char::from(ALPHABET[(hasher.finish() % ALPHABET.len() as u64) as usize])
-    };
-    (0..20).map(pick).collect()
+        hasher.write_u128(since.as_nanos());
+        hasher.write_u64(index);
+        index += 1;
+        hasher.finish()
+    })
 }
 
 /// Runs of a transaction before it gives up.

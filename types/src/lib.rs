@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub mod eval;
+pub mod id;
 pub mod realtime;
 pub mod time;
 pub mod value;
