@@ -27,10 +27,10 @@ struct Floor {
     ids: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// `hearth-bench floor`: serves on `127.0.0.1:0` with a database in a temporary dir.
-pub fn serve() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let conn = rusqlite::Connection::open(dir.path().join("floor.db")).expect("opens");
+/// `hearth-bench floor DIR`: serves on `127.0.0.1:0` with its database in `DIR`, which
+/// the caller removes (this process ends by being killed).
+pub fn serve(dir: &std::path::Path) {
+    let conn = rusqlite::Connection::open(dir.join("floor.db")).expect("opens");
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; CREATE TABLE docs (path TEXT PRIMARY KEY, data TEXT NOT NULL);",
     )
@@ -45,7 +45,6 @@ pub fn serve() {
         println!("listening on http://{}", listener.local_addr().expect("addr"));
         axum::serve(listener, app).await.expect("serve");
     });
-    drop(dir);
 }
 
 async fn create(

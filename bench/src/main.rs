@@ -33,7 +33,8 @@ fn main() {
         return hello_world();
     }
     if args.get(1).map(String::as_str) == Some("floor") {
-        return floor::serve();
+        let dir = args.get(2).expect("usage: hearth-bench floor DIR");
+        return floor::serve(std::path::Path::new(dir));
     }
     if args.get(1).map(String::as_str) == Some("auth") {
         let quick = args.iter().any(|arg| arg == "--quick");
@@ -709,7 +710,7 @@ fn insert_thousands(
 /// practice), like the random ids clients of a document store make; made from `i`
 /// (splitmix64) so the load generator stays lean and runs repeat.
 fn random_id(i: u64) -> String {
-    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    use hearth_types::id::ID_ALPHABET;
     let mix = |mut z: u64| {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -719,7 +720,7 @@ fn random_id(i: u64) -> String {
     (0..20)
         .map(|n| {
             let word = if n < 10 { &mut high } else { &mut low };
-            let c = ALPHABET[(*word % 62) as usize];
+            let c = ID_ALPHABET[(*word % 62) as usize];
             *word /= 62;
             c as char
         })
@@ -739,8 +740,9 @@ async fn hello_reference(phase: Duration) -> Outcome {
 
 /// Creates c=64 against the least an HTTP document store can do ([`floor`]).
 async fn floor_reference(phase: Duration) -> Outcome {
+    let dir = tempfile::tempdir().expect("temp dir");
     let mut command = Command::new(std::env::current_exe().expect("own path"));
-    command.arg("floor");
+    command.arg("floor").arg(dir.path());
     let (mut child, addr) = start(command);
     let make: MakeRequest = Arc::new(create_request);
     let outcome = load("minimal HTTP create server c=64", addr, 64, Budget::Time(phase), make).await;
@@ -749,8 +751,8 @@ async fn floor_reference(phase: Duration) -> Outcome {
     outcome
 }
 
-/// `load ADDR create|client|seed|getitem|query|other CONCURRENCY SECONDS`: one phase against a running server, for
-/// profiling it from outside.
+/// `load ADDR create|client|seed|getitem|query|other CONCURRENCY SECONDS`: one phase
+/// against a running server, for profiling it from outside.
 fn load_only(args: &[String]) {
     let [addr, kind, concurrency, seconds] = args else {
         panic!("usage: hearth-bench load ADDR create|client|seed|getitem|query|other CONCURRENCY SECONDS");
