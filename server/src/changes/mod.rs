@@ -111,12 +111,37 @@ impl BusReceiver {
                 return Err(RecvError::Lagged);
             }
             let committed = self.receiver.recv().await.ok_or(RecvError::Closed)?;
-            // An empty commit only wakes a receiver that lagged.
-            if !committed.is_empty() {
-                self.state.queued.fetch_sub(size_of(&committed), Ordering::AcqRel);
+            if let Some(committed) = self.take(committed) {
                 return Ok(committed);
             }
         }
+    }
+
+    /// What [`recv`](Self::recv) would return now, or `None` if it would wait.
+    pub fn try_recv(&mut self) -> Option<Result<Committed, RecvError>> {
+        loop {
+            if self.state.lagged.swap(false, Ordering::AcqRel) {
+                return Some(Err(RecvError::Lagged));
+            }
+            let committed = match self.receiver.try_recv() {
+                Ok(committed) => committed,
+                Err(mpsc::error::TryRecvError::Empty) => return None,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Some(Err(RecvError::Closed)),
+            };
+            if let Some(committed) = self.take(committed) {
+                return Some(Ok(committed));
+            }
+        }
+    }
+
+    /// Counts a received commit out of the queue; an empty one only woke a receiver
+    /// that lagged.
+    fn take(&self, committed: Committed) -> Option<Committed> {
+        if committed.is_empty() {
+            return None;
+        }
+        self.state.queued.fetch_sub(size_of(&committed), Ordering::AcqRel);
+        Some(committed)
     }
 }
 
@@ -225,6 +250,26 @@ mod tests {
         assert_eq!(receiver.recv().await.map(|c| seqs(&c)), Ok(vec![1]));
         bus.publish(commit(4, 10));
         assert_eq!(receiver.recv().await.map(|c| seqs(&c)), Ok(vec![4]));
+    }
+
+    #[test]
+    fn try_recv_takes_what_is_queued_and_never_waits() {
+        let bus = ChangeBus::new(100);
+        let mut receiver = bus.subscribe();
+        assert!(receiver.try_recv().is_none());
+        bus.publish(commit(1, 60));
+        bus.publish(commit(2, 30));
+        assert_eq!(receiver.try_recv().map(|c| c.map(|c| seqs(&c))), Some(Ok(vec![1])));
+        assert_eq!(receiver.try_recv().map(|c| c.map(|c| seqs(&c))), Some(Ok(vec![2])));
+        assert!(receiver.try_recv().is_none());
+        // Emptied queues count down: another 90 bytes fit again, then a gap shows as a lag.
+        bus.publish(commit(3, 90));
+        bus.publish(commit(4, 20));
+        assert_eq!(receiver.try_recv().map(|c| c.map(|c| seqs(&c))), Some(Err(RecvError::Lagged)));
+        assert_eq!(receiver.try_recv().map(|c| c.map(|c| seqs(&c))), Some(Ok(vec![3])));
+        assert!(receiver.try_recv().is_none(), "the wake-up of the lag is not a commit");
+        drop(bus);
+        assert_eq!(receiver.try_recv().map(|c| c.map(|c| seqs(&c))), Some(Err(RecvError::Closed)));
     }
 
     #[tokio::test]

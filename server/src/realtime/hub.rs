@@ -47,7 +47,7 @@ pub enum Command {
         conn: ConnId,
         id: String,
     },
-    /// Answered by the hub, so a `pong` follows whatever it did for the frames before.
+    /// Answered by the hub after the frames before it and every commit published by then.
     Ping {
         conn: ConnId,
     },
@@ -287,19 +287,41 @@ impl Hub {
                     }
                 }
                 command = commands.recv() => match command {
-                    Some(command) => self.command(command).await,
+                    Some(command) => {
+                        if matches!(command, Command::Ping { .. }) {
+                            // Commits published before the ping go first, so a `pong` tells
+                            // the caller it has every delivery of the writes it saw
+                            // acknowledged.
+                            while let Some(committed) = bus.try_recv() {
+                                if !self.committed(committed).await {
+                                    return;
+                                }
+                            }
+                        }
+                        self.command(command).await;
+                    }
                     None => return,
                 },
-                committed = bus.recv() => match committed {
-                    Ok(changes) => self.commit(&changes).await,
-                    Err(RecvError::Lagged) => {
-                        tracing::warn!("realtime fell behind the change bus; catching up from the log");
-                        self.catch_up().await;
+                committed = bus.recv() => {
+                    if !self.committed(committed).await {
+                        return;
                     }
-                    Err(RecvError::Closed) => return,
-                },
+                }
             }
         }
+    }
+
+    /// Takes one commit off the bus; false once the bus is closed.
+    async fn committed(&mut self, committed: Result<crate::changes::Committed, RecvError>) -> bool {
+        match committed {
+            Ok(changes) => self.commit(&changes).await,
+            Err(RecvError::Lagged) => {
+                tracing::warn!("realtime fell behind the change bus; catching up from the log");
+                self.catch_up().await;
+            }
+            Err(RecvError::Closed) => return false,
+        }
+        true
     }
 
     /// Reads what the bus dropped from the log.

@@ -175,10 +175,13 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
     })();
     match outcome {
         Ok(()) => {
+            // Published before anyone hears of the commit: a caller that saw its write
+            // acknowledged and then pings a realtime connection gets the write's
+            // deliveries before the `pong`.
+            bus.publish(changes);
             for (reply, answer) in answers {
                 let _ = reply.send(answer);
             }
-            bus.publish(changes);
         }
         Err(error) => {
             // Nothing of the group committed: every request hears so, none is published.
