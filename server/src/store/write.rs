@@ -91,6 +91,12 @@ impl Prepared {
         };
         Ok(Prepared { write, depth: 0, text })
     }
+
+    /// A set whose document needs nothing from the stored one: only its version and
+    /// creation time do, so the store may try it as a create first.
+    pub fn replaces_blindly(&self) -> bool {
+        matches!(self.write.op, WriteOp::Set(_)) && self.text.is_some() && self.write.if_version.is_none()
+    }
 }
 
 /// Applies `write` to `current` at time `now` (microseconds since the epoch).

@@ -257,6 +257,74 @@ async fn every_write_appends_to_the_log_and_publishes_after_commit() {
     assert!(after[0].seq > logged[2].seq, "a pruned seq is never reused");
 }
 
+/// Refuses creates, allows replaces: what a rule like `update = "true"` with no `create`
+/// does.
+struct ReplacesOnly;
+
+impl crate::store::WriteGuard for ReplacesOnly {
+    fn check(
+        &self,
+        path: &DocPath,
+        before: Option<&StoredDoc>,
+        _after: Option<&StoredDoc>,
+        _lookup: &mut dyn FnMut(&DocPath) -> Result<Option<StoredDoc>, Error>,
+    ) -> Result<(), Error> {
+        match before {
+            Some(_) => Ok(()),
+            None => Err(Error::PermissionDenied(format!("no creating `{path}`"))),
+        }
+    }
+}
+
+/// A set is tried as a create first; a stored document, or a guard that refuses the
+/// create, make it a replace decided against what is stored.
+#[tokio::test]
+async fn a_set_tried_as_a_create_is_decided_against_what_is_stored() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), Vec::new()).await;
+    let set = |path: &str, n: i64| Write {
+        path: DocPath::parse(path).expect("path"),
+        op: WriteOp::Set(json!({"n": n}).as_object().cloned().unwrap_or_default()),
+        if_version: None,
+    };
+    let first = store.write(vec![set("s/a", 1)]).await.expect("created");
+    let created = first[0].doc.clone().expect("doc");
+    std::thread::sleep(std::time::Duration::from_millis(2));
+
+    let guard: Arc<dyn crate::store::WriteGuard> = Arc::new(ReplacesOnly);
+    let replaced = store.write_guarded(vec![set("s/a", 2)], Some(guard.clone())).await.expect("a replace is allowed");
+    let doc = replaced[0].doc.clone().expect("doc");
+    assert_eq!((doc.version, doc.created_at, doc.data["n"].clone()), (2, created.created_at, json!(2)));
+    assert!(doc.updated_at > created.updated_at);
+    let refused = store.write_guarded(vec![set("s/new", 1)], Some(guard)).await;
+    assert!(matches!(refused, Err(Error::PermissionDenied(_))), "{refused:?}");
+    assert!(store.get(DocPath::parse("s/new").expect("path")).await.expect("read").is_none());
+
+    // Twice in one batch: the second finds the first.
+    let batch = store.batch(vec![set("s/b", 1), set("s/b", 2)]).await.expect("batch");
+    assert_eq!(
+        batch[1].doc.as_ref().map(|doc| (doc.version, doc.created_at)),
+        Some((2, batch[0].doc.as_ref().expect("doc").created_at))
+    );
+
+    let logged = store.changes_since(0, 10).await.expect("log");
+    let seen: Vec<(&str, ChangeKind, Option<i64>)> = logged
+        .iter()
+        .map(|change| (change.path.as_str(), change.kind, change.old.as_ref().map(|old| old.version)))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("s/a", ChangeKind::Create, None),
+            ("s/a", ChangeKind::Update, Some(1)),
+            ("s/b", ChangeKind::Create, None),
+            ("s/b", ChangeKind::Update, Some(1)),
+        ]
+    );
+    let stored = store.get(DocPath::parse("s/a").expect("path")).await.expect("read").expect("exists");
+    assert_eq!((stored.version, stored.created_at), (2, created.created_at));
+}
+
 /// Every change the log gives back, however it is paged, with the documents before and
 /// after it exactly as the bus published them at commit. The log keeps each version once
 /// (as the next change's `old`, or in `documents` while it is current), so this covers

@@ -211,24 +211,39 @@ fn apply_job(
         };
         let write = &prepared.write;
         // A create needs no read: the insert itself finds out whether the path is taken.
+        // So does a set that can be decided as one (most sets make new documents).
         let blind_create = matches!(write.op, WriteOp::Create(_)) && write.if_version.is_none();
-        let current = if blind_create { None } else { load(conn, &write.path)? };
+        let blind_set = prepared.replaces_blindly();
+        let mut current = if blind_create || blind_set { None } else { load(conn, &write.path)? };
         let doc_path = write.path.clone();
-        let effect = write::apply(current.as_ref().map(|(doc, _)| doc), prepared, now).map_err(located)?;
-        if let Some(guard) = guard {
-            let after = match &effect {
-                Effect::Put { doc, .. } => Some(doc),
-                Effect::Delete | Effect::Nothing => None,
-            };
-            let mut lookup = |path: &DocPath| {
-                if let Some(doc) = seen.get(path.as_str()) {
-                    return Ok(doc.clone());
+        let mut effect = write::apply(current.as_ref().map(|(doc, _)| doc), prepared, now).map_err(located)?;
+        let mut inserted = false;
+        match &mut effect {
+            Effect::Put { doc, text } if blind_set => {
+                let as_create = allowed(conn, guard, seen, &doc_path, None, Some(doc));
+                if as_create.is_ok() && insert(conn, INSERT_NEW, doc, text)? == 1 {
+                    inserted = true;
+                } else {
+                    // The path is taken (or the rules refuse a create): a replace of what
+                    // is stored, decided again with it.
+                    current = load(conn, &doc_path)?;
+                    match &current {
+                        Some((old, _)) => {
+                            doc.version = old.version + 1;
+                            doc.created_at = old.created_at;
+                            allowed(conn, guard, seen, &doc_path, Some(old), Some(doc)).map_err(located)?;
+                        }
+                        None => as_create.map_err(located)?,
+                    }
                 }
-                let doc = load(conn, path)?.map(|(doc, _)| doc);
-                seen.insert(path.as_str().to_owned(), doc.clone());
-                Ok(doc)
-            };
-            guard.check(&doc_path, current.as_ref().map(|(doc, _)| doc), after, &mut lookup).map_err(located)?;
+            }
+            _ => {
+                let after = match &effect {
+                    Effect::Put { doc, .. } => Some(doc),
+                    Effect::Delete | Effect::Nothing => None,
+                };
+                allowed(conn, guard, seen, &doc_path, current.as_ref().map(|(doc, _)| doc), after).map_err(located)?;
+            }
         }
         let old_logged = current.as_ref().map(|(doc, text)| logged(doc, text));
         let old_bytes = current.as_ref().map_or(0, |(_, text)| text.len());
@@ -238,17 +253,11 @@ fn apply_job(
         }
         match effect {
             Effect::Put { doc, text } => {
-                let statement = if blind_create { INSERT_NEW } else { UPSERT };
-                let stored = conn.prepare_cached(statement)?.execute(params![
-                    path,
-                    doc_path.collection(),
-                    doc_path.collection_id(),
-                    doc_path.id(),
-                    text,
-                    doc.version,
-                    doc.created_at,
-                    doc.updated_at
-                ])?;
+                let stored = match (inserted, blind_create) {
+                    (true, _) => 1,
+                    (false, true) => insert(conn, INSERT_NEW, &doc, &text)?,
+                    (false, false) => insert(conn, UPSERT, &doc, &text)?,
+                };
                 if stored == 0 {
                     return Err(located(Error::AlreadyExists(format!("`{path}` already exists"))));
                 }
@@ -288,6 +297,42 @@ fn apply_job(
         }
     }
     Ok((results, changes))
+}
+
+/// Asks the guard, if any, whether a write may take `path` from `before` to `after`.
+fn allowed(
+    conn: &Connection,
+    guard: Option<&dyn WriteGuard>,
+    seen: &mut HashMap<String, Option<StoredDoc>>,
+    path: &DocPath,
+    before: Option<&StoredDoc>,
+    after: Option<&StoredDoc>,
+) -> Result<(), Error> {
+    let Some(guard) = guard else { return Ok(()) };
+    let mut lookup = |path: &DocPath| {
+        if let Some(doc) = seen.get(path.as_str()) {
+            return Ok(doc.clone());
+        }
+        let doc = load(conn, path)?.map(|(doc, _)| doc);
+        seen.insert(path.as_str().to_owned(), doc.clone());
+        Ok(doc)
+    };
+    guard.check(path, before, after, &mut lookup)
+}
+
+/// Stores `doc` with `statement` ([`INSERT_NEW`] or [`UPSERT`]); the rows it changed.
+fn insert(conn: &Connection, statement: &str, doc: &StoredDoc, text: &str) -> Result<usize, Error> {
+    let path = &doc.path;
+    Ok(conn.prepare_cached(statement)?.execute(params![
+        path.as_str(),
+        path.collection(),
+        path.collection_id(),
+        path.id(),
+        text,
+        doc.version,
+        doc.created_at,
+        doc.updated_at
+    ])?)
 }
 
 /// The stored document and its data as JSON text (kept to log without re-serialising).
