@@ -299,6 +299,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS _hearth_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
     )?;
+    let mut migrated = false;
     for (version, name, sql) in MIGRATIONS {
         let applied: Option<i64> = conn
             .query_row("SELECT version FROM _hearth_migrations WHERE version = ?1", [version], |row| row.get(0))
@@ -314,7 +315,32 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
         )?;
         tx.commit()?;
         tracing::info!(version, name, "applied migration");
+        migrated = true;
     }
+    if migrated {
+        compact_after_rebuild(conn)?;
+    }
+    Ok(())
+}
+
+/// A migration that rebuilds a table frees the old one's pages inside the file, which
+/// keeps its size: after an upgrade that left more than a quarter of the file free, the
+/// file is rewritten once (about 10 s per GB of data on 2 cores) rather than left twice
+/// as large as its data.
+fn compact_after_rebuild(conn: &Connection) -> Result<(), Error> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |row| row.get(0))?;
+    if free * 4 <= pages {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    tracing::info!(pages, free, "compacting the database after a migration rebuilt a table");
+    conn.execute_batch("VACUUM")?;
+    // VACUUM went through the WAL; fold it in now rather than leave a WAL the size of
+    // the database for the checkpointer.
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    let after: i64 = conn.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+    tracing::info!(pages = after, seconds = started.elapsed().as_secs_f64(), "compacted the database");
     Ok(())
 }
 

@@ -594,6 +594,15 @@ async fn documents_keyed_by_path_before_migration_10_carry_over_under_one_key() 
             )
             .expect("old row");
         }
+        // Enough data that the old table's pages, once freed, are most of the file.
+        let body = "x".repeat(1000);
+        for n in 0..500 {
+            tx.execute(
+                "INSERT INTO documents VALUES (?1, 'bulk', 'bulk', ?2, jsonb(?3), 1, 5, 5)",
+                rusqlite::params![format!("bulk/b{n}"), format!("b{n}"), json!({"body": body}).to_string()],
+            )
+            .expect("bulk row");
+        }
         tx.commit().expect("commit");
     }
     let field = Field::parse("owner").expect("field");
@@ -617,8 +626,18 @@ async fn documents_keyed_by_path_before_migration_10_carry_over_under_one_key() 
     assert_eq!(store.get(set).await.expect("get").expect("kept").version, 2);
 
     let conn = Connection::open(dir.path().join("test.db")).expect("opens");
-    let rows: i64 = conn.query_row("SELECT count(*) FROM documents", [], |row| row.get(0)).expect("count");
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM documents WHERE collection = 'rooms'", [], |row| row.get(0))
+        .expect("count");
     assert_eq!(rows, 2, "one row per path after the update");
+    let bulk: i64 = conn
+        .query_row("SELECT count(*) FROM documents WHERE collection = 'bulk'", [], |row| row.get(0))
+        .expect("count");
+    assert_eq!(bulk, 500);
+    // The rebuild's freed pages were given back: the file holds little free space.
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |row| row.get(0)).expect("pages");
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |row| row.get(0)).expect("free");
+    assert!(free * 10 < pages, "{free} of {pages} pages free after the upgrade");
     // A point read is one seek in the key, and the declared index was made again.
     let plan: String = conn
         .query_row(
