@@ -158,6 +158,13 @@ async fn load(name: &str, addr: SocketAddr, concurrency: usize, budget: Budget, 
     load_as(name, addr, concurrency, budget, make, KEY).await
 }
 
+/// One timed phase of Hearth: prints its row and gives its rate.
+async fn timed_row(name: &str, addr: SocketAddr, concurrency: usize, phase: Duration, make: MakeRequest) -> f64 {
+    let outcome = load(name, addr, concurrency, Budget::Time(phase), make).await;
+    println!("{}", outcome.row());
+    outcome.rate()
+}
+
 /// Like [`load`], with `token` as the bearer credential.
 async fn load_as(
     name: &str,
@@ -369,27 +376,17 @@ async fn run(phase: Duration, quick: bool) {
         let hearth = start_hearth(group_commit);
         let label = if group_commit { "group commit on" } else { "group commit off" };
         for concurrency in [1, 16, 64] {
-            let make: MakeRequest = Arc::new(create_request);
-            let outcome = load(
-                &format!("hearth create c={concurrency} ({label})"),
-                hearth.addr,
-                concurrency,
-                Budget::Time(phase),
-                make,
-            )
-            .await;
-            println!("{}", outcome.row());
-            if group_commit { &mut creates_on } else { &mut creates_off }.push(outcome.rate());
+            let name = format!("hearth create c={concurrency} ({label})");
+            let rate = timed_row(&name, hearth.addr, concurrency, phase, Arc::new(create_request)).await;
+            if group_commit { &mut creates_on } else { &mut creates_off }.push(rate);
         }
         if !group_commit {
             break;
         }
         // Creates with ids the client makes, random like the reference's keys: each lands
         // at a random place in the b-trees instead of at their end.
-        let make: MakeRequest = Arc::new(client_create_request);
-        let outcome = load("hearth create, random client ids, c=64", hearth.addr, 64, Budget::Time(phase), make).await;
-        println!("{}", outcome.row());
-        client_ids = outcome.rate();
+        let name = "hearth create, random client ids, c=64";
+        client_ids = timed_row(name, hearth.addr, 64, phase, Arc::new(client_create_request)).await;
         // 100,000 documents through 500-write batches: the batch benchmark and the seed.
         let seeded = if quick { 20_000 } else { SEEDED };
         let outcome = seed(hearth.addr, seeded).await;
@@ -400,22 +397,12 @@ async fn run(phase: Duration, quick: bool) {
 
         for concurrency in [16, 64] {
             let make: MakeRequest = Arc::new(move |i| get_request(i, seeded));
-            let outcome =
-                load(&format!("hearth get by id c={concurrency}"), hearth.addr, concurrency, Budget::Time(phase), make)
-                    .await;
-            println!("{}", outcome.row());
+            timed_row(&format!("hearth get by id c={concurrency}"), hearth.addr, concurrency, phase, make).await;
         }
         for concurrency in [16, 64] {
+            let name = format!("hearth indexed query, 20 of {seeded} c={concurrency}");
             let make: MakeRequest = Arc::new(move |i| indexed_query(i, seeded));
-            let outcome = load(
-                &format!("hearth indexed query, 20 of {seeded} c={concurrency}"),
-                hearth.addr,
-                concurrency,
-                Budget::Time(phase),
-                make,
-            )
-            .await;
-            println!("{}", outcome.row());
+            timed_row(&name, hearth.addr, concurrency, phase, make).await;
         }
     }
     println!();
