@@ -21,6 +21,8 @@ pub struct BackupInfo {
     pub created_at: String,
     /// The `seq` of the last change the copy holds.
     pub seq: i64,
+    /// Made by `backups.schedule` (and deleted by it past `backups.keep`), not by a call.
+    pub scheduled: bool,
 }
 
 /// The backups of one database.
@@ -31,6 +33,8 @@ pub struct Backups {
 }
 
 const PREFIX: &str = "hearth-";
+/// After [`PREFIX`] in the names of scheduled backups.
+const SCHEDULED: &str = "auto-";
 const SUFFIX: &str = "Z.db";
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%S%.3f";
 
@@ -44,13 +48,18 @@ impl Backups {
     /// Copies the database into a new backup file. Writes go on meanwhile; the copy is
     /// the database as of the moment it began.
     pub async fn create(&self, store: &Store) -> Result<BackupInfo, Error> {
+        self.make(store, false).await
+    }
+
+    async fn make(&self, store: &Store, scheduled: bool) -> Result<BackupInfo, Error> {
         let _one_at_a_time = self.running.lock().await;
         let dir = self.dir.clone();
+        let kind = if scheduled { SCHEDULED } else { "" };
         let (name, partial) = blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
             // Names carry milliseconds; two backups in one millisecond wait for the next.
             let name = loop {
-                let name = format!("{PREFIX}{}{SUFFIX}", Utc::now().format(TIME_FORMAT));
+                let name = format!("{PREFIX}{kind}{}{SUFFIX}", Utc::now().format(TIME_FORMAT));
                 if !dir.join(&name).exists() {
                     break name;
                 }
@@ -103,7 +112,7 @@ impl Backups {
                     Err(error) => tracing::warn!(%error, "unreadable backup left out of the list"),
                 }
             }
-            backups.sort_by(|a, b| b.name.cmp(&a.name));
+            backups.sort_by(|a, b| (&b.created_at, &b.name).cmp(&(&a.created_at, &a.name)));
             Ok(backups)
         })
         .await
@@ -125,11 +134,64 @@ impl Backups {
         tracing::info!(%name, "backup deleted");
         Ok(())
     }
+
+    /// Makes a backup at each tick of `cron`, keeping the newest `keep` scheduled ones
+    /// (0: all), until dropped. A tick missed while the server was stopped is made up at
+    /// start; with no scheduled backup yet, the first comes at the next tick.
+    pub async fn run_schedule(&self, store: &Store, cron: croner::Cron, keep: usize) {
+        let newest = match self.list().await {
+            Ok(list) => list.into_iter().find(|backup| backup.scheduled),
+            Err(error) => {
+                tracing::error!(%error, "cannot list the backups; scheduled backups start with the next tick");
+                None
+            }
+        };
+        let newest = newest.and_then(|backup| DateTime::parse_from_rfc3339(&backup.created_at).ok());
+        if let (Some(newest), Ok(missed)) = (newest, cron.find_previous_occurrence(&Utc::now(), true))
+            && missed > newest
+        {
+            tracing::info!(tick = %missed, "making the scheduled backup missed while stopped");
+            self.scheduled(store, keep).await;
+        }
+        // Never the same tick twice, even if the timer wakes a hair before the wall clock.
+        let mut after = Utc::now();
+        loop {
+            let Ok(next) = cron.find_next_occurrence(&after.max(Utc::now()), false) else {
+                tracing::warn!("backups.schedule has no further ticks");
+                return;
+            };
+            tokio::time::sleep((next - Utc::now()).to_std().unwrap_or_default()).await;
+            self.scheduled(store, keep).await;
+            after = next;
+        }
+    }
+
+    /// One scheduled backup, then the scheduled ones past `keep` go. A failure is
+    /// logged; the next tick tries again.
+    async fn scheduled(&self, store: &Store, keep: usize) {
+        if let Err(error) = self.make(store, true).await {
+            tracing::error!(%error, "the scheduled backup failed");
+            return;
+        }
+        if keep == 0 {
+            return;
+        }
+        let list = match self.list().await {
+            Ok(list) => list,
+            Err(error) => return tracing::error!(%error, "cannot list the backups to delete old ones"),
+        };
+        for old in list.iter().filter(|backup| backup.scheduled).skip(keep) {
+            if let Err(error) = self.delete(&old.name).await {
+                tracing::error!(name = %old.name, %error, "cannot delete an old scheduled backup");
+            }
+        }
+    }
 }
 
 /// The creation time a backup's name carries, or `None` for a name not made here.
 fn created_at(name: &str) -> Option<String> {
-    let time = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+    let rest = name.strip_prefix(PREFIX)?;
+    let time = rest.strip_prefix(SCHEDULED).unwrap_or(rest).strip_suffix(SUFFIX)?;
     // chrono accepts some variations (fewer digits); only the canonical form is a name.
     let parsed = NaiveDateTime::parse_from_str(time, TIME_FORMAT).ok()?;
     (parsed.format(TIME_FORMAT).to_string() == time)
@@ -142,7 +204,8 @@ fn describe(dir: &Path, name: String) -> Result<BackupInfo, Error> {
     let file = dir.join(&name);
     let bytes = std::fs::metadata(&file).map_err(|e| io_error(&file, e))?.len();
     let seq = store::sqlite::last_seq(&Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_ONLY)?)?;
-    Ok(BackupInfo { name, bytes, created_at, seq })
+    let scheduled = name[PREFIX.len()..].starts_with(SCHEDULED);
+    Ok(BackupInfo { name, bytes, created_at, seq, scheduled })
 }
 
 /// Runs file work off the async workers.

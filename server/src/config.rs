@@ -63,6 +63,7 @@ pub struct Config {
     pub mail: MailConfig,
     pub realtime: RealtimeConfig,
     pub functions: FunctionsConfig,
+    pub backups: BackupsConfig,
     /// Expression indexes over document fields.
     pub indexes: Vec<IndexConfig>,
 }
@@ -103,6 +104,24 @@ impl Default for StoreConfig {
             change_retention_hours: 24.0,
             prune_interval_seconds: 300,
         }
+    }
+}
+
+/// Backups made on a schedule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupsConfig {
+    /// A cron expression (UTC; five fields, or six with seconds first): a backup is made
+    /// at each of its ticks. None by default.
+    pub schedule: Option<String>,
+    /// Scheduled backups kept: after each new one the older ones go (0 keeps them all).
+    /// Backups made through the API are never deleted by the schedule.
+    pub keep: usize,
+}
+
+impl Default for BackupsConfig {
+    fn default() -> Self {
+        BackupsConfig { schedule: None, keep: 7 }
     }
 }
 
@@ -362,6 +381,7 @@ impl Default for Config {
             mail: MailConfig::default(),
             realtime: RealtimeConfig::default(),
             functions: FunctionsConfig::default(),
+            backups: BackupsConfig::default(),
             indexes: Vec::new(),
         }
     }
@@ -424,6 +444,10 @@ impl Config {
         let functions = &self.functions;
         if functions.workers > 256 || !(1..=600_000).contains(&functions.timeout_ms) || functions.memory_mib < 4 {
             anyhow::bail!("functions: workers 0 to 256, timeout_ms 1 to 600000, memory_mib at least 4");
+        }
+        if let Some(schedule) = &self.backups.schedule {
+            crate::functions::parse_cron(schedule)
+                .map_err(|reason| anyhow::anyhow!("backups.schedule `{schedule}`: {reason}"))?;
         }
         if self.store.max_group_writes == 0 {
             anyhow::bail!("store.max_group_writes must be at least 1");
@@ -535,5 +559,8 @@ mod tests {
         std::fs::write(dir.path().join("hearth.toml"), "[[indexes]]\ncollection = \"a/b\"\nfields = [\"x\"]\n")
             .expect("write");
         assert!(Config::load(dir.path(), Overrides::default()).is_err());
+        std::fs::write(dir.path().join("hearth.toml"), "[backups]\nschedule = \"at dawn\"\n").expect("write");
+        let error = Config::load(dir.path(), Overrides::default()).expect_err("a bad cron is refused").to_string();
+        assert!(error.contains("backups.schedule `at dawn`"), "{error}");
     }
 }

@@ -217,6 +217,12 @@ impl Server {
         let key_reloader = tokio::spawn(reload_keys(state.auth().clone()));
         let rules_watcher = tokio::spawn(state.rules().clone().watch(Duration::from_secs(1)));
         let functions_watcher = tokio::spawn(state.functions().clone().watch(Duration::from_secs(1)));
+        let backups = state.config().backups.clone();
+        let scheduled_backups = backups.schedule.as_deref().map(|schedule| {
+            let cron = functions::parse_cron(schedule).expect("checked with the config");
+            let state = state.clone();
+            tokio::spawn(async move { state.backups().run_schedule(state.store(), cron, backups.keep).await })
+        });
         let app = http::router(state.clone());
         tracing::info!("listening on http://{}", self.local_addr());
         let stopping = state.clone();
@@ -232,6 +238,9 @@ impl Server {
         key_reloader.abort();
         rules_watcher.abort();
         functions_watcher.abort();
+        if let Some(task) = scheduled_backups {
+            task.abort();
+        }
         state.store().close().await;
         drop(self.lock);
         tracing::info!("stopped");

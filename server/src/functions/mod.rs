@@ -793,7 +793,8 @@ fn thrown(error: CaughtError<'_>) -> FunctionError {
     }
 }
 
-/// Checks a cron expression as `schedule` takes it.
-pub fn parse_cron(expression: &str) -> Result<(), String> {
-    schedules::parse(expression).map(drop)
+/// A cron expression as `schedule` takes it (five fields, or six with seconds first;
+/// UTC), or why it is not one.
+pub fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
+    schedules::parse(expression)
 }

@@ -121,3 +121,72 @@ async fn backups_answer_only_the_service_key_and_only_their_own_names() {
     }
     assert!(app.dir().join("hearth_data/hearth.db").exists(), "nothing outside backups/ was touched");
 }
+
+/// The backups the server lists: (name, scheduled), newest first.
+async fn listed(app: &App) -> Vec<(String, bool)> {
+    let (status, list) = app.call(Method::GET, "/v1/admin/backups", None).await;
+    assert_eq!(status, 200, "{list}");
+    let backups = list["backups"].as_array().expect("backups");
+    backups.iter().map(|b| (b["name"].as_str().expect("name").to_owned(), b["scheduled"] == json!(true))).collect()
+}
+
+#[tokio::test]
+async fn scheduled_backups_come_at_each_tick_and_only_the_newest_are_kept() {
+    let config = "[backups]\nschedule = \"* * * * * *\"\nkeep = 2\n";
+    let app = App::spawn_with(Options { config: Some(config.into()), ..Options::default() }).await;
+    put(&app, "notes/a1").await;
+    let manual = backup(&app).await;
+    assert_eq!(manual["scheduled"], json!(false), "{manual}");
+    let manual = manual["name"].as_str().expect("name").to_owned();
+
+    // A backup every second; watch until five scheduled ones have come.
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let kept = loop {
+        let list = listed(&app).await;
+        assert!(list.contains(&(manual.clone(), false)), "the schedule never deletes a manual backup: {list:?}");
+        let scheduled: Vec<String> =
+            list.into_iter().filter(|(_, scheduled)| *scheduled).map(|(name, _)| name).collect();
+        // Between a new backup and the clean-up after it, three may be there.
+        assert!(scheduled.len() <= 3, "{scheduled:?}");
+        seen.extend(scheduled.iter().cloned());
+        if seen.len() >= 5 && scheduled.len() == 2 {
+            break scheduled;
+        }
+        assert!(std::time::Instant::now() < deadline, "scheduled backups: {seen:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // The two kept are the newest made.
+    let newest: Vec<String> = seen.iter().rev().take(2).cloned().collect();
+    assert_eq!(kept, newest);
+    assert!(kept.iter().all(|name| name.starts_with("hearth-auto-")), "{kept:?}");
+}
+
+#[tokio::test]
+async fn a_scheduled_backup_missed_while_stopped_is_made_at_start() {
+    let mut app = App::spawn().await;
+    put(&app, "notes/a1").await;
+    let made = backup(&app).await;
+    assert_eq!(app.terminate(), Some(0));
+    // A scheduled backup from before this year's first tick: the yearly one was missed.
+    let backups = app.dir().join("hearth_data/backups");
+    let old = "hearth-auto-20250101T000000.000Z.db";
+    std::fs::copy(backups.join(made["name"].as_str().expect("name")), backups.join(old)).expect("copied");
+
+    let config = "[backups]\nschedule = \"0 0 1 1 *\"\nkeep = 1\n";
+    std::fs::write(app.dir().join("hearth.toml"), config).expect("config");
+    let again = App::start_in(&app.dir(), &Options::default());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let list = loop {
+        let list = listed(&again).await;
+        let scheduled: Vec<&String> = list.iter().filter(|(_, scheduled)| *scheduled).map(|(name, _)| name).collect();
+        if scheduled.len() == 1 && scheduled[0] != old {
+            break list;
+        }
+        assert!(std::time::Instant::now() < deadline, "no make-up backup: {list:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(list.len(), 2, "the manual backup and the new scheduled one: {list:?}");
+    assert!(list.contains(&(made["name"].as_str().expect("name").to_owned(), false)), "{list:?}");
+    assert!(!backups.join(old).exists(), "keep = 1 deleted the older scheduled backup");
+}
