@@ -65,9 +65,10 @@ impl Backups {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(1));
             };
-            // A hidden name until complete: a listing never shows half a backup.
+            // A hidden name until complete: a listing never shows half a backup. One backup
+            // runs at a time, so any other partial file is left from a stop mid-backup.
+            remove_partials(&dir);
             let partial = dir.join(format!(".{name}.partial"));
-            let _ = std::fs::remove_file(&partial);
             Ok((name, partial))
         })
         .await?;
@@ -183,6 +184,20 @@ impl Backups {
         for old in list.iter().filter(|backup| backup.scheduled).skip(keep) {
             if let Err(error) = self.delete(&old.name).await {
                 tracing::error!(name = %old.name, %error, "cannot delete an old scheduled backup");
+            }
+        }
+    }
+}
+
+/// Removes the hidden files of backups that never finished.
+fn remove_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!(".{PREFIX}")) && name.ends_with(".partial") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(%name, "removed an unfinished backup"),
+                Err(error) => tracing::warn!(%name, %error, "cannot remove an unfinished backup"),
             }
         }
     }

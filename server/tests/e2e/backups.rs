@@ -172,6 +172,9 @@ async fn a_scheduled_backup_missed_while_stopped_is_made_at_start() {
     let backups = app.dir().join("hearth_data/backups");
     let old = "hearth-auto-20250101T000000.000Z.db";
     std::fs::copy(backups.join(made["name"].as_str().expect("name")), backups.join(old)).expect("copied");
+    // And the hidden file of a backup a stop cut short.
+    let unfinished = backups.join(".hearth-auto-20250102T000000.000Z.db.partial");
+    std::fs::write(&unfinished, b"SQLite format 3\0 and then nothing").expect("partial");
 
     let config = "[backups]\nschedule = \"0 0 1 1 *\"\nkeep = 1\n";
     std::fs::write(app.dir().join("hearth.toml"), config).expect("config");
@@ -189,4 +192,5 @@ async fn a_scheduled_backup_missed_while_stopped_is_made_at_start() {
     assert_eq!(list.len(), 2, "the manual backup and the new scheduled one: {list:?}");
     assert!(list.contains(&(made["name"].as_str().expect("name").to_owned(), false)), "{list:?}");
     assert!(!backups.join(old).exists(), "keep = 1 deleted the older scheduled backup");
+    assert!(!unfinished.exists(), "the next backup removed the unfinished one");
 }
