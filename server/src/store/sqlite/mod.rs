@@ -106,8 +106,59 @@ pub struct SqliteBackend {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
     readers: Arc<Readers>,
-    /// How many backups are running (the checkpointer holds back while one does).
-    backups: Arc<AtomicUsize>,
+    /// Keeps backups and the checkpointer's RESTART apart.
+    backups: Arc<BackupGate>,
+}
+
+/// A RESTART checkpoint holds new writes back until every reader is on the newest
+/// snapshot, so one must never wait for a backup (a read of the whole database, seconds
+/// long). Each side announces itself, then looks at the other (sequentially consistent):
+/// a RESTART is skipped while a backup runs, and a backup starts its read only after a
+/// RESTART already under way has finished.
+#[derive(Default)]
+struct BackupGate {
+    running: AtomicUsize,
+    restarting: std::sync::atomic::AtomicBool,
+}
+
+impl BackupGate {
+    /// Whether a RESTART may go ahead; if so, [`BackupGate::end_restart`] follows it.
+    fn begin_restart(&self) -> bool {
+        self.restarting.store(true, Ordering::SeqCst);
+        if self.running.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        self.restarting.store(false, Ordering::SeqCst);
+        false
+    }
+
+    fn end_restart(&self) {
+        self.restarting.store(false, Ordering::SeqCst);
+    }
+
+    /// Counts a backup in; from the returned guard's drop on, it is counted out.
+    fn begin_backup(self: &Arc<Self>) -> BackupRunning {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        BackupRunning(self.clone())
+    }
+}
+
+/// A running backup, counted until dropped, however the backup ends.
+struct BackupRunning(Arc<BackupGate>);
+
+impl BackupRunning {
+    /// Waits out a RESTART that was under way before this backup was counted.
+    fn wait_for_restart(&self) {
+        while self.0.restarting.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}
+
+impl Drop for BackupRunning {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// SQLite's default busy handler sleeps in whole milliseconds (and longer as it retries),
@@ -134,8 +185,8 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// `backups`: how many backups are running.
-    fn start(file: &DbFile, backups: Arc<AtomicUsize>) -> Result<Checkpointer, Error> {
+    /// `backups`: kept apart from RESTARTs.
+    fn start(file: &DbFile, backups: Arc<BackupGate>) -> Result<Checkpointer, Error> {
         let conn = file
             .connect(OpenFlags::default())
             .map_err(|e| Error::Unavailable(format!("cannot open the checkpointer: {e}")))?;
@@ -150,13 +201,13 @@ impl Checkpointer {
                     // stream of writes it never catches up, and the WAL would grow without
                     // end; once it is large, RESTART waits for the writer's current
                     // transaction so the next one starts the WAL from the beginning.
-                    // RESTART also holds new writes back until every reader is on the
-                    // newest snapshot, so it waits while a backup (a read of the whole
-                    // database, seconds long) runs: the WAL grows meanwhile instead.
+                    // While a backup runs it waits: the WAL grows meanwhile instead.
                     let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1));
                     let outcome = match passive {
-                        Ok(frames) if frames > RESTART_WAL_FRAMES && backups.load(Ordering::Relaxed) == 0 => {
-                            conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+                        Ok(frames) if frames > RESTART_WAL_FRAMES && backups.begin_restart() => {
+                            let restarted = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+                            backups.end_restart();
+                            restarted
                         }
                         other => other.map(|_| ()),
                     };
@@ -213,7 +264,7 @@ impl SqliteBackend {
         migrate(&mut conn)?;
         reconcile_indexes(&conn, &options.indexes)?;
         let readers = Arc::new(Readers::open(file.clone(), options.readers.max(1))?);
-        let backups = Arc::new(AtomicUsize::new(0));
+        let backups = Arc::new(BackupGate::default());
         let checkpointer = Checkpointer::start(&file, backups.clone())?;
         let (sender, receiver) = mpsc::channel(options.queue_capacity.max(1));
         let writer_options = options.writer;
@@ -852,18 +903,10 @@ impl Backend for SqliteBackend {
     }
 
     fn backup(&self, into: PathBuf) -> BoxFuture<'_, Result<(), Error>> {
-        /// Counts a running backup until dropped, however the backup ends.
-        struct Running(Arc<AtomicUsize>);
-        impl Drop for Running {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        self.backups.fetch_add(1, Ordering::Relaxed);
-        let running = Running(self.backups.clone());
+        let running = self.backups.begin_backup();
         self.readers
             .run(move |conn| {
-                let _running = running;
+                running.wait_for_restart();
                 // One read transaction: the copy is the database as of its start, while the
                 // writer goes on appending to the WAL.
                 conn.execute("VACUUM INTO ?1", [into.to_string_lossy()])?;

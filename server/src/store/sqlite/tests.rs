@@ -652,3 +652,25 @@ async fn documents_keyed_by_path_before_migration_10_carry_over_under_one_key() 
         .expect("indexes");
     assert_eq!(declared, 1);
 }
+
+#[test]
+fn a_restart_checkpoint_and_a_backup_never_overlap() {
+    let gate = Arc::new(BackupGate::default());
+    // A backup counted while a RESTART is under way starts only after it.
+    assert!(gate.begin_restart(), "no backup runs");
+    let running = gate.begin_backup();
+    let waiter = std::thread::spawn(move || {
+        running.wait_for_restart();
+        std::time::Instant::now()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let restarted = std::time::Instant::now();
+    gate.end_restart();
+    assert!(waiter.join().expect("waiter") >= restarted, "the backup waited for the RESTART");
+    // No RESTART while a backup runs, however it ends; one may go ahead after.
+    let running = gate.begin_backup();
+    assert!(!gate.begin_restart());
+    drop(running);
+    assert!(gate.begin_restart());
+    gate.end_restart();
+}
