@@ -161,6 +161,8 @@ impl Server {
     }
 
     async fn start(config: Config, natives: Vec<Native>) -> anyhow::Result<Server> {
+        // Loaded configs were checked already; an embedder's may be made in code.
+        config.validate()?;
         let metrics = metrics_handle()?;
         let config::Database::Sqlite(database) = config.database()?;
         let lock = backup::DatabaseLock::acquire(&database, "start")?;
@@ -219,7 +221,7 @@ impl Server {
         let functions_watcher = tokio::spawn(state.functions().clone().watch(Duration::from_secs(1)));
         let backups = state.config().backups.clone();
         let scheduled_backups = backups.schedule.as_deref().map(|schedule| {
-            let cron = functions::parse_cron(schedule).expect("checked with the config");
+            let cron = functions::parse_cron(schedule).expect("checked at start");
             let state = state.clone();
             tokio::spawn(async move { state.backups().run_schedule(state.store(), cron, backups.keep).await })
         });

@@ -253,10 +253,10 @@ fn apply_job(
         }
         match effect {
             Effect::Put { doc, text } => {
-                let stored = match (inserted, blind_create) {
-                    (true, _) => 1,
-                    (false, true) => insert(conn, INSERT_NEW, &doc, &text)?,
-                    (false, false) => insert(conn, UPSERT, &doc, &text)?,
+                let stored = if inserted {
+                    1
+                } else {
+                    insert(conn, if blind_create { INSERT_NEW } else { UPSERT }, &doc, &text)?
                 };
                 if stored == 0 {
                     return Err(located(Error::AlreadyExists(format!("`{path}` already exists"))));
