@@ -366,13 +366,17 @@ async fn a_reader_that_falls_a_queue_behind_is_cut_with_4008() {
             other => panic!("expected a 4008 close, got {other:?}"),
         }
     }
-    // 64 MiB of changes went by; the server kept at most a queue's worth of them.
-    let grown = rss_kib(&app).saturating_sub(before);
-    assert!(grown < 32 * 1024, "the server grew by {grown} KiB for a reader that never read");
-    // The server is fine and serves others.
+    // The server is fine and serves others; their `pong` also means the hub has taken
+    // every change written (on a loaded machine it may have fallen behind the bus).
     let mut other = Client::connect(&app, Some(KEY)).await;
     other.send(json!({"op": "ping"})).await;
     assert_eq!(other.next().await["op"], "pong");
+    // 64 MiB of changes went by; a server that kept them for the reader would have grown
+    // by more than that. This one keeps a queue's worth (1 MiB); the rest of the margin is
+    // what the allocator holds on to from parsing the batches, which varies with how the
+    // threads were scheduled (3 to 28 MiB seen on a loaded 2-core box).
+    let grown = rss_kib(&app).saturating_sub(before);
+    assert!(grown < 48 * 1024, "the server grew by {grown} KiB for a reader that never read");
 }
 
 #[tokio::test]
