@@ -47,7 +47,8 @@ pub enum Command {
         conn: ConnId,
         id: String,
     },
-    /// Answered by the hub after the frames before it and every commit published by then.
+    /// Answered by the hub after the frames before it, every commit published by then
+    /// and the snapshots of the subscriptions being prepared.
     Ping {
         conn: ConnId,
     },
@@ -221,6 +222,8 @@ struct Conn {
     principal: Option<Principal>,
     paused: bool,
     subs: HashSet<String>,
+    /// Pings waiting for a subscription's snapshot.
+    pings: usize,
 }
 
 type Key = (ConnId, String);
@@ -341,7 +344,7 @@ impl Hub {
     async fn command(&mut self, command: Command) {
         match command {
             Command::Open { conn, outbox, principal } => {
-                self.conns.insert(conn, Conn { outbox, principal, paused: false, subs: HashSet::new() });
+                self.conns.insert(conn, Conn { outbox, principal, paused: false, subs: HashSet::new(), pings: 0 });
             }
             Command::Principal { conn, principal, paused } => {
                 let Some(state) = self.conns.get_mut(&conn) else { return };
@@ -384,11 +387,15 @@ impl Hub {
                 }
                 self.subscribe(conn, id, watch, resume);
             }
-            Command::Unsub { conn, id } => self.remove(&(conn, id)),
+            Command::Unsub { conn, id } => {
+                self.remove(&(conn, id));
+                self.answer_pings(conn);
+            }
             Command::Ping { conn } => {
-                if let Some(state) = self.conns.get(&conn) {
-                    state.outbox.send(r#"{"op":"pong"}"#.into());
+                if let Some(state) = self.conns.get_mut(&conn) {
+                    state.pings += 1;
                 }
+                self.answer_pings(conn);
             }
             Command::Join { conn, channel, uid, state } => {
                 if let Some(connection) = self.conns.get(&conn) {
@@ -410,7 +417,27 @@ impl Hub {
                     }
                 }
             }
-            Command::Ready { conn, id, generation, outcome } => self.ready(conn, id, generation, outcome).await,
+            Command::Ready { conn, id, generation, outcome } => {
+                self.ready(conn, id, generation, outcome).await;
+                self.answer_pings(conn);
+            }
+        }
+    }
+
+    /// Answers a connection's pings once none of its subscriptions waits for its
+    /// snapshot, so a `pong` also follows every snapshot asked for before the `ping`.
+    fn answer_pings(&mut self, conn: ConnId) {
+        let Some(state) = self.conns.get(&conn) else { return };
+        let preparing = |id: &String| {
+            let sub = self.subs.get(&(conn, id.clone()));
+            matches!(sub.map(|sub| &sub.state), Some(State::Preparing { .. }))
+        };
+        if state.pings == 0 || state.subs.iter().any(preparing) {
+            return;
+        }
+        let Some(state) = self.conns.get_mut(&conn) else { return };
+        for _ in 0..std::mem::take(&mut state.pings) {
+            state.outbox.send(r#"{"op":"pong"}"#.into());
         }
     }
 

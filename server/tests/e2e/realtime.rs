@@ -48,8 +48,8 @@ impl Client {
         }
     }
 
-    /// Every message before the `pong` of a fresh `ping`: all deliveries of the writes
-    /// acknowledged before it, for subscriptions whose snapshot has been sent.
+    /// Every message before the `pong` of a fresh `ping`: the snapshots asked for and all
+    /// deliveries of the writes acknowledged before it.
     async fn until_pong(&mut self) -> Vec<Value> {
         self.send(json!({"op": "ping"})).await;
         let mut messages = Vec::new();
@@ -108,7 +108,10 @@ async fn subscriptions_get_a_snapshot_then_every_change_in_commit_order() {
     // The top two by score: a window that must stay equal to a fresh query.
     let top = json!({"collection": "scores", "order_by": [{"field": "score", "dir": "desc"}], "limit": 2});
     client.send(json!({"op": "sub", "id": "top", "query": top})).await;
-    let snapshot = client.next().await;
+    // A ping right behind the sub is answered after its snapshot.
+    let answered = client.until_pong().await;
+    assert_eq!(answered.len(), 1, "{answered:?}");
+    let snapshot = &answered[0];
     let ids: Vec<&str> =
         snapshot["docs"].as_array().expect("docs").iter().map(|d| d["id"].as_str().expect("id")).collect();
     assert_eq!(ids, ["a", "b"]);
@@ -320,6 +323,31 @@ async fn a_cut_subscriber_resumes_with_every_change_once_in_order() {
     let (_, page) = app.call(Method::POST, "/v1/query", Some(json!({"collection": "log", "limit": 1000}))).await;
     let sum: i64 = page["docs"].as_array().expect("docs").iter().map(|doc| doc["data"]["n"].as_i64().expect("n")).sum();
     assert_eq!(sum, total as i64);
+}
+
+#[tokio::test]
+async fn a_pong_follows_the_snapshots_asked_for_before_it() {
+    let app = App::spawn().await;
+    for batch in 0..4 {
+        let writes: Vec<Value> = (0..500)
+            .map(|i| json!({"op": "set", "path": format!("many/d{batch}-{i}"), "data": {"n": i, "text": "x".repeat(200)}}))
+            .collect();
+        let (status, _) = app.call(Method::POST, "/v1/batch", Some(json!({"writes": writes}))).await;
+        assert_eq!(status, 200);
+    }
+    let mut client = Client::connect(&app, Some(KEY)).await;
+    // Snapshots of a thousand documents take a while to read; the ping right behind the
+    // subs is answered after both.
+    for id in ["first", "second"] {
+        let query = json!({"collection": "many", "order_by": [{"field": "n", "dir": "desc"}], "limit": 1000});
+        client.send(json!({"op": "sub", "id": id, "query": query})).await;
+    }
+    let answered = client.until_pong().await;
+    let got: Vec<(&str, usize)> = answered
+        .iter()
+        .map(|message| (message["op"].as_str().expect("op"), message["docs"].as_array().map_or(0, Vec::len)))
+        .collect();
+    assert_eq!(got, [("snapshot", 1000), ("snapshot", 1000)]);
 }
 
 #[tokio::test]
@@ -692,21 +720,14 @@ async fn subscribers_joining_a_shared_query_while_it_changes_all_end_equal_to_a_
     apply_message(&mut fresh, &json!({"op": "snapshot", "docs": page["docs"]}));
     assert_eq!(fresh.len(), 5);
     for (index, (client, view, id)) in clients.iter_mut().enumerate() {
-        // A `pong` can come before the snapshot of a subscription still being prepared.
         let mut snapshot = false;
-        for _ in 0..100 {
-            for message in client.until_pong().await {
-                if message["id"] == json!(id) {
-                    snapshot |= message["op"] == "snapshot";
-                    apply_message(view, &message);
-                }
+        for message in client.until_pong().await {
+            if message["id"] == json!(id) {
+                snapshot |= message["op"] == "snapshot";
+                apply_message(view, &message);
             }
-            if snapshot {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(snapshot, "subscriber {index} got its snapshot");
+        assert!(snapshot, "subscriber {index} got its snapshot before the pong");
         assert_eq!(view, &fresh, "subscriber {index}");
     }
 }
