@@ -90,6 +90,23 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// Longest error message sent: messages quote the input they refuse (a field name, an
+/// unknown key), and a refused megabyte should not come back in the answer.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+/// `message` cut to [`MAX_ERROR_MESSAGE_BYTES`] at a character boundary, marked with `…`.
+pub fn bounded_error_message(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let mut cut = MAX_ERROR_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}
+
 /// The body of every non-2xx answer: `{"error": {...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -464,6 +481,14 @@ pub struct UserPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_error_messages_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded_error_message("short".into()), "short");
+        let cut = bounded_error_message(format!("a{}", "é".repeat(1000)));
+        assert_eq!(cut.len(), MAX_ERROR_MESSAGE_BYTES - 1 + '…'.len_utf8());
+        assert!(cut.ends_with("é…"));
+    }
 
     #[test]
     fn every_code_round_trips_through_its_http_status() {

@@ -85,7 +85,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = self.details.get("retry_after_seconds").and_then(Value::as_u64).unwrap_or(1);
-        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, details: self.details } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: hearth_types::bounded_error_message(self.message),
+                details: self.details,
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         response.extensions_mut().insert(Shaped);
         if let Some(cause) = self.cause {

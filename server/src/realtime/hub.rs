@@ -1072,6 +1072,7 @@ fn frame(op: &str, id: &str, field: &str, items: &str, seq: i64) -> Arc<str> {
 
 /// An `error` op, for one subscription when `id` is not empty.
 pub fn error_message(id: &str, code: &str, message: &str) -> Arc<str> {
+    let message = hearth_types::bounded_error_message(message.to_owned());
     let mut body = serde_json::json!({"op": "error", "code": code, "message": message});
     if !id.is_empty() {
         body["id"] = serde_json::Value::String(id.to_owned());

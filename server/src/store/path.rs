@@ -22,6 +22,19 @@ pub fn is_valid_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// Input quoted in an error, cut short: a refused 8 KB path should not come back whole.
+struct Shown<'a>(&'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MAX_CHARS: usize = 64;
+        match self.0.char_indices().nth(MAX_CHARS) {
+            Some((cut, _)) => write!(f, "{}… ({} bytes)", &self.0[..cut], self.0.len()),
+            None => f.write_str(self.0),
+        }
+    }
+}
+
 fn check_segments(path: &str) -> Result<usize, PathError> {
     if path.is_empty() {
         return Err(PathError("path is empty".into()));
@@ -30,11 +43,13 @@ fn check_segments(path: &str) -> Result<usize, PathError> {
     for segment in path.split('/') {
         count += 1;
         if segment.is_empty() {
-            return Err(PathError(format!("path `{path}` has an empty segment")));
+            return Err(PathError(format!("path `{}` has an empty segment", Shown(path))));
         }
         if !is_valid_id(segment) {
             return Err(PathError(format!(
-                "`{segment}` in `{path}` is not a valid id (1 to 128 chars of A-Z a-z 0-9 _ . -, not `.` or `..`)"
+                "`{}` in `{}` is not a valid id (1 to {MAX_ID_LEN} chars of A-Z a-z 0-9 _ . -, not `.` or `..`)",
+                Shown(segment),
+                Shown(path)
             )));
         }
     }
@@ -75,7 +90,7 @@ impl DocPath {
         match AnyPath::parse(path)? {
             AnyPath::Doc(doc) => Ok(doc),
             AnyPath::Collection(_) => {
-                Err(PathError(format!("`{path}` is a collection path; a document path is expected")))
+                Err(PathError(format!("`{}` is a collection path; a document path is expected", Shown(path))))
             }
         }
     }
@@ -115,7 +130,9 @@ impl CollectionPath {
     pub fn parse(path: &str) -> Result<CollectionPath, PathError> {
         match AnyPath::parse(path)? {
             AnyPath::Collection(collection) => Ok(collection),
-            AnyPath::Doc(_) => Err(PathError(format!("`{path}` is a document path; a collection path is expected"))),
+            AnyPath::Doc(_) => {
+                Err(PathError(format!("`{}` is a document path; a collection path is expected", Shown(path))))
+            }
         }
     }
 
@@ -131,7 +148,7 @@ impl CollectionPath {
     /// The path of a document in this collection.
     pub fn doc(&self, id: &str) -> Result<DocPath, PathError> {
         if !is_valid_id(id) {
-            return Err(PathError(format!("`{id}` is not a valid id")));
+            return Err(PathError(format!("`{}` is not a valid id", Shown(id))));
         }
         Ok(DocPath(format!("{}/{id}", self.0)))
     }
@@ -182,6 +199,16 @@ mod tests {
         assert!(AnyPath::parse(&"a".repeat(129)).is_err());
         assert!(AnyPath::parse(&"a".repeat(128)).is_ok());
         assert!(AnyPath::parse("a.b/c-d_e/...").is_ok());
+    }
+
+    #[test]
+    fn errors_quote_long_input_cut_short() {
+        let long = format!("rooms/{}", "é".repeat(5000));
+        let message = AnyPath::parse(&long).expect_err("refused").to_string();
+        assert!(message.len() < 400, "{message}");
+        assert!(message.contains("… (10006 bytes)"), "{message}");
+        let short = AnyPath::parse("rooms/r#1").expect_err("refused").to_string();
+        assert!(short.starts_with("`r#1` in `rooms/r#1` is not a valid id"), "{short}");
     }
 
     #[test]

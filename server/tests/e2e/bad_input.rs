@@ -94,6 +94,28 @@ async fn bad_paths_are_refused_with_a_reason() {
     }
 }
 
+#[tokio::test]
+async fn refused_input_is_quoted_short_in_the_answer() {
+    let app = App::spawn().await;
+    let long = "k".repeat(20_000);
+    for (method, path, body) in [
+        (Method::POST, "/v1/query".to_owned(), json!({"collection": "c", long.as_str(): 1})),
+        (Method::POST, "/v1/query".to_owned(), json!({"collection": format!("c/{long}")})),
+        (
+            Method::POST,
+            "/v1/query".to_owned(),
+            json!({"collection": "c", "where": [{"field": "n", "op": long, "value": 1}]}),
+        ),
+        (Method::PUT, "/v1/docs/c/x".to_owned(), json!({"n": {format!("${long}"): 1}})),
+        (Method::GET, format!("/v1/docs/c/{}", "x".repeat(4000)), json!({})),
+    ] {
+        let (status, answer) = app.call(method.clone(), &path, Some(body)).await;
+        let message = assert_error(status, &answer, 400, "invalid-argument");
+        assert!(message.len() <= 1100, "{method} {path:.40}: {} bytes", message.len());
+    }
+    assert_eq!(count(&app, "c").await, 0);
+}
+
 fn raw_request(addr: &str, request: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connects");
