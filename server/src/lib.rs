@@ -169,6 +169,18 @@ impl Server {
         let backups = backup::Backups::beside(&database);
         let (store, sqlite) = open_store(&config).await?;
         let auth = Auth::new(auth::repo::Repo::new(sqlite), config.auth.clone(), &config.mail).await?;
+        let addr = config.socket_addr()?;
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let rules = rules::Rules::open(config.rules_file(), store.clone())
+            .map_err(|error| anyhow::anyhow!("{}: {error}", config.rules_file().display()))?;
+        let realtime = realtime::Realtime::start(store.clone(), rules.clone(), &config.realtime).await?;
+        let functions =
+            functions::Functions::start(&config.dir, store.clone(), auth.clone(), config.functions.clone(), natives)
+                .await
+                .map_err(|error| anyhow::anyhow!("functions: {error}"))?;
+        // The first key is made last: a start that fails after storing its hash (a port
+        // in use, a rules file that does not compile) would never show the key, and the
+        // next start, finding a hash, would make none.
         let mut hashes = store.backend().service_key_hashes().await?;
         let mut first_key = None;
         if hashes.is_empty() {
@@ -181,15 +193,6 @@ impl Server {
         if let Some(key) = &config.service_key {
             hashes.push(ServiceKeys::hash(key.expose()));
         }
-        let addr = config.socket_addr()?;
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let rules = rules::Rules::open(config.rules_file(), store.clone())
-            .map_err(|error| anyhow::anyhow!("{}: {error}", config.rules_file().display()))?;
-        let realtime = realtime::Realtime::start(store.clone(), rules.clone(), &config.realtime).await?;
-        let functions =
-            functions::Functions::start(&config.dir, store.clone(), auth.clone(), config.functions.clone(), natives)
-                .await
-                .map_err(|error| anyhow::anyhow!("functions: {error}"))?;
         let services = http::Services { store, auth, rules, realtime, functions, backups };
         let state = http::AppState::new(services, config, ServiceKeys::new(hashes), metrics);
         Ok(Server { listener, state, new_service_key: first_key, lock })
@@ -312,6 +315,22 @@ pub async fn rotate_keys(config: &Config) -> anyhow::Result<String> {
     repo.add_key(key).await?;
     store.close().await;
     Ok(kid)
+}
+
+/// Makes a new service key, stores its hash and returns the key (to be shown once), for
+/// a project whose key was lost; with `revoke_others`, for one that leaked: every other
+/// stored key stops working. Refused while a server runs on the database, which would
+/// go on accepting the keys it loaded at start.
+pub async fn add_service_key(config: &Config, revoke_others: bool) -> anyhow::Result<(String, u64)> {
+    let config::Database::Sqlite(database) = config.database()?;
+    let _lock = backup::DatabaseLock::acquire(&database, "change service keys")?;
+    let (store, _) = open_store(config).await?;
+    let key = new_service_key();
+    let hash = ServiceKeys::hash(&key);
+    store.backend().add_service_key_hash(hash).await?;
+    let revoked = if revoke_others { store.backend().revoke_service_keys_except(hash).await? } else { 0 };
+    store.close().await;
+    Ok((key, revoked))
 }
 
 /// The process-wide Prometheus recorder (a process has one, however many servers).

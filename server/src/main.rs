@@ -35,7 +35,7 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
     },
-    /// Manage the keys that sign access tokens.
+    /// Manage service keys and the keys that sign access tokens.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -84,6 +84,17 @@ enum KeysCommand {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Make a new service key and print it once (when the key was lost). The server must
+    /// be stopped; start it again afterwards.
+    Service {
+        /// Every other stored service key stops working (when a key leaked).
+        #[arg(long)]
+        revoke_others: bool,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long)]
+        database_url: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -123,6 +134,28 @@ fn main() -> std::process::ExitCode {
             match rotated {
                 Ok(kid) => {
                     println!("added signing key {kid}; running servers use it within 30 s");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("hearth: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Keys { command: KeysCommand::Service { revoke_others, dir, database_url } } => {
+            let overrides = Overrides { database_url, ..Overrides::default() };
+            let added = Config::load(&dir, overrides).and_then(|config| {
+                tokio::runtime::Runtime::new()?.block_on(hearth_server::add_service_key(&config, revoke_others))
+            });
+            match added {
+                Ok((key, revoked)) => {
+                    println!("{}", service_key_notice(&key));
+                    if revoke_others {
+                        println!(
+                            "Other service keys revoked: {revoked}. A `HEARTH_SERVICE_KEY` in a server's \
+                             environment is not stored, so it works until removed there."
+                        );
+                    }
                     std::process::ExitCode::SUCCESS
                 }
                 Err(error) => {
@@ -185,13 +218,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let mut server = Server::build(config).await?;
     if let Some(key) = server.take_new_service_key() {
-        // Printed once, straight to the terminal, never through the log.
-        println!(
-            "\nHearth made a service key. It is shown only this once; keep it secret:\n\n    {key}\n\n\
-             Use it as `Authorization: Bearer <key>`. Only its hash is stored.\n"
-        );
+        println!("{}", service_key_notice(&key));
     }
     server.run_until_stopped(shutdown).await
+}
+
+/// A new service key, printed once straight to the terminal, never through the log.
+fn service_key_notice(key: &str) -> String {
+    format!(
+        "\nHearth made a service key. It is shown only this once; keep it secret:\n\n    {key}\n\n\
+         Use it as `Authorization: Bearer <key>`. Only its hash is stored.\n"
+    )
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are registered when this is called, not

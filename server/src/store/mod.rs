@@ -231,6 +231,8 @@ pub trait Backend: Send + Sync + 'static {
     /// SHA-256 hashes of the service keys stored in the database.
     fn service_key_hashes(&self) -> BoxFuture<'_, Result<Vec<[u8; 32]>, Error>>;
     fn add_service_key_hash(&self, hash: [u8; 32]) -> BoxFuture<'_, Result<(), Error>>;
+    /// Forgets every service key but `keep`; how many were forgotten.
+    fn revoke_service_keys_except(&self, keep: [u8; 32]) -> BoxFuture<'_, Result<u64, Error>>;
     /// The key that signs query cursors, made on first use.
     fn cursor_key(&self) -> BoxFuture<'_, Result<[u8; 32], Error>>;
     /// The last change the trigger `name` is done with, if it ever started.

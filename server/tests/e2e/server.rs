@@ -62,22 +62,84 @@ async fn metrics_can_be_public() {
 #[tokio::test]
 async fn the_first_start_prints_a_service_key_once_and_it_works() {
     let mut app = App::spawn().await;
-    let output = app.output_text();
-    let key = output
-        .split_whitespace()
-        .find(|word| word.starts_with("hk_") && *word != KEY)
-        .expect("a service key is printed at first start")
-        .to_owned();
-    let (status, _) = app.send(app.client.get(app.url("/v1/docs/c/x")).bearer_auth(&key)).await;
-    assert_eq!(status, 404, "the printed key is accepted");
+    let key = printed_key(&app);
+    assert!(accepted(&app, &key).await, "the printed key is accepted");
     assert_eq!(app.terminate(), Some(0));
     let dir = app.keep_dir().expect("dir");
     let again = App::start_in(dir.path(), &Options::default());
     assert!(!again.output_text().contains(&key), "the key is shown only once");
     let stored = std::fs::read(dir.path().join("hearth_data/hearth.db")).expect("database file");
     assert!(!stored.windows(key.len()).any(|window| window == key.as_bytes()), "only a hash is stored");
-    let (status, _) = again.send(again.client.get(again.url("/v1/docs/c/x")).bearer_auth(&key)).await;
-    assert_eq!(status, 404, "the key still works after a restart");
+    assert!(accepted(&again, &key).await, "the key still works after a restart");
+}
+
+/// The service key a server printed at its first start.
+fn printed_key(app: &App) -> String {
+    let output = app.output_text();
+    let key = output.split_whitespace().find(|word| word.starts_with("hk_") && *word != KEY);
+    key.expect("a service key is printed").to_owned()
+}
+
+async fn accepted(app: &App, key: &str) -> bool {
+    let (status, body) = app.send(app.client.get(app.url("/v1/docs/c/x")).bearer_auth(key)).await;
+    match status.as_u16() {
+        404 => true,
+        401 | 403 => false,
+        other => panic!("{other}: {body}"),
+    }
+}
+
+fn hearth(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("hearth runs")
+}
+
+#[tokio::test]
+async fn a_first_start_that_cannot_listen_leaves_the_key_for_the_next_one() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let failed = hearth(&["serve", "--addr", &addr], dir.path());
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("cannot listen"), "{failed:?}");
+    let app = App::start_in(dir.path(), &Options::default());
+    let key = printed_key(&app);
+    assert!(accepted(&app, &key).await, "the key made at the start that served works");
+}
+
+#[tokio::test]
+async fn a_lost_or_leaked_service_key_is_replaced_from_the_command_line() {
+    let mut app = App::spawn().await;
+    let first = printed_key(&app);
+    let refused = hearth(&["keys", "service"], &app.dir());
+    assert!(!refused.status.success(), "keys are not changed under a running server");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("a Hearth server is running"), "{refused:?}");
+    assert_eq!(app.terminate(), Some(0));
+    let dir = app.keep_dir().expect("dir");
+
+    let lost = hearth(&["keys", "service"], dir.path());
+    assert!(lost.status.success(), "{lost:?}");
+    let second =
+        String::from_utf8_lossy(&lost.stdout).split_whitespace().find(|w| w.starts_with("hk_")).map(str::to_owned);
+    let second = second.expect("the new key is printed");
+    let app = App::start_in(dir.path(), &Options::default());
+    assert!(!app.output_text().contains("hk_"), "a project with keys makes none at start");
+    assert!(accepted(&app, &second).await && accepted(&app, &first).await, "a lost key adds one");
+    drop(app);
+
+    let leaked = hearth(&["keys", "service", "--revoke-others"], dir.path());
+    assert!(leaked.status.success(), "{leaked:?}");
+    let stdout = String::from_utf8_lossy(&leaked.stdout);
+    assert!(stdout.contains("revoked: 2"), "{stdout}");
+    let third = stdout.split_whitespace().find(|w| w.starts_with("hk_")).expect("printed").to_owned();
+    let app = App::start_in(dir.path(), &Options::default());
+    assert!(accepted(&app, &third).await, "the new key works");
+    assert!(!accepted(&app, &first).await && !accepted(&app, &second).await, "the others are revoked");
+    assert!(accepted(&app, KEY).await, "the environment's key is not stored, so it stays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,13 +259,7 @@ async fn an_exclusive_store_works_and_locks_other_processes_out() {
     let (status, body) = app.call(Method::GET, "/v1/docs/notes/n7", None).await;
     assert_eq!((status.as_u16(), body["data"]["i"].clone()), (200, json!(7)), "{body}");
 
-    let rotate = |dir: &std::path::Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .args(["keys", "rotate", "--dir"])
-            .arg(dir)
-            .output()
-            .expect("hearth keys rotate runs")
-    };
+    let rotate = |dir: &std::path::Path| hearth(&["keys", "rotate"], dir);
     let locked_out = rotate(&app.dir());
     assert!(!locked_out.status.success(), "another process opened an exclusive database");
     let stderr = String::from_utf8_lossy(&locked_out.stderr);

@@ -963,6 +963,13 @@ impl Backend for SqliteBackend {
         .boxed()
     }
 
+    fn revoke_service_keys_except(&self, keep: [u8; 32]) -> BoxFuture<'_, Result<u64, Error>> {
+        self.exec(Box::new(move |conn| {
+            Ok(conn.execute("DELETE FROM service_keys WHERE hash <> ?1", [keep.to_vec()])? as u64)
+        }))
+        .boxed()
+    }
+
     fn trigger_cursor(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>> {
         self.read_named("SELECT seq FROM trigger_cursors WHERE name = ?1", name)
     }
