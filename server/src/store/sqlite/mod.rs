@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "prune_by_seq", include_str!("../../../../migrations/sqlite/0008_prune_by_seq.sql")),
     (9, "log_old_only", include_str!("../../../../migrations/sqlite/0009_log_old_only.sql")),
     (10, "one_document_key", include_str!("../../../../migrations/sqlite/0010_one_document_key.sql")),
+    (11, "one_document_index", include_str!("../../../../migrations/sqlite/0011_one_document_index.sql")),
 ];
 
 /// How durable a commit is. `Normal` (WAL) survives a crash of the process; `Full`
@@ -616,9 +617,9 @@ fn open_reader(file: &DbFile) -> Result<Connection, Error> {
 fn read_document(conn: &Connection, path: &DocPath) -> Result<Option<RawDoc>, Error> {
     Ok(conn
         .prepare_cached(
-            "SELECT json(data), version, created_at, updated_at FROM documents WHERE collection = ?1 AND path = ?2",
+            "SELECT json(data), version, created_at, updated_at FROM documents WHERE coll_id = ?1 AND path = ?2",
         )?
-        .query_row([path.collection(), path.as_str()], |row| {
+        .query_row([path.collection_id(), path.as_str()], |row| {
             Ok(RawDoc {
                 path: path.clone(),
                 data: row.get(0)?,

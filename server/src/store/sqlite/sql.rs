@@ -189,7 +189,7 @@ fn joined(conditions: &[Condition], separator: &str, params: &mut Vec<SqlValue>)
 
 /// The `WHERE` clause of a query (target, filters, order fields present, cursor).
 pub fn where_clause(spec: &QuerySpec, params: &mut Vec<SqlValue>) -> String {
-    let mut terms = vec![target_term(&spec.target)];
+    let mut terms = vec![target_scan(&spec.target)];
     for filter in &spec.filters {
         terms.push(filter_sql(filter, params));
     }
@@ -232,11 +232,30 @@ pub fn where_clause(spec: &QuerySpec, params: &mut Vec<SqlValue>) -> String {
     terms.join(" AND ")
 }
 
-/// `collection = '...'` or `coll_id = '...'`, as literals so partial indexes apply.
+/// `collection = '...'` or `coll_id = '...'`, as literals so partial indexes apply: the
+/// condition of a declared index over the target.
 pub fn target_term(target: &Target) -> String {
     match target {
         Target::Collection(collection) => format!("collection = {}", literal(collection.as_str())),
         Target::Group(group) => format!("coll_id = {}", literal(group)),
+    }
+}
+
+/// [`target_term`] and, for a collection, the range of `documents_key` it lies in: in
+/// its group, the paths from `C/` to `C0` (`0` follows `/`). The range is marked as
+/// filtering nothing (`likelihood(…, 1.0)`, still usable by an index): on a declared
+/// index, which ends in `path`, it would otherwise look selective and win over the
+/// index that gives the query's order.
+fn target_scan(target: &Target) -> String {
+    match target {
+        Target::Collection(collection) => format!(
+            "{} AND coll_id = {} AND likelihood(path > {}, 1.0) AND likelihood(path < {}, 1.0)",
+            target_term(target),
+            literal(collection.id()),
+            literal(&format!("{collection}/")),
+            literal(&format!("{collection}0"))
+        ),
+        Target::Group(_) => target_term(target),
     }
 }
 

@@ -222,6 +222,67 @@ async fn declared_indexes_serve_equality_range_and_order_without_a_scan() {
         assert!(!plan.contains("SCAN"), "{query}: {plan}");
         assert!(!plan.contains("TEMP B-TREE"), "{query}: {plan}");
     }
+    // Without a declared index, a collection is a range of its group in the one key.
+    let range = "USING INDEX documents_key (coll_id=? AND path>? AND path<?)";
+    for (query, search) in [
+        (json!({"collection": "rooms", "limit": 20}), range),
+        (json!({"collection": "rooms/r1/rooms", "limit": 20}), range),
+        (json!({"collection_group": "rooms", "limit": 20}), "USING INDEX documents_key (coll_id=?)"),
+    ] {
+        let plan = plan(query.clone());
+        assert!(plan.contains(search), "{query}: {plan}");
+        assert!(!plan.contains("SCAN"), "{query}: {plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{query}: {plan}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_holds_only_its_own_documents_among_deeper_ones_of_its_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), Vec::new()).await;
+    // Paths that sort inside and around `a/x/m/`: deeper `m` collections, a sibling
+    // collection `m-2`, and ids next to `/` in byte order.
+    let paths = [
+        "m/top",
+        "a/x/m/d1",
+        "a/x/m/d1/m/deep",
+        "a/x/m/d2",
+        "a/x/m/d2/n/e/m/deeper",
+        "a/x/m-2/s",
+        "a/x/m.x/t",
+        "a/x/m0/u",
+        "a/x/mm/v",
+        "b/x/m/other",
+    ];
+    let writes = paths
+        .iter()
+        .map(|path| Write {
+            path: DocPath::parse(path).expect("path"),
+            op: WriteOp::Set(serde_json::Map::new()),
+            if_version: None,
+        })
+        .collect();
+    store.write(writes).await.expect("written");
+    let listed = |query: Value| {
+        let store = &store;
+        async move {
+            let wire: Query = serde_json::from_value(query).expect("wire");
+            let page = store.query(QuerySpec::parse(&wire, store.signer()).expect("valid")).await.expect("query");
+            page.docs.iter().map(|doc| doc.path.as_str().to_owned()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(json!({"collection": "a/x/m"})).await, ["a/x/m/d1", "a/x/m/d2"]);
+    assert_eq!(listed(json!({"collection": "a/x/m/d1/m"})).await, ["a/x/m/d1/m/deep"]);
+    assert_eq!(listed(json!({"collection": "m"})).await, ["m/top"]);
+    assert_eq!(
+        listed(json!({"collection_group": "m"})).await,
+        ["a/x/m/d1", "a/x/m/d1/m/deep", "a/x/m/d2", "a/x/m/d2/n/e/m/deeper", "b/x/m/other", "m/top"]
+    );
+    for path in paths {
+        let doc = store.get(DocPath::parse(path).expect("path")).await.expect("get");
+        assert!(doc.is_some(), "{path}");
+    }
+    store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,7 +632,7 @@ async fn a_backup_of_a_newer_schema_or_a_damaged_file_is_refused_and_changes_not
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn documents_keyed_by_path_before_migration_10_carry_over_under_one_key() {
+async fn documents_from_before_migrations_10_and_11_carry_over_under_one_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     {
         // A database as migration 9 left it, with documents in the path-keyed table.
@@ -641,12 +702,22 @@ async fn documents_keyed_by_path_before_migration_10_carry_over_under_one_key() 
     // A point read is one seek in the key, and the declared index was made again.
     let plan: String = conn
         .query_row(
-            "EXPLAIN QUERY PLAN SELECT data FROM documents WHERE collection = ?1 AND path = ?2",
+            "EXPLAIN QUERY PLAN SELECT data FROM documents WHERE coll_id = ?1 AND path = ?2",
             ["rooms", "rooms/r1"],
             |row| row.get(3),
         )
         .expect("plan");
-    assert!(plan.contains("documents_by_collection"), "{plan}");
+    assert!(plan.contains("documents_key"), "{plan}");
+    let indexes: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'documents' AND name NOT LIKE 'hx%'",
+        )
+        .expect("indexes")
+        .query_map([], |row| row.get(0))
+        .expect("rows")
+        .map(|name| name.expect("name"))
+        .collect();
+    assert_eq!(indexes, ["documents_key"], "one index over the path");
     let declared: i64 = conn
         .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'hx%'", [], |row| row.get(0))
         .expect("indexes");

@@ -14,10 +14,10 @@ use crate::changes::{Change, ChangeBus, ChangeKind};
 use crate::store::write::{self, Effect, Prepared, WriteOp};
 
 const INSERT_NEW: &str = "INSERT INTO documents (path, collection, coll_id, id, data, version, created_at, updated_at) \
-     VALUES (?1, ?2, ?3, ?4, jsonb(?5), ?6, ?7, ?8) ON CONFLICT (collection, path) DO NOTHING";
+     VALUES (?1, ?2, ?3, ?4, jsonb(?5), ?6, ?7, ?8) ON CONFLICT (coll_id, path) DO NOTHING";
 const UPSERT: &str = "INSERT INTO documents (path, collection, coll_id, id, data, version, created_at, updated_at) \
      VALUES (?1, ?2, ?3, ?4, jsonb(?5), ?6, ?7, ?8) \
-     ON CONFLICT (collection, path) DO UPDATE SET data = excluded.data, version = excluded.version, updated_at = excluded.updated_at";
+     ON CONFLICT (coll_id, path) DO UPDATE SET data = excluded.data, version = excluded.version, updated_at = excluded.updated_at";
 use crate::store::{DocPath, Error, StoredDoc, WriteGuard, WriteResult, now_micros};
 
 /// A closure run on the write connection, outside the document write path (set-up,
@@ -278,8 +278,8 @@ fn apply_job(
                 results.push(WriteResult { path: doc_path.clone(), doc: Some(doc), data_json: Some(text.into()) });
             }
             Effect::Delete => {
-                conn.prepare_cached("DELETE FROM documents WHERE collection = ?1 AND path = ?2")?
-                    .execute([doc_path.collection(), path])?;
+                conn.prepare_cached("DELETE FROM documents WHERE coll_id = ?1 AND path = ?2")?
+                    .execute([doc_path.collection_id(), path])?;
                 let seq = log(conn, path, ChangeKind::Delete, old_logged.as_deref(), now)?;
                 let old = current.map(|(old, _)| Arc::new(old));
                 changes.push(Change {
