@@ -192,9 +192,10 @@ impl Backups {
 /// Removes the hidden files of backups that never finished.
 fn remove_partials(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let hidden = format!(".{PREFIX}");
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&format!(".{PREFIX}")) && name.ends_with(".partial") {
+        if name.starts_with(&hidden) && name.ends_with(".partial") {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => tracing::info!(%name, "removed an unfinished backup"),
                 Err(error) => tracing::warn!(%name, %error, "cannot remove an unfinished backup"),
