@@ -259,6 +259,9 @@ pub struct AuthConfig {
     pub verify_token_seconds: u64,
     /// Lifetime of a mailed password reset token.
     pub reset_token_seconds: u64,
+    /// For how long after a sign-in a sensitive change (e-mail, password, TOTP on or off,
+    /// deleting the account) needs no current password.
+    pub reauth_seconds: u64,
     pub password: PasswordConfig,
     pub rate_limit: RateLimitConfig,
     pub oauth: OAuthConfig,
@@ -268,10 +271,12 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OAuthConfig {
-    /// The URL users reach this server at (for callback URLs); by default taken from the
-    /// request's `Host`.
+    /// The URL users reach this server at (callback URLs are made under it). Required
+    /// once a provider is configured: a URL made from the request's `Host` header would
+    /// be the client's to choose.
     pub public_url: Option<String>,
-    /// Prefixes an app may ask to be sent back to with the tokens (`redirect_to`).
+    /// URLs an app may ask to be sent back to with the tokens (`redirect_to`): a target
+    /// must have the same scheme, host and port as one of them, and a path under its path.
     pub allowed_redirects: Vec<String>,
     /// OIDC providers by the name used in the routes (`/v1/auth/oauth/{name}`).
     pub providers: std::collections::BTreeMap<String, OidcProviderConfig>,
@@ -301,10 +306,22 @@ pub struct RateLimitConfig {
     pub per_ip_per_minute: u32,
     /// How many of them may come at once.
     pub per_ip_burst: u32,
-    /// Failed logins allowed per account in `failed_login_window_seconds`.
+    /// Failed logins allowed per account from one client address in
+    /// `failed_login_window_seconds`: a stranger who exhausts it locks out only themself.
     pub failed_logins: u32,
+    /// Failed logins allowed per account from all addresses together in the window; past
+    /// it only addresses the account signed in from before may still try, so a guessing
+    /// run spread over many addresses gets nowhere while the owner still gets in.
+    pub failed_logins_per_account: u32,
     pub failed_login_window_seconds: u64,
-    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    /// Wrong second-factor codes allowed per account in the window (a ticket itself is
+    /// burnt after 5).
+    pub failed_mfa_codes: u32,
+    /// How many reverse proxies stand in front of the server. With N > 0 the client
+    /// address is the N-th entry of `X-Forwarded-For` from the right (the one the
+    /// outermost proxy wrote); entries further left are the client's to write.
+    pub trusted_proxies: usize,
+    /// The same as `trusted_proxies = 1` (kept for older configs).
     pub trust_forwarded_for: bool,
 }
 
@@ -314,7 +331,10 @@ impl Default for RateLimitConfig {
             per_ip_per_minute: 120,
             per_ip_burst: 30,
             failed_logins: 10,
+            failed_logins_per_account: 100,
             failed_login_window_seconds: 900,
+            failed_mfa_codes: 10,
+            trusted_proxies: 0,
             trust_forwarded_for: false,
         }
     }
@@ -329,6 +349,7 @@ impl Default for AuthConfig {
             session_days: 30,
             verify_token_seconds: 86_400,
             reset_token_seconds: 3_600,
+            reauth_seconds: 300,
             password: PasswordConfig::default(),
             rate_limit: RateLimitConfig::default(),
             oauth: OAuthConfig::default(),
@@ -449,6 +470,7 @@ impl Config {
             crate::functions::parse_cron(schedule)
                 .map_err(|reason| anyhow::anyhow!("backups.schedule `{schedule}`: {reason}"))?;
         }
+        crate::auth::oauth::validate(&self.auth.oauth)?;
         if self.store.max_group_writes == 0 {
             anyhow::bail!("store.max_group_writes must be at least 1");
         }

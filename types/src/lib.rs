@@ -386,6 +386,24 @@ pub struct RecoveryCodes {
 #[serde(deny_unknown_fields)]
 pub struct CodeRequest {
     pub code: String,
+    /// Turning TOTP on or off is a sensitive change: it needs the current password unless
+    /// the caller signed in within the last minutes (see [`Reauth`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_password: Option<String>,
+}
+
+/// Proof that the caller is the account's owner, not someone holding a stolen access
+/// token, for a sensitive change (e-mail, password, turning TOTP on or off, deleting the
+/// account): the current password, with a TOTP or recovery `code` when TOTP is on. Not
+/// needed within `auth.reauth_seconds` of a sign-in, nor for anonymous users.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Reauth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// `POST /v1/auth/mfa/verify`.
@@ -436,6 +454,12 @@ pub struct UserUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub data: Option<Object>,
+    /// With `email` or `password`: see [`Reauth`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_password: Option<String>,
+    /// With `email` or `password`, when TOTP is on: see [`Reauth`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// `POST /v1/admin/users`.

@@ -1,5 +1,8 @@
-//! Rate limits of the sign-in routes: a token bucket per client IP over all of them, and
-//! a budget of failed logins per account. In memory, per node.
+//! Rate limits of the sign-in routes: a token bucket per client IP over all of them; a
+//! budget of failed logins per account and address, and a larger one per account that
+//! the addresses the account signed in from lately are exempt from (so a stranger cannot
+//! lock its owner out); a budget of wrong second-factor codes per account. In memory,
+//! per node.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -57,19 +60,56 @@ impl Buckets {
 /// The limits in force.
 pub struct Limits {
     per_ip: Buckets,
+    /// Failed logins by account and client address together.
     failed_logins: Buckets,
-    pub trust_forwarded_for: bool,
+    /// Failed logins by account, from every address that never signed in to it.
+    failed_account: Buckets,
+    /// Wrong second-factor codes by user.
+    failed_codes: Buckets,
+    /// Addresses each account signed in from lately: they keep trying when strangers have
+    /// used up the account's budget.
+    known: Mutex<HashMap<String, Vec<(String, Instant)>>>,
+    trusted_proxies: usize,
 }
+
+/// How long an address that signed in stays known for its account.
+const KNOWN_FOR: Duration = Duration::from_secs(30 * 86_400);
+
+/// Addresses remembered per account.
+const KNOWN_PER_ACCOUNT: usize = 16;
 
 impl Limits {
     pub fn new(config: &RateLimitConfig) -> Limits {
+        let window = config.failed_login_window_seconds.max(1) as f64;
+        let per_window = |count: u32| Buckets::new(count, f64::from(count.max(1)) / window);
         Limits {
             per_ip: Buckets::new(config.per_ip_burst, f64::from(config.per_ip_per_minute.max(1)) / 60.0),
-            failed_logins: Buckets::new(
-                config.failed_logins,
-                f64::from(config.failed_logins.max(1)) / config.failed_login_window_seconds.max(1) as f64,
-            ),
-            trust_forwarded_for: config.trust_forwarded_for,
+            failed_logins: per_window(config.failed_logins),
+            failed_account: per_window(config.failed_logins_per_account),
+            failed_codes: per_window(config.failed_mfa_codes),
+            known: Mutex::new(HashMap::new()),
+            trusted_proxies: config.trusted_proxies.max(usize::from(config.trust_forwarded_for)),
+        }
+    }
+
+    /// The client's address: the peer's, or behind `trusted_proxies` proxies the entry of
+    /// `X-Forwarded-For` the outermost one wrote (the right-most entries are the proxies'
+    /// own; everything left of the client's entry is the client's to write).
+    pub fn client_address(&self, peer: std::net::IpAddr, forwarded_for: &[&str]) -> String {
+        if self.trusted_proxies == 0 {
+            return peer.to_string();
+        }
+        let hops: Vec<&str> = forwarded_for
+            .iter()
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .filter(|hop| !hop.is_empty())
+            .collect();
+        // With N proxies the last N - 1 entries name proxies, the one before the client.
+        match hops.len().checked_sub(self.trusted_proxies) {
+            Some(index) => hops[index].to_owned(),
+            // Fewer entries than proxies: the request did not come through all of them.
+            None => hops.first().map_or_else(|| peer.to_string(), |hop| (*hop).to_owned()),
         }
     }
 
@@ -81,17 +121,64 @@ impl Limits {
         }
     }
 
-    /// Whether this account may try to log in now.
-    pub fn check_account(&self, email: &str) -> Result<(), super::Error> {
-        match self.failed_logins.check(email, false) {
-            None => Ok(()),
-            Some(seconds) => Err(limited("too many failed logins for this account", seconds)),
+    /// Whether this account may try to log in from `address` now.
+    pub fn check_login(&self, email: &str, address: &str) -> Result<(), super::Error> {
+        if let Some(seconds) = self.failed_logins.check(&pair(email, address), false) {
+            return Err(limited("too many failed logins for this account from this address", seconds));
+        }
+        if !self.is_known(email, address)
+            && let Some(seconds) = self.failed_account.check(email, false)
+        {
+            return Err(limited("too many failed logins for this account", seconds));
+        }
+        Ok(())
+    }
+
+    pub fn record_login_failure(&self, email: &str, address: &str) {
+        self.failed_logins.check(&pair(email, address), true);
+        if !self.is_known(email, address) {
+            self.failed_account.check(email, true);
         }
     }
 
-    pub fn record_failure(&self, email: &str) {
-        self.failed_logins.check(email, true);
+    /// Remembers that `address` signed in to this account.
+    pub fn record_sign_in(&self, email: &str, address: &str) {
+        let now = Instant::now();
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= MAX_KEYS && !known.contains_key(email) {
+            known.retain(|_, seen| seen.iter().any(|(_, at)| now.duration_since(*at) < KNOWN_FOR));
+            if known.len() >= MAX_KEYS {
+                return;
+            }
+        }
+        let seen = known.entry(email.to_owned()).or_default();
+        seen.retain(|(other, at)| other != address && now.duration_since(*at) < KNOWN_FOR);
+        if seen.len() >= KNOWN_PER_ACCOUNT {
+            seen.remove(0);
+        }
+        seen.push((address.to_owned(), now));
     }
+
+    fn is_known(&self, email: &str, address: &str) -> bool {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(email).is_some_and(|seen| seen.iter().any(|(other, at)| other == address && at.elapsed() < KNOWN_FOR))
+    }
+
+    /// Whether this user may try a second-factor code now.
+    pub fn check_code(&self, uid: &str) -> Result<(), super::Error> {
+        match self.failed_codes.check(uid, false) {
+            None => Ok(()),
+            Some(seconds) => Err(limited("too many wrong codes for this account", seconds)),
+        }
+    }
+
+    pub fn record_code_failure(&self, uid: &str) {
+        self.failed_codes.check(uid, true);
+    }
+}
+
+fn pair(email: &str, address: &str) -> String {
+    format!("{email}\u{0}{address}")
 }
 
 fn limited(message: &str, seconds: u64) -> super::Error {
@@ -111,5 +198,15 @@ mod tests {
         let wait = buckets.check("a", true).expect("empty");
         assert!((1..=60).contains(&wait), "{wait}");
         assert_eq!(buckets.check("b", true), None, "keys do not share a bucket");
+    }
+
+    #[test]
+    fn the_client_address_is_the_hop_the_outermost_trusted_proxy_wrote() {
+        let peer: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
+        let limits = |proxies| Limits::new(&RateLimitConfig { trusted_proxies: proxies, ..RateLimitConfig::default() });
+        assert_eq!(limits(0).client_address(peer, &["1.1.1.1"]), "10.0.0.1");
+        assert_eq!(limits(1).client_address(peer, &["6.6.6.6, 2.2.2.2"]), "2.2.2.2");
+        assert_eq!(limits(2).client_address(peer, &["6.6.6.6", "2.2.2.2, 10.0.0.9"]), "2.2.2.2");
+        assert_eq!(limits(1).client_address(peer, &[]), "10.0.0.1");
     }
 }

@@ -23,6 +23,7 @@ use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::config::AuthConfig;
 use crate::store::{self, format_time, now_micros, path::new_id};
@@ -30,8 +31,22 @@ use password::{MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES, Passwords};
 use repo::{Refreshed, Repo, Sessions, UserRecord};
 
 /// Claims Hearth puts in every access token; custom claims may not use these names.
-pub const RESERVED_CLAIMS: &[&str] =
-    &["sub", "iat", "exp", "nbf", "iss", "aud", "jti", "sid", "anon", "email", "email_verified", "kid", "typ"];
+pub const RESERVED_CLAIMS: &[&str] = &[
+    "sub",
+    "iat",
+    "exp",
+    "nbf",
+    "iss",
+    "aud",
+    "jti",
+    "sid",
+    "anon",
+    "email",
+    "email_verified",
+    "kid",
+    "typ",
+    "auth_time",
+];
 
 /// Why an auth call failed. Mapped to contract codes in `http`.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +57,9 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A sensitive change without fresh proof of the account's credentials.
+    #[error("{0}")]
+    ReauthenticationRequired(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -65,6 +83,9 @@ pub struct AuthUser {
     pub claims: Map<String, Value>,
     /// The session the token belongs to.
     pub session_id: String,
+    /// When that session began (seconds): the sign-in a sensitive change may count as
+    /// proof instead of the current password.
+    pub signed_in_at: i64,
 }
 
 impl AuthUser {
@@ -86,6 +107,9 @@ impl AuthUser {
 struct Claims {
     sub: String,
     iat: i64,
+    /// When the session began (a sign-in with every factor), in seconds: refreshes keep it.
+    #[serde(default)]
+    auth_time: i64,
     exp: i64,
     iss: String,
     aud: String,
@@ -170,32 +194,45 @@ impl Auth {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).jwks().to_owned()
     }
 
-    pub async fn signup(&self, email: &str, password: &str) -> Result<Session, Error> {
+    /// A new password user, signed in; `address` is the client's (see [`limits::Limits`]).
+    pub async fn signup(&self, email: &str, password: &str, address: &str) -> Result<Session, Error> {
         let email = normalize_email(email)?;
         check_password(password)?;
         let hash = self.hash(password).await?;
         let now = now_micros();
-        let user = UserRecord { password_hash: Some(hash), ..UserRecord::new(Some(email), &["password"], now) };
+        let user = UserRecord { password_hash: Some(hash), ..UserRecord::new(Some(email.clone()), &["password"], now) };
         self.insert_user(&user).await.map_err(already_exists)?;
+        self.limits.record_sign_in(&email, address);
         self.start_session(user).await
     }
 
     /// Same answer, and about the same time, for an unknown e-mail and a wrong password.
-    /// An account with too many recent failures is refused for a while, whoever asks.
-    pub async fn login(&self, email: &str, password: &str) -> Result<LoginAnswer, Error> {
+    /// Failures count per account and client `address`, and per account from addresses
+    /// it never signed in from: a stranger's failures lock out only the stranger.
+    pub async fn login(&self, email: &str, password: &str, address: &str) -> Result<LoginAnswer, Error> {
         let refused = || Error::Unauthenticated("wrong e-mail or password".into());
         let Ok(email) = normalize_email(email) else {
             self.passwords.verify(password, None).await;
             return Err(refused());
         };
-        self.limits.check_account(&email)?;
+        self.limits.check_login(&email, address)?;
         let user = self.repo.user_by_email(&email).await?;
         let hash = user.as_ref().and_then(|user| user.password_hash.as_deref());
         if !self.passwords.verify(password, hash).await {
-            self.limits.record_failure(&email);
+            self.limits.record_login_failure(&email, address);
             return Err(refused());
         }
         let user = user.ok_or_else(refused)?;
+        let answer = self.first_factor_passed(user).await?;
+        if matches!(answer, LoginAnswer::Session(_)) {
+            self.limits.record_sign_in(&email, address);
+        }
+        Ok(answer)
+    }
+
+    /// What a user who proved a first factor (a password, a provider's ID token) gets: a
+    /// session, or a ticket for the second factor when TOTP is on.
+    async fn first_factor_passed(&self, user: UserRecord) -> Result<LoginAnswer, Error> {
         if user.disabled {
             return Err(Error::PermissionDenied("this account is disabled".into()));
         }
@@ -212,23 +249,43 @@ impl Auth {
         Ok(LoginAnswer::Session(self.start_session(user).await?))
     }
 
-    /// The second step of a login: a ticket and a TOTP or recovery code.
-    pub async fn verify_mfa(&self, ticket: &str, code: &str) -> Result<Session, Error> {
+    /// The second step of a login: a ticket and a TOTP or recovery code. Each wrong code
+    /// counts against the ticket (burnt after [`repo::TICKET_FAILURES`]) and against the
+    /// account (`auth.rate_limit.failed_mfa_codes`), so codes cannot be guessed through
+    /// one ticket or many.
+    pub async fn verify_mfa(&self, ticket: &str, code: &str, address: &str) -> Result<Session, Error> {
         let refused = || Error::Unauthenticated("the ticket or the code is not valid".into());
         let ticket_hash = hash_token(ticket);
         let uid = self.repo.ticket_user(ticket_hash, now_micros()).await?.ok_or_else(refused)?;
-        if !self.second_factor(&uid, code).await? || !self.repo.spend_ticket(ticket_hash, now_micros()).await? {
+        if !self.second_factor(&uid, code).await? {
+            self.repo.fail_ticket(ticket_hash, now_micros()).await?;
+            return Err(refused());
+        }
+        if !self.repo.spend_ticket(ticket_hash, now_micros()).await? {
             return Err(refused());
         }
         let user = self.existing(&uid).await?;
         if user.disabled {
             return Err(Error::PermissionDenied("this account is disabled".into()));
         }
+        if let Some(email) = &user.email {
+            self.limits.record_sign_in(email, address);
+        }
         self.start_session(user).await
     }
 
-    /// Whether `code` is a TOTP code not used before, or an unused recovery code.
+    /// Whether `code` is a TOTP code not used before, or an unused recovery code. A wrong
+    /// one counts against the account's budget of codes, which is checked first.
     async fn second_factor(&self, uid: &str, code: &str) -> Result<bool, Error> {
+        self.limits.check_code(uid)?;
+        let right = self.code_is_right(uid, code).await?;
+        if !right {
+            self.limits.record_code_failure(uid);
+        }
+        Ok(right)
+    }
+
+    async fn code_is_right(&self, uid: &str, code: &str) -> Result<bool, Error> {
         let Some(totp) = self.repo.totp(uid).await?.filter(|totp| totp.confirmed) else {
             return Ok(false);
         };
@@ -249,8 +306,18 @@ impl Auth {
         Ok(TotpEnrollment { secret: base32, otpauth_uri })
     }
 
-    /// Confirms enrolment with a first code; answers the recovery codes, shown once.
-    pub async fn confirm_totp(&self, uid: &str, code: &str) -> Result<RecoveryCodes, Error> {
+    /// Confirms enrolment with a first code; answers the recovery codes, shown once. TOTP
+    /// on, every other session of the user ends (whoever else held one must now pass
+    /// the second factor). A sensitive change: see [`Auth::reauthenticate`].
+    pub async fn confirm_totp(
+        &self,
+        caller: &AuthUser,
+        code: &str,
+        current_password: Option<&str>,
+    ) -> Result<RecoveryCodes, Error> {
+        let uid = caller.uid.as_str();
+        let user = self.existing(uid).await?;
+        self.reauthenticate(caller, &user, current_password, None).await?;
         let totp = self
             .repo
             .totp(uid)
@@ -263,16 +330,69 @@ impl Auth {
         }
         let codes = mfa::recovery_codes();
         self.repo.confirm_totp(uid, codes.iter().map(|code| hash_token(code)).collect(), now_micros()).await?;
+        self.repo.revoke(uid, Sessions::AllBut(caller.session_id.clone()), now_micros()).await?;
         Ok(RecoveryCodes { recovery_codes: codes })
     }
 
-    /// Turns TOTP off, with a current code or a recovery code.
-    pub async fn disable_totp(&self, uid: &str, code: &str) -> Result<(), Error> {
-        if !self.second_factor(uid, code).await? {
+    /// Turns TOTP off, with a current code or a recovery code, and (a sensitive change)
+    /// the current password unless the caller signed in just now.
+    pub async fn disable_totp(
+        &self,
+        caller: &AuthUser,
+        code: &str,
+        current_password: Option<&str>,
+    ) -> Result<(), Error> {
+        let user = self.existing(&caller.uid).await?;
+        let checked = self.reauthenticate(caller, &user, current_password, Some(code)).await?;
+        if !checked && !self.second_factor(&caller.uid, code).await? {
             return Err(Error::InvalidArgument("wrong code".into()));
         }
-        self.repo.remove_totp(uid, now_micros()).await?;
+        self.repo.remove_totp(&caller.uid, now_micros()).await?;
         Ok(())
+    }
+
+    /// Checks that the caller of a sensitive change (e-mail, password, TOTP on or off,
+    /// deleting the account) is the account's owner and not someone holding a stolen
+    /// access token: a sign-in within `auth.reauth_seconds` (which passed every factor),
+    /// or the current password, with a second-factor `code` when TOTP is on. Anonymous
+    /// users have no credential to prove and pass. Wrong passwords count against the
+    /// account like failed logins. Answers whether `code` was checked (and so spent).
+    async fn reauthenticate(
+        &self,
+        caller: &AuthUser,
+        user: &UserRecord,
+        current_password: Option<&str>,
+        code: Option<&str>,
+    ) -> Result<bool, Error> {
+        let now = now_micros() / 1_000_000;
+        if user.anonymous || now - caller.signed_in_at <= self.config.reauth_seconds as i64 {
+            return Ok(false);
+        }
+        let needed = || {
+            Error::ReauthenticationRequired(format!(
+                "this change needs `current_password`{} or a sign-in within the last {} s",
+                if user.mfa { " and a `code` from the authenticator" } else { "" },
+                self.config.reauth_seconds
+            ))
+        };
+        let (Some(hash), Some(password)) = (user.password_hash.as_deref(), current_password) else {
+            return Err(needed());
+        };
+        let account = user.email.as_deref().unwrap_or(&user.id);
+        let address = format!("session:{}", caller.session_id);
+        self.limits.check_login(account, &address)?;
+        if !self.passwords.verify(password, Some(hash)).await {
+            self.limits.record_login_failure(account, &address);
+            return Err(Error::ReauthenticationRequired("the current password is wrong".into()));
+        }
+        if user.mfa {
+            let Some(code) = code else { return Err(needed()) };
+            if !self.second_factor(&user.id, code).await? {
+                return Err(Error::ReauthenticationRequired("the code is wrong".into()));
+            }
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     pub async fn anonymous(&self) -> Result<Session, Error> {
@@ -286,7 +406,9 @@ impl Auth {
     pub async fn refresh(&self, refresh_token: &str) -> Result<Session, Error> {
         let (token, new_hash) = new_refresh_token();
         match self.repo.refresh(hash_token(refresh_token), new_hash, now_micros()).await? {
-            Refreshed::Rotated { session_id, user } => self.session_answer(user, session_id, token),
+            Refreshed::Rotated { session_id, user, signed_in_at } => {
+                self.session_answer(user, session_id, token, signed_in_at / 1_000_000)
+            }
             Refreshed::Reused => {
                 tracing::warn!("a spent refresh token was presented again; its session is revoked");
                 Err(Error::Unauthenticated("refresh token is no longer valid".into()))
@@ -318,12 +440,13 @@ impl Auth {
     pub async fn update_self(&self, caller: &AuthUser, update: hearth_types::UserUpdate) -> Result<User, Error> {
         let mut user = self.existing(&caller.uid).await?;
         let new_password = update.password.is_some();
-        if let Some(email) = update.email {
-            let email = normalize_email(&email)?;
-            if user.email.as_deref() != Some(email.as_str()) {
-                user.email = Some(email);
-                user.email_verified = false;
-            }
+        let new_email = update.email.as_deref().map(normalize_email).transpose()?;
+        if new_password || new_email.as_ref().is_some_and(|email| user.email.as_ref() != Some(email)) {
+            self.reauthenticate(caller, &user, update.current_password.as_deref(), update.code.as_deref()).await?;
+        }
+        if let Some(email) = new_email.filter(|email| user.email.as_ref() != Some(email)) {
+            user.email = Some(email);
+            user.email_verified = false;
         }
         if let Some(password) = update.password {
             if user.anonymous {
@@ -347,6 +470,13 @@ impl Auth {
             self.repo.revoke(&caller.uid, Sessions::AllBut(caller.session_id.clone()), now_micros()).await?;
         }
         Ok(wire_user(&user))
+    }
+
+    /// The caller deletes their own account: a sensitive change.
+    pub async fn delete_self(&self, caller: &AuthUser, proof: &hearth_types::Reauth) -> Result<(), Error> {
+        let user = self.existing(&caller.uid).await?;
+        self.reauthenticate(caller, &user, proof.current_password.as_deref(), proof.code.as_deref()).await?;
+        self.delete(&caller.uid).await
     }
 
     pub async fn delete(&self, uid: &str) -> Result<(), Error> {
@@ -447,35 +577,59 @@ impl Auth {
     /// Starts an OAuth sign-in: the provider URL to send the browser to. `origin` is this
     /// server's URL as the browser sees it (for the callback), `redirect_to` where the app
     /// wants its tokens in the end (it must be allowed by `auth.oauth.allowed_redirects`).
+    ///
+    /// `binding` is the value of the cookie the browser gets with the redirect (see
+    /// [`OAUTH_COOKIE`]); the callback is refused without it, so a callback URL made
+    /// in another browser (login CSRF) signs no one in.
     pub async fn oauth_start(
         &self,
         provider: &str,
-        origin: &str,
         redirect_to: Option<String>,
+        binding: &str,
     ) -> Result<String, Error> {
         if let Some(target) = &redirect_to
             && !self.oauth.allows_redirect(target)
         {
             return Err(Error::InvalidArgument("`redirect_to` is not in auth.oauth.allowed_redirects".into()));
         }
-        let redirect_uri = self.oauth.redirect_uri(provider, origin);
-        let (url, state, pending) = self.oauth.start(provider, redirect_uri, redirect_to).await?;
+        let (url, state, pending) = self.oauth.start(provider, redirect_to, hash_token(binding)).await?;
         let expires = now_micros() + OAUTH_STATE_SECONDS * 1_000_000;
         self.repo.save_pending(hash_token(&state), pending, expires).await?;
         Ok(url)
     }
 
-    /// Finishes an OAuth sign-in: the session, and where the app wanted it sent.
+    /// Whether the OAuth cookie may be sent only over HTTPS (`public_url` is https).
+    pub fn oauth_cookie_secure(&self) -> bool {
+        self.config.oauth.public_url.as_deref().is_some_and(|url| url.starts_with("https://"))
+    }
+
+    /// Finishes an OAuth sign-in: the session (or, with TOTP on, the ticket for the second
+    /// factor), and where the app wanted it sent. `binding` is the cookie the browser
+    /// came back with.
     ///
     /// The provider identity decides the user: one seen before signs in as its user; a new
-    /// one with a verified e-mail that a user already has is linked to that user; any other
-    /// makes a new user.
-    pub async fn oauth_finish(&self, state: &str, code: &str) -> Result<(Session, Option<String>), Error> {
+    /// one whose e-mail the provider verified is linked to the user with that address only
+    /// if that user verified it too (otherwise whoever signed up with the address without
+    /// owning it would get the identity, with a password of their own, on the account);
+    /// any other makes a new user.
+    pub async fn oauth_finish(
+        &self,
+        state: &str,
+        code: &str,
+        binding: Option<&str>,
+    ) -> Result<(LoginAnswer, Option<String>), Error> {
         let pending = self
             .repo
             .take_pending(hash_token(state), now_micros())
             .await?
             .ok_or_else(|| Error::InvalidArgument("unknown or expired OAuth state".into()))?;
+        let bound = binding.is_some_and(|binding| bool::from(hash_token(binding).ct_eq(&pending.binding)));
+        if !bound {
+            return Err(Error::InvalidArgument(
+                "this sign-in was not started in this browser (its cookie is missing or belongs to another sign-in); start again"
+                    .into(),
+            ));
+        }
         let identity = self.oauth.finish(&pending, code).await?;
         let provider = pending.provider.clone();
         let now = now_micros();
@@ -488,6 +642,12 @@ impl Auth {
                     None => None,
                 };
                 match existing {
+                    Some(user) if identity.email_verified && !user.email_verified => {
+                        return Err(Error::AlreadyExists(
+                            "an account with this e-mail exists but has not verified the address; sign in to it and verify the address, then sign in with this provider again"
+                                .into(),
+                        ));
+                    }
                     Some(mut user) if identity.email_verified => {
                         if !user.providers.contains(&provider) {
                             user.providers.push(provider.clone());
@@ -518,7 +678,7 @@ impl Auth {
             return Err(Error::PermissionDenied("this account is disabled".into()));
         }
         self.repo.add_identity(&provider, &identity.subject, &user.id, now).await?;
-        Ok((self.start_session(user).await?, pending.redirect_to))
+        Ok((self.first_factor_passed(user).await?, pending.redirect_to))
     }
 
     /// Forgets expired sessions, spent codes and stale sign-ins.
@@ -657,6 +817,7 @@ impl Auth {
             anonymous: claims.anon,
             claims: claims.custom,
             session_id: claims.sid,
+            signed_in_at: claims.auth_time,
         };
         Ok((user, expires))
     }
@@ -671,14 +832,23 @@ impl Auth {
         let now = now_micros();
         let expires = now + self.config.session_days as i64 * 86_400 * 1_000_000;
         self.repo.create_session(session_id.clone(), user.id.clone(), hash, now, expires).await?;
-        self.session_answer(user, session_id, token)
+        self.session_answer(user, session_id, token, now / 1_000_000)
     }
 
-    fn session_answer(&self, user: UserRecord, session_id: String, refresh_token: String) -> Result<Session, Error> {
+    /// The session answer; `signed_in_at` (seconds) is when the session began, the
+    /// token's `auth_time`.
+    fn session_answer(
+        &self,
+        user: UserRecord,
+        session_id: String,
+        refresh_token: String,
+        signed_in_at: i64,
+    ) -> Result<Session, Error> {
         let now = now_micros() / 1_000_000;
         let claims = Claims {
             sub: user.id.clone(),
             iat: now,
+            auth_time: signed_in_at,
             exp: now + self.config.access_token_seconds as i64,
             iss: self.config.issuer.clone(),
             aud: self.config.audience.clone(),
@@ -729,7 +899,10 @@ impl VerifiedTokens {
 }
 
 /// How long an OAuth sign-in may take between the redirect and the callback.
-const OAUTH_STATE_SECONDS: i64 = 600;
+pub const OAUTH_STATE_SECONDS: i64 = 600;
+
+/// The cookie that binds an OAuth sign-in to the browser that started it.
+pub const OAUTH_COOKIE: &str = "hearth_oauth";
 
 /// Lifetime of the ticket between a password and a second factor.
 const MFA_TICKET_SECONDS: u64 = 300;

@@ -23,6 +23,9 @@ pub struct Pending {
     pub nonce: String,
     pub redirect_uri: String,
     pub redirect_to: Option<String>,
+    /// SHA-256 of the cookie the browser that started the sign-in was given; the
+    /// callback must come with it.
+    pub binding: [u8; 32],
 }
 
 /// Who the provider says signed in.
@@ -78,15 +81,26 @@ impl OAuth {
         self.config.providers.get(name).ok_or_else(|| Error::NotFound(format!("no OAuth provider `{name}`")))
     }
 
-    /// The callback URL of a provider, from `public_url` or the request's own origin.
-    pub fn redirect_uri(&self, name: &str, origin: &str) -> String {
-        let base = self.config.public_url.as_deref().unwrap_or(origin).trim_end_matches('/');
-        format!("{base}/v1/auth/oauth/{name}/callback")
+    /// The callback URL of a provider, under `public_url` (never from the request's
+    /// `Host`, which the client writes). Config validation makes `public_url` required
+    /// once a provider is configured.
+    pub fn redirect_uri(&self, name: &str) -> Result<String, Error> {
+        let base =
+            self.config.public_url.as_deref().ok_or_else(|| {
+                Error::Internal("auth.oauth.public_url is not set, so there is no callback URL".into())
+            })?;
+        Ok(format!("{}/v1/auth/oauth/{name}/callback", base.trim_end_matches('/')))
     }
 
-    /// Whether the app may be sent to `url` with its tokens.
+    /// Whether the app may be sent to `url` with its tokens: an allowed URL with the same
+    /// scheme, host and port, and a path under its path (segment by segment).
     pub fn allows_redirect(&self, url: &str) -> bool {
-        self.config.allowed_redirects.iter().any(|prefix| url.starts_with(prefix.as_str()))
+        let Ok(target) = reqwest::Url::parse(url) else { return false };
+        self.config
+            .allowed_redirects
+            .iter()
+            .filter_map(|allowed| reqwest::Url::parse(allowed).ok())
+            .any(|allowed| redirect_allowed(&allowed, &target))
     }
 
     async fn discovery(&self, name: &str) -> Result<Arc<Discovery>, Error> {
@@ -116,9 +130,10 @@ impl OAuth {
     pub async fn start(
         &self,
         name: &str,
-        redirect_uri: String,
         redirect_to: Option<String>,
+        binding: [u8; 32],
     ) -> Result<(String, String, Pending), Error> {
+        let redirect_uri = self.redirect_uri(name)?;
         let provider = self.provider(name)?;
         let discovery = self.discovery(name).await?;
         let random = super::random_token;
@@ -135,7 +150,7 @@ impl OAuth {
             .append_pair("nonce", &nonce)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
-        let pending = Pending { provider: name.to_owned(), verifier, nonce, redirect_uri, redirect_to };
+        let pending = Pending { provider: name.to_owned(), verifier, nonce, redirect_uri, redirect_to, binding };
         Ok((url.to_string(), state, pending))
     }
 
@@ -224,5 +239,75 @@ impl OAuth {
             None => None,
         };
         Ok(jwk.and_then(|jwk| DecodingKey::from_jwk(jwk).ok()))
+    }
+}
+
+/// Whether `target` lies under `allowed`: scheme, host and port equal, no user info, and
+/// the path `allowed`'s path or below it. A string prefix would let
+/// `https://app.example.com` admit `https://app.example.com.evil.tld/`.
+pub fn redirect_allowed(allowed: &reqwest::Url, target: &reqwest::Url) -> bool {
+    if target.scheme() != allowed.scheme()
+        || target.host_str() != allowed.host_str()
+        || target.port_or_known_default() != allowed.port_or_known_default()
+        || !target.username().is_empty()
+        || target.password().is_some()
+        || target.fragment().is_some()
+    {
+        return false;
+    }
+    let (base, path) = (allowed.path(), target.path());
+    match path.strip_prefix(base) {
+        Some(rest) => base.ends_with('/') || rest.is_empty() || rest.starts_with('/') || base.is_empty(),
+        None => false,
+    }
+}
+
+/// Checks the allow-list and the public URL at start.
+pub fn validate(config: &OAuthConfig) -> anyhow::Result<()> {
+    if let Some(public) = &config.public_url {
+        let url = reqwest::Url::parse(public).map_err(|e| anyhow::anyhow!("auth.oauth.public_url `{public}`: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            anyhow::bail!("auth.oauth.public_url `{public}` is not an http(s) URL with a host");
+        }
+    } else if !config.providers.is_empty() {
+        anyhow::bail!(
+            "auth.oauth.public_url is required once a provider is configured: it is the URL users reach this server at, and the provider sends them back under it"
+        );
+    }
+    for allowed in &config.allowed_redirects {
+        let url = reqwest::Url::parse(allowed)
+            .map_err(|e| anyhow::anyhow!("auth.oauth.allowed_redirects `{allowed}`: {e}"))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            anyhow::bail!(
+                "auth.oauth.allowed_redirects `{allowed}` needs a host (`https://app.example.com/…`, `myapp://callback`)"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(allowed: &str, target: &str) -> bool {
+        redirect_allowed(&reqwest::Url::parse(allowed).expect("allowed"), &reqwest::Url::parse(target).expect("target"))
+    }
+
+    #[test]
+    fn redirects_are_compared_as_urls_not_strings() {
+        assert!(allows("https://app.example.com", "https://app.example.com/"));
+        assert!(allows("https://app.example.com", "https://app.example.com/signed-in?x=1"));
+        assert!(allows("https://app.example.com/auth", "https://app.example.com/auth/done"));
+        assert!(allows("myapp://signed-in", "myapp://signed-in"));
+        assert!(!allows("https://app.example.com", "https://app.example.com.evil.tld/"));
+        assert!(!allows("https://app.example.com", "https://app.example.com@evil.tld/"));
+        assert!(!allows("https://app.example.com", "https://user@app.example.com/"));
+        assert!(!allows("https://app.example.com", "http://app.example.com/"));
+        assert!(!allows("https://app.example.com", "https://app.example.com:8443/"));
+        assert!(!allows("https://app.example.com/auth", "https://app.example.com/authx"));
+        assert!(!allows("https://app.example.com/auth", "https://app.example.com/"));
+        assert!(!allows("myapp://signed-in", "myapp://signed-in.evil"));
+        assert!(!allows("https://app.example.com", "https://app.example.com/#already"));
     }
 }

@@ -70,7 +70,7 @@ pub enum Sessions {
 #[derive(Debug)]
 pub enum Refreshed {
     /// Rotated: the old token is spent and `new_hash` now stands for the session.
-    Rotated { session_id: String, user: UserRecord },
+    Rotated { session_id: String, user: UserRecord, signed_in_at: i64 },
     /// A token already spent was presented again: the session is now revoked.
     Reused,
     /// Unknown, expired or revoked session, or a disabled user.
@@ -84,6 +84,7 @@ struct TokenRow {
     user_id: String,
     expires_at: i64,
     revoked_at: Option<i64>,
+    created_at: i64,
 }
 
 /// A text parameter.
@@ -314,7 +315,7 @@ impl Repo {
                 let tx = conn.unchecked_transaction()?;
                 let found = tx
                     .query_row(
-                        "SELECT t.session_id, t.used_at, s.user_id, s.expires_at, s.revoked_at \
+                        "SELECT t.session_id, t.used_at, s.user_id, s.expires_at, s.revoked_at, s.created_at \
                          FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.hash = ?1",
                         [hash.to_vec()],
                         |row| {
@@ -324,11 +325,12 @@ impl Repo {
                                 user_id: row.get(2)?,
                                 expires_at: row.get(3)?,
                                 revoked_at: row.get(4)?,
+                                created_at: row.get(5)?,
                             })
                         },
                     )
                     .optional()?;
-                let Some(TokenRow { session_id, used_at, user_id, expires_at, revoked_at }) = found else {
+                let Some(TokenRow { session_id, used_at, user_id, expires_at, revoked_at, created_at }) = found else {
                     return Ok(Refreshed::Refused);
                 };
                 if used_at.is_some() {
@@ -354,7 +356,7 @@ impl Repo {
                     params![new_hash.to_vec(), session_id, now],
                 )?;
                 tx.commit()?;
-                Ok(Refreshed::Rotated { session_id, user })
+                Ok(Refreshed::Rotated { session_id, user, signed_in_at: created_at })
             })
             .await
     }
@@ -412,6 +414,9 @@ fn load_keys(conn: &Connection) -> Result<Vec<KeyRecord>, StoreError> {
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
+
+/// Wrong codes that burn an MFA ticket.
+pub const TICKET_FAILURES: u32 = 5;
 
 /// What a mailed token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -604,6 +609,16 @@ impl Repo {
             .await
     }
 
+    /// Counts a wrong code against a ticket; the one that makes [`TICKET_FAILURES`] burns it.
+    pub async fn fail_ticket(&self, hash: [u8; 32], now: i64) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE mfa_tickets SET failures = failures + 1, \
+             used_at = CASE WHEN failures + 1 >= {TICKET_FAILURES} THEN ?2 ELSE used_at END \
+             WHERE hash = ?1 AND used_at IS NULL"
+        );
+        self.execute(sql, vec![hash.to_vec().into(), now.into()]).await.map(drop)
+    }
+
     /// Spends a ticket; false if someone else spent it first.
     pub async fn spend_ticket(&self, hash: [u8; 32], now: i64) -> Result<bool, StoreError> {
         let sql = "UPDATE mfa_tickets SET used_at = ?2 WHERE hash = ?1 AND used_at IS NULL";
@@ -621,8 +636,8 @@ impl Repo {
         self.db
             .write_with(move |conn| {
                 conn.execute(
-                    "INSERT INTO oauth_states (hash, provider, verifier, nonce, redirect_uri, redirect_to, expires_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO oauth_states (hash, provider, verifier, nonce, redirect_uri, redirect_to, expires_at, binding) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     params![
                         state_hash.to_vec(),
                         pending.provider,
@@ -630,7 +645,8 @@ impl Repo {
                         pending.nonce,
                         pending.redirect_uri,
                         pending.redirect_to,
-                        expires_at
+                        expires_at,
+                        pending.binding.to_vec()
                     ],
                 )?;
                 Ok(())
@@ -649,15 +665,19 @@ impl Repo {
                 let pending = conn
                     .query_row(
                         "DELETE FROM oauth_states WHERE hash = ?1 AND expires_at > ?2 \
-                         RETURNING provider, verifier, nonce, redirect_uri, redirect_to",
+                         RETURNING provider, verifier, nonce, redirect_uri, redirect_to, binding",
                         params![state_hash.to_vec(), now],
                         |row| {
+                            // A sign-in started before bindings existed has none, and
+                            // matches no cookie.
+                            let binding: Option<Vec<u8>> = row.get(5)?;
                             Ok(super::oauth::Pending {
                                 provider: row.get(0)?,
                                 verifier: row.get(1)?,
                                 nonce: row.get(2)?,
                                 redirect_uri: row.get(3)?,
                                 redirect_to: row.get(4)?,
+                                binding: binding.and_then(|b| b.try_into().ok()).unwrap_or([0; 32]),
                             })
                         },
                     )

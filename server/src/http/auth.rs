@@ -8,12 +8,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hearth_types::{
     AdminUserCreate, AdminUserUpdate, CodeRequest, Credentials, ErrorBody, LoginAnswer, LogoutRequest,
-    MfaVerifyRequest, RecoveryCodes, RefreshRequest, Session, TotpEnrollment, User, UserPage, UserUpdate,
+    MfaVerifyRequest, Reauth, RecoveryCodes, RefreshRequest, Session, TotpEnrollment, User, UserPage, UserUpdate,
 };
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::extract::{Caller, JsonBody, QueryParams, SignedIn, parse_json};
+use super::extract::{Caller, ClientAddress, JsonBody, QueryParams, SignedIn, parse_json};
 use super::state::AppState;
 
 /// Create a password user and sign them in.
@@ -21,9 +21,10 @@ use super::state::AppState;
     responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn signup(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Json<Session>, ApiError> {
-    Ok(Json(state.auth().signup(&body.email, &body.password).await?))
+    Ok(Json(state.auth().signup(&body.email, &body.password, &address).await?))
 }
 
 /// Sign in with e-mail and password.
@@ -32,9 +33,10 @@ pub async fn signup(
               (status = 401, description = "wrong e-mail or password", body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Json<LoginAnswer>, ApiError> {
-    Ok(Json(state.auth().login(&body.email, &body.password).await?))
+    Ok(Json(state.auth().login(&body.email, &body.password, &address).await?))
 }
 
 /// Sign in as a new anonymous user.
@@ -72,9 +74,11 @@ pub async fn get_user(State(state): State<AppState>, SignedIn(user): SignedIn) -
     Ok(Json(state.auth().user(&user.uid).await?))
 }
 
-/// Change the caller's e-mail, password or profile.
+/// Change the caller's e-mail, password or profile. A new e-mail or password needs
+/// `current_password` (and `code` with TOTP on) unless the caller signed in within
+/// `auth.reauth_seconds`; without it, 403 with `details.reason = "reauthentication-required"`.
 #[utoipa::path(patch, path = "/v1/auth/user", tag = "auth", request_body = UserUpdate,
-    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn update_user(
     State(state): State<AppState>,
     SignedIn(user): SignedIn,
@@ -83,10 +87,17 @@ pub async fn update_user(
     Ok(Json(state.auth().update_self(&user, update).await?))
 }
 
-/// Delete the caller's account.
-#[utoipa::path(delete, path = "/v1/auth/user", tag = "auth", responses((status = 204, description = "deleted")))]
-pub async fn delete_user(State(state): State<AppState>, SignedIn(user): SignedIn) -> Result<StatusCode, ApiError> {
-    state.auth().delete(&user.uid).await?;
+/// Delete the caller's account. Needs `{current_password, code}` as for an e-mail change
+/// unless the caller signed in within `auth.reauth_seconds`.
+#[utoipa::path(delete, path = "/v1/auth/user", tag = "auth", request_body(content = Reauth, description = "optional"),
+    responses((status = 204, description = "deleted"), (status = 403, body = ErrorBody)))]
+pub async fn delete_user(
+    State(state): State<AppState>,
+    SignedIn(user): SignedIn,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let proof: Reauth = if body.is_empty() { Reauth::default() } else { parse_json(&body)? };
+    state.auth().delete_self(&user, &proof).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -271,21 +282,13 @@ pub async fn outbox(State(state): State<AppState>, caller: Caller) -> Result<Res
 /// Applies the per-IP limit of the sign-in routes.
 pub async fn limit_by_ip(
     State(state): State<AppState>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let limits = state.auth().limits();
-    let forwarded = limits
-        .trust_forwarded_for
-        .then(|| request.headers().get("x-forwarded-for"))
-        .flatten()
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(',').next())
-        .map(|ip| ip.trim().to_owned());
-    let ip = forwarded.unwrap_or_else(|| peer.ip().to_string());
-    match limits.check_ip(&ip) {
-        Ok(()) => next.run(request).await,
+    let (parts, body) = request.into_parts();
+    let address = super::extract::client_address(&parts, &state);
+    match state.auth().limits().check_ip(&address) {
+        Ok(()) => next.run(axum::extract::Request::from_parts(parts, body)).await,
         Err(error) => ApiError::from(error).into_response(),
     }
 }
@@ -308,7 +311,7 @@ pub async fn totp_confirm(
     SignedIn(user): SignedIn,
     JsonBody(body): JsonBody<CodeRequest>,
 ) -> Result<Json<RecoveryCodes>, ApiError> {
-    Ok(Json(state.auth().confirm_totp(&user.uid, &body.code).await?))
+    Ok(Json(state.auth().confirm_totp(&user, &body.code, body.current_password.as_deref()).await?))
 }
 
 /// Turn TOTP off with a current code or a recovery code.
@@ -319,7 +322,7 @@ pub async fn totp_disable(
     SignedIn(user): SignedIn,
     JsonBody(body): JsonBody<CodeRequest>,
 ) -> Result<StatusCode, ApiError> {
-    state.auth().disable_totp(&user.uid, &body.code).await?;
+    state.auth().disable_totp(&user, &body.code, body.current_password.as_deref()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -328,9 +331,10 @@ pub async fn totp_disable(
     responses((status = 200, body = Session), (status = 401, body = ErrorBody)))]
 pub async fn mfa_verify(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     JsonBody(body): JsonBody<MfaVerifyRequest>,
 ) -> Result<Json<Session>, ApiError> {
-    Ok(Json(state.auth().verify_mfa(&body.ticket, &body.code).await?))
+    Ok(Json(state.auth().verify_mfa(&body.ticket, &body.code, &address).await?))
 }
 
 /// `?redirect_to=` of an OAuth sign-in.
@@ -348,31 +352,58 @@ pub struct OAuthCallbackParams {
     error: Option<String>,
 }
 
-/// Start an OAuth/OIDC sign-in: redirects to the provider.
+/// Start an OAuth/OIDC sign-in: redirects to the provider, with a cookie that binds the
+/// sign-in to this browser (the callback is refused without it).
 #[utoipa::path(get, path = "/v1/auth/oauth/{provider}", tag = "auth",
     params(("provider" = String, Path), ("redirect_to" = Option<String>, Query, description = "where to send the tokens in the end (must be allowed in config)")),
-    responses((status = 302, description = "to the provider"), (status = 404, body = ErrorBody)))]
+    responses((status = 302, description = "to the provider; sets the `hearth_oauth` cookie"), (status = 404, body = ErrorBody)))]
 pub async fn oauth_start(
     State(state): State<AppState>,
     Path(provider): Path<String>,
     headers: axum::http::HeaderMap,
     QueryParams(params): QueryParams<OAuthStartParams>,
 ) -> Result<Response, ApiError> {
-    let host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or("localhost");
-    let origin = format!("http://{host}");
-    let url = state.auth().oauth_start(&provider, &origin, params.redirect_to).await?;
-    Ok(redirect(&url))
+    let auth = state.auth();
+    // Two sign-ins started in one browser share its binding, so neither breaks the other.
+    let binding = oauth_cookie(&headers).filter(|value| value.len() == 43).unwrap_or_else(crate::auth::random_token);
+    let url = auth.oauth_start(&provider, params.redirect_to, &binding).await?;
+    let secure = if auth.oauth_cookie_secure() { "; Secure" } else { "" };
+    let cookie = format!(
+        "{}={binding}; Path=/v1/auth/oauth; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        crate::auth::OAUTH_COOKIE,
+        crate::auth::OAUTH_STATE_SECONDS
+    );
+    let mut response = redirect(&url);
+    if let Ok(cookie) = axum::http::HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
 }
 
-/// The provider sends the browser back here: answers the session, or redirects to the
-/// app's `redirect_to` with the tokens in the fragment.
+/// The value of the OAuth binding cookie the browser sent, if any.
+fn oauth_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == crate::auth::OAUTH_COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// The provider sends the browser back here: answers the session (or, for a user with
+/// TOTP on, `mfa_required` with a ticket), or redirects to the app's `redirect_to` with
+/// the same in the fragment. Refused unless the browser carries the cookie set at the
+/// start of this sign-in.
 #[utoipa::path(get, path = "/v1/auth/oauth/{provider}/callback", tag = "auth",
     params(("provider" = String, Path), ("code" = String, Query), ("state" = String, Query)),
-    responses((status = 200, body = Session), (status = 302, description = "to `redirect_to`, tokens in the fragment"),
+    responses((status = 200, body = LoginAnswer), (status = 302, description = "to `redirect_to`, tokens (or the MFA ticket) in the fragment"),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn oauth_callback(
     State(state): State<AppState>,
     Path(_provider): Path<String>,
+    headers: axum::http::HeaderMap,
     QueryParams(params): QueryParams<OAuthCallbackParams>,
 ) -> Result<Response, ApiError> {
     if let Some(error) = params.error {
@@ -381,16 +412,24 @@ pub async fn oauth_callback(
     let (Some(code), Some(oauth_state)) = (params.code, params.state) else {
         return Err(ApiError::invalid("the callback needs `code` and `state`"));
     };
-    let (session, redirect_to) = state.auth().oauth_finish(&oauth_state, &code).await?;
+    let binding = oauth_cookie(&headers);
+    let (answer, redirect_to) = state.auth().oauth_finish(&oauth_state, &code, binding.as_deref()).await?;
     match redirect_to {
-        None => Ok(Json(session).into_response()),
+        None => Ok(Json(answer).into_response()),
         Some(target) => {
-            let fragment = serde_urlencoded::to_string([
-                ("access_token", session.access_token.as_str()),
-                ("refresh_token", session.refresh_token.as_str()),
-                ("token_type", "Bearer"),
-                ("expires_in", &session.expires_in.to_string()),
-            ])
+            let fragment = match &answer {
+                LoginAnswer::Session(session) => serde_urlencoded::to_string([
+                    ("access_token", session.access_token.as_str()),
+                    ("refresh_token", session.refresh_token.as_str()),
+                    ("token_type", "Bearer"),
+                    ("expires_in", &session.expires_in.to_string()),
+                ]),
+                LoginAnswer::MfaRequired(challenge) => serde_urlencoded::to_string([
+                    ("mfa_required", "true"),
+                    ("ticket", challenge.ticket.as_str()),
+                    ("expires_in", &challenge.expires_in.to_string()),
+                ]),
+            }
             .unwrap_or_default();
             Ok(redirect(&format!("{target}#{fragment}")))
         }

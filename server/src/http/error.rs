@@ -71,6 +71,9 @@ impl From<crate::auth::Error> for ApiError {
             E::InvalidArgument(message) => ApiError::new(ErrorCode::InvalidArgument, message),
             E::Unauthenticated(message) => ApiError::new(ErrorCode::Unauthenticated, message),
             E::PermissionDenied(message) => ApiError::new(ErrorCode::PermissionDenied, message),
+            E::ReauthenticationRequired(message) => {
+                ApiError::new(ErrorCode::PermissionDenied, message).with_detail("reason", "reauthentication-required")
+            }
             E::NotFound(message) => ApiError::new(ErrorCode::NotFound, message),
             E::AlreadyExists(message) => ApiError::new(ErrorCode::AlreadyExists, message),
             E::Store(error) => ApiError::from(error),

@@ -132,6 +132,30 @@ impl FromRequestParts<AppState> for SignedIn {
     }
 }
 
+/// The client's address, as the rate limits see it: the peer's, or behind
+/// `auth.rate_limit.trusted_proxies` proxies the `X-Forwarded-For` hop the outermost one
+/// wrote.
+pub struct ClientAddress(pub String);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(client_address(parts, state)))
+    }
+}
+
+/// See [`ClientAddress`].
+pub fn client_address(parts: &Parts, state: &AppState) -> String {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |info| info.0.ip());
+    let forwarded: Vec<&str> =
+        parts.headers.get_all("x-forwarded-for").iter().filter_map(|value| value.to_str().ok()).collect();
+    state.auth().limits().client_address(peer, &forwarded)
+}
+
 /// A signed-in user if there is a token; `None` without one. A bad token is still 401.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MaybeSignedIn(pub Option<AuthUser>);

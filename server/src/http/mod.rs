@@ -50,7 +50,7 @@ pub use state::{AppState, Services};
         hearth_types::ErrorBody, hearth_types::ErrorDetail, hearth_types::ErrorCode,
         hearth_types::User, hearth_types::Session, hearth_types::Credentials, hearth_types::RefreshRequest,
         hearth_types::LogoutRequest, hearth_types::UserUpdate, hearth_types::AdminUserCreate,
-        hearth_types::AdminUserUpdate, hearth_types::UserPage,
+        hearth_types::AdminUserUpdate, hearth_types::UserPage, hearth_types::Reauth,
         auth::TokenRequest, auth::RecoverRequest, auth::ResetRequest,
         hearth_types::LoginAnswer, hearth_types::MfaChallenge, hearth_types::TotpEnrollment,
         hearth_types::RecoveryCodes, hearth_types::CodeRequest, hearth_types::MfaVerifyRequest,

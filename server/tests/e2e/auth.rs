@@ -8,7 +8,7 @@ use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{App, KEY, Options, assert_error, totp_code};
+use crate::support::{App, KEY, Options, assert_error, mailed_code, totp_code};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -417,15 +417,6 @@ async fn rotated_keys_keep_old_tokens_valid_and_sign_new_ones() {
             .expect("json")
     };
     assert_ne!(kid(fresh["access_token"].as_str().expect("token"))["kid"], kid(&old_token)["kid"]);
-}
-
-/// The code in the newest outbox mail to `to`.
-async fn mailed_code(app: &App, to: &str) -> String {
-    let (status, outbox) = app.call(Method::GET, "/v1/admin/outbox", None).await;
-    assert_eq!(status, 200, "{outbox}");
-    let mail = outbox.as_array().expect("mails").iter().find(|mail| mail["to"] == to).expect("a mail to this address");
-    let body = mail["body"].as_str().expect("body");
-    body.lines().map(str::trim).find(|line| line.len() == 43 && !line.contains(' ')).expect("a code line").to_owned()
 }
 
 #[tokio::test]

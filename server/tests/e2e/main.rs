@@ -11,5 +11,6 @@ mod oauth;
 mod realtime;
 mod rules;
 mod sdk;
+mod security;
 mod server;
 mod support;

@@ -184,3 +184,19 @@ pub fn totp_code(secret: &str, offset: u64) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
     totp.generate(now + offset).to_string()
 }
+
+/// A loopback address no one listens on right now, for a server whose own URL must be
+/// written into its config before it starts.
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+/// The code in the newest outbox mail to `to`.
+pub async fn mailed_code(app: &App, to: &str) -> String {
+    let (status, outbox) = app.call(Method::GET, "/v1/admin/outbox", None).await;
+    assert_eq!(status, 200, "{outbox}");
+    let mail = outbox.as_array().expect("mails").iter().find(|mail| mail["to"] == to).expect("a mail to this address");
+    let body = mail["body"].as_str().expect("body");
+    body.lines().map(str::trim).find(|line| line.len() == 43 && !line.contains(' ')).expect("a code line").to_owned()
+}

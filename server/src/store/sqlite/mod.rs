@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "log_old_only", include_str!("../../../../migrations/sqlite/0009_log_old_only.sql")),
     (10, "one_document_key", include_str!("../../../../migrations/sqlite/0010_one_document_key.sql")),
     (11, "one_document_index", include_str!("../../../../migrations/sqlite/0011_one_document_index.sql")),
+    (12, "security", include_str!("../../../../migrations/sqlite/0012_security.sql")),
 ];
 
 /// How durable a commit is. `Normal` (WAL) survives a crash of the process; `Full`

@@ -1,0 +1,243 @@
+//! The attacks a review of auth found, each made as a client would make it: stale tokens
+//! changing credentials, guessing second-factor codes, locking strangers out, and
+//! forging `X-Forwarded-For`.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{App, Options, assert_error, totp_code};
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A client whose requests come from `address` (any of 127.0.0.0/8 reaches the server).
+fn client_at(address: &str) -> reqwest::Client {
+    reqwest::Client::builder().local_address(address.parse::<std::net::IpAddr>().expect("ip")).build().expect("client")
+}
+
+async fn post_from(app: &App, client: &reqwest::Client, path: &str, body: Value) -> (reqwest::StatusCode, Value) {
+    app.send(client.post(app.url(path)).json(&body)).await
+}
+
+async fn signup(app: &App, email: &str) -> Value {
+    let (status, session) =
+        post_from(app, &app.client, "/v1/auth/signup", json!({"email": email, "password": PASSWORD})).await;
+    assert_eq!(status, 200, "{session}");
+    session
+}
+
+async fn login_from(app: &App, client: &reqwest::Client, email: &str, password: &str) -> (reqwest::StatusCode, Value) {
+    post_from(app, client, "/v1/auth/login", json!({"email": email, "password": password})).await
+}
+
+fn token(session: &Value) -> String {
+    session["access_token"].as_str().expect("access token").to_owned()
+}
+
+fn bearer(app: &App, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+    app.client.request(method, app.url(path)).bearer_auth(token)
+}
+
+fn assert_reauth_required(status: reqwest::StatusCode, body: &Value) {
+    assert_error(status, body, 403, "permission-denied");
+    assert_eq!(body["error"]["details"]["reason"], "reauthentication-required", "{body}");
+}
+
+/// Turns TOTP on for a freshly signed-in user; answers the authenticator's secret.
+async fn enable_totp(app: &App, token: &str) -> String {
+    let (status, enrolment) =
+        app.send(bearer(app, Method::POST, "/v1/auth/mfa/totp/enroll", token).json(&json!({}))).await;
+    assert_eq!(status, 200, "{enrolment}");
+    let secret = enrolment["secret"].as_str().expect("secret").to_owned();
+    let (status, codes) = app
+        .send(
+            bearer(app, Method::POST, "/v1/auth/mfa/totp/confirm", token).json(&json!({"code": totp_code(&secret, 0)})),
+        )
+        .await;
+    assert_eq!(status, 200, "{codes}");
+    secret
+}
+
+#[tokio::test]
+async fn a_stolen_old_token_cannot_take_over_the_account() {
+    let app =
+        App::spawn_with(Options { config: Some("[auth]\nreauth_seconds = 1\n".into()), ..Options::default() }).await;
+    let session = signup(&app, "owner@example.com").await;
+    let stale = token(&session);
+    // A second device, signed in now and kept signed in.
+    let (_, other_device) = login_from(&app, &app.client, "owner@example.com", PASSWORD).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    // A refreshed token is still as old as its sign-in.
+    let (status, refreshed) =
+        post_from(&app, &app.client, "/v1/auth/refresh", json!({"refresh_token": session["refresh_token"]})).await;
+    assert_eq!(status, 200, "{refreshed}");
+    let stale_refreshed = token(&refreshed);
+
+    for token in [&stale, &stale_refreshed] {
+        for change in [json!({"email": "thief@example.com"}), json!({"password": "the thief's password"})] {
+            let (status, body) = app.send(bearer(&app, Method::PATCH, "/v1/auth/user", token).json(&change)).await;
+            assert_reauth_required(status, &body);
+        }
+        let (status, body) = app.send(bearer(&app, Method::DELETE, "/v1/auth/user", token)).await;
+        assert_reauth_required(status, &body);
+    }
+    let wrong = json!({"email": "thief@example.com", "current_password": "a guess at the password"});
+    let (status, body) = app.send(bearer(&app, Method::PATCH, "/v1/auth/user", &stale_refreshed).json(&wrong)).await;
+    assert_reauth_required(status, &body);
+    let (status, me) = app.send(bearer(&app, Method::GET, "/v1/auth/user", &stale_refreshed)).await;
+    assert_eq!((status.as_u16(), me["email"].clone()), (200, json!("owner@example.com")), "nothing changed");
+
+    // With the password the owner may change things from an old session.
+    let change = json!({"email": "new@example.com", "current_password": PASSWORD});
+    let (status, me) = app.send(bearer(&app, Method::PATCH, "/v1/auth/user", &stale_refreshed).json(&change)).await;
+    assert_eq!((status.as_u16(), me["email"].clone()), (200, json!("new@example.com")), "{me}");
+
+    // Turning MFA on (fresh sign-in) signs every other device out.
+    let (_, fresh) = login_from(&app, &app.client, "new@example.com", PASSWORD).await;
+    let secret = enable_totp(&app, &token(&fresh)).await;
+    let (status, body) =
+        post_from(&app, &app.client, "/v1/auth/refresh", json!({"refresh_token": other_device["refresh_token"]})).await;
+    assert_error(status, &body, 401, "unauthenticated");
+
+    // Turning it off from an old session needs the password as well as a code.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let fresh = token(&fresh);
+    let (status, body) = app
+        .send(bearer(&app, Method::DELETE, "/v1/auth/mfa/totp", &fresh).json(&json!({"code": totp_code(&secret, 30)})))
+        .await;
+    assert_reauth_required(status, &body);
+    let (_, me) = app.send(bearer(&app, Method::GET, "/v1/auth/user", &fresh)).await;
+    assert_eq!(me["mfa"], true);
+    // Deleting the account from an old session needs password and code.
+    let (status, body) = app
+        .send(bearer(&app, Method::DELETE, "/v1/auth/user", &fresh).json(&json!({"current_password": PASSWORD})))
+        .await;
+    assert_reauth_required(status, &body);
+    let proof = json!({"current_password": PASSWORD, "code": totp_code(&secret, 30)});
+    let (status, _) = app.send(bearer(&app, Method::DELETE, "/v1/auth/user", &fresh).json(&proof)).await;
+    assert_eq!(status, 204);
+    let (status, _) = login_from(&app, &app.client, "new@example.com", PASSWORD).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn second_factor_codes_cannot_be_guessed() {
+    let app = App::spawn_with(Options {
+        config: Some("[auth.rate_limit]\nfailed_mfa_codes = 7\n".into()),
+        ..Options::default()
+    })
+    .await;
+    let session = signup(&app, "guarded@example.com").await;
+    let secret = enable_totp(&app, &token(&session)).await;
+    let right = || totp_code(&secret, 30);
+    // A wrong code that is surely not the current one (nor an adjacent step's).
+    let wrong = || {
+        let near: Vec<String> = [0, 30, 60].iter().map(|offset| totp_code(&secret, *offset)).collect();
+        (0..1000).map(|n| format!("{n:06}")).find(|code| !near.contains(code)).expect("a wrong code")
+    };
+    let ticket = || async {
+        let (status, challenge) = login_from(&app, &app.client, "guarded@example.com", PASSWORD).await;
+        assert_eq!((status.as_u16(), challenge["mfa_required"].clone()), (200, json!(true)), "{challenge}");
+        challenge["ticket"].as_str().expect("ticket").to_owned()
+    };
+    let verify = |ticket: String, code: String| {
+        post_from(&app, &app.client, "/v1/auth/mfa/verify", json!({"ticket": ticket, "code": code}))
+    };
+
+    // Five wrong codes burn a ticket: even the right code cannot use it afterwards.
+    let burnt = ticket().await;
+    for _ in 0..5 {
+        let (status, body) = verify(burnt.clone(), wrong()).await;
+        assert_error(status, &body, 401, "unauthenticated");
+    }
+    let (status, body) = verify(burnt, right()).await;
+    assert_error(status, &body, 401, "unauthenticated");
+
+    // Fresh tickets do not buy fresh guesses: the account's budget of 7 runs out.
+    let second = ticket().await;
+    for _ in 0..2 {
+        let (status, body) = verify(second.clone(), wrong()).await;
+        assert_error(status, &body, 401, "unauthenticated");
+    }
+    let (status, body) = verify(ticket().await, right()).await;
+    assert_error(status, &body, 429, "resource-exhausted");
+}
+
+#[tokio::test]
+async fn a_stranger_cannot_lock_the_owner_out() {
+    let app = App::spawn_with(Options {
+        config: Some("[auth.rate_limit]\nfailed_logins = 3\nfailed_logins_per_account = 6\n".into()),
+        ..Options::default()
+    })
+    .await;
+    let owner = client_at("127.0.0.1");
+    let (status, _) =
+        post_from(&app, &owner, "/v1/auth/signup", json!({"email": "owner@example.com", "password": PASSWORD})).await;
+    assert_eq!(status, 200);
+
+    // One stranger guesses until locked out; the lock-out is theirs alone.
+    let stranger = client_at("127.0.0.2");
+    for _ in 0..3 {
+        let (status, _) = login_from(&app, &stranger, "owner@example.com", "a guess").await;
+        assert_eq!(status, 401);
+    }
+    let (status, body) = login_from(&app, &stranger, "owner@example.com", PASSWORD).await;
+    assert_error(status, &body, 429, "resource-exhausted");
+    let (status, session) = login_from(&app, &owner, "owner@example.com", PASSWORD).await;
+    assert_eq!(status, 200, "{session}");
+
+    // Guesses spread over many addresses (the stranger's 3 and 3 more) run out the
+    // account's budget of 6 for every address it has never signed in from, and still
+    // not for the owner's.
+    for last in 3..=5 {
+        let (status, _) =
+            login_from(&app, &client_at(&format!("127.0.0.{last}")), "owner@example.com", "a guess").await;
+        assert_eq!(status, 401);
+    }
+    let (status, body) = login_from(&app, &client_at("127.0.0.6"), "owner@example.com", PASSWORD).await;
+    assert_error(status, &body, 429, "resource-exhausted");
+    let (status, _) = login_from(&app, &owner, "owner@example.com", PASSWORD).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn forged_forwarded_for_entries_do_not_escape_the_limits() {
+    let app = App::spawn_with(Options {
+        config: Some(
+            "[auth.rate_limit]\ntrusted_proxies = 1\nfailed_logins = 2\nfailed_logins_per_account = 100\nper_ip_burst = 8\nper_ip_per_minute = 8\n"
+                .into(),
+        ),
+        ..Options::default()
+    })
+    .await;
+    signup(&app, "owner@example.com").await;
+    // The attacker writes a new left-most entry each time; the proxy appends the
+    // attacker's real address, which is what counts.
+    let through_proxy = |forged: usize, real: &str| {
+        app.client
+            .post(app.url("/v1/auth/login"))
+            .header("x-forwarded-for", format!("10.0.{}.{}, {real}", forged / 256, forged % 256))
+    };
+    for n in 0..2 {
+        let request =
+            through_proxy(n, "198.51.100.1").json(&json!({"email": "owner@example.com", "password": "a guess"}));
+        assert_eq!(app.send(request).await.0, 401);
+    }
+    let request = through_proxy(2, "198.51.100.1").json(&json!({"email": "owner@example.com", "password": PASSWORD}));
+    let (status, body) = app.send(request).await;
+    assert_error(status, &body, 429, "resource-exhausted");
+    // The per-address request budget holds too (8 in all for this address).
+    let mut limited = 0;
+    for n in 3..12 {
+        let request = through_proxy(n, "198.51.100.1").json(&json!({"email": "x@example.com", "password": "p"}));
+        if app.send(request).await.0 == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 4, "{limited} of 9 limited");
+    // Someone else behind the same proxy is not affected.
+    let request = through_proxy(0, "198.51.100.2").json(&json!({"email": "owner@example.com", "password": PASSWORD}));
+    assert_eq!(app.send(request).await.0, 200);
+}
