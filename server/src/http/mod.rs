@@ -144,12 +144,34 @@ pub fn router(state: AppState) -> Router {
         .fallback(system::not_found)
         .layer(CatchPanicLayer::custom(system::panic_response))
         .layer(cors())
+        .layer(middleware::from_fn(security_headers))
         .layer(observe::ObserveLayer)
         .with_state(state)
 }
 
+/// Headers every answer carries unless its handler set its own: no MIME sniffing of a
+/// stored document into HTML, no framing (clickjacking), no URLs (which may hold codes
+/// or tickets) in `Referer`, and nothing kept in shared or browser caches.
+const SECURITY_HEADERS: [(axum::http::HeaderName, &str); 4] = [
+    (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (axum::http::header::X_FRAME_OPTIONS, "DENY"),
+    (axum::http::header::REFERRER_POLICY, "no-referrer"),
+    (axum::http::header::CACHE_CONTROL, "no-store"),
+];
+
+async fn security_headers(request: axum::extract::Request, next: middleware::Next) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.entry(name).or_insert(axum::http::HeaderValue::from_static(value));
+    }
+    response
+}
+
 /// Browsers may call Hearth from any origin: credentials travel in the `Authorization`
-/// header, never in cookies, so there is nothing for another origin to ride on.
+/// header and CORS never allows credentials, so there is nothing for another origin to
+/// ride on (the one cookie, of an OAuth sign-in in progress, is SameSite=Lax and
+/// scoped to `/v1/auth/oauth`).
 fn cors() -> CorsLayer {
     use axum::http::header;
     CorsLayer::new()

@@ -241,3 +241,26 @@ async fn forged_forwarded_for_entries_do_not_escape_the_limits() {
     let request = through_proxy(0, "198.51.100.2").json(&json!({"email": "owner@example.com", "password": PASSWORD}));
     assert_eq!(app.send(request).await.0, 200);
 }
+
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let app = App::spawn().await;
+    let session = signup(&app, "headers@example.com").await;
+    let answers = [
+        app.client.get(app.url("/healthz")).send().await.expect("health"),
+        app.client.get(app.url("/v1/no/such/route")).send().await.expect("404"),
+        bearer(&app, Method::GET, "/v1/auth/user", &token(&session)).send().await.expect("user"),
+        app.client.post(app.url("/v1/auth/login")).body("not json").send().await.expect("400"),
+    ];
+    for answer in answers {
+        let headers = answer.headers();
+        for (name, value) in [
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+            ("referrer-policy", "no-referrer"),
+            ("cache-control", "no-store"),
+        ] {
+            assert_eq!(headers.get(name).and_then(|v| v.to_str().ok()), Some(value), "{name} on {}", answer.url());
+        }
+    }
+}
