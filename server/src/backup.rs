@@ -56,7 +56,7 @@ impl Backups {
         let dir = self.dir.clone();
         let kind = if scheduled { SCHEDULED } else { "" };
         let (name, partial) = blocking(move || {
-            std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+            crate::private::dir(&dir).map_err(|e| io_error(&dir, e))?;
             // Names carry milliseconds; two backups in one millisecond wait for the next.
             let name = loop {
                 let name = format!("{PREFIX}{kind}{}{SUFFIX}", Utc::now().format(TIME_FORMAT));
@@ -79,7 +79,8 @@ impl Backups {
         let dir = self.dir.clone();
         let made = blocking(move || {
             let file = dir.join(&name);
-            let finished = File::open(&partial)
+            let finished = crate::private::restrict(&partial)
+                .and_then(|()| File::open(&partial))
                 .and_then(|copy| copy.sync_all())
                 .and_then(|()| std::fs::rename(&partial, &file))
                 .and_then(|()| File::open(&dir)?.sync_all());
@@ -244,9 +245,10 @@ impl DatabaseLock {
     /// Takes the lock, or says who holds it.
     pub fn acquire(database: &Path, purpose: &str) -> anyhow::Result<DatabaseLock> {
         if let Some(parent) = database.parent() {
-            std::fs::create_dir_all(parent)?;
+            crate::private::dir(parent)?;
         }
         let path = lock_path(database);
+        crate::private::file(&path)?;
         let file = File::options().create(true).truncate(false).write(true).open(&path)?;
         match file.try_lock() {
             Ok(()) => Ok(DatabaseLock { _file: file }),

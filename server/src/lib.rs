@@ -32,6 +32,7 @@ pub mod changes;
 pub mod config;
 pub mod functions;
 pub mod http;
+pub mod private;
 pub mod realtime;
 pub mod rules;
 pub mod store;

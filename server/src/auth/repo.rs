@@ -723,7 +723,8 @@ impl Repo {
 
 impl Repo {
     /// Forgets what can no longer be used: tokens and sessions that expired or were
-    /// revoked a day ago or more, spent or expired codes, tickets and OAuth states.
+    /// revoked a day ago or more, spent or expired codes, tickets and OAuth states, mail
+    /// of the outbox a day old.
     /// Returns how many rows went.
     pub async fn prune(&self, now: i64) -> Result<u64, StoreError> {
         let day_ago = now - 86_400 * 1_000_000;
@@ -739,6 +740,8 @@ impl Repo {
                 pruned += tx.execute("DELETE FROM mail_tokens WHERE expires_at < ?1 OR used_at IS NOT NULL", [now])?;
                 pruned += tx.execute("DELETE FROM mfa_tickets WHERE expires_at < ?1 OR used_at IS NOT NULL", [now])?;
                 pruned += tx.execute("DELETE FROM oauth_states WHERE expires_at < ?1", [now])?;
+                // The outbox holds mailed codes in the clear: a day is enough to read them.
+                pruned += tx.execute("DELETE FROM outbox WHERE sent_at < ?1", [day_ago])?;
                 // User events a week old that every `onUserCreated` function is done with.
                 pruned += tx.execute(
                     "DELETE FROM user_events WHERE created_at < ?1 \

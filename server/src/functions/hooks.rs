@@ -52,7 +52,8 @@ impl Functions {
         let paths = writes.iter().filter(|write| hooked(write)).map(|write| write.path.clone()).collect();
         let _locked = self.shared.hook_locks.lock(paths).await;
         for attempt in 0..TRIES {
-            let approved = self.run_hooks(&bundle, writes.clone(), batch, &auth, attempt == 0).await?;
+            let approved =
+                self.run_hooks(&bundle, writes.clone(), batch, guard.as_deref(), &auth, attempt == 0).await?;
             match self.commit(approved, batch, guard.clone()).await {
                 Err(error) if is_race(&error) => continue,
                 other => return other,
@@ -75,12 +76,15 @@ impl Functions {
 
     /// The writes as the hooks approved them, each pinned to the state the hooks saw.
     /// On a `first_try`, a create is taken to find no document without reading it (one
-    /// that exists fails the commit, and the next try reads it).
+    /// that exists fails the commit, and the next try reads it). The caller's `guard`
+    /// decides each write as the caller made it before anything else (its preconditions,
+    /// its hooks) happens; the commit decides again what the hooks made of it.
     async fn run_hooks(
         &self,
         bundle: &Bundle,
         writes: Vec<Write>,
         batch: bool,
+        guard: Option<&dyn WriteGuard>,
         auth: &Auth,
         first_try: bool,
     ) -> Result<Vec<Write>, Error> {
@@ -98,21 +102,29 @@ impl Functions {
                 None => self.shared.store.get(path.clone()).await?,
             };
             let unpinned = write.if_version;
-            let effect =
-                write::apply(before.as_ref(), Prepared::new(write.clone()).map_err(fail)?, now).map_err(fail)?;
-            let mut after = match effect {
-                Effect::Put { doc, .. } => Some(doc),
-                Effect::Delete | Effect::Nothing => None,
-            };
             let hooks: Vec<_> = bundle
                 .hooks
                 .iter()
                 .filter_map(|(name, pattern)| Some((name, pattern.matches(path.as_str())?)))
                 .collect();
+            let mut after = match write::apply(before.as_ref(), Prepared::new(write.clone()).map_err(fail)?, now) {
+                Ok(Effect::Put { doc, .. }) => Some(doc),
+                Ok(Effect::Delete | Effect::Nothing) => None,
+                Err(refused) => {
+                    if let Some(guard) = guard {
+                        let (before, after) = write::attempted(before.as_ref(), &refused.write, now);
+                        guard.check_ahead(&path, before, after.as_ref()).await.map_err(fail)?;
+                    }
+                    return Err(fail(refused.error));
+                }
+            };
             if hooks.is_empty() {
                 state.insert(path, after);
                 approved.push(write);
                 continue;
+            }
+            if let Some(guard) = guard {
+                guard.check_ahead(&path, before.as_ref(), after.as_ref()).await.map_err(fail)?;
             }
             for (name, captures) in hooks {
                 let params: Map<String, Value> =

@@ -535,7 +535,7 @@ impl Rules {
 
     /// The guard that decides `principal`'s writes inside their transaction.
     pub fn guard(&self, principal: &Principal) -> Arc<dyn WriteGuard> {
-        Arc::new(Guard { set: self.current(), principal: principal.clone(), time: now_micros() })
+        Arc::new(Guard { set: self.current(), principal: principal.clone(), time: now_micros(), rules: self.clone() })
     }
 
     /// How `principal` may query `target`.
@@ -658,6 +658,19 @@ struct Guard {
     set: Arc<RuleSet>,
     principal: Principal,
     time: i64,
+    /// Reads documents for decisions ahead of the transaction.
+    rules: Rules,
+}
+
+impl Guard {
+    fn access<'a>(&self, path: &'a DocPath, before: Option<&'a StoredDoc>, after: Option<&'a StoredDoc>) -> Access<'a> {
+        let op = match (before, after) {
+            (_, None) => Op::Delete,
+            (None, Some(_)) => Op::Create,
+            (Some(_), Some(_)) => Op::Update,
+        };
+        Access { op, path, before, after, time: self.time }
+    }
 }
 
 impl WriteGuard for Guard {
@@ -668,14 +681,22 @@ impl WriteGuard for Guard {
         after: Option<&StoredDoc>,
         lookup: &mut dyn FnMut(&DocPath) -> Result<Option<StoredDoc>, Error>,
     ) -> Result<(), Error> {
-        let op = match (before, after) {
-            (_, None) => Op::Delete,
-            (None, Some(_)) => Op::Create,
-            (Some(_), Some(_)) => Op::Update,
-        };
-        let access = Access { op, path, before, after, time: self.time };
+        let access = self.access(path, before, after);
         let decision = self.set.decide_sync(&self.principal, &access, lookup)?;
-        denied_if(decision, op, path)
+        denied_if(decision, access.op, path)
+    }
+
+    fn check_ahead<'a>(
+        &'a self,
+        path: &'a DocPath,
+        before: Option<&'a StoredDoc>,
+        after: Option<&'a StoredDoc>,
+    ) -> futures::future::BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let access = self.access(path, before, after);
+            let decision = self.rules.decide(&self.set, &self.principal, &access, &mut Lookups::default()).await?;
+            denied_if(decision, access.op, path)
+        })
     }
 }
 

@@ -187,6 +187,15 @@ pub trait WriteGuard: Send + Sync {
         after: Option<&StoredDoc>,
         lookup: &mut dyn FnMut(&DocPath) -> Result<Option<StoredDoc>, Error>,
     ) -> Result<(), Error>;
+
+    /// The same decision ahead of the transaction, reading other documents as they are
+    /// now: what a write with before-write hooks passes before any hook runs for it.
+    fn check_ahead<'a>(
+        &'a self,
+        path: &'a DocPath,
+        before: Option<&'a StoredDoc>,
+        after: Option<&'a StoredDoc>,
+    ) -> BoxFuture<'a, Result<(), Error>>;
 }
 
 /// What a storage engine provides. Implementations apply writes with [`write::apply`],

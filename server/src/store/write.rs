@@ -53,6 +53,16 @@ pub enum WriteOp {
     Delete,
 }
 
+impl WriteOp {
+    /// The data a create, set or update carries (none for a delete).
+    fn into_data(self) -> Map<String, Value> {
+        match self {
+            WriteOp::Create(data) | WriteOp::Set(data) | WriteOp::Update(data) => data,
+            WriteOp::Delete => Map::new(),
+        }
+    }
+}
+
 /// What a write does to the stored state.
 #[derive(Debug, Clone)]
 pub enum Effect {
@@ -99,47 +109,43 @@ impl Prepared {
     }
 }
 
+/// A write [`apply`] refused, handed back whole so the rules can be decided on what it
+/// attempted ([`attempted`]) before the caller learns why it failed.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: Error,
+    pub write: Write,
+}
+
 /// Applies `write` to `current` at time `now` (microseconds since the epoch).
-pub fn apply(current: Option<&StoredDoc>, prepared: Prepared, now: i64) -> Result<Effect, Error> {
+pub fn apply(current: Option<&StoredDoc>, prepared: Prepared, now: i64) -> Result<Effect, Refused> {
     let Prepared { write, text, .. } = prepared;
-    let path = &write.path;
-    if let Some(expected) = write.if_version {
-        match current {
-            Some(doc) if doc.version == expected => {}
-            Some(doc) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "`{path}` is at version {}, not {expected}",
-                    doc.version
-                )));
-            }
-            None => {
-                return Err(Error::FailedPrecondition(format!(
-                    "`{path}` does not exist, so it is not at version {expected}"
-                )));
-            }
-        }
-    }
     let server_time = || super::format_time(now);
     let context = Transforms { now: &server_time };
-    let (data, text) = match (write.op, current, text) {
-        (WriteOp::Delete, Some(_), _) => return Ok(Effect::Delete),
-        (WriteOp::Delete, None, _) => return Ok(Effect::Nothing),
-        (WriteOp::Create(_), Some(_), _) => {
-            return Err(Error::AlreadyExists(format!("`{path}` already exists")));
+    let computed = match (&write.op, current) {
+        _ if write.if_version.is_some() && current.map(|doc| doc.version) != write.if_version => {
+            Err(unmet(&write, current))
         }
-        (WriteOp::Update(_), None, _) => {
-            return Err(Error::NotFound(format!("`{path}` does not exist")));
-        }
+        (WriteOp::Delete, Some(_)) => return Ok(Effect::Delete),
+        (WriteOp::Delete, None) => return Ok(Effect::Nothing),
+        (WriteOp::Create(_), Some(_)) => Err(Error::AlreadyExists(format!("`{}` already exists", write.path))),
+        (WriteOp::Update(_), None) => Err(Error::NotFound(format!("`{}` does not exist", write.path))),
         // Settled by `Prepared::new`: nothing here depends on the stored document.
-        (WriteOp::Create(data) | WriteOp::Set(data), _, Some(text)) => (data, text),
-        (WriteOp::Create(data) | WriteOp::Set(data), current, None) => {
-            checked(context.materialize(&data, current.map(|doc| &doc.data)).map_err(Error::InvalidArgument)?)?
-        }
-        (WriteOp::Update(patch), Some(doc), _) => {
+        (WriteOp::Create(_) | WriteOp::Set(_), _) if text.is_some() => Ok(None),
+        (WriteOp::Create(data) | WriteOp::Set(data), current) => context
+            .materialize(data, current.map(|doc| &doc.data))
+            .map_err(Error::InvalidArgument)
+            .and_then(checked)
+            .map(Some),
+        (WriteOp::Update(patch), Some(doc)) => {
             let mut merged = doc.data.clone();
-            context.merge(&mut merged, &patch).map_err(Error::InvalidArgument)?;
-            checked(merged)?
+            context.merge(&mut merged, patch).map_err(Error::InvalidArgument).and_then(|()| checked(merged)).map(Some)
         }
+    };
+    let (data, text) = match computed {
+        Err(error) => return Err(Refused { error, write }),
+        Ok(Some(settled)) => settled,
+        Ok(None) => (write.op.into_data(), text.unwrap_or_default()),
     };
     let (version, created_at) = match current {
         Some(doc) => (doc.version + 1, doc.created_at),
@@ -147,6 +153,60 @@ pub fn apply(current: Option<&StoredDoc>, prepared: Prepared, now: i64) -> Resul
     };
     let doc = StoredDoc { path: write.path, data, version, created_at, updated_at: now };
     Ok(Effect::Put { doc, text })
+}
+
+/// The failed `if_version` of `write` on `current`.
+fn unmet(write: &Write, current: Option<&StoredDoc>) -> Error {
+    let (path, expected) = (&write.path, write.if_version.unwrap_or_default());
+    Error::FailedPrecondition(match current {
+        Some(doc) => format!("`{path}` is at version {}, not {expected}", doc.version),
+        None => format!("`{path}` does not exist, so it is not at version {expected}"),
+    })
+}
+
+/// What `write` set out to do to `current`, made out even when [`apply`] refuses it: the
+/// `(before, after)` the rules decide on before a caller may learn why the write failed
+/// (a version, whether a document exists, a field's type or a size). Preconditions are
+/// ignored, transforms that cannot apply are left out and sizes are not checked. A create
+/// is decided as a create, as it is when the insert itself finds the path taken.
+pub fn attempted<'a>(
+    current: Option<&'a StoredDoc>,
+    write: &Write,
+    now: i64,
+) -> (Option<&'a StoredDoc>, Option<StoredDoc>) {
+    let server_time = || super::format_time(now);
+    let context = Transforms { now: &server_time };
+    let before = if matches!(write.op, WriteOp::Create(_)) { None } else { current };
+    let stored = before.map(|doc| &doc.data);
+    let data = match &write.op {
+        WriteOp::Delete => return (before, None),
+        WriteOp::Create(data) | WriteOp::Set(data) => {
+            context.materialize(data, stored).unwrap_or_else(|_| without_transforms(data))
+        }
+        WriteOp::Update(patch) => {
+            let mut merged = stored.cloned().unwrap_or_default();
+            if context.merge(&mut merged, patch).is_err() {
+                merged = stored.cloned().unwrap_or_default();
+                // Best effort: what is left of the patch may still not merge.
+                let _ = context.merge(&mut merged, &without_transforms(patch));
+            }
+            merged
+        }
+    };
+    let (version, created_at) = before.map_or((1, now), |doc| (doc.version + 1, doc.created_at));
+    (before, Some(StoredDoc { path: write.path.clone(), data, version, created_at, updated_at: now }))
+}
+
+/// `data` with every transform (`{"$increment": 1}`, …) taken out.
+fn without_transforms(data: &Map<String, Value>) -> Map<String, Value> {
+    data.iter()
+        .filter(|(key, _)| !key.starts_with('$'))
+        .filter_map(|(key, value)| match value {
+            Value::Object(inner) if inner.keys().any(|key| key.starts_with('$')) => None,
+            Value::Object(inner) => Some((key.clone(), Value::Object(without_transforms(inner)))),
+            other => Some((key.clone(), other.clone())),
+        })
+        .collect()
 }
 
 fn checked(mut data: Map<String, Value>) -> Result<(Map<String, Value>, String), Error> {
@@ -195,7 +255,7 @@ mod tests {
 
     /// Prepares and applies, as the write path does.
     fn run(current: Option<&StoredDoc>, write: &Write, now: i64) -> Result<Effect, Error> {
-        Prepared::new(write.clone()).and_then(|prepared| apply(current, prepared, now))
+        Prepared::new(write.clone()).and_then(|prepared| apply(current, prepared, now).map_err(|refused| refused.error))
     }
 
     fn put(effect: Result<Effect, Error>) -> StoredDoc {

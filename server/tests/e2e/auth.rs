@@ -8,7 +8,7 @@ use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{App, KEY, Options, assert_error, mailed_code, totp_code};
+use crate::support::{App, KEY, Options, assert_error, mailed_code, mailed_code_about, totp_code};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -443,7 +443,7 @@ async fn email_verification_and_password_reset_use_single_use_mailed_codes() {
     assert_eq!(status, 204);
     let (_, outbox) = app.call(Method::GET, "/v1/admin/outbox", None).await;
     assert!(outbox.as_array().expect("mails").iter().all(|mail| mail["to"] != "nobody@example.com"));
-    let reset = mailed_code(&app, "mail@example.com").await;
+    let reset = mailed_code_about(&app, "mail@example.com", "Reset").await;
     assert_ne!(reset, code);
     let (status, body) = post(&app, "/v1/auth/reset", json!({"token": reset, "password": "short"})).await;
     assert_error(status, &body, 400, "invalid-argument");
@@ -467,7 +467,7 @@ async fn mailed_codes_expire() {
             .await;
     signup(&app, "late@example.com").await;
     post(&app, "/v1/auth/recover", json!({"email": "late@example.com"})).await;
-    let code = mailed_code(&app, "late@example.com").await;
+    let code = mailed_code_about(&app, "late@example.com", "Reset").await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let (status, body) = post(&app, "/v1/auth/reset", json!({"token": code, "password": "a brand new password"})).await;
     assert_error(status, &body, 400, "invalid-argument");

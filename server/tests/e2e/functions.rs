@@ -485,11 +485,11 @@ export const direct = onCall(async (data, ctx) => {
 const CHECKED_RULES: &str = r#"
 ["rooms/{room}/messages/{msg}"]
 read = "auth != null"
-write = "auth != null && request.data.checked == true && request.data.by == auth.uid"
+write = "auth != null && (!has(request.data.by) || request.data.by == auth.uid)"
 "#;
 
 #[tokio::test]
-async fn before_write_hooks_refuse_or_replace_and_the_rules_see_the_replaced_data() {
+async fn before_write_hooks_refuse_or_replace_and_the_rules_see_both_sides() {
     let config = "[functions]\nbefore_write_timeout_ms = 300\n".to_owned();
     let app = App::spawn_with(Options { config: Some(config), ..Options::default() }).await;
     let (status, body) = deploy(&app, "hooks.js", HOOKS).await;
@@ -509,7 +509,13 @@ async fn before_write_hooks_refuse_or_replace_and_the_rules_see_the_replaced_dat
         app.client.request(method, app.url(path)).bearer_auth(token).json(&body)
     };
 
-    // Replaced: the rules demand what only the hook adds, and see it.
+    // The rules decide the caller's own write before any hook runs: a message claiming
+    // to be by someone else never reaches the hook (which would have replaced `by`).
+    let (status, body) =
+        app.send(as_user(Method::PUT, "/v1/docs/rooms/r1/messages/m0", json!({"text": "HI", "by": "someone"}))).await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (403, Some("permission-denied")), "{body}");
+
+    // Replaced: the rules decide again on what the hook made of the write.
     let (status, doc) = app.send(as_user(Method::PUT, "/v1/docs/rooms/r1/messages/m1", json!({"text": "HELLO"}))).await;
     assert_eq!(status, 201, "{doc}");
     assert_eq!(

@@ -264,3 +264,179 @@ async fn every_answer_carries_the_security_headers() {
         }
     }
 }
+
+const OWNED_NOTES: &str = r#"
+["notes/{id}"]
+read = "auth != null && resource.data.owner == auth.uid"
+create = "auth != null && request.data.owner == auth.uid"
+update = "auth != null && resource.data.owner == auth.uid && request.data.owner == auth.uid"
+delete = "auth != null && resource.data.owner == auth.uid"
+"#;
+
+#[tokio::test]
+async fn a_denied_write_learns_nothing_about_the_document() {
+    let app = App::spawn().await;
+    let (status, body) = app.send(app.admin(Method::PUT, "/v1/admin/rules").body(OWNED_NOTES)).await;
+    assert!(status.is_success(), "{body}");
+    let owner = signup(&app, "owner@example.com").await;
+    let owner_uid = owner["user"]["id"].as_str().expect("uid").to_owned();
+    let stranger = token(&signup(&app, "stranger@example.com").await);
+    let note = json!({"owner": owner_uid, "text": "a secret", "count": "not a number"});
+    let (status, stored) = app.send(bearer(&app, Method::PUT, "/v1/docs/notes/n1", &token(&owner)).json(&note)).await;
+    assert_eq!((status.as_u16(), stored["version"].clone()), (201, json!(1)), "{stored}");
+
+    let stranger_tries = [
+        // A version precondition would name the stored version.
+        bearer(&app, Method::PATCH, "/v1/docs/notes/n1", &stranger)
+            .header("if-match", "\"7\"")
+            .json(&json!({"text": "x"})),
+        bearer(&app, Method::DELETE, "/v1/docs/notes/n1", &stranger).header("if-match", "\"7\""),
+        bearer(&app, Method::PUT, "/v1/docs/notes/n1", &stranger)
+            .header("if-match", "\"7\"")
+            .json(&json!({"text": "x"})),
+        // A transform on a field of another type would name the type.
+        bearer(&app, Method::PATCH, "/v1/docs/notes/n1", &stranger).json(&json!({"count": {"$increment": 1}})),
+        // An update of a missing document would say it is missing.
+        bearer(&app, Method::PATCH, "/v1/docs/notes/missing", &stranger).json(&json!({"text": "x"})),
+        bearer(&app, Method::PATCH, "/v1/docs/notes/missing", &stranger)
+            .header("if-match", "\"1\"")
+            .json(&json!({"text": "x"})),
+    ];
+    for request in stranger_tries {
+        let (status, body) = app.send(request).await;
+        let message = assert_error(status, &body, 403, "permission-denied");
+        assert!(!message.contains("version") && !message.contains("number"), "{message}");
+    }
+    // The same failures in a batch: the denied index, never its cause.
+    let batch = json!({"writes": [
+        {"op": "update", "path": "notes/n1", "data": {"text": "x"}, "if_version": 9},
+    ]});
+    let (status, body) = app.send(bearer(&app, Method::POST, "/v1/batch", &stranger).json(&batch)).await;
+    assert_error(status, &body, 403, "permission-denied");
+
+    // The owner still gets the real reasons.
+    let (status, body) = app
+        .send(
+            bearer(&app, Method::PATCH, "/v1/docs/notes/n1", &token(&owner))
+                .header("if-match", "\"7\"")
+                .json(&json!({"text": "x"})),
+        )
+        .await;
+    assert_error(status, &body, 412, "failed-precondition");
+    let (status, body) = app
+        .send(
+            bearer(&app, Method::PATCH, "/v1/docs/notes/n1", &token(&owner)).json(&json!({"count": {"$increment": 1}})),
+        )
+        .await;
+    assert_error(status, &body, 400, "invalid-argument");
+    let (_, doc) = app.send(bearer(&app, Method::GET, "/v1/docs/notes/n1", &token(&owner))).await;
+    assert_eq!((doc["version"].clone(), doc["data"]["text"].clone()), (json!(1), json!("a secret")), "nothing changed");
+}
+
+const GATEKEEPER: &str = r#"
+import { beforeDocumentWrite, HearthError } from "hearth";
+
+export const gate = beforeDocumentWrite("vault/{id}", async (event, ctx) => {
+  // Service rights: a hook may read what the caller may not, and say so.
+  const secret = await ctx.db.get("secrets/s1");
+  await ctx.db.set("hook_runs/" + event.params.id, { at: event.params.id });
+  if (event.after && event.after.data.guess !== secret.data.value) {
+    throw new HearthError("invalid-argument", "wrong guess, the secret starts with " + secret.data.value[0]);
+  }
+  return event.after && { ...event.after.data, checked: true };
+});
+"#;
+
+const VAULT_RULES: &str = r#"
+["vault/{id}"]
+read = "auth != null && auth.uid == 'nobody'"
+write = "auth != null && request.data.owner == auth.uid"
+"#;
+
+#[tokio::test]
+async fn before_write_hooks_never_run_for_a_write_the_rules_deny() {
+    let app = App::spawn().await;
+    let (status, body) = app.send(app.admin(Method::PUT, "/v1/admin/rules").body(VAULT_RULES)).await;
+    assert!(status.is_success(), "{body}");
+    let (status, body) = app.send(app.admin(Method::PUT, "/v1/admin/functions/gate.js").body(GATEKEEPER)).await;
+    assert!(status.is_success(), "{body}");
+    let (status, _) = app.call(Method::PUT, "/v1/docs/secrets/s1", Some(json!({"value": "swordfish"}))).await;
+    assert!(status.is_success());
+    let user = signup(&app, "guesser@example.com").await;
+    let uid = user["user"]["id"].as_str().expect("uid").to_owned();
+
+    // Not the caller's to write: refused before the hook reads or writes anything.
+    let (status, body) = app
+        .send(
+            bearer(&app, Method::PUT, "/v1/docs/vault/v1", &token(&user))
+                .json(&json!({"owner": "someone else", "guess": "a"})),
+        )
+        .await;
+    let message = assert_error(status, &body, 403, "permission-denied");
+    assert!(!message.contains("secret"), "{message}");
+    let (status, _) = app.call(Method::GET, "/v1/docs/hook_runs/v1", None).await;
+    assert_eq!(status, 404, "the hook never ran");
+    let (status, body) = app
+        .send(
+            bearer(&app, Method::PATCH, "/v1/docs/vault/v1", &token(&user))
+                .header("if-match", "\"3\"")
+                .json(&json!({"guess": "a"})),
+        )
+        .await;
+    assert_error(status, &body, 403, "permission-denied");
+    let (status, _) = app.call(Method::GET, "/v1/docs/hook_runs/v1", None).await;
+    assert_eq!(status, 404, "the hook never ran");
+
+    // The caller's own write runs the hook, which still decides.
+    let (status, body) = app
+        .send(
+            bearer(&app, Method::PUT, "/v1/docs/vault/v2", &token(&user))
+                .json(&json!({"owner": uid, "guess": "swordfish"})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    assert_eq!(body["data"]["checked"], true);
+    let (status, _) = app.call(Method::GET, "/v1/docs/hook_runs/v2", None).await;
+    assert_eq!(status, 200);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_dir_is_for_the_server_user_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = App::spawn().await;
+    signup(&app, "files@example.com").await;
+    let (status, backup) = app.call(Method::POST, "/v1/admin/backups", None).await;
+    assert!(status.is_success(), "{backup}");
+    let data = app.dir().join("hearth_data");
+    let mode = |path: &std::path::Path| std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("backups")), 0o700);
+    let mut files = 0;
+    for dir in [data.clone(), data.join("backups")] {
+        for entry in std::fs::read_dir(&dir).expect("dir") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().expect("name").to_string_lossy().into_owned();
+            if path.is_file() && name.contains(".db") {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 3, "the database, its WAL and a backup: {files}");
+}
+
+#[tokio::test]
+async fn recovery_answers_alike_for_every_address_even_when_mail_fails() {
+    // An SMTP relay that is down: nothing listens on this port.
+    let port = crate::support::free_addr().rsplit(':').next().expect("port").to_owned();
+    let config = format!(
+        "[mail]\nfrom = \"noreply@example.com\"\n\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
+    );
+    let app = App::spawn_with(Options { config: Some(config), ..Options::default() }).await;
+    signup(&app, "exists@example.com").await;
+    for email in ["exists@example.com", "nobody@example.com", "not an address"] {
+        let (status, body) = post_from(&app, &app.client, "/v1/auth/recover", json!({"email": email})).await;
+        assert_eq!((status.as_u16(), body), (204, Value::Null), "{email}");
+    }
+}

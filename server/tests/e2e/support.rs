@@ -194,9 +194,27 @@ pub fn free_addr() -> String {
 
 /// The code in the newest outbox mail to `to`.
 pub async fn mailed_code(app: &App, to: &str) -> String {
-    let (status, outbox) = app.call(Method::GET, "/v1/admin/outbox", None).await;
-    assert_eq!(status, 200, "{outbox}");
-    let mail = outbox.as_array().expect("mails").iter().find(|mail| mail["to"] == to).expect("a mail to this address");
-    let body = mail["body"].as_str().expect("body");
-    body.lines().map(str::trim).find(|line| line.len() == 43 && !line.contains(' ')).expect("a code line").to_owned()
+    mailed_code_about(app, to, "").await
+}
+
+/// The code in the newest outbox mail to `to` whose subject has `subject` in it, waiting
+/// a little for mail sent in the background (password resets).
+pub async fn mailed_code_about(app: &App, to: &str, subject: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, outbox) = app.call(Method::GET, "/v1/admin/outbox", None).await;
+        assert_eq!(status, 200, "{outbox}");
+        if let Some(mail) = outbox
+            .as_array()
+            .expect("mails")
+            .iter()
+            .find(|mail| mail["to"] == to && mail["subject"].as_str().is_some_and(|text| text.contains(subject)))
+        {
+            let body = mail["body"].as_str().expect("body");
+            let code = body.lines().map(str::trim).find(|line| line.len() == 43 && !line.contains(' '));
+            return code.expect("a code line").to_owned();
+        }
+        assert!(Instant::now() < deadline, "no mail to {to}: {outbox}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

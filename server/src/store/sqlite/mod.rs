@@ -233,10 +233,8 @@ impl SqliteBackend {
     /// Opens (creating if needed) the database, migrates it, reconciles the declared
     /// indexes and starts the writer.
     pub fn open(options: SqliteOptions, bus: ChangeBus) -> Result<SqliteBackend, Error> {
-        if let Some(parent) = options.path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
-        }
+        crate::private::database(&options.path)
+            .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", options.path.display())))?;
         let file = DbFile { path: options.path.clone(), exclusive: options.exclusive };
         let mut conn = file
             .connect(OpenFlags::default())
@@ -564,10 +562,7 @@ pub fn restore(path: &Path, from: &Path) -> Result<i64, Error> {
     }
     let restored = last_seq(&source)?;
     drop(source);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
-    }
+    crate::private::database(path).map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", path.display())))?;
     let mut live = Connection::open(path)?;
     let logged: bool =
         live.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE name = 'sqlite_sequence'", [], |row| row.get(0))?;

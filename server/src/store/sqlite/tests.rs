@@ -335,6 +335,15 @@ impl crate::store::WriteGuard for ReplacesOnly {
             None => Err(Error::PermissionDenied(format!("no creating `{path}`"))),
         }
     }
+
+    fn check_ahead<'a>(
+        &'a self,
+        path: &'a DocPath,
+        before: Option<&'a StoredDoc>,
+        after: Option<&'a StoredDoc>,
+    ) -> futures::future::BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move { self.check(path, before, after, &mut |_| Ok(None)) })
+    }
 }
 
 /// A set is tried as a create first; a stored document, or a guard that refuses the

@@ -216,7 +216,16 @@ fn apply_job(
         let blind_set = prepared.replaces_blindly();
         let mut current = if blind_create || blind_set { None } else { load(conn, &write.path)? };
         let doc_path = write.path.clone();
-        let mut effect = write::apply(current.as_ref().map(|(doc, _)| doc), prepared, now).map_err(located)?;
+        let mut effect = match write::apply(current.as_ref().map(|(doc, _)| doc), prepared, now) {
+            Ok(effect) => effect,
+            Err(refused) => {
+                // The rules come first: a caller they refuse learns nothing from why the
+                // write itself failed (a version, whether the document exists, a type).
+                let (before, after) = write::attempted(current.as_ref().map(|(doc, _)| doc), &refused.write, now);
+                allowed(conn, guard, seen, &doc_path, before, after.as_ref()).map_err(located)?;
+                return Err(located(refused.error));
+            }
+        };
         let mut inserted = false;
         match &mut effect {
             Effect::Put { doc, text } if blind_set => {
