@@ -35,6 +35,7 @@ pub mod http;
 pub mod private;
 pub mod realtime;
 pub mod rules;
+pub mod seal;
 pub mod store;
 
 use std::future::Future;

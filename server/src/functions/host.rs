@@ -189,7 +189,7 @@ fn doc_value(doc: &crate::store::StoredDoc, data: &str) -> Result<Value, HostErr
 async fn db(store: &Store, op: &str, first: Option<&str>, second: Option<&str>) -> Result<Value, HostError> {
     if op == "query" {
         let query: hearth_types::Query = parse(first, "the query")?;
-        let spec = QuerySpec::parse(&query, store.signer()).map_err(store_error)?;
+        let spec = QuerySpec::parse(&query, store.cursors()).map_err(store_error)?;
         let page = store.query(spec).await.map_err(store_error)?;
         let mut docs = Vec::with_capacity(page.docs.len());
         for raw in &page.docs {

@@ -94,7 +94,7 @@ async fn run_query(state: &AppState, caller: &Caller, spec: &QuerySpec) -> Resul
 
 /// A page of a query or list (`QueryPage` on the wire).
 fn page_response(page: Filtered, spec: &QuerySpec, state: &AppState) -> Result<Response, ApiError> {
-    let cursor = page.resume.as_ref().map(|position| spec.cursor_at(position, state.store().signer()));
+    let cursor = page.resume.as_ref().map(|position| spec.cursor_at(position, state.store().cursors()));
     let mut body = String::with_capacity(page.docs.iter().map(|doc| doc.data.len() + 160).sum::<usize>() + 64);
     body.push_str("{\"docs\":[");
     for (index, doc) in page.docs.iter().enumerate() {
@@ -152,7 +152,7 @@ pub async fn get_path(
             }
         }
         AnyPath::Collection(collection) => {
-            let spec = QuerySpec::list(collection, params.limit, params.cursor, state.store().signer())?;
+            let spec = QuerySpec::list(collection, params.limit, params.cursor, state.store().cursors())?;
             let page = run_query(&state, &caller, &spec).await?;
             page_response(page, &spec, &state)
         }
@@ -271,7 +271,7 @@ pub async fn query(
     caller: Caller,
     JsonBody(query): JsonBody<Query>,
 ) -> Result<Response, ApiError> {
-    let spec = QuerySpec::parse(&query, state.store().signer())?;
+    let spec = QuerySpec::parse(&query, state.store().cursors())?;
     let page = run_query(&state, &caller, &spec).await?;
     page_response(page, &spec, &state)
 }
@@ -287,7 +287,7 @@ pub async fn aggregate(
     if !request.count && request.sum.is_empty() && request.avg.is_empty() {
         return Err(ApiError::invalid("ask for at least one of `count`, `sum`, `avg`"));
     }
-    let mut spec = QuerySpec::parse(&request.query, state.store().signer())?;
+    let mut spec = QuerySpec::parse(&request.query, state.store().cursors())?;
     if let Some(principal) = caller.principal() {
         spec.restriction = state.rules().aggregate_restriction(&principal, &spec.target).await?;
     }

@@ -142,7 +142,7 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, expires: Opti
                                 Err((code, message)) => session.reply(channel_error(&channel, code, &message)),
                             }
                         }
-                        Ok(message) => session.handle(message, state.store().signer()),
+                        Ok(message) => session.handle(message, state.store().cursors()),
                         Err(error) => session.reply(error_message("", "invalid-argument", &format!("bad message: {error}"))),
                     },
                     Some(Ok(Message::Binary(_))) => session.reply(error_message("", "invalid-argument", "frames are JSON text")),

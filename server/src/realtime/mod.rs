@@ -233,7 +233,7 @@ impl Session {
     }
 
     /// Handles one text frame that is not `auth` (the caller handles credentials).
-    pub fn handle(&self, message: ClientMessage, signer: &crate::store::CursorSigner) {
+    pub fn handle(&self, message: ClientMessage, signer: &crate::store::CursorSealer) {
         match message {
             ClientMessage::Ping => {
                 let _ = self.commands.send(Command::Ping { conn: self.conn });

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::*;
 use crate::config::StoreConfig;
 use crate::store::ChangeBus;
-use crate::store::query::CursorSigner;
+use crate::store::query::CursorSealer;
 use crate::store::sqlite::{SqliteBackend, SqliteOptions};
 use crate::store::{Write, WriteOp};
 
@@ -100,7 +100,7 @@ async fn pushed_down_rules_allow_exactly_what_per_document_rules_allow() {
         let written = store.write_one(Write { path, op: WriteOp::Set(data), if_version: None }).await.expect("written");
         docs.push(written.doc.expect("stored").as_ref().clone());
     }
-    let signer = CursorSigner::new([9; 32]);
+    let signer = CursorSealer::new([9; 32]);
     let principals = [user("alice"), user("bob"), Principal::anonymous()];
     let (mut pushed, mut cases) = (0, 0);
     for _ in 0..400 {

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 pub use crate::changes::{Change, ChangeBus, ChangeKind};
 pub use path::{AnyPath, CollectionPath, DocPath};
-pub use query::{CursorSigner, QuerySpec};
+pub use query::{CursorSealer, QuerySpec};
 pub use write::{Prepared, Write, WriteOp};
 
 /// Why a store call failed. Each kind maps to one contract code in `http`.
@@ -242,7 +242,7 @@ pub trait Backend: Send + Sync + 'static {
     fn add_service_key_hash(&self, hash: [u8; 32]) -> BoxFuture<'_, Result<(), Error>>;
     /// Forgets every service key but `keep`; how many were forgotten.
     fn revoke_service_keys_except(&self, keep: [u8; 32]) -> BoxFuture<'_, Result<u64, Error>>;
-    /// The key that signs query cursors, made on first use.
+    /// The key that seals query cursors, made on first use.
     fn cursor_key(&self) -> BoxFuture<'_, Result<[u8; 32], Error>>;
     /// The last change the trigger `name` is done with, if it ever started.
     fn trigger_cursor(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>>;
@@ -277,13 +277,13 @@ pub struct DeadLetter {
 pub struct Store {
     backend: Arc<dyn Backend>,
     bus: ChangeBus,
-    signer: CursorSigner,
+    cursors: CursorSealer,
 }
 
 impl Store {
     pub async fn new(backend: Arc<dyn Backend>, bus: ChangeBus) -> Result<Store, Error> {
-        let signer = CursorSigner::new(backend.cursor_key().await?);
-        Ok(Store { backend, bus, signer })
+        let cursors = CursorSealer::new(backend.cursor_key().await?);
+        Ok(Store { backend, bus, cursors })
     }
 
     /// The one write path: applies `writes` atomically.
@@ -400,9 +400,9 @@ impl Store {
         &self.bus
     }
 
-    /// Signs and checks query cursors.
-    pub fn signer(&self) -> &CursorSigner {
-        &self.signer
+    /// Seals and opens query cursors.
+    pub fn cursors(&self) -> &CursorSealer {
+        &self.cursors
     }
 }
 

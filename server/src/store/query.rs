@@ -1,19 +1,18 @@
 //! Queries, validated into a [`QuerySpec`] that both evaluators share: the SQL compiler of
 //! each backend and the in-memory matcher here (which realtime uses to decide whether a
-//! change concerns a subscription). Cursors are signed so a client cannot forge one.
+//! change concerns a subscription). Cursors are sealed so a client can neither read nor forge one.
 
 use std::cmp::Ordering;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hearth_types::{Direction, Op, Query};
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 
 use super::path::{CollectionPath, is_valid_id};
 use super::value::{self, compare, equal, lookup};
 use super::{Error, StoredDoc};
+use crate::seal::Sealer;
 
 /// Default page size.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -138,7 +137,7 @@ pub struct QuerySpec {
 
 impl QuerySpec {
     /// Validates a wire query. `signer` checks the cursor, if any.
-    pub fn parse(query: &Query, signer: &CursorSigner) -> Result<QuerySpec, Error> {
+    pub fn parse(query: &Query, signer: &CursorSealer) -> Result<QuerySpec, Error> {
         let target = match (&query.collection, &query.collection_group) {
             (Some(collection), None) => {
                 Target::Collection(CollectionPath::parse(collection).map_err(|e| Error::InvalidArgument(e.0))?)
@@ -214,7 +213,7 @@ impl QuerySpec {
         collection: CollectionPath,
         limit: Option<u32>,
         cursor: Option<String>,
-        signer: &CursorSigner,
+        signer: &CursorSealer,
     ) -> Result<QuerySpec, Error> {
         let query = Query { collection: Some(collection.as_str().to_owned()), limit, cursor, ..Query::default() };
         QuerySpec::parse(&query, signer)
@@ -277,12 +276,12 @@ impl QuerySpec {
     }
 
     /// The cursor that resumes right after `last`.
-    pub fn cursor_after(&self, last: &StoredDoc, signer: &CursorSigner) -> String {
+    pub fn cursor_after(&self, last: &StoredDoc, signer: &CursorSealer) -> String {
         self.cursor_at(&self.position_of(last), signer)
     }
 
     /// The cursor that resumes right after `position`.
-    pub fn cursor_at(&self, position: &After, signer: &CursorSigner) -> String {
+    pub fn cursor_at(&self, position: &After, signer: &CursorSealer) -> String {
         signer.seal(position, &self.fingerprint)
     }
 }
@@ -322,43 +321,28 @@ pub fn op_name(op: Op) -> &'static str {
     }
 }
 
-/// Signs and checks cursors with a key kept by the store, so a cursor is opaque, bound to
-/// its query, and cannot be forged.
+/// Seals and opens cursors with a key kept by the store: a cursor is encrypted, so it shows
+/// nothing of the document it resumes after (which a budget-stopped scan may have read
+/// without the caller being allowed to); bound to its query's fingerprint; and unforgeable.
 #[derive(Clone)]
-pub struct CursorSigner {
-    key: [u8; 32],
+pub struct CursorSealer {
+    sealer: Sealer,
 }
 
-const MAC_BYTES: usize = 16;
-
-impl CursorSigner {
-    pub fn new(key: [u8; 32]) -> CursorSigner {
-        CursorSigner { key }
-    }
-
-    fn mac(&self, payload: &[u8], fingerprint: &str) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(fingerprint.as_bytes());
-        mac.update(&[0]);
-        mac.update(payload);
-        mac
+impl CursorSealer {
+    pub fn new(key: [u8; 32]) -> CursorSealer {
+        CursorSealer { sealer: Sealer::new(&key) }
     }
 
     pub fn seal(&self, after: &After, fingerprint: &str) -> String {
         let payload = serde_json::to_vec(after).unwrap_or_default();
-        let tag = self.mac(&payload, fingerprint).finalize().into_bytes();
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(&tag[..MAC_BYTES]))
+        URL_SAFE_NO_PAD.encode(self.sealer.seal(&payload, fingerprint.as_bytes()))
     }
 
     pub fn open(&self, cursor: &str, fingerprint: &str) -> Result<After, Error> {
         let forged = || Error::InvalidArgument("cursor is not one this server issued for this query".into());
-        let (payload, tag) = cursor.split_once('.').ok_or_else(forged)?;
-        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| forged())?;
-        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| forged())?;
-        self.mac(&payload, fingerprint).verify_truncated_left(&tag).map_err(|_| forged())?;
-        if tag.len() != MAC_BYTES {
-            return Err(forged());
-        }
+        let sealed = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| forged())?;
+        let payload = self.sealer.open(&sealed, fingerprint.as_bytes()).ok_or_else(forged)?;
         serde_json::from_slice(&payload).map_err(|_| forged())
     }
 }
@@ -370,7 +354,7 @@ mod tests {
 
     fn spec(query: Value) -> QuerySpec {
         let query: Query = serde_json::from_value(query).expect("wire query");
-        QuerySpec::parse(&query, &CursorSigner::new([7; 32])).expect("valid query")
+        QuerySpec::parse(&query, &CursorSealer::new([7; 32])).expect("valid query")
     }
 
     fn doc(path: &str, data: Value) -> StoredDoc {
@@ -404,7 +388,7 @@ mod tests {
 
     #[test]
     fn bad_queries_are_invalid_arguments() {
-        let signer = CursorSigner::new([1; 32]);
+        let signer = CursorSealer::new([1; 32]);
         for bad in [
             json!({"collection": "c/d"}),
             json!({"collection": "c", "collection_group": "c"}),
@@ -423,7 +407,7 @@ mod tests {
 
     #[test]
     fn cursors_are_bound_to_their_query_and_cannot_be_forged() {
-        let signer = CursorSigner::new([3; 32]);
+        let signer = CursorSealer::new([3; 32]);
         let q = spec(json!({"collection": "c", "order_by": [{"field": "n"}]}));
         let cursor = q.cursor_after(&doc("c/a", json!({"n": 1})), &signer);
         let again: Query =

@@ -353,6 +353,59 @@ read = "auth != null && auth.uid == 'nobody'"
 write = "auth != null && request.data.owner == auth.uid"
 "#;
 
+/// Every way a client might read a cursor: its base64url parts, decoded.
+fn cursor_readings(cursor: &str) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let mut readings = vec![cursor.as_bytes().to_vec()];
+    for part in cursor.split(['.', '~', ':']) {
+        for engine in
+            [base64::engine::general_purpose::URL_SAFE_NO_PAD, base64::engine::general_purpose::STANDARD_NO_PAD]
+        {
+            readings.extend(engine.decode(part.trim_end_matches('=')).ok());
+        }
+    }
+    readings
+}
+
+#[tokio::test]
+async fn a_cursor_shows_nothing_of_the_documents_the_caller_cannot_read() {
+    let app = App::spawn().await;
+    // `%` is not pushed into SQL: every document is checked, so the first 1,000 (all
+    // unreadable) use up the scan budget and the page ends on a document the caller may
+    // not read.
+    let rules = "[\"vault/{id}\"]\nread = \"auth != null && resource.data.n % 2 == 0 && resource.data.n >= 1040\"\n";
+    let (status, body) = app.send(app.admin(Method::PUT, "/v1/admin/rules").body(rules)).await;
+    assert!(status.is_success(), "{body}");
+    for start in (0..1050).step_by(350) {
+        let writes: Vec<Value> = (start..start + 350)
+            .map(|n| json!({"op": "set", "path": format!("vault/v{n:05}"), "data": {"n": n, "pin": format!("pin-{n:05}")}}))
+            .collect();
+        let (status, body) = app.call(Method::POST, "/v1/batch", Some(json!({"writes": writes}))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let reader = token(&signup(&app, "reader@example.com").await);
+    let query = |cursor: Option<&str>| json!({"collection": "vault", "order_by": [{"field": "pin"}], "limit": 5, "cursor": cursor});
+    let (status, first) = app.send(bearer(&app, Method::POST, "/v1/query", &reader).json(&query(None))).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["docs"], json!([]), "the budget ran out before a readable document");
+    let cursor = first["cursor"].as_str().expect("a budget-stopped page resumes").to_owned();
+    for reading in cursor_readings(&cursor) {
+        let text = String::from_utf8_lossy(&reading);
+        assert!(!text.contains("pin-") && !text.contains("v00"), "the cursor shows a denied document: {text}");
+    }
+    // The sealed cursor still carries on where the scan stopped.
+    let (status, next) = app.send(bearer(&app, Method::POST, "/v1/query", &reader).json(&query(Some(&cursor)))).await;
+    assert_eq!(status, 200, "{next}");
+    let pins: Vec<&str> =
+        next["docs"].as_array().expect("docs").iter().map(|d| d["data"]["pin"].as_str().expect("pin")).collect();
+    assert_eq!(pins, ["pin-01040", "pin-01042", "pin-01044", "pin-01046", "pin-01048"]);
+    // A cursor altered by the client is refused, not decoded.
+    let mut forged = cursor.clone();
+    forged.replace_range(10..11, if &cursor[10..11] == "A" { "B" } else { "A" });
+    let (status, body) = app.send(bearer(&app, Method::POST, "/v1/query", &reader).json(&query(Some(&forged)))).await;
+    assert_error(status, &body, 400, "invalid-argument");
+}
+
 #[tokio::test]
 async fn before_write_hooks_never_run_for_a_write_the_rules_deny() {
     let app = App::spawn().await;

@@ -123,7 +123,7 @@ async fn sql_and_in_memory_evaluators_agree_on_random_documents_and_queries() {
     for round in 0..400 {
         let target = ["c", "group", "x/y1/c"][round % 3];
         let wire = random_query(&mut rng, target);
-        let spec = QuerySpec::parse(&wire, store.signer()).expect("random query is valid");
+        let spec = QuerySpec::parse(&wire, store.cursors()).expect("random query is valid");
         let page = store.query(spec.clone()).await.expect("query runs");
         let got: Vec<String> = page.docs.iter().map(|doc| doc.path.as_str().to_owned()).collect();
         pairs += docs.len();
@@ -158,14 +158,14 @@ async fn cursors_resume_right_after_the_last_document_while_documents_come_and_g
         let mut wire = random_query(&mut rng, "c");
         wire.limit = Some(rng.random_range(1..8));
         for _page in 0..6 {
-            let spec = QuerySpec::parse(&wire, store.signer()).expect("valid");
+            let spec = QuerySpec::parse(&wire, store.cursors()).expect("valid");
             let page = store.query(spec.clone()).await.expect("runs");
             let got: Vec<String> = page.docs.iter().map(|doc| doc.path.as_str().to_owned()).collect();
             assert_eq!(got, expected_page(&spec, &docs));
             let Some(last) = page.docs.last().filter(|_| page.more) else {
                 break;
             };
-            wire.cursor = Some(spec.cursor_after(&last.parse().expect("stored JSON"), store.signer()));
+            wire.cursor = Some(spec.cursor_after(&last.parse().expect("stored JSON"), store.cursors()));
             // Between pages: inserts, updates and deletes anywhere in the order.
             let mut changes = vec![write(&mut rng, &mut next_id)];
             if let Some(victim) = docs.keys().nth(rng.random_range(0..docs.len())).cloned() {
@@ -203,7 +203,7 @@ async fn declared_indexes_serve_equality_range_and_order_without_a_scan() {
     let conn = Connection::open(dir.path().join("test.db")).expect("opens");
     let plan = |query: Value| -> String {
         let wire: Query = serde_json::from_value(query).expect("wire");
-        let spec = QuerySpec::parse(&wire, store.signer()).expect("valid");
+        let spec = QuerySpec::parse(&wire, store.cursors()).expect("valid");
         let compiled = sql::select(&spec);
         let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", compiled.sql)).expect("explains");
         let rows = statement
@@ -267,7 +267,7 @@ async fn a_collection_holds_only_its_own_documents_among_deeper_ones_of_its_name
         let store = &store;
         async move {
             let wire: Query = serde_json::from_value(query).expect("wire");
-            let page = store.query(QuerySpec::parse(&wire, store.signer()).expect("valid")).await.expect("query");
+            let page = store.query(QuerySpec::parse(&wire, store.cursors()).expect("valid")).await.expect("query");
             page.docs.iter().map(|doc| doc.path.as_str().to_owned()).collect::<Vec<_>>()
         }
     };
@@ -526,7 +526,7 @@ async fn a_failing_request_in_a_group_commit_fails_alone() {
     }
     let spec = QuerySpec::parse(
         &serde_json::from_value(json!({"collection": "g", "limit": 1000})).expect("wire"),
-        store.signer(),
+        store.cursors(),
     )
     .expect("valid");
     let page = store.query(spec).await.expect("runs");
@@ -599,7 +599,7 @@ async fn a_long_query_moves_off_the_async_worker_and_still_answers() {
     let spec = QuerySpec::parse(
         &serde_json::from_value(json!({"collection": "big", "where": [{"field": "n", "op": ">=", "value": 4998}]}))
             .expect("wire"),
-        store.signer(),
+        store.cursors(),
     )
     .expect("valid");
     let page = store.query(spec).await.expect("runs to the end");
@@ -633,8 +633,9 @@ async fn a_backup_of_a_newer_schema_or_a_damaged_file_is_refused_and_changes_not
     assert!(restore(&live, &damaged).is_err(), "half a database is refused");
 
     let store = open(dir.path(), Vec::new()).await;
-    let spec = QuerySpec::parse(&serde_json::from_value(json!({"collection": "notes"})).expect("wire"), store.signer())
-        .expect("valid");
+    let spec =
+        QuerySpec::parse(&serde_json::from_value(json!({"collection": "notes"})).expect("wire"), store.cursors())
+            .expect("valid");
     let page = store.query(spec).await.expect("query");
     assert_eq!(page.docs.len(), 3, "the live database is untouched");
     store.close().await;
