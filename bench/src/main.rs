@@ -516,7 +516,7 @@ async fn verify_cost() -> (f64, f64) {
     let options = SqliteOptions::new(dir.path().join("verify.db"), &hearth_server::config::StoreConfig::default());
     let backend = Arc::new(SqliteBackend::open(options, ChangeBus::new(16)).expect("database"));
     let auth = Auth::new(
-        Repo::new(backend),
+        Repo::new(backend, hearth_server::seal::Keyring::new([7; 32], &[])),
         hearth_server::config::AuthConfig::default(),
         &hearth_server::config::MailConfig::default(),
     )

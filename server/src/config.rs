@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,12 @@ pub struct Config {
     pub database_url: Option<String>,
     /// One more service key to accept, besides those stored in the database.
     pub service_key: Option<Secret>,
+    /// The key that seals signing keys and TOTP secrets in the database (64 hex digits).
+    /// Without it, the key is kept in `hearth.key` in the project dir, made on first start.
+    pub encryption_key: Option<Secret>,
+    /// Keys that sealed secrets before `encryption_key`: they still open, and every value
+    /// they open is sealed again with `encryption_key` at start.
+    pub previous_encryption_keys: Vec<Secret>,
     pub log_format: LogFormat,
     pub store: StoreConfig,
     pub limits: LimitsConfig,
@@ -231,6 +238,20 @@ pub struct SmtpConfig {
     /// `starttls` (default, port 587), `tls` (port 465) or `none` (plain, for a local relay).
     #[serde(default)]
     pub tls: SmtpTls,
+    /// Tries per mail while the relay is down or answers "try later".
+    #[serde(default = "default_smtp_attempts")]
+    pub attempts: u32,
+    /// The pause before the first retry; each next pause is twice as long (at most 10 min).
+    #[serde(default = "default_smtp_first_retry_ms")]
+    pub first_retry_ms: u64,
+}
+
+fn default_smtp_attempts() -> u32 {
+    8
+}
+
+fn default_smtp_first_retry_ms() -> u64 {
+    2_000
 }
 
 /// How the connection to the relay is encrypted.
@@ -387,6 +408,25 @@ pub struct IndexConfig {
     pub fields: Vec<String>,
 }
 
+fn read_or_make_key_file(file: &Path) -> anyhow::Result<[u8; 32]> {
+    use std::io::Write as _;
+    match std::fs::read_to_string(file) {
+        Ok(text) => {
+            crate::private::restrict(file)?;
+            crate::seal::parse_key(&text).with_context(|| format!("{}: not a key (64 hex digits)", file.display()))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let text = crate::seal::new_key_text();
+            let mut out = crate::private::create_new(file)
+                .with_context(|| format!("cannot create the at-rest key file {}", file.display()))?;
+            out.write_all(format!("{text}\n").as_bytes())?;
+            out.sync_all()?;
+            Ok(crate::seal::parse_key(&text).expect("a fresh key parses"))
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read the at-rest key file {}", file.display())),
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -394,6 +434,8 @@ impl Default for Config {
             addr: "127.0.0.1:8080".into(),
             database_url: None,
             service_key: None,
+            encryption_key: None,
+            previous_encryption_keys: Vec::new(),
             log_format: LogFormat::Text,
             store: StoreConfig::default(),
             limits: LimitsConfig::default(),
@@ -479,6 +521,11 @@ impl Config {
         {
             anyhow::bail!("service_key must start with `hk_` and be at least 24 characters");
         }
+        for key in self.encryption_key.iter().chain(&self.previous_encryption_keys) {
+            if crate::seal::parse_key(key.expose()).is_none() {
+                anyhow::bail!("encryption_key and previous_encryption_keys must be 32 bytes: 64 hex digits");
+            }
+        }
         Ok(())
     }
 
@@ -489,6 +536,24 @@ impl Config {
     /// The access rules file in the project dir.
     pub fn rules_file(&self) -> PathBuf {
         self.dir.join("rules.toml")
+    }
+
+    /// The file that keeps the at-rest key when `encryption_key` is not set: beside the
+    /// data dir, not in it, so a copy of the data dir or a backup does not carry its key.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("hearth.key")
+    }
+
+    /// The keys that seal secrets at rest: `encryption_key`, or the key file (made, 0600,
+    /// on first use), with `previous_encryption_keys` to open what older keys sealed.
+    pub fn keyring(&self) -> anyhow::Result<crate::seal::Keyring> {
+        let parse = |key: &Secret| crate::seal::parse_key(key.expose()).context("encryption keys are 64 hex digits");
+        let current = match &self.encryption_key {
+            Some(key) => parse(key)?,
+            None => read_or_make_key_file(&self.key_file())?,
+        };
+        let previous = self.previous_encryption_keys.iter().map(parse).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(crate::seal::Keyring::new(current, &previous))
     }
 
     /// The data dir inside the project dir.

@@ -170,7 +170,12 @@ impl Server {
         let lock = backup::DatabaseLock::acquire(&database, "start")?;
         let backups = backup::Backups::beside(&database);
         let (store, sqlite) = open_store(&config).await?;
-        let auth = Auth::new(auth::repo::Repo::new(sqlite), config.auth.clone(), &config.mail).await?;
+        let repo = auth::repo::Repo::new(sqlite, config.keyring()?);
+        let resealed = repo.reseal().await?;
+        if resealed > 0 {
+            tracing::info!(resealed, "sealed secrets at rest with the current encryption key");
+        }
+        let auth = Auth::new(repo, config.auth.clone(), &config.mail).await?;
         let addr = config.socket_addr()?;
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let rules = rules::Rules::open(config.rules_file(), store.clone())
@@ -311,7 +316,8 @@ async fn reload_keys(auth: Auth) {
 /// their tokens expire. Running servers pick it up within 30 s.
 pub async fn rotate_keys(config: &Config) -> anyhow::Result<String> {
     let (store, sqlite) = open_store(config).await?;
-    let repo = auth::repo::Repo::new(sqlite);
+    let repo = auth::repo::Repo::new(sqlite, config.keyring()?);
+    repo.reseal().await?;
     let key = auth::keys::generate(store::now_micros());
     let kid = key.kid.clone();
     repo.add_key(key).await?;

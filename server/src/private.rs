@@ -27,6 +27,15 @@ pub fn file(file: &Path) -> io::Result<()> {
     restrict(file)
 }
 
+/// Creates `file`, private from its first byte; fails if it exists.
+pub fn create_new(file: &Path) -> io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(file)
+}
+
 /// Makes `file` private if it exists.
 pub fn restrict(file: &Path) -> io::Result<()> {
     #[cfg(unix)]

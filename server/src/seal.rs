@@ -47,13 +47,9 @@ impl Sealer {
     }
 }
 
-/// The prefix of a secret sealed at rest; a stored value without it is plaintext written
-/// before encryption was on, and is sealed at the next start.
-const AT_REST_PREFIX: &str = "sealed:v1:";
-
 /// The at-rest key and the keys it replaced: values are sealed with the current key and
 /// opened with whichever key sealed them, so a rotation needs no downtime. At start the
-/// server re-seals every value a previous key opened (see `auth::repo::Repo::reseal`).
+/// server seals again every value a previous key opened (see `auth::repo::Repo::reseal`).
 #[derive(Clone)]
 pub struct Keyring {
     current: Sealer,
@@ -64,13 +60,13 @@ pub struct Keyring {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Opened {
     /// Sealed with the current key.
-    Current(String),
-    /// Plaintext, or sealed with a previous key: should be sealed again with the current one.
-    Stale(String),
+    Current(Vec<u8>),
+    /// Sealed with a previous key: to be sealed again with the current one.
+    Stale(Vec<u8>),
 }
 
 impl Opened {
-    pub fn into_inner(self) -> String {
+    pub fn into_inner(self) -> Vec<u8> {
         match self {
             Opened::Current(value) | Opened::Stale(value) => value,
         }
@@ -79,7 +75,8 @@ impl Opened {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "a secret at rest opens with none of the configured keys (was `encryption_key` changed without listing the old one in `previous_encryption_keys`?)"
+    "a secret stored in the database opens with none of the configured keys: restore the key it was sealed with \
+     (`hearth.key` in the project dir, or `encryption_key`), or list it in `previous_encryption_keys`"
 )]
 pub struct WrongKey;
 
@@ -88,26 +85,15 @@ impl Keyring {
         Keyring { current: Sealer::new(&current), previous: previous.iter().map(Sealer::new).collect() }
     }
 
-    pub fn seal(&self, plaintext: &str, context: &str) -> String {
-        let sealed = self.current.seal(plaintext.as_bytes(), context.as_bytes());
-        format!("{AT_REST_PREFIX}{}", URL_SAFE_NO_PAD.encode(sealed))
+    pub fn seal(&self, plaintext: &[u8], context: &str) -> Vec<u8> {
+        self.current.seal(plaintext, context.as_bytes())
     }
 
-    pub fn open(&self, stored: &str, context: &str) -> Result<Opened, WrongKey> {
-        let Some(body) = stored.strip_prefix(AT_REST_PREFIX) else {
-            return Ok(Opened::Stale(stored.to_owned()));
-        };
-        let sealed = URL_SAFE_NO_PAD.decode(body).map_err(|_| WrongKey)?;
-        let text = |bytes: Vec<u8>| String::from_utf8(bytes).map_err(|_| WrongKey);
-        if let Some(plain) = self.current.open(&sealed, context.as_bytes()) {
-            return Ok(Opened::Current(text(plain)?));
+    pub fn open(&self, sealed: &[u8], context: &str) -> Result<Opened, WrongKey> {
+        if let Some(plain) = self.current.open(sealed, context.as_bytes()) {
+            return Ok(Opened::Current(plain));
         }
-        for key in &self.previous {
-            if let Some(plain) = key.open(&sealed, context.as_bytes()) {
-                return Ok(Opened::Stale(text(plain)?));
-            }
-        }
-        Err(WrongKey)
+        self.previous.iter().find_map(|key| key.open(sealed, context.as_bytes())).map(Opened::Stale).ok_or(WrongKey)
     }
 }
 
@@ -148,14 +134,14 @@ mod tests {
     #[test]
     fn a_keyring_opens_old_values_and_marks_them_stale() {
         let old = Keyring::new([1; 32], &[]);
-        let sealed_old = old.seal("totp", "user:1");
+        let sealed_old = old.seal(b"totp", "user:1");
         let rotated = Keyring::new([2; 32], &[[1; 32]]);
-        assert_eq!(rotated.open(&sealed_old, "user:1").expect("previous key"), Opened::Stale("totp".into()));
-        let sealed_new = rotated.seal("totp", "user:1");
-        assert_eq!(rotated.open(&sealed_new, "user:1").expect("current key"), Opened::Current("totp".into()));
-        assert_eq!(rotated.open("plain", "user:1").expect("plaintext"), Opened::Stale("plain".into()));
+        assert_eq!(rotated.open(&sealed_old, "user:1").expect("previous key"), Opened::Stale(b"totp".to_vec()));
+        let sealed_new = rotated.seal(b"totp", "user:1");
+        assert_eq!(rotated.open(&sealed_new, "user:1").expect("current key"), Opened::Current(b"totp".to_vec()));
         assert!(Keyring::new([3; 32], &[]).open(&sealed_new, "user:1").is_err());
         assert!(rotated.open(&sealed_new, "user:2").is_err());
+        assert!(rotated.open(b"plaintext", "user:1").is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 
+use crate::seal::{Keyring, Opened, WrongKey};
 use crate::store::Error as StoreError;
 use crate::store::sqlite::SqliteBackend;
 
@@ -118,15 +119,75 @@ fn is_unique_violation(error: &rusqlite::Error) -> bool {
             || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }
 
-/// Storage for auth.
+/// Storage for auth. Signing keys and TOTP secrets are sealed with `secrets` on their
+/// way in and opened on their way out: the database never holds them in the clear.
 #[derive(Clone)]
 pub struct Repo {
     db: Arc<SqliteBackend>,
+    secrets: Keyring,
+}
+
+/// What a sealed secret is bound to: it opens only as this kind of secret of this owner.
+pub fn signing_key_context(kid: &str) -> String {
+    format!("signing-key:{kid}")
+}
+
+fn totp_context(user_id: &str) -> String {
+    format!("totp-secret:{user_id}")
+}
+
+fn wrong_key(error: WrongKey) -> StoreError {
+    StoreError::Internal(error.to_string())
 }
 
 impl Repo {
-    pub fn new(db: Arc<SqliteBackend>) -> Repo {
-        Repo { db }
+    pub fn new(db: Arc<SqliteBackend>, secrets: Keyring) -> Repo {
+        Repo { db, secrets }
+    }
+
+    /// Seals every secret still in the clear (written before sealing was on) and seals
+    /// again with the current key every one a previous key opened, in one transaction;
+    /// how many it sealed. Fails, changing nothing, if a secret opens with no known key.
+    pub async fn reseal(&self) -> Result<usize, StoreError> {
+        let secrets = self.secrets.clone();
+        self.db
+            .write_with(move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                let sealed_before = tx
+                    .query_row("SELECT 1 FROM meta WHERE key = 'secrets_sealed'", [], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                let mut resealed = 0;
+                for (table, owner, column, context) in [
+                    ("signing_keys", "kid", "private_key", signing_key_context as fn(&str) -> String),
+                    ("mfa_totp", "user_id", "secret", totp_context),
+                ] {
+                    let rows: Vec<(String, Vec<u8>)> = tx
+                        .prepare(&format!("SELECT {owner}, {column} FROM {table}"))?
+                        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                        .collect::<Result<_, _>>()?;
+                    for (id, stored) in rows {
+                        let context = context(&id);
+                        let plain = if sealed_before {
+                            match secrets.open(&stored, &context).map_err(wrong_key)? {
+                                Opened::Current(_) => continue,
+                                Opened::Stale(plain) => plain,
+                            }
+                        } else {
+                            stored
+                        };
+                        tx.execute(
+                            &format!("UPDATE {table} SET {column} = ?2 WHERE {owner} = ?1"),
+                            params![id, secrets.seal(&plain, &context)],
+                        )?;
+                        resealed += 1;
+                    }
+                }
+                tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('secrets_sealed', 1)", [])?;
+                tx.commit()?;
+                Ok(resealed)
+            })
+            .await
     }
 
     /// Runs one statement on the writer; how many rows it changed.
@@ -375,12 +436,18 @@ impl Repo {
     }
 
     pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        self.db.read_with(load_keys).await
+        let mut keys = self.db.read_with(load_keys).await?;
+        for key in &mut keys {
+            key.private_key =
+                self.secrets.open(&key.private_key, &signing_key_context(&key.kid)).map_err(wrong_key)?.into_inner();
+        }
+        Ok(keys)
     }
 
     /// Adds a signing key and retires every other one (they stay published until their
     /// tokens have expired).
-    pub async fn add_key(&self, key: KeyRecord) -> Result<(), StoreError> {
+    pub async fn add_key(&self, mut key: KeyRecord) -> Result<(), StoreError> {
+        key.private_key = self.secrets.seal(&key.private_key, &signing_key_context(&key.kid));
         self.db
             .write_with(move |conn| {
                 let tx = conn.unchecked_transaction()?;
@@ -523,15 +590,22 @@ pub struct Totp {
 
 impl Repo {
     pub async fn totp(&self, user_id: &str) -> Result<Option<Totp>, StoreError> {
-        let user_id = user_id.to_owned();
-        self.db
+        let owner = user_id.to_owned();
+        let stored = self
+            .db
             .read_with(move |conn| {
                 Ok(conn
                     .prepare_cached("SELECT secret, confirmed_at IS NOT NULL FROM mfa_totp WHERE user_id = ?1")?
-                    .query_row([user_id], |row| Ok(Totp { secret: row.get(0)?, confirmed: row.get(1)? }))
+                    .query_row([owner], |row| Ok(Totp { secret: row.get(0)?, confirmed: row.get(1)? }))
                     .optional()?)
             })
-            .await
+            .await?;
+        stored
+            .map(|totp| {
+                let secret = self.secrets.open(&totp.secret, &totp_context(user_id)).map_err(wrong_key)?.into_inner();
+                Ok(Totp { secret, ..totp })
+            })
+            .transpose()
     }
 
     /// Starts (or restarts) an enrolment; false if TOTP is already confirmed.
@@ -539,7 +613,8 @@ impl Repo {
         let sql = "INSERT INTO mfa_totp (user_id, secret, created_at) VALUES (?1, ?2, ?3) \
                    ON CONFLICT (user_id) DO UPDATE SET secret = excluded.secret, created_at = excluded.created_at \
                    WHERE mfa_totp.confirmed_at IS NULL";
-        Ok(self.execute(sql, vec![text(user_id), secret.into(), now.into()]).await? > 0)
+        let sealed = self.secrets.seal(&secret, &totp_context(user_id));
+        Ok(self.execute(sql, vec![text(user_id), sealed.into(), now.into()]).await? > 0)
     }
 
     /// Accepts time step `step` for this user once: false if it (or a later one) was used.
@@ -770,7 +845,10 @@ mod tests {
     async fn pruning_forgets_only_what_can_no_longer_be_used() {
         let dir = tempfile::tempdir().expect("temp dir");
         let options = SqliteOptions::new(dir.path().join("auth.db"), &StoreConfig::default());
-        let repo = Repo::new(Arc::new(SqliteBackend::open(options, ChangeBus::new(1 << 20)).expect("database")));
+        let repo = Repo::new(
+            Arc::new(SqliteBackend::open(options, ChangeBus::new(1 << 20)).expect("database")),
+            crate::seal::Keyring::new([5; 32], &[]),
+        );
         let now = 10 * 86_400 * 1_000_000;
         repo.insert_user(user("u1")).await.expect("user");
         repo.create_session("live".into(), "u1".into(), [1; 32], now, now + 1_000_000).await.expect("session");

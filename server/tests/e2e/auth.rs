@@ -290,6 +290,11 @@ fn server_key(app: &App) -> (String, SigningKey) {
             Ok((row.get(0)?, row.get(1)?))
         })
         .expect("a signing key");
+    // Sealed at rest: opened here with the project's key file, as the server does.
+    let key_text = std::fs::read_to_string(app.dir().join("hearth.key")).expect("hearth.key");
+    let keyring = hearth_server::seal::Keyring::new(hearth_server::seal::parse_key(&key_text).expect("key"), &[]);
+    let context = hearth_server::auth::repo::signing_key_context(&kid);
+    let der = keyring.open(&der, &context).expect("sealed with the key file").into_inner();
     let seed: [u8; 32] = der[16..48].try_into().expect("32-byte seed");
     (kid, SigningKey::from_bytes(&seed))
 }
@@ -564,56 +569,9 @@ async fn totp_guards_the_login_and_each_code_works_once() {
     assert!(!app.output_text().contains(&secret), "the TOTP secret never reaches the log");
 }
 
-/// A minimal SMTP server on loopback that accepts every mail and hands over its text.
-fn fake_smtp() -> (u16, std::sync::mpsc::Receiver<String>) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let (sender, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { break };
-            let sender = sender.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let mut writer = stream;
-                let _ = writer.write_all(b"220 localhost ESMTP test\r\n");
-                let mut line = String::new();
-                while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                    let command = line.trim_end().to_uppercase();
-                    let answer: &[u8] = if command.starts_with("EHLO") || command.starts_with("HELO") {
-                        b"250 localhost\r\n"
-                    } else if command == "DATA" {
-                        let _ = writer.write_all(b"354 go ahead\r\n");
-                        let mut data = String::new();
-                        let mut data_line = String::new();
-                        while reader.read_line(&mut data_line).map(|n| n > 0).unwrap_or(false) {
-                            if data_line == ".\r\n" {
-                                break;
-                            }
-                            data.push_str(&data_line);
-                            data_line.clear();
-                        }
-                        let _ = sender.send(data);
-                        b"250 queued\r\n"
-                    } else if command == "QUIT" {
-                        let _ = writer.write_all(b"221 bye\r\n");
-                        break;
-                    } else {
-                        b"250 OK\r\n"
-                    };
-                    let _ = writer.write_all(answer);
-                    line.clear();
-                }
-            });
-        }
-    });
-    (port, received)
-}
-
 #[tokio::test]
 async fn mail_goes_out_over_smtp_when_a_relay_is_configured() {
-    let (port, received) = fake_smtp();
+    let (port, received) = crate::support::fake_smtp(0);
     let config = format!(
         "[mail]\nfrom = \"Test App <noreply@example.com>\"\n\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
     );

@@ -427,27 +427,6 @@ fn a_provider_without_public_url_is_refused_at_start() {
     let config =
         "[auth.oauth.providers.test]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
     std::fs::write(dir.path().join("hearth.toml"), config).expect("config");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--dir"])
-        .arg(dir.path())
-        .env("HEARTH_SERVICE_KEY", crate::support::KEY)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server started without public_url");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("read");
-    assert!(!status.success());
+    let stderr = crate::support::refused_start(dir.path());
     assert!(stderr.contains("public_url"), "{stderr}");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{App, Options, assert_error, totp_code};
+use crate::support::{App, Options, assert_error, refused_start, totp_code};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -491,5 +491,140 @@ async fn recovery_answers_alike_for_every_address_even_when_mail_fails() {
     for email in ["exists@example.com", "nobody@example.com", "not an address"] {
         let (status, body) = post_from(&app, &app.client, "/v1/auth/recover", json!({"email": email})).await;
         assert_eq!((status.as_u16(), body), (204, Value::Null), "{email}");
+    }
+}
+
+#[tokio::test]
+async fn mail_waits_in_a_queue_until_the_relay_takes_it() {
+    // A relay that answers "try again later" to the first two tries.
+    let (port, received) = crate::support::fake_smtp(2);
+    let config = format!(
+        "[mail]\nfrom = \"noreply@example.com\"\n\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfirst_retry_ms = 100\n"
+    );
+    let app = App::spawn_with(Options { config: Some(config), ..Options::default() }).await;
+    signup(&app, "patient@example.com").await;
+    let (status, body) =
+        post_from(&app, &app.client, "/v1/auth/recover", json!({"email": "patient@example.com"})).await;
+    assert_eq!((status.as_u16(), body), (204, Value::Null));
+    let mail = tokio::task::spawn_blocking(move || received.recv_timeout(Duration::from_secs(20)))
+        .await
+        .expect("task")
+        .expect("the third try reaches the relay");
+    assert!(mail.contains("To: patient@example.com") && mail.contains("Reset your password"), "{mail}");
+    let log = app.output_text();
+    assert_eq!(log.matches("SMTP delivery failed; will retry").count(), 2, "{log}");
+    let code = mail.lines().map(str::trim).find(|line| line.len() == 43 && !line.contains(' ')).expect("a code");
+    assert!(!log.contains(code), "the mailed code never reaches the log");
+}
+
+/// The bytes of one column of every row of `table`.
+fn stored(dir: &std::path::Path, sql: &str) -> Vec<Vec<u8>> {
+    let db = rusqlite::Connection::open(dir.join("hearth_data/hearth.db")).expect("database");
+    let mut statement = db.prepare(sql).expect("sql");
+    statement.query_map([], |row| row.get(0)).expect("rows").collect::<Result<_, _>>().expect("rows")
+}
+
+/// RFC 4648 base32 (the authenticator's spelling of a TOTP secret) to bytes.
+fn base32_decode(text: &str) -> Vec<u8> {
+    let (mut bits, mut count, mut out) = (0u64, 0, Vec::new());
+    for c in text.trim_end_matches('=').bytes() {
+        let value =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567".iter().position(|&a| a == c.to_ascii_uppercase()).expect("base32");
+        bits = (bits << 5) | value as u64;
+        count += 5;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    out
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+/// The DER prefix of every Ed25519 PKCS#8 private key: what a key in the clear starts with.
+const PKCS8_ED25519: [u8; 12] = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70];
+
+async fn sign_in_with_code(app: &App, email: &str, code: String) -> (reqwest::StatusCode, Value) {
+    let (status, challenge) = login_from(app, &app.client, email, PASSWORD).await;
+    assert_eq!((status.as_u16(), challenge["mfa_required"].clone()), (200, json!(true)), "{challenge}");
+    let ticket = challenge["ticket"].as_str().expect("ticket");
+    post_from(app, &app.client, "/v1/auth/mfa/verify", json!({"ticket": ticket, "code": code})).await
+}
+
+#[tokio::test]
+async fn signing_keys_and_totp_secrets_are_sealed_at_rest_and_the_key_rotates() {
+    let mut app = App::spawn().await;
+    let dir = app.dir();
+    let _kept = app.keep_dir();
+    let alice = signup(&app, "alice@example.com").await;
+    let alice_secret = enable_totp(&app, &token(&alice)).await;
+    let bob = signup(&app, "bob@example.com").await;
+    let bob_secret = enable_totp(&app, &token(&bob)).await;
+    let raw = |secret: &str| base32_decode(secret);
+    // What the database holds is neither the authenticator's secret nor a private key.
+    let totp_rows = || stored(&dir, "SELECT secret FROM mfa_totp ORDER BY user_id");
+    let key_rows = || stored(&dir, "SELECT private_key FROM signing_keys ORDER BY kid");
+    for row in totp_rows() {
+        assert!(!holds(&row, &raw(&alice_secret)) && !holds(&row, &raw(&bob_secret)), "a TOTP secret in the clear");
+    }
+    assert!(!key_rows().is_empty());
+    for row in key_rows() {
+        assert!(!holds(&row, &PKCS8_ED25519), "a private key in the clear");
+    }
+    // The key sits beside the data dir, for the server's user alone.
+    use std::os::unix::fs::PermissionsExt as _;
+    let key_file = dir.join("hearth.key");
+    let mode = std::fs::metadata(&key_file).expect("hearth.key is made").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let old_key = std::fs::read_to_string(&key_file).expect("key").trim().to_owned();
+    let new_key = "ab".repeat(32);
+    let sealed_before = (totp_rows(), key_rows());
+    assert_eq!(app.terminate(), Some(0));
+
+    // Rotation: the new key seals, the old one still opens, and at start every secret is
+    // sealed again with the new key.
+    let config = |toml: String| std::fs::write(dir.join("hearth.toml"), toml).expect("config");
+    config(format!("encryption_key = \"{new_key}\"\nprevious_encryption_keys = [\"{old_key}\"]\n"));
+    let mut app = App::start_in(&dir, &Options::default());
+    let (status, body) = app.send(bearer(&app, Method::GET, "/v1/auth/user", &token(&alice))).await;
+    assert_eq!(status, 200, "the signing key opens after rotation: {body}");
+    let (status, body) = sign_in_with_code(&app, "alice@example.com", totp_code(&alice_secret, 30)).await;
+    assert_eq!(status, 200, "the TOTP secret opens after rotation: {body}");
+    let sealed_after = (totp_rows(), key_rows());
+    assert_ne!(sealed_after.0, sealed_before.0);
+    assert_ne!(sealed_after.1, sealed_before.1);
+    assert_eq!(app.terminate(), Some(0));
+
+    // The old key can go: nothing needs it any more.
+    config(format!("encryption_key = \"{new_key}\"\n"));
+    let mut app = App::start_in(&dir, &Options::default());
+    let (status, body) = app.send(bearer(&app, Method::GET, "/v1/auth/user", &token(&alice))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((totp_rows(), key_rows()), sealed_after, "nothing to seal again");
+    assert_eq!(app.terminate(), Some(0));
+
+    // A wrong key is refused at start, and changes nothing.
+    config(format!("encryption_key = \"{}\"\n", "cd".repeat(32)));
+    let stderr = refused_start(&dir);
+    assert!(stderr.contains("previous_encryption_keys"), "{stderr}");
+    assert_eq!((totp_rows(), key_rows()), sealed_after);
+
+    // A database from before sealing (secrets in the clear) is sealed at its first start.
+    let db = rusqlite::Connection::open(dir.join("hearth_data/hearth.db")).expect("database");
+    let bob_id = bob["user"]["id"].as_str().expect("uid");
+    db.execute_batch("DELETE FROM meta WHERE key = 'secrets_sealed'; DELETE FROM signing_keys;").expect("unseal");
+    db.execute("DELETE FROM mfa_totp WHERE user_id != ?1", [bob_id]).expect("unseal");
+    db.execute("UPDATE mfa_totp SET secret = ?1", [raw(&bob_secret)]).expect("unseal");
+    drop(db);
+    config(format!("encryption_key = \"{new_key}\"\n"));
+    let app = App::start_in(&dir, &Options::default());
+    let (status, body) = sign_in_with_code(&app, "bob@example.com", totp_code(&bob_secret, 30)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!holds(&totp_rows()[0], &raw(&bob_secret)), "sealed at start");
+    for row in key_rows() {
+        assert!(!holds(&row, &PKCS8_ED25519));
     }
 }

@@ -166,6 +166,33 @@ impl Drop for App {
     }
 }
 
+/// Starts `hearth serve` on the project in `dir`, expecting it to refuse: its stderr.
+pub fn refused_start(dir: &Path) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--dir"])
+        .arg(dir)
+        .env("HEARTH_SERVICE_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("read");
+    assert!(!status.success(), "{stderr}");
+    stderr
+}
+
 /// Asserts the contract's error shape and code; returns the message.
 pub fn assert_error(status: StatusCode, body: &Value, expected_status: u16, code: &str) -> String {
     assert_eq!(status.as_u16(), expected_status, "body: {body}");
@@ -217,4 +244,58 @@ pub async fn mailed_code_about(app: &App, to: &str, subject: &str) -> String {
         assert!(Instant::now() < deadline, "no mail to {to}: {outbox}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A minimal SMTP server on loopback that hands over the text of every mail it accepts;
+/// it answers "try again later" to the first `busy` mails.
+pub fn fake_smtp(busy: usize) -> (u16, std::sync::mpsc::Receiver<String>) {
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(busy));
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (sender, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            let (sender, busy) = (sender.clone(), busy.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut writer = stream;
+                let _ = writer.write_all(b"220 localhost ESMTP test\r\n");
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    let command = line.trim_end().to_uppercase();
+                    let answer: &[u8] = if command.starts_with("EHLO") || command.starts_with("HELO") {
+                        b"250 localhost\r\n"
+                    } else if command.starts_with("MAIL FROM")
+                        && busy.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_ok()
+                    {
+                        b"451 4.3.0 busy, try again later\r\n"
+                    } else if command == "DATA" {
+                        let _ = writer.write_all(b"354 go ahead\r\n");
+                        let mut data = String::new();
+                        let mut data_line = String::new();
+                        while reader.read_line(&mut data_line).map(|n| n > 0).unwrap_or(false) {
+                            if data_line == ".\r\n" {
+                                break;
+                            }
+                            data.push_str(&data_line);
+                            data_line.clear();
+                        }
+                        let _ = sender.send(data);
+                        b"250 queued\r\n"
+                    } else if command == "QUIT" {
+                        let _ = writer.write_all(b"221 bye\r\n");
+                        break;
+                    } else {
+                        b"250 OK\r\n"
+                    };
+                    let _ = writer.write_all(answer);
+                    line.clear();
+                }
+            });
+        }
+    });
+    (port, received)
 }
