@@ -325,7 +325,12 @@ fn serve_command(dir: &std::path::Path, addr: &str) -> Command {
         .args(["serve", "--addr", addr, "--dir"])
         .arg(dir)
         .env("HEARTH_SERVICE_KEY", KEY)
-        .env("RUST_LOG", "info,hearth::access=off");
+        .env("RUST_LOG", "info,hearth::access=off")
+        // Every subscriber comes from loopback: lift the per-address and per-connection
+        // caps meant for clients spread over the internet.
+        .env("HEARTH_REALTIME__MAX_CONNECTIONS_PER_ADDRESS", "1000000")
+        .env("HEARTH_REALTIME__SUBSCRIBES_PER_SECOND", "1000000")
+        .env("HEARTH_REALTIME__SUBSCRIBE_BURST", "1000000");
     command
 }
 

@@ -159,11 +159,25 @@ pub struct RealtimeConfig {
     /// Bytes queued for one connection before it is cut with 4008 (it resumes with its
     /// tokens).
     pub queue_bytes: usize,
+    /// Open WebSockets from one client address (see `auth.rate_limit.trusted_proxies`),
+    /// so one client cannot take every connection.
+    pub max_connections_per_address: usize,
+    /// `sub` messages one connection may send per second, after a first burst of
+    /// `subscribe_burst`; more are refused with `resource-exhausted`.
+    pub subscribes_per_second: u32,
+    pub subscribe_burst: u32,
 }
 
 impl Default for RealtimeConfig {
     fn default() -> Self {
-        RealtimeConfig { max_connections: 10_000, max_subscriptions: 1_000, queue_bytes: 16 * 1024 * 1024 }
+        RealtimeConfig {
+            max_connections: 10_000,
+            max_subscriptions: 1_000,
+            queue_bytes: 16 * 1024 * 1024,
+            max_connections_per_address: 500,
+            subscribes_per_second: 50,
+            subscribe_burst: 500,
+        }
     }
 }
 
@@ -498,8 +512,15 @@ impl Config {
             anyhow::bail!("auth.access_token_seconds must be 5 to 86400");
         }
         let realtime = &self.realtime;
-        if realtime.max_connections == 0 || realtime.max_subscriptions == 0 {
-            anyhow::bail!("realtime.max_connections and realtime.max_subscriptions must be at least 1");
+        if realtime.max_connections == 0
+            || realtime.max_subscriptions == 0
+            || realtime.max_connections_per_address == 0
+            || realtime.subscribes_per_second == 0
+            || realtime.subscribe_burst == 0
+        {
+            anyhow::bail!(
+                "realtime.max_connections, max_subscriptions, max_connections_per_address, subscribes_per_second and subscribe_burst must be at least 1"
+            );
         }
         if realtime.queue_bytes < 64 * 1024 {
             anyhow::bail!("realtime.queue_bytes must be at least 65536 (a frame may be that large)");

@@ -10,11 +10,34 @@ use std::time::{Duration, Instant};
 
 use crate::config::RateLimitConfig;
 
-/// A token bucket: `capacity` tokens, refilled at `per_second`.
+/// A token bucket: up to `capacity` tokens, refilled at `per_second` (both given at
+/// each check, so a bucket is two numbers).
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub struct Bucket {
     tokens: f64,
     updated: Instant,
+}
+
+impl Bucket {
+    pub fn full(capacity: f64) -> Bucket {
+        Bucket { tokens: capacity, updated: Instant::now() }
+    }
+
+    /// Refills, then `None` if a token is there (spent if `take`), or how long until one is.
+    pub fn check(&mut self, capacity: f64, per_second: f64, take: bool) -> Option<Duration> {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(capacity);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            if take {
+                self.tokens -= 1.0;
+            }
+            None
+        } else {
+            Some(Duration::from_secs_f64((1.0 - self.tokens) / per_second))
+        }
+    }
 }
 
 /// Buckets by key, with the same capacity and refill rate.
@@ -41,19 +64,8 @@ impl Buckets {
             buckets
                 .retain(|_, bucket| bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate < capacity);
         }
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket { tokens: self.capacity, updated: now });
-        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.capacity);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            if take {
-                bucket.tokens -= 1.0;
-            }
-            None
-        } else {
-            let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second);
-            Some(wait.as_secs().max(1))
-        }
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket::full(self.capacity));
+        bucket.check(self.capacity, self.per_second, take).map(|wait| wait.as_secs().max(1))
     }
 }
 

@@ -133,6 +133,7 @@ pub struct Auth {
     limits: Arc<limits::Limits>,
     passwords: Passwords,
     keys: Arc<RwLock<keys::KeySet>>,
+    revoked: Arc<RevokedSessions>,
     config: AuthConfig,
     /// Bumped after each new user, to wake `onUserCreated` functions.
     created: Arc<tokio::sync::watch::Sender<u64>>,
@@ -153,11 +154,33 @@ impl Auth {
             repo,
             passwords,
             keys: Arc::new(RwLock::new(keys::KeySet::from_records(&[], 0, 0))),
+            revoked: Arc::new(RevokedSessions::new(
+                (config.access_token_seconds as i64 + LEEWAY_SECONDS as i64) * 1_000_000,
+            )),
             config,
             created: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         auth.reload_keys().await?;
         Ok(auth)
+    }
+
+    /// Revokes sessions: their refresh tokens stop at once, and so, on this node, do their
+    /// access tokens (and the realtime connections they opened).
+    async fn revoke(&self, uid: &str, which: Sessions) -> Result<(), Error> {
+        let ids = self.repo.revoke(uid, which, now_micros()).await?;
+        self.revoked.forget(ids);
+        Ok(())
+    }
+
+    /// Sessions revoked since this node started (their ids), for connections that hold
+    /// an access token for a long time; a lagging receiver asks [`Auth::session_revoked`].
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<Arc<[String]>> {
+        self.revoked.events.subscribe()
+    }
+
+    /// Whether this session was revoked while its access tokens may still be unexpired.
+    pub fn session_revoked(&self, session_id: &str) -> bool {
+        self.revoked.contains(session_id, now_micros())
     }
 
     fn token_lifetime_micros(&self) -> i64 {
@@ -330,7 +353,7 @@ impl Auth {
         }
         let codes = mfa::recovery_codes();
         self.repo.confirm_totp(uid, codes.iter().map(|code| hash_token(code)).collect(), now_micros()).await?;
-        self.repo.revoke(uid, Sessions::AllBut(caller.session_id.clone()), now_micros()).await?;
+        self.revoke(uid, Sessions::AllBut(caller.session_id.clone())).await?;
         Ok(RecoveryCodes { recovery_codes: codes })
     }
 
@@ -409,8 +432,9 @@ impl Auth {
             Refreshed::Rotated { session_id, user, signed_in_at } => {
                 self.session_answer(user, session_id, token, signed_in_at / 1_000_000)
             }
-            Refreshed::Reused => {
+            Refreshed::Reused { session_id } => {
                 tracing::warn!("a spent refresh token was presented again; its session is revoked");
+                self.revoked.forget(vec![session_id]);
                 Err(Error::Unauthenticated("refresh token is no longer valid".into()))
             }
             Refreshed::Refused => Err(Error::Unauthenticated("refresh token is no longer valid".into())),
@@ -418,11 +442,10 @@ impl Auth {
     }
 
     pub async fn logout(&self, caller: &AuthUser, all: bool) -> Result<(), Error> {
-        let now = now_micros();
         if all {
-            self.repo.revoke(&caller.uid, Sessions::All, now).await?;
+            self.revoke(&caller.uid, Sessions::All).await?;
         } else {
-            self.repo.revoke(&caller.uid, Sessions::One(caller.session_id.clone()), now).await?;
+            self.revoke(&caller.uid, Sessions::One(caller.session_id.clone())).await?;
         }
         Ok(())
     }
@@ -467,7 +490,7 @@ impl Auth {
         user.updated_at = now_micros();
         self.repo.save_user(user.clone()).await.map_err(already_exists)?;
         if new_password {
-            self.repo.revoke(&caller.uid, Sessions::AllBut(caller.session_id.clone()), now_micros()).await?;
+            self.revoke(&caller.uid, Sessions::AllBut(caller.session_id.clone())).await?;
         }
         Ok(wire_user(&user))
     }
@@ -480,6 +503,7 @@ impl Auth {
     }
 
     pub async fn delete(&self, uid: &str) -> Result<(), Error> {
+        self.revoke(uid, Sessions::All).await?;
         if !self.repo.delete_user(uid).await? {
             return Err(Error::NotFound(format!("no user `{uid}`")));
         }
@@ -501,7 +525,7 @@ impl Auth {
         user.updated_at = now_micros();
         self.repo.save_user(user.clone()).await.map_err(already_exists)?;
         // The old session carried `anon: true`; the caller continues with a fresh one.
-        self.repo.revoke(&caller.uid, Sessions::One(caller.session_id.clone()), now_micros()).await?;
+        self.revoke(&caller.uid, Sessions::One(caller.session_id.clone())).await?;
         self.start_session(user).await
     }
 
@@ -562,7 +586,7 @@ impl Auth {
         user.updated_at = now_micros();
         self.repo.save_user(user.clone()).await?;
         if user.disabled {
-            self.repo.revoke(uid, Sessions::All, now_micros()).await?;
+            self.revoke(uid, Sessions::All).await?;
         }
         Ok(wire_user(&user))
     }
@@ -570,7 +594,7 @@ impl Auth {
     /// Revokes every session of a user.
     pub async fn revoke_all(&self, uid: &str) -> Result<(), Error> {
         self.existing(uid).await?;
-        self.repo.revoke(uid, Sessions::All, now_micros()).await?;
+        self.revoke(uid, Sessions::All).await?;
         Ok(())
     }
 
@@ -762,7 +786,7 @@ impl Auth {
         user.password_hash = Some(self.hash(password).await?);
         user.updated_at = now_micros();
         self.repo.save_user(user).await?;
-        self.repo.revoke(&uid, Sessions::All, now_micros()).await?;
+        self.revoke(&uid, Sessions::All).await?;
         Ok(())
     }
 
@@ -786,10 +810,16 @@ impl Auth {
     pub fn verify(&self, token: &str) -> Result<AuthUser, Error> {
         let now = now_micros() / 1_000_000;
         if let Some(user) = self.verified.get(token, now) {
+            if self.session_revoked(&user.session_id) {
+                return Err(Error::Unauthenticated("this session was revoked; sign in again".into()));
+            }
             return Ok(user);
         }
         let (user, expires) = self.verify_signature(token)?;
         self.verified.put(token, user.clone(), expires);
+        if self.session_revoked(&user.session_id) {
+            return Err(Error::Unauthenticated("this session was revoked; sign in again".into()));
+        }
         Ok(user)
     }
 
@@ -895,6 +925,39 @@ impl VerifiedTokens {
             tokens.clear();
         }
         tokens.insert(token.to_owned(), (user, expires));
+    }
+}
+
+/// Sessions revoked on this node, kept until every access token they issued has expired:
+/// an access token is otherwise good until its `exp`, and a revoked session's must not be.
+struct RevokedSessions {
+    /// Session id → until when (µs) its tokens could still verify.
+    until: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    lifetime_micros: i64,
+    events: tokio::sync::broadcast::Sender<Arc<[String]>>,
+}
+
+impl RevokedSessions {
+    fn new(lifetime_micros: i64) -> RevokedSessions {
+        RevokedSessions { until: Default::default(), lifetime_micros, events: tokio::sync::broadcast::Sender::new(256) }
+    }
+
+    fn forget(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let now = now_micros();
+        {
+            let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+            until.retain(|_, expires| *expires > now);
+            until.extend(ids.iter().map(|id| (id.clone(), now + self.lifetime_micros)));
+        }
+        let _ = self.events.send(ids.into());
+    }
+
+    fn contains(&self, session_id: &str, now: i64) -> bool {
+        let until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        until.get(session_id).is_some_and(|expires| *expires > now)
     }
 }
 

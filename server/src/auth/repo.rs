@@ -73,7 +73,7 @@ pub enum Refreshed {
     /// Rotated: the old token is spent and `new_hash` now stands for the session.
     Rotated { session_id: String, user: UserRecord, signed_in_at: i64 },
     /// A token already spent was presented again: the session is now revoked.
-    Reused,
+    Reused { session_id: String },
     /// Unknown, expired or revoked session, or a disabled user.
     Refused,
 }
@@ -400,7 +400,7 @@ impl Repo {
                         params![session_id, now],
                     )?;
                     tx.commit()?;
-                    return Ok(Refreshed::Reused);
+                    return Ok(Refreshed::Reused { session_id });
                 }
                 if revoked_at.is_some() || expires_at <= now {
                     return Ok(Refreshed::Refused);
@@ -423,16 +423,25 @@ impl Repo {
     }
 
     /// Revokes sessions of a user: their refresh tokens fail from now on.
-    pub async fn revoke(&self, user_id: &str, which: Sessions, now: i64) -> Result<(), StoreError> {
+    /// Revokes sessions of a user; the ids of those it revoked.
+    pub async fn revoke(&self, user_id: &str, which: Sessions, now: i64) -> Result<Vec<String>, StoreError> {
         let (condition, session) = match which {
             Sessions::One(id) => ("id = ?3", Some(id)),
             Sessions::AllBut(id) => ("id != ?3", Some(id)),
             // Always bind ?3, so every form takes the same parameters.
             Sessions::All => ("?3 IS NULL", None),
         };
-        let sql =
-            format!("UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL AND {condition}");
-        self.execute(sql, vec![text(user_id), now.into(), session.into()]).await.map(drop)
+        let sql = format!(
+            "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL AND {condition} RETURNING id"
+        );
+        let user_id = user_id.to_owned();
+        self.db
+            .write_with(move |conn| {
+                let mut statement = conn.prepare_cached(&sql)?;
+                let ids = statement.query_map(params![user_id, now, session], |row| row.get(0))?;
+                Ok(ids.collect::<Result<Vec<String>, _>>()?)
+            })
+            .await
     }
 
     pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {

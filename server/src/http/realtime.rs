@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
@@ -16,6 +15,7 @@ use super::error::ApiError;
 use super::extract::{Caller, bearer_token, caller_from_token};
 use super::state::AppState;
 use crate::realtime::hub::error_message;
+use crate::realtime::presence::channel_error;
 use crate::realtime::{Admitted, CLOSE_TOO_SLOW, ClientMessage, MAX_FRAME_BYTES};
 use crate::rules::set::is_channel_name;
 use crate::rules::{Op, Principal};
@@ -36,18 +36,18 @@ const MAX_BATCH: usize = 64;
               (status = 401, description = "invalid credentials in the header", body = hearth_types::ErrorBody)))]
 pub async fn realtime(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    parts: axum::http::request::Parts,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let token = bearer_token(&headers)?;
+    let token = bearer_token(&parts.headers)?;
     let caller = match token {
         None => Caller::Anonymous,
         Some(token) => caller_from_token(token, &state)?,
     };
     let expires = token.and_then(token_expiry);
-    let admitted = state.realtime().admit().ok_or_else(|| {
-        ApiError::new(ErrorCode::ResourceExhausted, "the server holds as many realtime connections as it may")
-    })?;
+    let address = super::extract::client_address(&parts, &state);
+    let admitted =
+        state.realtime().admit(&address).map_err(|message| ApiError::new(ErrorCode::ResourceExhausted, message))?;
     // Small buffers: most connections are idle most of the time, and tungstenite's
     // defaults (128 KiB each way) would be most of their memory.
     Ok(upgrade
@@ -74,9 +74,23 @@ fn deadline(expires: Option<i64>) -> Option<Instant> {
     Some(Instant::now() + Duration::from_secs(left.max(0) as u64))
 }
 
+/// Why deliveries pause.
+const EXPIRED: &str = "the access token expired; send a new `auth` to resume deliveries";
+const REVOKED: &str = "this session was revoked; sign in again and send a new `auth`";
+
+/// The session a caller's token belongs to, if it has one.
+fn session_of(caller: &Caller) -> Option<String> {
+    match caller {
+        Caller::User(user) => Some(user.session_id.clone()),
+        Caller::Service | Caller::Anonymous => None,
+    }
+}
+
 async fn serve(socket: WebSocket, state: AppState, caller: Caller, expires: Option<i64>, admitted: Admitted) {
     let _admitted = admitted;
     let mut principal = caller.principal();
+    let mut session_id = session_of(&caller);
+    let mut revocations = state.auth().revocations();
     let service = principal.is_none();
     let (session, mut outgoing, overflow) = state.realtime().open(principal.clone());
     let (mut sink, mut stream) = socket.split();
@@ -122,11 +136,12 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, expires: Opti
                 heard = Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMessage>(text.as_str()) {
-                        Ok(ClientMessage::Auth { token }) => match authenticate(&state, &token) {
-                            Ok(now) => {
-                                principal = now;
+                        Ok(ClientMessage::Auth { token }) => match caller_from_token(&token, &state) {
+                            Ok(caller) => {
+                                principal = caller.principal();
+                                session_id = session_of(&caller);
                                 expiry = if principal.is_some() { deadline(token_expiry(&token)) } else { None };
-                                session.set_principal(principal.clone(), false);
+                                session.set_principal(principal.clone(), None);
                             }
                             Err(error) => session.reply(error_message("", "unauthenticated", &error.message)),
                         },
@@ -152,7 +167,19 @@ async fn serve(socket: WebSocket, state: AppState, caller: Caller, expires: Opti
             }
             () = expired => {
                 expiry = None;
-                session.set_principal(principal.clone(), true);
+                session.set_principal(principal.clone(), Some(EXPIRED));
+            }
+            revoked = revocations.recv(), if session_id.is_some() => {
+                let ours = match &revoked {
+                    Ok(ids) => ids.iter().any(|id| Some(id) == session_id.as_ref()),
+                    // Fell behind the events: ask directly.
+                    Err(_) => session_id.as_deref().is_some_and(|id| state.auth().session_revoked(id)),
+                };
+                if ours {
+                    expiry = None;
+                    session_id = None;
+                    session.set_principal(principal.clone(), Some(REVOKED));
+                }
             }
             _ = heartbeat.tick() => {
                 if heard.elapsed() > IDLE {
@@ -189,16 +216,7 @@ async fn channel_allowed(
     }
 }
 
-fn channel_error(channel: &str, code: &str, message: &str) -> std::sync::Arc<str> {
-    json!({"op": "error", "channel": channel, "code": code, "message": message}).to_string().into()
-}
-
 /// The uid presence shows for a caller: null for the service key or no session.
 fn uid_of(principal: Option<&Principal>) -> serde_json::Value {
     principal.and_then(Principal::uid).map_or(serde_json::Value::Null, serde_json::Value::String)
-}
-
-/// The principal a token names: `None` for a service key.
-fn authenticate(state: &AppState, token: &str) -> Result<Option<Principal>, ApiError> {
-    Ok(caller_from_token(token, state)?.principal())
 }

@@ -22,6 +22,10 @@ use crate::store::{DocJson, Error, QuerySpec, Store, StoredDoc};
 
 /// Most logged changes a resume replays; further back, a fresh snapshot is cheaper.
 const MAX_REPLAY: usize = 10_000;
+/// Most logged changes of a replay that concern the watch when the rules are decided per
+/// document (each costs up to two rule checks, which may read documents); past this, a
+/// fresh snapshot, whose rule checks are bounded by the query budget, is sent instead.
+const MAX_REPLAY_CHECKS: usize = 1_000;
 /// Changes per message of a replay.
 const REPLAY_CHUNK: usize = 256;
 
@@ -31,11 +35,12 @@ pub enum Command {
         outbox: Outbox,
         principal: Option<Principal>,
     },
-    /// New credentials (`None`: the service key); `paused` while a token has expired.
+    /// New credentials (`None`: the service key); `paused` (with why) while the caller
+    /// has no valid credentials: its token expired or its session was revoked.
     Principal {
         conn: ConnId,
         principal: Option<Principal>,
-        paused: bool,
+        paused: Option<&'static str>,
     },
     Sub {
         conn: ConnId,
@@ -71,6 +76,13 @@ pub enum Command {
         channel: String,
         event: String,
         payload: serde_json::Value,
+    },
+    /// A member the current rules no longer let join, as checked for `principal`.
+    Evict {
+        conn: ConnId,
+        channel: String,
+        principal: Principal,
+        message: String,
     },
     Ready {
         conn: ConnId,
@@ -283,11 +295,13 @@ impl Hub {
         loop {
             tokio::select! {
                 Ok(()) = installed.changed() => {
-                    // New rules: every subscription re-decides from a fresh snapshot.
+                    // New rules: every subscription re-decides from a fresh snapshot, and
+                    // every channel member is checked again.
                     let keys: Vec<Key> = self.subs.keys().cloned().collect();
                     for key in keys {
                         self.restart(key);
                     }
+                    self.recheck_members(None);
                 }
                 command = commands.recv() => match command {
                     Some(command) => {
@@ -348,18 +362,29 @@ impl Hub {
             }
             Command::Principal { conn, principal, paused } => {
                 let Some(state) = self.conns.get_mut(&conn) else { return };
-                let resubscribe = !paused && (state.paused || !same(&state.principal, &principal));
+                let changed = !same(&state.principal, &principal);
+                let uid = |principal: &Option<Principal>| principal.as_ref().map(Principal::uid);
+                let someone_else = uid(&state.principal) != uid(&principal);
+                let resubscribe = paused.is_none() && (state.paused || changed);
                 state.principal = principal;
-                state.paused = paused;
-                if paused {
+                state.paused = paused.is_some();
+                if let Some(why) = paused {
                     // Sent from here, not by the socket, so the caller hears of the pause only
                     // once no later change can reach it.
-                    state.outbox.send(error_message(
-                        "",
-                        "unauthenticated",
-                        "the access token expired; send a new `auth` to resume deliveries",
-                    ));
+                    state.outbox.send(error_message("", "unauthenticated", why));
+                    self.channels.evict_all(conn, "unauthenticated", why);
+                } else if someone_else {
+                    // Members join as who they were: another caller joins again as itself.
+                    self.channels.evict_all(
+                        conn,
+                        "permission-denied",
+                        "the connection signed in as another caller; join again",
+                    );
+                } else if changed {
+                    // The same user with other claims: the rules decide again.
+                    self.recheck_members(Some(conn));
                 }
+                let Some(state) = self.conns.get_mut(&conn) else { return };
                 if resubscribe {
                     // What this caller may read changed, or deliveries were paused: start
                     // every subscription again from a fresh snapshot.
@@ -397,14 +422,31 @@ impl Hub {
                 }
                 self.answer_pings(conn);
             }
-            Command::Join { conn, channel, uid, state } => {
-                if let Some(connection) = self.conns.get(&conn) {
-                    self.channels.join(conn, connection.outbox.clone(), &channel, uid, state);
-                }
-            }
+            Command::Join { conn, channel, uid, state } => match self.conns.get(&conn) {
+                Some(connection) if connection.paused => connection.outbox.send(super::presence::channel_error(
+                    &channel,
+                    "unauthenticated",
+                    "deliveries are paused: send a new `auth` first",
+                )),
+                Some(connection) => self.channels.join(conn, connection.outbox.clone(), &channel, uid, state),
+                None => {}
+            },
             Command::Leave { conn, channel } => self.channels.leave(conn, &channel),
-            Command::Broadcast { conn, channel, event, payload } => {
-                self.channels.broadcast(conn, &channel, &event, &payload)
+            Command::Broadcast { conn, channel, event, payload } => match self.conns.get(&conn) {
+                Some(connection) if connection.paused => connection.outbox.send(super::presence::channel_error(
+                    &channel,
+                    "unauthenticated",
+                    "deliveries are paused: send a new `auth` first",
+                )),
+                Some(_) => self.channels.broadcast(conn, &channel, &event, &payload),
+                None => {}
+            },
+            Command::Evict { conn, channel, principal, message } => {
+                // Only if it is still there as the caller that was checked.
+                let checked = self.conns.get(&conn).is_some_and(|state| same(&state.principal, &Some(principal)));
+                if checked {
+                    self.channels.evict(conn, &channel, "permission-denied", &message);
+                }
             }
             Command::Close { conn } => {
                 self.channels.leave_all(conn);
@@ -422,6 +464,36 @@ impl Hub {
                 self.answer_pings(conn);
             }
         }
+    }
+
+    /// Checks channel members (all, or those of `only`) against the rules now installed,
+    /// off the hub's task; those refused are evicted (`Command::Evict`).
+    fn recheck_members(&self, only: Option<ConnId>) {
+        let members: Vec<(ConnId, String, Principal)> = self
+            .channels
+            .memberships()
+            .into_iter()
+            .filter(|(conn, _)| only.is_none_or(|only| only == *conn))
+            .filter_map(|(conn, channel)| {
+                let principal = self.conns.get(&conn)?.principal.clone()?;
+                Some((conn, channel, principal))
+            })
+            .collect();
+        if members.is_empty() {
+            return;
+        }
+        let (rules, commands) = (self.rules.clone(), self.commands.clone());
+        tokio::spawn(async move {
+            for (conn, channel, principal) in members {
+                match rules.check_channel(&principal, Op::Join, &channel).await {
+                    Ok(()) => {}
+                    Err(Error::PermissionDenied(message)) => {
+                        let _ = commands.send(Command::Evict { conn, channel, principal, message });
+                    }
+                    Err(error) => tracing::error!(%error, "checking a channel member against new rules failed"),
+                }
+            }
+        });
     }
 
     /// Answers a connection's pings once none of its subscriptions waits for its
@@ -853,8 +925,16 @@ async fn prepare(
         Some(after) if !view.more && after <= seq => {
             let changes = store.changes_since(after, MAX_REPLAY).await?;
             let reaches = changes.first().map_or(after == seq, |first| first.seq == after + 1);
-            if reaches && changes.len() < MAX_REPLAY {
-                let plain = spec_of(watch);
+            let plain = spec_of(watch);
+            let concerned = |change: &&Change| {
+                change.seq <= seq
+                    && (change.old.as_ref().is_some_and(|doc| plain.matches(doc))
+                        || change.doc.as_ref().is_some_and(|doc| plain.matches(doc)))
+            };
+            let costly = matches!(plan, Plan::PerDocument)
+                && principal.is_some()
+                && changes.iter().filter(concerned).nth(MAX_REPLAY_CHECKS).is_some();
+            if reaches && changes.len() < MAX_REPLAY && !costly {
                 let document = matches!(watch, Watch::Doc(_));
                 let reads = Default::default();
                 let context = Context { store, rules, principal, plan: &plan, spec: &plain, document, reads };

@@ -12,11 +12,13 @@
 pub mod hub;
 pub mod presence;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc};
 
+use crate::auth::limits::Bucket;
 use crate::config::RealtimeConfig;
 use crate::rules::Principal;
 use crate::store::{DocPath, QuerySpec, Store};
@@ -101,6 +103,8 @@ pub struct Realtime {
     commands: mpsc::UnboundedSender<Command>,
     next: Arc<AtomicU64>,
     open: Arc<AtomicUsize>,
+    /// Open connections by client address.
+    by_address: Arc<Mutex<HashMap<String, usize>>>,
     limits: RealtimeConfig,
     fanout: Arc<Fanout>,
 }
@@ -158,6 +162,7 @@ impl Realtime {
             commands,
             next: Arc::new(AtomicU64::new(1)),
             open: Arc::new(AtomicUsize::new(0)),
+            by_address: Default::default(),
             limits: limits.clone(),
         })
     }
@@ -174,15 +179,25 @@ impl Realtime {
         }
     }
 
-    /// Admits one more connection, or `None` at the limit.
-    pub fn admit(&self) -> Option<Admitted> {
+    /// Admits one more connection from `address`, or says which limit it would pass.
+    pub fn admit(&self, address: &str) -> Result<Admitted, &'static str> {
+        {
+            let mut by_address = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+            let count = by_address.entry(address.to_owned()).or_default();
+            if *count >= self.limits.max_connections_per_address {
+                return Err("this address holds as many realtime connections as it may");
+            }
+            *count += 1;
+        }
+        // Counted from here on: a refusal below gives the address's place back on drop.
+        let admitted =
+            Admitted { open: self.open.clone(), by_address: self.by_address.clone(), address: address.to_owned() };
         let open = self.open.fetch_add(1, Ordering::AcqRel);
         if open >= self.limits.max_connections {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err("the server holds as many realtime connections as it may");
         }
         metrics::gauge!("hearth_realtime_connections").set((open + 1) as f64);
-        Some(Admitted { open: self.open.clone() })
+        Ok(admitted)
     }
 
     /// Registers a connection with the hub. Gives its session, the messages for the
@@ -195,20 +210,41 @@ impl Realtime {
         let outbox =
             Outbox { sender, queued: queued.clone(), limit: self.limits.queue_bytes, overflow: overflow.clone() };
         let _ = self.commands.send(Command::Open { conn, outbox: outbox.clone(), principal });
-        (Session { conn, commands: self.commands.clone(), outbox }, Outgoing { receiver, queued }, overflow)
+        let subscribes = SubscribeRate {
+            bucket: Mutex::new(Bucket::full(f64::from(self.limits.subscribe_burst))),
+            burst: f64::from(self.limits.subscribe_burst),
+            per_second: f64::from(self.limits.subscribes_per_second),
+        };
+        (Session { conn, commands: self.commands.clone(), outbox, subscribes }, Outgoing { receiver, queued }, overflow)
     }
 }
 
-/// A connection counted against the limit while it lives.
+/// A connection counted against the limits while it lives.
 pub struct Admitted {
     open: Arc<AtomicUsize>,
+    by_address: Arc<Mutex<HashMap<String, usize>>>,
+    address: String,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         let open = self.open.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!("hearth_realtime_connections").set(open.saturating_sub(1) as f64);
+        let mut by_address = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = by_address.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                by_address.remove(&self.address);
+            }
+        }
     }
+}
+
+/// The budget of `sub` messages of one connection: each may cost a snapshot query.
+struct SubscribeRate {
+    bucket: Mutex<Bucket>,
+    burst: f64,
+    per_second: f64,
 }
 
 /// One connection's side of the protocol.
@@ -216,6 +252,7 @@ pub struct Session {
     conn: ConnId,
     commands: mpsc::UnboundedSender<Command>,
     outbox: Outbox,
+    subscribes: SubscribeRate,
 }
 
 pub use hearth_types::realtime::ClientMessage;
@@ -226,9 +263,10 @@ impl Session {
         self.outbox.send(message);
     }
 
-    /// Tells the hub who the caller is now (`None`: the service key); `paused` stops
-    /// deliveries until new credentials arrive, and the hub tells the caller so.
-    pub fn set_principal(&self, principal: Option<Principal>, paused: bool) {
+    /// Tells the hub who the caller is now (`None`: the service key); `paused` (with why)
+    /// stops deliveries and ends channel memberships until new credentials arrive, and
+    /// the hub tells the caller so.
+    pub fn set_principal(&self, principal: Option<Principal>, paused: Option<&'static str>) {
         let _ = self.commands.send(Command::Principal { conn: self.conn, principal, paused });
     }
 
@@ -245,6 +283,14 @@ impl Session {
                 if id.is_empty() || id.len() > 128 {
                     self.reply(error_message("", "invalid-argument", "a subscription id is 1 to 128 characters"));
                     return;
+                }
+                let rate = &self.subscribes;
+                let waited =
+                    rate.bucket.lock().unwrap_or_else(|p| p.into_inner()).check(rate.burst, rate.per_second, true);
+                if let Some(wait) = waited {
+                    let message =
+                        format!("too many subscriptions in a short time; try again in {} ms", wait.as_millis() + 1);
+                    return self.reply(error_message(&id, "resource-exhausted", &message));
                 }
                 let watch = match (doc, query) {
                     (Some(doc), None) => match DocPath::parse(&doc) {

@@ -28,6 +28,11 @@ fn presence(channel: &str, joins: Map<String, Value>, leaves: Map<String, Value>
     json!({"op": "presence", "channel": channel, "joins": joins, "leaves": leaves}).to_string().into()
 }
 
+/// A refused `join` or `broadcast`, or an eviction: an `error` naming the channel.
+pub fn channel_error(channel: &str, code: &str, message: &str) -> std::sync::Arc<str> {
+    json!({"op": "error", "channel": channel, "code": code, "message": message}).to_string().into()
+}
+
 impl Channels {
     /// Joins `conn` to `channel`, or changes its state there. The joiner hears every
     /// member (itself included); the others hear the join.
@@ -75,15 +80,38 @@ impl Channels {
 
     /// Removes `conn` from every channel (it disconnected).
     pub fn leave_all(&mut self, conn: ConnId) {
-        let joined: Vec<String> = self
-            .channels
-            .iter()
-            .filter(|(_, members)| members.contains_key(&conn))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for channel in joined {
+        for channel in self.joined(conn) {
             self.leave(conn, &channel);
         }
+    }
+
+    /// The channels `conn` is a member of.
+    pub fn joined(&self, conn: ConnId) -> Vec<String> {
+        self.channels.iter().filter(|(_, members)| members.contains_key(&conn)).map(|(name, _)| name.clone()).collect()
+    }
+
+    /// Every membership: (connection, channel).
+    pub fn memberships(&self) -> Vec<(ConnId, String)> {
+        self.channels.iter().flat_map(|(name, members)| members.keys().map(|conn| (*conn, name.clone()))).collect()
+    }
+
+    /// Removes `conn` from `channel` because it may no longer be there, and tells it why
+    /// (the others hear it leave).
+    pub fn evict(&mut self, conn: ConnId, channel: &str, code: &str, message: &str) {
+        let Some(member) = self.channels.get(channel).and_then(|members| members.get(&conn)) else { return };
+        member.outbox.send(channel_error(channel, code, message));
+        self.leave(conn, channel);
+    }
+
+    /// Evicts `conn` from every channel it is in.
+    pub fn evict_all(&mut self, conn: ConnId, code: &str, message: &str) {
+        for channel in self.joined(conn) {
+            self.evict(conn, &channel, code, message);
+        }
+    }
+
+    pub fn is_member(&self, conn: ConnId, channel: &str) -> bool {
+        self.channels.get(channel).is_some_and(|members| members.contains_key(&conn))
     }
 
     /// Sends an ephemeral message to every member but the sender.

@@ -774,3 +774,220 @@ async fn resuming_across_a_restore_starts_over_and_never_misses_the_rewind() {
         assert_eq!(ids, ["a1", "c1"], "b1 was undone by the restore, c1 came after it");
     }
 }
+
+async fn signed_up(app: &App, email: &str) -> Value {
+    let body = json!({"email": email, "password": "correct horse battery staple"});
+    let (status, session) = app.send(app.client.post(app.url("/v1/auth/signup")).json(&body)).await;
+    assert_eq!(status, 200, "{session}");
+    session
+}
+
+fn access(session: &Value) -> String {
+    session["access_token"].as_str().expect("token").to_owned()
+}
+
+/// Messages until one matches `wanted`, which it answers; `skipped` gets the others.
+async fn next_matching(client: &mut Client, wanted: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..20 {
+        let message = client.next().await;
+        if wanted(&message) {
+            return message;
+        }
+    }
+    panic!("no matching message among 20");
+}
+
+fn is_leave(message: &Value) -> bool {
+    message["op"] == "presence" && message["leaves"].as_object().is_some_and(|leaves| !leaves.is_empty())
+}
+
+#[tokio::test]
+async fn channel_members_are_evicted_when_they_may_no_longer_be_there() {
+    let app = App::spawn().await;
+    let rules =
+        "[\"@channels/{name}\"]\njoin = \"auth != null && name.startsWith('room:')\"\nbroadcast = \"auth != null\"\n";
+    assert_eq!(app.send(app.admin(Method::PUT, "/v1/admin/rules").body(rules)).await.0, 204);
+    let (ann, ben, carol) = (
+        signed_up(&app, "ann@example.com").await,
+        signed_up(&app, "ben@example.com").await,
+        signed_up(&app, "carol@example.com").await,
+    );
+    let mut watcher = Client::connect(&app, Some(&access(&ann))).await;
+    watcher.send(json!({"op": "join", "channel": "room:1"})).await;
+    watcher.next().await;
+
+    // A revoked session is out at once: its socket pauses and leaves, and it can neither
+    // join nor broadcast nor come back with the same token.
+    let mut revoked = Client::connect(&app, Some(&access(&ben))).await;
+    revoked.send(json!({"op": "join", "channel": "room:1"})).await;
+    revoked.next().await;
+    watcher.next().await; // ben's join
+    let ben_id = ben["user"]["id"].as_str().expect("uid");
+    let (status, body) = app.call(Method::POST, &format!("/v1/admin/users/{ben_id}/revoke"), None).await;
+    assert!(status.is_success(), "{body}");
+    let evicted = next_matching(&mut revoked, |m| m["channel"] == "room:1").await;
+    assert_eq!(
+        (evicted["op"].clone(), evicted["code"].clone()),
+        (json!("error"), json!("unauthenticated")),
+        "{evicted}"
+    );
+    let left = next_matching(&mut watcher, is_leave).await;
+    assert_eq!(left["leaves"].as_object().expect("leaves").values().next().expect("one")["uid"], ben["user"]["id"]);
+    revoked.until_pong().await;
+    for refused in [
+        json!({"op": "join", "channel": "room:1"}),
+        json!({"op": "broadcast", "channel": "room:1", "event": "x", "payload": {}}),
+    ] {
+        revoked.send(refused).await;
+        let answer = revoked.next().await;
+        assert_eq!(
+            (answer["op"].clone(), answer["code"].clone()),
+            (json!("error"), json!("unauthenticated")),
+            "{answer}"
+        );
+    }
+    revoked.send(json!({"op": "auth", "token": access(&ben)})).await;
+    assert_eq!(revoked.next().await["code"], "unauthenticated", "the revoked token does not come back");
+    let (status, _) = app.send(app.client.get(app.url("/v1/auth/user")).bearer_auth(access(&ben))).await;
+    assert_eq!(status, 401, "nor over HTTP");
+    watcher.quiet().await;
+
+    // A socket that signs in as someone else leaves the channels it joined as the first.
+    let mut switcher = Client::connect(&app, Some(&access(&carol))).await;
+    switcher.send(json!({"op": "join", "channel": "room:1"})).await;
+    switcher.next().await;
+    watcher.next().await;
+    let other = signed_up(&app, "dora@example.com").await;
+    switcher.send(json!({"op": "auth", "token": access(&other)})).await;
+    let evicted = next_matching(&mut switcher, |m| m["channel"] == "room:1").await;
+    assert_eq!(evicted["code"], "permission-denied", "{evicted}");
+    let left = next_matching(&mut watcher, is_leave).await;
+    assert_eq!(left["leaves"].as_object().expect("leaves").values().next().expect("one")["uid"], carol["user"]["id"]);
+
+    // New rules are decided again for every member: room:2 is closed now, room:1 is not.
+    switcher.send(json!({"op": "join", "channel": "room:2"})).await;
+    switcher.next().await;
+    let narrower =
+        "[\"@channels/{name}\"]\njoin = \"auth != null && name == 'room:1'\"\nbroadcast = \"auth != null\"\n";
+    assert_eq!(app.send(app.admin(Method::PUT, "/v1/admin/rules").body(narrower)).await.0, 204);
+    let evicted = next_matching(&mut switcher, |m| m["channel"] == "room:2").await;
+    assert_eq!(evicted["code"], "permission-denied", "{evicted}");
+    watcher.send(json!({"op": "broadcast", "channel": "room:1", "event": "still", "payload": {}})).await;
+    watcher.until_pong().await;
+    watcher.quiet().await;
+}
+
+#[tokio::test]
+async fn a_member_whose_token_expires_leaves_and_may_not_join_until_it_signs_in_again() {
+    let app = App::spawn_with(crate::support::Options {
+        config: Some("[auth]\naccess_token_seconds = 5\n".into()),
+        ..Default::default()
+    })
+    .await;
+    let rules = "[\"@channels/{name}\"]\njoin = \"auth != null\"\nbroadcast = \"auth != null\"\n";
+    assert_eq!(app.send(app.admin(Method::PUT, "/v1/admin/rules").body(rules)).await.0, 204);
+    let ben = signed_up(&app, "ben@example.com").await;
+    let mut member = Client::connect(&app, Some(&access(&ben))).await;
+    member.send(json!({"op": "join", "channel": "lobby"})).await;
+    member.next().await;
+    // The expiry comes within the token's 5 s (and the 10 s a message may take).
+    let paused = next_matching(&mut member, |m| m["op"] == "error").await;
+    assert_eq!(paused["code"], "unauthenticated", "{paused}");
+    let evicted = next_matching(&mut member, |m| m["channel"] == "lobby").await;
+    assert_eq!(evicted["code"], "unauthenticated", "{evicted}");
+    member.send(json!({"op": "join", "channel": "lobby"})).await;
+    assert_eq!(member.next().await["code"], "unauthenticated");
+    // Fresh credentials let it back in; the others hear it.
+    let ann = signed_up(&app, "ann@example.com").await;
+    let mut watcher = Client::connect(&app, Some(&access(&ann))).await;
+    watcher.send(json!({"op": "join", "channel": "lobby"})).await;
+    let everyone = watcher.next().await;
+    assert_eq!(everyone["joins"].as_object().expect("joins").len(), 1, "the expired member is gone: {everyone}");
+    let (_, fresh) = app
+        .send(app.client.post(app.url("/v1/auth/refresh")).json(&json!({"refresh_token": ben["refresh_token"]})))
+        .await;
+    member.send(json!({"op": "auth", "token": access(&fresh)})).await;
+    member.send(json!({"op": "join", "channel": "lobby"})).await;
+    let back = member.next().await;
+    assert_eq!(back["op"], "presence", "{back}");
+    assert_eq!(watcher.next().await["op"], "presence");
+}
+
+/// A socket from `ip` (any of 127.0.0.0/8), or the HTTP status that refused it.
+async fn connect_from(app: &App, ip: &str) -> Result<Client, u16> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(format!("{ip}:0").parse().expect("address")).expect("bind");
+    let stream = socket.connect(app.addr.parse().expect("server address")).await.expect("connect");
+    let request = format!("ws://{}/v1/realtime", app.addr).into_client_request().expect("request");
+    match tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await {
+        Ok((socket, _)) => Ok(Client { socket }),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(error) => panic!("{error}"),
+    }
+}
+
+#[tokio::test]
+async fn one_client_cannot_take_every_connection_or_subscribe_without_end() {
+    let config = "[realtime]\nmax_connections_per_address = 3\nsubscribe_burst = 5\nsubscribes_per_second = 1\n";
+    let app = App::spawn_with(crate::support::Options { config: Some(config.into()), ..Default::default() }).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from(&app, "127.0.0.1").await.expect("within the cap"));
+    }
+    assert_eq!(connect_from(&app, "127.0.0.1").await.err(), Some(429), "a fourth from one address is refused");
+    let mut other = connect_from(&app, "127.0.0.2").await.expect("another address has its own cap");
+    drop(held.pop());
+    // The place comes back once the server has seen the close.
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(client) = connect_from(&app, "127.0.0.1").await {
+            again = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "a closed connection frees its place");
+
+    // A burst of 5 subscriptions, then about one a second.
+    for i in 0..6 {
+        other.send(json!({"op": "sub", "id": format!("s{i}"), "doc": format!("open/d{i}")})).await;
+    }
+    let answers = other.until_pong().await;
+    let refused: Vec<&Value> = answers.iter().filter(|m| m["code"] == "resource-exhausted").collect();
+    assert_eq!(refused.len(), 1, "{answers:?}");
+    assert_eq!(refused[0]["id"], "s5");
+}
+
+#[tokio::test]
+async fn a_resume_from_far_back_costs_no_more_rule_checks_than_a_snapshot() {
+    let app = App::spawn().await;
+    // `%` keeps the rules per document: every replayed change would be checked.
+    let rules = "[\"feed/{id}\"]\nread = \"auth != null && resource.data.n % 2 == 0\"\n";
+    assert_eq!(app.send(app.admin(Method::PUT, "/v1/admin/rules").body(rules)).await.0, 204);
+    let reader = access(&signed_up(&app, "reader@example.com").await);
+    let query = json!({"collection": "feed", "limit": 10});
+    let mut client = Client::connect(&app, Some(&reader)).await;
+    client.send(json!({"op": "sub", "id": "f", "query": query})).await;
+    let token = client.next().await["resume"].as_str().expect("token").to_owned();
+    drop(client);
+    let write = |from: usize, to: usize| {
+        let writes: Vec<Value> =
+            (from..to).map(|n| json!({"op": "set", "path": format!("feed/f{n:05}"), "data": {"n": n}})).collect();
+        app.call(Method::POST, "/v1/batch", Some(json!({"writes": writes})))
+    };
+    // A few changes since the token: they are replayed.
+    assert_eq!(write(0, 10).await.0, 200);
+    let mut client = Client::connect(&app, Some(&reader)).await;
+    client.send(json!({"op": "sub", "id": "f", "query": query, "resume": token})).await;
+    assert_eq!(client.next().await["op"], "changes", "a near resume replays");
+    drop(client);
+    // More than a thousand: a fresh snapshot instead.
+    for start in (10..1210).step_by(400) {
+        assert_eq!(write(start, start + 400).await.0, 200);
+    }
+    let mut client = Client::connect(&app, Some(&reader)).await;
+    client.send(json!({"op": "sub", "id": "f", "query": query, "resume": token})).await;
+    let answer = client.next().await;
+    assert_eq!(answer["op"], "snapshot", "a far resume starts over: {answer}");
+    assert_eq!(answer["docs"].as_array().expect("docs").len(), 10);
+}
