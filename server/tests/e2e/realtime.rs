@@ -875,6 +875,19 @@ async fn channel_members_are_evicted_when_they_may_no_longer_be_there() {
     watcher.send(json!({"op": "broadcast", "channel": "room:1", "event": "still", "payload": {}})).await;
     watcher.until_pong().await;
     watcher.quiet().await;
+
+    // A user an admin disables is out at once too.
+    switcher.send(json!({"op": "join", "channel": "room:1"})).await;
+    switcher.next().await;
+    watcher.next().await;
+    let dora_id = other["user"]["id"].as_str().expect("uid");
+    let (status, body) =
+        app.call(Method::PATCH, &format!("/v1/admin/users/{dora_id}"), Some(json!({"disabled": true}))).await;
+    assert!(status.is_success(), "{body}");
+    let evicted = next_matching(&mut switcher, |m| m["channel"] == "room:1").await;
+    assert_eq!(evicted["code"], "unauthenticated", "{evicted}");
+    let left = next_matching(&mut watcher, is_leave).await;
+    assert_eq!(left["leaves"].as_object().expect("leaves").values().next().expect("one")["uid"], other["user"]["id"]);
 }
 
 #[tokio::test]
