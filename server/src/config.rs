@@ -52,7 +52,8 @@ pub struct Config {
     #[serde(skip)]
     pub dir: PathBuf,
     pub addr: String,
-    /// `sqlite:PATH` (default: `hearth_data/hearth.db` in the project dir).
+    /// `sqlite:PATH` (default: `hearth_data/hearth.db` in the project dir) or
+    /// `postgres://user:password@host:port/database`.
     pub database_url: Option<String>,
     /// One more service key to accept, besides those stored in the database.
     pub service_key: Option<Secret>,
@@ -476,6 +477,8 @@ pub struct Overrides {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Database {
     Sqlite(PathBuf),
+    /// A `postgres://` URL.
+    Postgres(String),
 }
 
 impl Config {
@@ -528,6 +531,9 @@ impl Config {
         let functions = &self.functions;
         if functions.workers > 256 || !(1..=600_000).contains(&functions.timeout_ms) || functions.memory_mib < 4 {
             anyhow::bail!("functions: workers 0 to 256, timeout_ms 1 to 600000, memory_mib at least 4");
+        }
+        if self.backups.schedule.is_some() && matches!(self.database()?, Database::Postgres(_)) {
+            anyhow::bail!("backups.schedule copies an SQLite file; on PostgreSQL, schedule pg_dump instead");
         }
         if let Some(schedule) = &self.backups.schedule {
             crate::functions::parse_cron(schedule)
@@ -590,9 +596,9 @@ impl Config {
                     let path = PathBuf::from(path);
                     Ok(Database::Sqlite(if path.is_relative() { self.dir.join(path) } else { path }))
                 } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                    anyhow::bail!("the PostgreSQL backend is not available in this build yet; use sqlite:PATH")
+                    Ok(Database::Postgres(url.to_owned()))
                 } else {
-                    anyhow::bail!("database_url must start with sqlite:")
+                    anyhow::bail!("database_url must start with sqlite: or postgres://")
                 }
             }
         }

@@ -60,7 +60,8 @@ pub struct Server {
     state: http::AppState,
     new_service_key: Option<String>,
     /// Held until the server has stopped and flushed its writer.
-    lock: backup::DatabaseLock,
+    /// Held while serving an SQLite file.
+    lock: Option<backup::DatabaseLock>,
 }
 
 /// A server being set up: its config and the functions it runs in Rust.
@@ -166,11 +167,15 @@ impl Server {
         // Loaded configs were checked already; an embedder's may be made in code.
         config.validate()?;
         let metrics = metrics_handle()?;
-        let config::Database::Sqlite(database) = config.database()?;
-        let lock = backup::DatabaseLock::acquire(&database, "start")?;
-        let backups = backup::Backups::beside(&database);
-        let (store, sqlite) = open_store(&config).await?;
-        let repo = auth::repo::Repo::new(sqlite, config.keyring()?);
+        // One server per SQLite file; PostgreSQL takes any number of nodes.
+        let (lock, backups) = match config.database()? {
+            config::Database::Sqlite(database) => {
+                (Some(backup::DatabaseLock::acquire(&database, "start")?), backup::Backups::beside(&database))
+            }
+            config::Database::Postgres(_) => (None, backup::Backups::beside(&config.data_dir().join("hearth.db"))),
+        };
+        let (store, auth_store) = open_store(&config).await?;
+        let repo = auth::repo::Repo::new(auth_store, config.keyring()?);
         let resealed = repo.reseal().await?;
         if resealed > 0 {
             tracing::info!(resealed, "sealed secrets at rest with the current encryption key");
@@ -261,17 +266,22 @@ impl Server {
 }
 
 /// Opens the database: the document store, and the backend auth shares with it.
-async fn open_store(config: &Config) -> anyhow::Result<(Store, Arc<SqliteBackend>)> {
+async fn open_store(config: &Config) -> anyhow::Result<(Store, Arc<dyn auth::repo::AuthStore>)> {
     // A receiver may fall 64 MiB of documents behind before it reads the log instead.
     let bus = ChangeBus::new(64 * 1024 * 1024);
-    let backend = match config.database()? {
+    match config.database()? {
         config::Database::Sqlite(path) => {
             let options = SqliteOptions { indexes: config.index_defs()?, ..SqliteOptions::new(path, &config.store) };
-            let bus = bus.clone();
-            Arc::new(tokio::task::spawn_blocking(move || SqliteBackend::open(options, bus)).await??)
+            let opened = bus.clone();
+            let backend = Arc::new(tokio::task::spawn_blocking(move || SqliteBackend::open(options, opened)).await??);
+            Ok((Store::new(backend.clone(), bus).await?, backend))
         }
-    };
-    Ok((Store::new(backend.clone(), bus).await?, backend))
+        config::Database::Postgres(url) => {
+            let options = store::postgres::PgOptions::new(url, &config.store);
+            let backend = Arc::new(store::postgres::PgBackend::connect(options, bus.clone()).await?);
+            Ok((Store::new(backend.clone(), bus).await?, backend))
+        }
+    }
 }
 
 /// Deletes changes older than the retention window, now and then.
@@ -315,8 +325,8 @@ async fn reload_keys(auth: Auth) {
 /// Adds a new signing key to the project's database; the old ones keep verifying until
 /// their tokens expire. Running servers pick it up within 30 s.
 pub async fn rotate_keys(config: &Config) -> anyhow::Result<String> {
-    let (store, sqlite) = open_store(config).await?;
-    let repo = auth::repo::Repo::new(sqlite, config.keyring()?);
+    let (store, auth_store) = open_store(config).await?;
+    let repo = auth::repo::Repo::new(auth_store, config.keyring()?);
     repo.reseal().await?;
     let key = auth::keys::generate(store::now_micros());
     let kid = key.kid.clone();
@@ -330,8 +340,11 @@ pub async fn rotate_keys(config: &Config) -> anyhow::Result<String> {
 /// stored key stops working. Refused while a server runs on the database, which would
 /// go on accepting the keys it loaded at start.
 pub async fn add_service_key(config: &Config, revoke_others: bool) -> anyhow::Result<(String, u64)> {
-    let config::Database::Sqlite(database) = config.database()?;
-    let _lock = backup::DatabaseLock::acquire(&database, "change service keys")?;
+    let _lock = match config.database()? {
+        config::Database::Sqlite(database) => Some(backup::DatabaseLock::acquire(&database, "change service keys")?),
+        // Nodes load the hashes at start: restart them to pick up the change.
+        config::Database::Postgres(_) => None,
+    };
     let (store, _) = open_store(config).await?;
     let key = new_service_key();
     let hash = ServiceKeys::hash(&key);

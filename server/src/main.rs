@@ -167,7 +167,9 @@ fn main() -> std::process::ExitCode {
         Command::Restore { backup, dir, database_url } => {
             let overrides = Overrides { database_url, ..Overrides::default() };
             let restored = Config::load(&dir, overrides).and_then(|config| {
-                let hearth_server::config::Database::Sqlite(database) = config.database()?;
+                let hearth_server::config::Database::Sqlite(database) = config.database()? else {
+                    anyhow::bail!("restore replaces an SQLite file; on PostgreSQL, restore with pg_restore");
+                };
                 Ok((hearth_server::backup::restore(&database, &backup)?, database))
             });
             match restored {

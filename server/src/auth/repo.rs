@@ -1,15 +1,16 @@
-//! Users, sessions, refresh tokens and signing keys in SQLite, through the backend's
-//! writer (so auth writes are serialised with document writes) and read pool.
+//! Auth's storage: the records it keeps, the [`AuthStore`] each backend implements
+//! (`store::sqlite::auth`, `store::postgres::auth`), and [`Repo`], which auth uses. Signing
+//! keys and TOTP secrets are sealed in `Repo` on their way in and opened on their way out,
+//! the same for every backend: no database holds them in the clear.
 
 use std::sync::Arc;
 
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension, params};
+use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
+use super::oauth::Pending;
 use crate::seal::{Keyring, Opened, WrongKey};
 use crate::store::Error as StoreError;
-use crate::store::sqlite::SqliteBackend;
 
 /// A user row.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,419 +79,6 @@ pub enum Refreshed {
     Refused,
 }
 
-/// A refresh token with its session.
-struct TokenRow {
-    session_id: String,
-    used_at: Option<i64>,
-    user_id: String,
-    expires_at: i64,
-    revoked_at: Option<i64>,
-    created_at: i64,
-}
-
-/// A text parameter.
-fn text(value: &str) -> SqlValue {
-    SqlValue::Text(value.to_owned())
-}
-
-const USER_COLUMNS: &str = "id, email, email_verified, password_hash, anonymous, disabled, claims, data, providers, created_at, updated_at, mfa";
-
-fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
-    let json_map = |text: String| serde_json::from_str::<Map<String, Value>>(&text).unwrap_or_default();
-    Ok(UserRecord {
-        id: row.get(0)?,
-        email: row.get(1)?,
-        email_verified: row.get(2)?,
-        password_hash: row.get(3)?,
-        anonymous: row.get(4)?,
-        disabled: row.get(5)?,
-        claims: json_map(row.get(6)?),
-        data: json_map(row.get(7)?),
-        providers: serde_json::from_str(&row.get::<_, String>(8)?).unwrap_or_default(),
-        created_at: row.get(9)?,
-        updated_at: row.get(10)?,
-        mfa: row.get(11)?,
-    })
-}
-
-fn is_unique_violation(error: &rusqlite::Error) -> bool {
-    matches!(error, rusqlite::Error::SqliteFailure(failure, _)
-        if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-            || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
-}
-
-/// Storage for auth. Signing keys and TOTP secrets are sealed with `secrets` on their
-/// way in and opened on their way out: the database never holds them in the clear.
-#[derive(Clone)]
-pub struct Repo {
-    db: Arc<SqliteBackend>,
-    secrets: Keyring,
-}
-
-/// What a sealed secret is bound to: it opens only as this kind of secret of this owner.
-pub fn signing_key_context(kid: &str) -> String {
-    format!("signing-key:{kid}")
-}
-
-fn totp_context(user_id: &str) -> String {
-    format!("totp-secret:{user_id}")
-}
-
-fn wrong_key(error: WrongKey) -> StoreError {
-    StoreError::Internal(error.to_string())
-}
-
-impl Repo {
-    pub fn new(db: Arc<SqliteBackend>, secrets: Keyring) -> Repo {
-        Repo { db, secrets }
-    }
-
-    /// Seals every secret still in the clear (written before sealing was on) and seals
-    /// again with the current key every one a previous key opened, in one transaction;
-    /// how many it sealed. Fails, changing nothing, if a secret opens with no known key.
-    pub async fn reseal(&self) -> Result<usize, StoreError> {
-        let secrets = self.secrets.clone();
-        self.db
-            .write_with(move |conn| {
-                let tx = conn.unchecked_transaction()?;
-                let sealed_before = tx
-                    .query_row("SELECT 1 FROM meta WHERE key = 'secrets_sealed'", [], |_| Ok(()))
-                    .optional()?
-                    .is_some();
-                let mut resealed = 0;
-                for (table, owner, column, context) in [
-                    ("signing_keys", "kid", "private_key", signing_key_context as fn(&str) -> String),
-                    ("mfa_totp", "user_id", "secret", totp_context),
-                ] {
-                    let rows: Vec<(String, Vec<u8>)> = tx
-                        .prepare(&format!("SELECT {owner}, {column} FROM {table}"))?
-                        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-                        .collect::<Result<_, _>>()?;
-                    for (id, stored) in rows {
-                        let context = context(&id);
-                        let plain = if sealed_before {
-                            match secrets.open(&stored, &context).map_err(wrong_key)? {
-                                Opened::Current(_) => continue,
-                                Opened::Stale(plain) => plain,
-                            }
-                        } else {
-                            stored
-                        };
-                        tx.execute(
-                            &format!("UPDATE {table} SET {column} = ?2 WHERE {owner} = ?1"),
-                            params![id, secrets.seal(&plain, &context)],
-                        )?;
-                        resealed += 1;
-                    }
-                }
-                tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('secrets_sealed', 1)", [])?;
-                tx.commit()?;
-                Ok(resealed)
-            })
-            .await
-    }
-
-    /// Runs one statement on the writer; how many rows it changed.
-    async fn execute(&self, sql: impl Into<String>, params: Vec<SqlValue>) -> Result<usize, StoreError> {
-        let sql = sql.into();
-        self.db
-            .write_with(move |conn| Ok(conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(params))?))
-            .await
-    }
-
-    /// Inserts a user and, in the same transaction, its `user_events` row (what
-    /// `onUserCreated` functions follow); `AlreadyExists` when the e-mail is taken.
-    pub async fn insert_user(&self, user: UserRecord) -> Result<(), StoreError> {
-        let sql =
-            format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
-        let event = serde_json::to_string(&super::wire_user(&user)).map_err(|e| StoreError::Internal(e.to_string()))?;
-        self.write_user(sql, user, Some(event)).await.map(drop)
-    }
-
-    /// Saves every column of an existing user but `created_at`; `AlreadyExists` when a new
-    /// e-mail is taken, `NotFound` when the user is gone.
-    pub async fn save_user(&self, user: UserRecord) -> Result<(), StoreError> {
-        let sql = "UPDATE users SET email = ?2, email_verified = ?3, password_hash = ?4, anonymous = ?5, \
-                   disabled = ?6, claims = ?7, data = ?8, providers = ?9, updated_at = ?11, mfa = ?12 WHERE id = ?1";
-        match self.write_user(sql.to_owned(), user, None).await? {
-            0 => Err(StoreError::NotFound("no such user".into())),
-            _ => Ok(()),
-        }
-    }
-
-    /// Runs `sql` with the user's columns bound in `USER_COLUMNS` order, and logs `event`
-    /// in the same transaction.
-    async fn write_user(&self, sql: String, user: UserRecord, event: Option<String>) -> Result<usize, StoreError> {
-        let created_at = user.created_at;
-        let params: Vec<SqlValue> = vec![
-            user.id.into(),
-            user.email.into(),
-            user.email_verified.into(),
-            user.password_hash.into(),
-            user.anonymous.into(),
-            user.disabled.into(),
-            Value::Object(user.claims).to_string().into(),
-            Value::Object(user.data).to_string().into(),
-            serde_json::to_string(&user.providers).unwrap_or_else(|_| "[]".into()).into(),
-            user.created_at.into(),
-            user.updated_at.into(),
-            user.mfa.into(),
-        ];
-        self.db
-            .write_with(move |conn| {
-                let tx = conn.unchecked_transaction()?;
-                let changed = match tx.execute(&sql, rusqlite::params_from_iter(params)) {
-                    Ok(changed) => changed,
-                    Err(error) if is_unique_violation(&error) => {
-                        return Err(StoreError::AlreadyExists("a user with this e-mail exists".into()));
-                    }
-                    Err(error) => return Err(error.into()),
-                };
-                if let Some(event) = event {
-                    tx.execute(
-                        "INSERT INTO user_events (user, created_at) VALUES (?1, ?2)",
-                        params![event, created_at],
-                    )?;
-                }
-                tx.commit()?;
-                Ok(changed)
-            })
-            .await
-    }
-
-    /// Users created after the event `after`, oldest first, at most `limit`: `(seq, user JSON)`.
-    pub async fn user_events_since(&self, after: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
-        self.db
-            .read_with(move |conn| {
-                let mut statement =
-                    conn.prepare_cached("SELECT seq, user FROM user_events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-                let rows = statement.query_map(params![after, limit as i64], |row| Ok((row.get(0)?, row.get(1)?)))?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-            .await
-    }
-
-    /// The `seq` of the last user event (0 if none).
-    pub async fn last_user_event(&self) -> Result<i64, StoreError> {
-        self.db
-            .read_with(
-                |conn| Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM user_events", [], |row| row.get(0))?),
-            )
-            .await
-    }
-
-    /// The last user event the function `name` is done with, if it ever started.
-    pub async fn user_event_cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
-        let name = name.to_owned();
-        self.db
-            .read_with(move |conn| {
-                Ok(conn
-                    .query_row("SELECT seq FROM user_event_cursors WHERE name = ?1", [name], |row| row.get(0))
-                    .optional()?)
-            })
-            .await
-    }
-
-    pub async fn set_user_event_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError> {
-        let sql = "INSERT INTO user_event_cursors (name, seq) VALUES (?1, ?2) \
-                   ON CONFLICT (name) DO UPDATE SET seq = excluded.seq";
-        self.execute(sql, vec![name.to_owned().into(), seq.into()]).await.map(drop)
-    }
-
-    /// Forgets the cursors of functions not in `names` (undeployed).
-    pub async fn retain_user_event_cursors(&self, names: Vec<String>) -> Result<(), StoreError> {
-        let names = serde_json::to_string(&names).map_err(|error| StoreError::Internal(error.to_string()))?;
-        let sql = "DELETE FROM user_event_cursors WHERE name NOT IN (SELECT value FROM json_each(?1))";
-        self.execute(sql, vec![names.into()]).await.map(drop)
-    }
-
-    pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.user_where("id", id).await
-    }
-
-    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.user_where("email", email).await
-    }
-
-    /// The user whose unique `column` holds `value`.
-    async fn user_where(&self, column: &'static str, value: &str) -> Result<Option<UserRecord>, StoreError> {
-        let value = value.to_owned();
-        self.db
-            .read_with(move |conn| {
-                Ok(conn
-                    .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE {column} = ?1"))?
-                    .query_row([value], user_from_row)
-                    .optional()?)
-            })
-            .await
-    }
-
-    /// Users with ids after `after`, in id order; one more than `limit` tells whether more follow.
-    pub async fn list_users(&self, after: Option<String>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
-        self.db
-            .read_with(move |conn| {
-                let mut statement = conn
-                    .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id > ?1 ORDER BY id LIMIT ?2"))?;
-                let rows = statement.query_map(params![after.unwrap_or_default(), limit as i64 + 1], user_from_row)?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-            .await
-    }
-
-    /// Deletes a user and, by cascade, its sessions; whether it existed.
-    pub async fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.execute("DELETE FROM users WHERE id = ?1", vec![text(id)]).await? > 0)
-    }
-
-    /// Starts a session with its first refresh token.
-    pub async fn create_session(
-        &self,
-        session_id: String,
-        user_id: String,
-        refresh_hash: [u8; 32],
-        now: i64,
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        self.db
-            .write_with(move |conn| {
-                let tx = conn.unchecked_transaction()?;
-                tx.execute(
-                    "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![session_id, user_id, now, expires_at],
-                )?;
-                tx.execute(
-                    "INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES (?1, ?2, ?3)",
-                    params![refresh_hash.to_vec(), session_id, now],
-                )?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await
-    }
-
-    /// Spends a refresh token and issues `new_hash` in its place, in one transaction;
-    /// a spent token presented again revokes its whole session.
-    pub async fn refresh(&self, hash: [u8; 32], new_hash: [u8; 32], now: i64) -> Result<Refreshed, StoreError> {
-        self.db
-            .write_with(move |conn| {
-                let tx = conn.unchecked_transaction()?;
-                let found = tx
-                    .query_row(
-                        "SELECT t.session_id, t.used_at, s.user_id, s.expires_at, s.revoked_at, s.created_at \
-                         FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.hash = ?1",
-                        [hash.to_vec()],
-                        |row| {
-                            Ok(TokenRow {
-                                session_id: row.get(0)?,
-                                used_at: row.get(1)?,
-                                user_id: row.get(2)?,
-                                expires_at: row.get(3)?,
-                                revoked_at: row.get(4)?,
-                                created_at: row.get(5)?,
-                            })
-                        },
-                    )
-                    .optional()?;
-                let Some(TokenRow { session_id, used_at, user_id, expires_at, revoked_at, created_at }) = found else {
-                    return Ok(Refreshed::Refused);
-                };
-                if used_at.is_some() {
-                    tx.execute(
-                        "UPDATE sessions SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                        params![session_id, now],
-                    )?;
-                    tx.commit()?;
-                    return Ok(Refreshed::Reused { session_id });
-                }
-                if revoked_at.is_some() || expires_at <= now {
-                    return Ok(Refreshed::Refused);
-                }
-                let user = tx
-                    .query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"), [user_id], user_from_row)
-                    .optional()?;
-                let Some(user) = user.filter(|user| !user.disabled) else {
-                    return Ok(Refreshed::Refused);
-                };
-                tx.execute("UPDATE refresh_tokens SET used_at = ?2 WHERE hash = ?1", params![hash.to_vec(), now])?;
-                tx.execute(
-                    "INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES (?1, ?2, ?3)",
-                    params![new_hash.to_vec(), session_id, now],
-                )?;
-                tx.commit()?;
-                Ok(Refreshed::Rotated { session_id, user, signed_in_at: created_at })
-            })
-            .await
-    }
-
-    /// Revokes sessions of a user: their refresh tokens fail from now on.
-    /// Revokes sessions of a user; the ids of those it revoked.
-    pub async fn revoke(&self, user_id: &str, which: Sessions, now: i64) -> Result<Vec<String>, StoreError> {
-        let (condition, session) = match which {
-            Sessions::One(id) => ("id = ?3", Some(id)),
-            Sessions::AllBut(id) => ("id != ?3", Some(id)),
-            // Always bind ?3, so every form takes the same parameters.
-            Sessions::All => ("?3 IS NULL", None),
-        };
-        let sql = format!(
-            "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL AND {condition} RETURNING id"
-        );
-        let user_id = user_id.to_owned();
-        self.db
-            .write_with(move |conn| {
-                let mut statement = conn.prepare_cached(&sql)?;
-                let ids = statement.query_map(params![user_id, now, session], |row| row.get(0))?;
-                Ok(ids.collect::<Result<Vec<String>, _>>()?)
-            })
-            .await
-    }
-
-    pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let mut keys = self.db.read_with(load_keys).await?;
-        for key in &mut keys {
-            key.private_key =
-                self.secrets.open(&key.private_key, &signing_key_context(&key.kid)).map_err(wrong_key)?.into_inner();
-        }
-        Ok(keys)
-    }
-
-    /// Adds a signing key and retires every other one (they stay published until their
-    /// tokens have expired).
-    pub async fn add_key(&self, mut key: KeyRecord) -> Result<(), StoreError> {
-        key.private_key = self.secrets.seal(&key.private_key, &signing_key_context(&key.kid));
-        self.db
-            .write_with(move |conn| {
-                let tx = conn.unchecked_transaction()?;
-                tx.execute(
-                    "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL",
-                    [key.created_at],
-                )?;
-                tx.execute(
-                    "INSERT INTO signing_keys (kid, algorithm, private_key, public_key, created_at) VALUES (?1, 'EdDSA', ?2, ?3, ?4)",
-                    params![key.kid, key.private_key, key.public_key, key.created_at],
-                )?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await
-    }
-}
-
-fn load_keys(conn: &Connection) -> Result<Vec<KeyRecord>, StoreError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT kid, private_key, public_key, created_at, retired_at FROM signing_keys ORDER BY created_at",
-    )?;
-    let rows = statement.query_map([], |row| {
-        Ok(KeyRecord {
-            kid: row.get(0)?,
-            private_key: row.get(1)?,
-            public_key: row.get(2)?,
-            created_at: row.get(3)?,
-            retired_at: row.get(4)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-}
-
 /// Wrong codes that burn an MFA ticket.
 pub const TICKET_FAILURES: u32 = 5;
 
@@ -502,7 +90,7 @@ pub enum Purpose {
 }
 
 impl Purpose {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Purpose::Verify => "verify",
             Purpose::Reset => "reset",
@@ -519,7 +107,288 @@ pub struct OutboxMail {
     pub sent_at: String,
 }
 
+/// A user's authenticator.
+#[derive(Debug, Clone)]
+pub struct Totp {
+    pub secret: Vec<u8>,
+    pub confirmed: bool,
+}
+
+/// Which unique column finds a user.
+#[derive(Debug, Clone, Copy)]
+pub enum UserKey {
+    Id,
+    Email,
+}
+
+/// The statements auth needs, per backend. Secrets pass through sealed.
+pub trait AuthStore: Send + Sync + 'static {
+    /// In one transaction, stores again every secret of [`SECRETS`] that [`resealed`]
+    /// says to, and notes that secrets are sealed; how many it stored.
+    fn reseal_secrets(&self, secrets: Keyring) -> BoxFuture<'_, Result<usize, StoreError>>;
+    /// Inserts a user and, in the same transaction, its `user_events` row (`event`, the
+    /// user as JSON); `AlreadyExists` when the e-mail is taken.
+    fn insert_user(&self, user: UserRecord, event: String) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Saves every column but `created_at`; false when the user is gone, `AlreadyExists`
+    /// when a new e-mail is taken.
+    fn save_user(&self, user: UserRecord) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Users created after the event `after`, oldest first: `(seq, user JSON)`.
+    fn user_events_since(&self, after: i64, limit: usize) -> BoxFuture<'_, Result<Vec<(i64, String)>, StoreError>>;
+    /// The `seq` of the last user event (0 if none).
+    fn last_user_event(&self) -> BoxFuture<'_, Result<i64, StoreError>>;
+    fn user_event_cursor(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, StoreError>>;
+    fn set_user_event_cursor(&self, name: String, seq: i64) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Forgets the cursors of functions not in `names` (undeployed).
+    fn retain_user_event_cursors(&self, names: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn user_by(&self, key: UserKey, value: String) -> BoxFuture<'_, Result<Option<UserRecord>, StoreError>>;
+    /// Users with ids after `after`, in id order, `limit + 1` of them at most.
+    fn list_users(&self, after: Option<String>, limit: usize) -> BoxFuture<'_, Result<Vec<UserRecord>, StoreError>>;
+    /// Deletes a user and, by cascade, what is its; whether it existed.
+    fn delete_user(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Starts a session with its first refresh token.
+    fn create_session(
+        &self,
+        session_id: String,
+        user_id: String,
+        refresh_hash: [u8; 32],
+        now: i64,
+        expires_at: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Spends a refresh token and issues `new_hash` in its place, in one transaction; a
+    /// spent token presented again revokes its whole session.
+    fn refresh(&self, hash: [u8; 32], new_hash: [u8; 32], now: i64) -> BoxFuture<'_, Result<Refreshed, StoreError>>;
+    /// Revokes sessions of a user; the ids of those it revoked.
+    fn revoke(&self, user_id: String, which: Sessions, now: i64) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+    /// Every signing key, oldest first, private keys sealed.
+    fn signing_keys(&self) -> BoxFuture<'_, Result<Vec<KeyRecord>, StoreError>>;
+    /// Adds a signing key (sealed) and retires every other one.
+    fn add_signing_key(&self, key: KeyRecord) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn insert_mail_token(
+        &self,
+        hash: [u8; 32],
+        user_id: String,
+        purpose: Purpose,
+        email: String,
+        now: i64,
+        expires_at: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Spends a mailed token: the user and address it was sent for, if it is unused,
+    /// unexpired and of this purpose.
+    fn consume_mail_token(
+        &self,
+        hash: [u8; 32],
+        purpose: Purpose,
+        now: i64,
+    ) -> BoxFuture<'_, Result<Option<(String, String)>, StoreError>>;
+    fn add_to_outbox(
+        &self,
+        to: String,
+        subject: String,
+        body: String,
+        now: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The newest mails first, at most `limit`.
+    fn outbox(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxMail>, StoreError>>;
+    /// The user's authenticator, its secret sealed.
+    fn totp(&self, user_id: String) -> BoxFuture<'_, Result<Option<Totp>, StoreError>>;
+    /// Starts (or restarts) an enrolment with a sealed secret; false if TOTP is already on.
+    fn enrol_totp(&self, user_id: String, sealed: Vec<u8>, now: i64) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Accepts time step `step` once: false if it (or a later one) was used.
+    fn use_totp_step(&self, user_id: String, step: i64) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// TOTP is on, with these recovery codes (hashed).
+    fn confirm_totp(&self, user_id: String, recovery: Vec<[u8; 32]>, now: i64)
+    -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Spends a recovery code of this user; false if unknown or used.
+    fn use_recovery_code(&self, user_id: String, hash: [u8; 32], now: i64) -> BoxFuture<'_, Result<bool, StoreError>>;
+    fn remove_totp(&self, user_id: String, now: i64) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn insert_ticket(&self, hash: [u8; 32], user_id: String, expires_at: i64) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The user of an unused, unexpired ticket.
+    fn ticket_user(&self, hash: [u8; 32], now: i64) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
+    /// Counts a wrong code against a ticket; the one that makes [`TICKET_FAILURES`] burns it.
+    fn fail_ticket(&self, hash: [u8; 32], now: i64) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Spends a ticket; false if someone else spent it first.
+    fn spend_ticket(&self, hash: [u8; 32], now: i64) -> BoxFuture<'_, Result<bool, StoreError>>;
+    fn save_pending(
+        &self,
+        state_hash: [u8; 32],
+        pending: Pending,
+        expires_at: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Takes (and forgets) a sign-in in flight, if its state is known and fresh.
+    fn take_pending(&self, state_hash: [u8; 32], now: i64) -> BoxFuture<'_, Result<Option<Pending>, StoreError>>;
+    /// The user who signed in with this provider identity before.
+    fn identity_user(&self, provider: String, subject: String) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
+    fn add_identity(
+        &self,
+        provider: String,
+        subject: String,
+        user_id: String,
+        now: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Forgets what can no longer be used: tokens and sessions that expired or were
+    /// revoked a day ago or more, spent or expired codes, tickets and OAuth states, mail
+    /// of the outbox a day old, user events a week old every function is done with.
+    /// Returns how many rows went.
+    fn prune(&self, now: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
+}
+
+/// A secret column sealed at rest.
+pub struct SecretColumn {
+    pub table: &'static str,
+    pub owner: &'static str,
+    pub column: &'static str,
+    /// What a value of this column is bound to, from its owner.
+    pub context: fn(&str) -> String,
+}
+
+/// Every column that holds a secret sealed at rest.
+pub const SECRETS: [SecretColumn; 2] = [
+    SecretColumn { table: "signing_keys", owner: "kid", column: "private_key", context: signing_key_context },
+    SecretColumn { table: "mfa_totp", owner: "user_id", column: "secret", context: totp_context },
+];
+
+/// What sealing at start does to one stored value: `Some` to store instead, `None` to
+/// leave it. Values from before sealing (`sealed_before` false) are sealed; sealed ones
+/// are sealed again when a previous key opened them; one no key opens fails the start.
+pub fn resealed(
+    secrets: &Keyring,
+    sealed_before: bool,
+    context: &str,
+    stored: Vec<u8>,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let plain = if sealed_before {
+        match secrets.open(&stored, context).map_err(wrong_key)? {
+            Opened::Current(_) => return Ok(None),
+            Opened::Stale(plain) => plain,
+        }
+    } else {
+        stored
+    };
+    Ok(Some(secrets.seal(&plain, context)))
+}
+
+/// What a sealed secret is bound to: it opens only as this kind of secret of this owner.
+pub fn signing_key_context(kid: &str) -> String {
+    format!("signing-key:{kid}")
+}
+
+fn totp_context(user_id: &str) -> String {
+    format!("totp-secret:{user_id}")
+}
+
+fn wrong_key(error: WrongKey) -> StoreError {
+    StoreError::Internal(error.to_string())
+}
+
+/// Storage for auth, on whichever backend the server runs.
+#[derive(Clone)]
+pub struct Repo {
+    store: Arc<dyn AuthStore>,
+    secrets: Keyring,
+}
+
 impl Repo {
+    pub fn new(store: Arc<dyn AuthStore>, secrets: Keyring) -> Repo {
+        Repo { store, secrets }
+    }
+
+    /// Seals every secret still in the clear (written before sealing was on) and seals
+    /// again with the current key every one a previous key opened, in one transaction;
+    /// how many it sealed. Fails, changing nothing, if a secret opens with no known key.
+    pub async fn reseal(&self) -> Result<usize, StoreError> {
+        self.store.reseal_secrets(self.secrets.clone()).await
+    }
+
+    /// Inserts a user and its `user_events` row (what `onUserCreated` functions follow);
+    /// `AlreadyExists` when the e-mail is taken.
+    pub async fn insert_user(&self, user: UserRecord) -> Result<(), StoreError> {
+        let event = serde_json::to_string(&super::wire_user(&user)).map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.store.insert_user(user, event).await
+    }
+
+    /// Saves every column of an existing user but `created_at`; `AlreadyExists` when a new
+    /// e-mail is taken, `NotFound` when the user is gone.
+    pub async fn save_user(&self, user: UserRecord) -> Result<(), StoreError> {
+        match self.store.save_user(user).await? {
+            false => Err(StoreError::NotFound("no such user".into())),
+            true => Ok(()),
+        }
+    }
+
+    pub async fn user_events_since(&self, after: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        self.store.user_events_since(after, limit).await
+    }
+
+    pub async fn last_user_event(&self) -> Result<i64, StoreError> {
+        self.store.last_user_event().await
+    }
+
+    pub async fn user_event_cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        self.store.user_event_cursor(name.to_owned()).await
+    }
+
+    pub async fn set_user_event_cursor(&self, name: &str, seq: i64) -> Result<(), StoreError> {
+        self.store.set_user_event_cursor(name.to_owned(), seq).await
+    }
+
+    pub async fn retain_user_event_cursors(&self, names: Vec<String>) -> Result<(), StoreError> {
+        self.store.retain_user_event_cursors(names).await
+    }
+
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.store.user_by(UserKey::Id, id.to_owned()).await
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.store.user_by(UserKey::Email, email.to_owned()).await
+    }
+
+    /// Users with ids after `after`, in id order; one more than `limit` tells whether more follow.
+    pub async fn list_users(&self, after: Option<String>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
+        self.store.list_users(after, limit).await
+    }
+
+    /// Deletes a user and, by cascade, its sessions; whether it existed.
+    pub async fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
+        self.store.delete_user(id.to_owned()).await
+    }
+
+    pub async fn create_session(
+        &self,
+        session_id: String,
+        user_id: String,
+        refresh_hash: [u8; 32],
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.store.create_session(session_id, user_id, refresh_hash, now, expires_at).await
+    }
+
+    pub async fn refresh(&self, hash: [u8; 32], new_hash: [u8; 32], now: i64) -> Result<Refreshed, StoreError> {
+        self.store.refresh(hash, new_hash, now).await
+    }
+
+    pub async fn revoke(&self, user_id: &str, which: Sessions, now: i64) -> Result<Vec<String>, StoreError> {
+        self.store.revoke(user_id.to_owned(), which, now).await
+    }
+
+    /// Every signing key, opened.
+    pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut keys = self.store.signing_keys().await?;
+        for key in &mut keys {
+            key.private_key =
+                self.secrets.open(&key.private_key, &signing_key_context(&key.kid)).map_err(wrong_key)?.into_inner();
+        }
+        Ok(keys)
+    }
+
+    /// Adds a signing key and retires every other one (they stay published until their
+    /// tokens have expired).
+    pub async fn add_key(&self, mut key: KeyRecord) -> Result<(), StoreError> {
+        key.private_key = self.secrets.seal(&key.private_key, &signing_key_context(&key.kid));
+        self.store.add_signing_key(key).await
+    }
+
     pub async fn insert_mail_token(
         &self,
         hash: [u8; 32],
@@ -529,86 +398,29 @@ impl Repo {
         now: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        let sql = "INSERT INTO mail_tokens (hash, user_id, purpose, email, created_at, expires_at) \
-                   VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-        let params = vec![
-            hash.to_vec().into(),
-            text(user_id),
-            text(purpose.as_str()),
-            text(email),
-            now.into(),
-            expires_at.into(),
-        ];
-        self.execute(sql, params).await.map(drop)
+        self.store.insert_mail_token(hash, user_id.to_owned(), purpose, email.to_owned(), now, expires_at).await
     }
 
-    /// Spends a mailed token: the user and address it was sent for, if it is unused,
-    /// unexpired and of this purpose.
     pub async fn consume_mail_token(
         &self,
         hash: [u8; 32],
         purpose: Purpose,
         now: i64,
     ) -> Result<Option<(String, String)>, StoreError> {
-        self.db
-            .write_with(move |conn| {
-                let spent = conn
-                    .query_row(
-                        "UPDATE mail_tokens SET used_at = ?3 WHERE hash = ?1 AND purpose = ?2 AND used_at IS NULL \
-                         AND expires_at > ?3 RETURNING user_id, email",
-                        params![hash.to_vec(), purpose.as_str(), now],
-                        |row| Ok((row.get(0)?, row.get(1)?)),
-                    )
-                    .optional()?;
-                Ok(spent)
-            })
-            .await
+        self.store.consume_mail_token(hash, purpose, now).await
     }
 
     pub async fn add_to_outbox(&self, to: String, subject: String, body: String, now: i64) -> Result<(), StoreError> {
-        let sql = "INSERT INTO outbox (recipient, subject, body, sent_at) VALUES (?1, ?2, ?3, ?4)";
-        self.execute(sql, vec![to.into(), subject.into(), body.into(), now.into()]).await.map(drop)
+        self.store.add_to_outbox(to, subject, body, now).await
     }
 
-    /// The newest mails first, at most `limit`.
     pub async fn outbox(&self, limit: usize) -> Result<Vec<OutboxMail>, StoreError> {
-        self.db
-            .read_with(move |conn| {
-                let mut statement = conn
-                    .prepare_cached("SELECT recipient, subject, body, sent_at FROM outbox ORDER BY id DESC LIMIT ?1")?;
-                let rows = statement.query_map([limit as i64], |row| {
-                    Ok(OutboxMail {
-                        to: row.get(0)?,
-                        subject: row.get(1)?,
-                        body: row.get(2)?,
-                        sent_at: crate::store::format_time(row.get(3)?),
-                    })
-                })?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-            .await
+        self.store.outbox(limit).await
     }
-}
 
-/// A user's authenticator.
-#[derive(Debug, Clone)]
-pub struct Totp {
-    pub secret: Vec<u8>,
-    pub confirmed: bool,
-}
-
-impl Repo {
+    /// The user's authenticator, its secret opened.
     pub async fn totp(&self, user_id: &str) -> Result<Option<Totp>, StoreError> {
-        let owner = user_id.to_owned();
-        let stored = self
-            .db
-            .read_with(move |conn| {
-                Ok(conn
-                    .prepare_cached("SELECT secret, confirmed_at IS NOT NULL FROM mfa_totp WHERE user_id = ?1")?
-                    .query_row([owner], |row| Ok(Totp { secret: row.get(0)?, confirmed: row.get(1)? }))
-                    .optional()?)
-            })
-            .await?;
+        let stored = self.store.totp(user_id.to_owned()).await?;
         stored
             .map(|totp| {
                 let secret = self.secrets.open(&totp.secret, &totp_context(user_id)).map_err(wrong_key)?.into_inner();
@@ -619,179 +431,63 @@ impl Repo {
 
     /// Starts (or restarts) an enrolment; false if TOTP is already confirmed.
     pub async fn enrol_totp(&self, user_id: &str, secret: Vec<u8>, now: i64) -> Result<bool, StoreError> {
-        let sql = "INSERT INTO mfa_totp (user_id, secret, created_at) VALUES (?1, ?2, ?3) \
-                   ON CONFLICT (user_id) DO UPDATE SET secret = excluded.secret, created_at = excluded.created_at \
-                   WHERE mfa_totp.confirmed_at IS NULL";
         let sealed = self.secrets.seal(&secret, &totp_context(user_id));
-        Ok(self.execute(sql, vec![text(user_id), sealed.into(), now.into()]).await? > 0)
+        self.store.enrol_totp(user_id.to_owned(), sealed, now).await
     }
 
-    /// Accepts time step `step` for this user once: false if it (or a later one) was used.
     pub async fn use_totp_step(&self, user_id: &str, step: i64) -> Result<bool, StoreError> {
-        let sql = "UPDATE mfa_totp SET last_step = ?2 WHERE user_id = ?1 AND last_step < ?2";
-        Ok(self.execute(sql, vec![text(user_id), step.into()]).await? > 0)
+        self.store.use_totp_step(user_id.to_owned(), step).await
     }
 
-    /// Confirms an enrolment: TOTP is on, with these recovery codes (hashed).
     pub async fn confirm_totp(&self, user_id: &str, recovery: Vec<[u8; 32]>, now: i64) -> Result<(), StoreError> {
-        let user_id = user_id.to_owned();
-        self.db
-            .write_with(move |conn| {
-                let tx = conn.unchecked_transaction()?;
-                tx.execute("UPDATE mfa_totp SET confirmed_at = ?2 WHERE user_id = ?1", params![user_id, now])?;
-                tx.execute("DELETE FROM mfa_recovery_codes WHERE user_id = ?1", [&user_id])?;
-                for hash in recovery {
-                    tx.execute(
-                        "INSERT INTO mfa_recovery_codes (hash, user_id) VALUES (?1, ?2)",
-                        params![hash.to_vec(), user_id],
-                    )?;
-                }
-                tx.execute("UPDATE users SET mfa = 1, updated_at = ?2 WHERE id = ?1", params![user_id, now])?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await
+        self.store.confirm_totp(user_id.to_owned(), recovery, now).await
     }
 
-    /// Spends a recovery code of this user; false if unknown or used.
     pub async fn use_recovery_code(&self, user_id: &str, hash: [u8; 32], now: i64) -> Result<bool, StoreError> {
-        let sql = "UPDATE mfa_recovery_codes SET used_at = ?3 WHERE hash = ?1 AND user_id = ?2 AND used_at IS NULL";
-        Ok(self.execute(sql, vec![hash.to_vec().into(), text(user_id), now.into()]).await? > 0)
+        self.store.use_recovery_code(user_id.to_owned(), hash, now).await
     }
 
-    /// Turns TOTP off.
     pub async fn remove_totp(&self, user_id: &str, now: i64) -> Result<(), StoreError> {
-        let user_id = user_id.to_owned();
-        self.db
-            .write_with(move |conn| {
-                let tx = conn.unchecked_transaction()?;
-                tx.execute("DELETE FROM mfa_totp WHERE user_id = ?1", [&user_id])?;
-                tx.execute("DELETE FROM mfa_recovery_codes WHERE user_id = ?1", [&user_id])?;
-                tx.execute("UPDATE users SET mfa = 0, updated_at = ?2 WHERE id = ?1", params![user_id, now])?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await
+        self.store.remove_totp(user_id.to_owned(), now).await
     }
 
     pub async fn insert_ticket(&self, hash: [u8; 32], user_id: &str, expires_at: i64) -> Result<(), StoreError> {
-        let sql = "INSERT INTO mfa_tickets (hash, user_id, expires_at) VALUES (?1, ?2, ?3)";
-        self.execute(sql, vec![hash.to_vec().into(), text(user_id), expires_at.into()]).await.map(drop)
+        self.store.insert_ticket(hash, user_id.to_owned(), expires_at).await
     }
 
-    /// The user of an unused, unexpired ticket.
     pub async fn ticket_user(&self, hash: [u8; 32], now: i64) -> Result<Option<String>, StoreError> {
-        self.db
-            .read_with(move |conn| {
-                Ok(conn
-                    .prepare_cached(
-                        "SELECT user_id FROM mfa_tickets WHERE hash = ?1 AND used_at IS NULL AND expires_at > ?2",
-                    )?
-                    .query_row(params![hash.to_vec(), now], |row| row.get(0))
-                    .optional()?)
-            })
-            .await
+        self.store.ticket_user(hash, now).await
     }
 
-    /// Counts a wrong code against a ticket; the one that makes [`TICKET_FAILURES`] burns it.
     pub async fn fail_ticket(&self, hash: [u8; 32], now: i64) -> Result<(), StoreError> {
-        let sql = format!(
-            "UPDATE mfa_tickets SET failures = failures + 1, \
-             used_at = CASE WHEN failures + 1 >= {TICKET_FAILURES} THEN ?2 ELSE used_at END \
-             WHERE hash = ?1 AND used_at IS NULL"
-        );
-        self.execute(sql, vec![hash.to_vec().into(), now.into()]).await.map(drop)
+        self.store.fail_ticket(hash, now).await
     }
 
-    /// Spends a ticket; false if someone else spent it first.
     pub async fn spend_ticket(&self, hash: [u8; 32], now: i64) -> Result<bool, StoreError> {
-        let sql = "UPDATE mfa_tickets SET used_at = ?2 WHERE hash = ?1 AND used_at IS NULL";
-        Ok(self.execute(sql, vec![hash.to_vec().into(), now.into()]).await? > 0)
+        self.store.spend_ticket(hash, now).await
     }
-}
 
-impl Repo {
     pub async fn save_pending(
         &self,
         state_hash: [u8; 32],
-        pending: super::oauth::Pending,
+        pending: Pending,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        self.db
-            .write_with(move |conn| {
-                conn.execute(
-                    "INSERT INTO oauth_states (hash, provider, verifier, nonce, redirect_uri, redirect_to, expires_at, binding) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![
-                        state_hash.to_vec(),
-                        pending.provider,
-                        pending.verifier,
-                        pending.nonce,
-                        pending.redirect_uri,
-                        pending.redirect_to,
-                        expires_at,
-                        pending.binding.to_vec()
-                    ],
-                )?;
-                Ok(())
-            })
-            .await
+        self.store.save_pending(state_hash, pending, expires_at).await
     }
 
-    /// Takes (and forgets) a sign-in in flight, if its state is known and fresh.
-    pub async fn take_pending(
-        &self,
-        state_hash: [u8; 32],
-        now: i64,
-    ) -> Result<Option<super::oauth::Pending>, StoreError> {
-        self.db
-            .write_with(move |conn| {
-                let pending = conn
-                    .query_row(
-                        "DELETE FROM oauth_states WHERE hash = ?1 AND expires_at > ?2 \
-                         RETURNING provider, verifier, nonce, redirect_uri, redirect_to, binding",
-                        params![state_hash.to_vec(), now],
-                        |row| {
-                            // A sign-in started before bindings existed has none, and
-                            // matches no cookie.
-                            let binding: Option<Vec<u8>> = row.get(5)?;
-                            Ok(super::oauth::Pending {
-                                provider: row.get(0)?,
-                                verifier: row.get(1)?,
-                                nonce: row.get(2)?,
-                                redirect_uri: row.get(3)?,
-                                redirect_to: row.get(4)?,
-                                binding: binding.and_then(|b| b.try_into().ok()).unwrap_or([0; 32]),
-                            })
-                        },
-                    )
-                    .optional()?;
-                conn.execute("DELETE FROM oauth_states WHERE expires_at <= ?1", [now])?;
-                Ok(pending)
-            })
-            .await
+    pub async fn take_pending(&self, state_hash: [u8; 32], now: i64) -> Result<Option<Pending>, StoreError> {
+        self.store.take_pending(state_hash, now).await
     }
 
-    /// The user who signed in with this provider identity before.
     pub async fn identity_user(&self, provider: &str, subject: &str) -> Result<Option<String>, StoreError> {
-        let (provider, subject) = (provider.to_owned(), subject.to_owned());
-        self.db
-            .read_with(move |conn| {
-                Ok(conn
-                    .prepare_cached("SELECT user_id FROM identities WHERE provider = ?1 AND subject = ?2")?
-                    .query_row([provider, subject], |row| row.get(0))
-                    .optional()?)
-            })
-            .await
+        self.store.identity_user(provider.to_owned(), subject.to_owned()).await
     }
 
     pub async fn add_identity(&self, provider: &str, subject: &str, user_id: &str, now: i64) -> Result<(), StoreError> {
-        let sql = "INSERT OR IGNORE INTO identities (provider, subject, user_id, created_at) VALUES (?1, ?2, ?3, ?4)";
-        self.execute(sql, vec![text(provider), text(subject), text(user_id), now.into()]).await.map(drop)
+        self.store.add_identity(provider.to_owned(), subject.to_owned(), user_id.to_owned(), now).await
     }
-}
 
-impl Repo {
     /// The user linked to a provider identity, if any.
     pub async fn user_by_id_for_identity(
         &self,
@@ -803,39 +499,9 @@ impl Repo {
             None => Ok(None),
         }
     }
-}
 
-impl Repo {
-    /// Forgets what can no longer be used: tokens and sessions that expired or were
-    /// revoked a day ago or more, spent or expired codes, tickets and OAuth states, mail
-    /// of the outbox a day old.
-    /// Returns how many rows went.
     pub async fn prune(&self, now: i64) -> Result<u64, StoreError> {
-        let day_ago = now - 86_400 * 1_000_000;
-        self.db
-            .write_with(move |conn| {
-                let tx = conn.unchecked_transaction()?;
-                let mut pruned = tx.execute(
-                    "DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions \
-                     WHERE expires_at < ?1 OR revoked_at < ?1)",
-                    [day_ago],
-                )?;
-                pruned += tx.execute("DELETE FROM sessions WHERE expires_at < ?1 OR revoked_at < ?1", [day_ago])?;
-                pruned += tx.execute("DELETE FROM mail_tokens WHERE expires_at < ?1 OR used_at IS NOT NULL", [now])?;
-                pruned += tx.execute("DELETE FROM mfa_tickets WHERE expires_at < ?1 OR used_at IS NOT NULL", [now])?;
-                pruned += tx.execute("DELETE FROM oauth_states WHERE expires_at < ?1", [now])?;
-                // The outbox holds mailed codes in the clear: a day is enough to read them.
-                pruned += tx.execute("DELETE FROM outbox WHERE sent_at < ?1", [day_ago])?;
-                // User events a week old that every `onUserCreated` function is done with.
-                pruned += tx.execute(
-                    "DELETE FROM user_events WHERE created_at < ?1 \
-                     AND seq <= COALESCE((SELECT MIN(seq) FROM user_event_cursors), seq)",
-                    [now - 7 * 86_400 * 1_000_000],
-                )?;
-                tx.commit()?;
-                Ok(pruned as u64)
-            })
-            .await
+        self.store.prune(now).await
     }
 }
 
@@ -844,7 +510,7 @@ mod tests {
     use super::*;
     use crate::config::StoreConfig;
     use crate::store::ChangeBus;
-    use crate::store::sqlite::SqliteOptions;
+    use crate::store::sqlite::{SqliteBackend, SqliteOptions};
 
     fn user(id: &str) -> UserRecord {
         UserRecord { id: id.into(), ..UserRecord::new(Some(format!("{id}@example.com")), &["password"], 0) }

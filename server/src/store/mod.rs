@@ -6,7 +6,9 @@
 //! publishes the committed changes on the [`ChangeBus`] after commit. The store knows
 //! nothing of HTTP.
 
+pub mod commit;
 pub mod path;
+pub mod postgres;
 pub mod query;
 pub mod sqlite;
 pub mod value;

@@ -404,7 +404,7 @@ async fn rotated_keys_keep_old_tokens_valid_and_sign_new_ones() {
     let old_token = session["access_token"].as_str().expect("token").to_owned();
     assert_eq!(app.terminate(), Some(0));
     let dir = app.keep_dir().expect("dir");
-    let rotated = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+    let rotated = crate::support::hearth_bin()
         .args(["keys", "rotate", "--dir"])
         .arg(dir.path())
         .output()

@@ -1,6 +1,6 @@
 //! Backups while the server runs, and `hearth restore` with it stopped.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::support::{App, Options, assert_error};
 
 fn hearth(args: &[&str], dir: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hearth")).args(args).arg("--dir").arg(dir).output().expect("hearth runs")
+    crate::support::hearth_bin().args(args).arg("--dir").arg(dir).output().expect("hearth runs")
 }
 
 async fn put(app: &App, path: &str) {
@@ -57,7 +57,7 @@ async fn a_backup_made_while_serving_restores_to_exactly_its_moment() {
     assert_eq!(later["seq"], json!(5), "{later}");
 
     // While the server runs, neither a second server nor a restore may touch its database.
-    let second = Command::new(env!("CARGO_BIN_EXE_hearth"))
+    let second = crate::support::hearth_bin()
         .args(["serve", "--addr", "127.0.0.1:0", "--dir"])
         .arg(app.dir())
         .output()

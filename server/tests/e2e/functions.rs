@@ -426,9 +426,19 @@ export const newYear = schedule("0 0 1 1 *", async (ctx, tick) => {
 });
 "#;
     assert_eq!(deploy(&app, "yearly.js", yearly).await.0, 200);
+    // The schedule's task saves its first tick as it starts, just after the deploy.
+    let database = rusqlite::Connection::open(app.dir().join("hearth_data/hearth.db")).expect("database");
+    let saved = || {
+        database
+            .query_row("SELECT count(*) FROM schedule_ticks WHERE name = 'newYear'", [], |row| row.get::<_, i64>(0))
+            .expect("count")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while saved() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     app.terminate();
     // As if the server had last run it two years ago: the new years since were missed.
-    let database = rusqlite::Connection::open(app.dir().join("hearth_data/hearth.db")).expect("database");
     let two_years_ago = (std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 366 * 86_400))
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time")

@@ -753,7 +753,7 @@ async fn resuming_across_a_restore_starts_over_and_never_misses_the_rewind() {
     assert_eq!(app.terminate(), Some(0));
     let dir = app.keep_dir().expect("dir");
     let file = dir.path().join("hearth_data/backups").join(backup["name"].as_str().expect("name"));
-    let restored = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+    let restored = crate::support::hearth_bin()
         .arg("restore")
         .arg(&file)
         .arg("--dir")

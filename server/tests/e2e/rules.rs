@@ -307,9 +307,7 @@ async fn rules_are_replaced_and_reloaded_without_a_restart() {
 #[test]
 fn the_rules_command_tests_and_checks_rules_files() {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let run = |args: &[&std::ffi::OsStr]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_hearth")).args(args).output().expect("hearth runs")
-    };
+    let run = |args: &[&std::ffi::OsStr]| crate::support::hearth_bin().args(args).output().expect("hearth runs");
     for app in ["chat", "todo"] {
         let tests = examples.join(app).join("rules.test.toml");
         let output = run(&["rules".as_ref(), "test".as_ref(), tests.as_os_str()]);

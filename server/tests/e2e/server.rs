@@ -90,12 +90,7 @@ async fn accepted(app: &App, key: &str) -> bool {
 }
 
 fn hearth(args: &[&str], dir: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .output()
-        .expect("hearth runs")
+    crate::support::hearth_bin().args(args).arg("--dir").arg(dir).output().expect("hearth runs")
 }
 
 #[tokio::test]

@@ -43,6 +43,9 @@ impl App {
             std::fs::write(dir.path().join("hearth.toml"), config).expect("write config");
         }
         let path = dir.path().to_owned();
+        if on_postgres() {
+            fresh_database(&path);
+        }
         let mut app = App::start_in(&path, &options);
         app.dir = Some(dir);
         app
@@ -50,7 +53,7 @@ impl App {
 
     /// A server on an existing project dir (to restart on the same data).
     pub fn start_in(dir: &Path, options: &Options) -> App {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        let mut child = hearth_command(dir)
             .arg("serve")
             .arg("--dir")
             .arg(dir)
@@ -163,12 +166,87 @@ impl Drop for App {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The database goes with the project dir (a kept dir keeps it until the next run).
+        if let Some(dir) = &self.dir
+            && let Ok(name) = std::fs::read_to_string(dir.path().join(DATABASE_FILE))
+        {
+            drop_database(name.trim());
+        }
     }
+}
+
+/// `HEARTH_TEST_BACKEND=postgres` runs the suite on PostgreSQL: each project gets a
+/// fresh database on the server `HEARTH_TEST_DATABASE_URL` names.
+pub fn on_postgres() -> bool {
+    std::env::var("HEARTH_TEST_BACKEND").is_ok_and(|backend| backend == "postgres")
+}
+
+/// Where a project dir notes the name of its test database.
+const DATABASE_FILE: &str = ".hearth-test-database";
+const DATABASE_PREFIX: &str = "hearth_e2e_";
+
+fn admin_url() -> String {
+    std::env::var("HEARTH_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn database_url(name: &str) -> String {
+    let admin = admin_url();
+    let (server, _) = admin.rsplit_once('/').expect("HEARTH_TEST_DATABASE_URL names a database");
+    format!("{server}/{name}")
+}
+
+fn psql(sql: &str) -> String {
+    let output = Command::new("psql")
+        .args([admin_url().as_str(), "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .output()
+        .expect("psql runs");
+    assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn drop_database(name: &str) {
+    let _ = Command::new("psql")
+        .args([admin_url().as_str(), "-qc", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")])
+        .output();
+}
+
+/// Makes the project's database, first dropping what earlier runs left.
+fn fresh_database(dir: &Path) {
+    static CLEANED: std::sync::Once = std::sync::Once::new();
+    let ours = format!("{DATABASE_PREFIX}{}_", std::process::id());
+    CLEANED.call_once(|| {
+        let names = psql(&format!("SELECT datname FROM pg_database WHERE datname LIKE '{DATABASE_PREFIX}%'"));
+        for name in names.lines().filter(|name| !name.starts_with(&ours)) {
+            drop_database(name);
+        }
+    });
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let name = format!("{ours}{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    psql(&format!("CREATE DATABASE {name}"));
+    std::fs::write(dir.join(DATABASE_FILE), &name).expect("note the database");
+}
+
+/// The `hearth` binary, without the suite's own `HEARTH_TEST_*` settings (which the
+/// server would refuse as unknown configuration).
+pub fn hearth_bin() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    command.env_remove("HEARTH_TEST_BACKEND").env_remove("HEARTH_TEST_DATABASE_URL");
+    command
+}
+
+/// `hearth`, pointed at the project's test database when it has one.
+pub fn hearth_command(dir: &Path) -> Command {
+    let mut command = hearth_bin();
+    if let Ok(name) = std::fs::read_to_string(dir.join(DATABASE_FILE)) {
+        command.env("HEARTH_DATABASE_URL", database_url(name.trim()));
+    }
+    command
 }
 
 /// Starts `hearth serve` on the project in `dir`, expecting it to refuse: its stderr.
 pub fn refused_start(dir: &Path) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+    let mut child = hearth_command(dir)
         .args(["serve", "--addr", "127.0.0.1:0", "--dir"])
         .arg(dir)
         .env("HEARTH_SERVICE_KEY", KEY)

@@ -2,6 +2,7 @@
 //! read-only connections in WAL mode, queries compiled by `sql`, and the expression
 //! indexes declared in config.
 
+mod auth;
 pub mod sql;
 mod writer;
 
@@ -1068,4 +1069,4 @@ impl Backend for SqliteBackend {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

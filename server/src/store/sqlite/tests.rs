@@ -14,7 +14,7 @@ use crate::config::StoreConfig;
 use crate::store::query::QuerySpec;
 use crate::store::{Store, Write, WriteOp};
 
-async fn open(dir: &std::path::Path, indexes: Vec<IndexDef>) -> Store {
+pub(crate) async fn open(dir: &std::path::Path, indexes: Vec<IndexDef>) -> Store {
     let bus = ChangeBus::new(1 << 20);
     let options = SqliteOptions { indexes, ..SqliteOptions::new(dir.join("test.db"), &StoreConfig::default()) };
     let backend = SqliteBackend::open(options, bus.clone()).expect("opens");
@@ -22,7 +22,7 @@ async fn open(dir: &std::path::Path, indexes: Vec<IndexDef>) -> Store {
 }
 
 /// Values of every JSON type, with numbers that collide across int and float.
-fn random_value(rng: &mut StdRng, depth: usize) -> Value {
+pub(crate) fn random_value(rng: &mut StdRng, depth: usize) -> Value {
     match rng.random_range(0..if depth > 1 { 5 } else { 8 }) {
         0 => Value::Null,
         1 => Value::Bool(rng.random()),
@@ -35,7 +35,7 @@ fn random_value(rng: &mut StdRng, depth: usize) -> Value {
     }
 }
 
-fn random_doc(rng: &mut StdRng) -> Map<String, Value> {
+pub(crate) fn random_doc(rng: &mut StdRng) -> Map<String, Value> {
     let mut data = Map::new();
     for field in ["a", "b", "tags"] {
         if rng.random_bool(0.8) {
@@ -50,7 +50,7 @@ fn random_doc(rng: &mut StdRng) -> Map<String, Value> {
 
 const FIELDS: [&str; 6] = ["a", "b", "tags", "c.d", "__id__", "missing"];
 
-fn random_query(rng: &mut StdRng, target: &str) -> Query {
+pub(crate) fn random_query(rng: &mut StdRng, target: &str) -> Query {
     let filters = (0..rng.random_range(0..3))
         .map(|_| {
             let op = Op::ALL[rng.random_range(0..Op::ALL.len())];

@@ -11,7 +11,8 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::changes::{Change, ChangeBus, ChangeKind};
-use crate::store::write::{self, Effect, Prepared, WriteOp};
+use crate::store::commit::{WriteTx, apply_job};
+use crate::store::write::Prepared;
 
 const INSERT_NEW: &str = "INSERT INTO documents (path, collection, coll_id, id, data, version, created_at, updated_at) \
      VALUES (?1, ?2, ?3, ?4, jsonb(?5), ?6, ?7, ?8) ON CONFLICT (coll_id, path) DO NOTHING";
@@ -138,7 +139,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
             // A single write checks everything before it changes a row, so only requests
             // of several writes need a savepoint to fail alone.
             if writes.len() == 1 {
-                match apply_job(&tx, writes, batch, guard.as_deref(), &mut seen, now) {
+                match apply_job(&mut Sqlite(&tx), writes, batch, guard.as_deref(), &mut seen, now) {
                     Ok((results, job_changes)) => {
                         answers.push((reply, Ok(results)));
                         caused(&job_changes, &mut causes);
@@ -153,7 +154,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
                 continue;
             }
             let savepoint = tx.savepoint()?;
-            match apply_job(&savepoint, writes, batch, guard.as_deref(), &mut seen, now) {
+            match apply_job(&mut Sqlite(&savepoint), writes, batch, guard.as_deref(), &mut seen, now) {
                 Ok((results, job_changes)) => {
                     savepoint.commit()?;
                     answers.push((reply, Ok(results)));
@@ -195,173 +196,52 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>, bus: &ChangeBus) {
     metrics::histogram!("hearth_group_commit_seconds").record(started.elapsed().as_secs_f64());
 }
 
-fn apply_job(
-    conn: &Connection,
-    writes: Vec<Prepared>,
-    batch: bool,
-    guard: Option<&dyn WriteGuard>,
-    seen: &mut HashMap<String, Option<StoredDoc>>,
-    now: i64,
-) -> Result<(Vec<WriteResult>, Vec<Change>), Error> {
-    let mut results = Vec::with_capacity(writes.len());
-    let mut changes = Vec::with_capacity(writes.len());
-    for (index, prepared) in writes.into_iter().enumerate() {
-        let located = |error: Error| {
-            if batch { Error::InBatch { index, error: Box::new(error) } } else { error }
+/// The statements of a commit on SQLite, on the writer's connection (or a savepoint of it).
+struct Sqlite<'a>(&'a Connection);
+
+impl WriteTx for Sqlite<'_> {
+    fn load(&mut self, path: &DocPath) -> Result<Option<(StoredDoc, String)>, Error> {
+        let Some(raw) = super::read_document(self.0, path)? else {
+            return Ok(None);
         };
-        let write = &prepared.write;
-        // A create needs no read: the insert itself finds out whether the path is taken.
-        // So does a set that can be decided as one (most sets make new documents).
-        let blind_create = matches!(write.op, WriteOp::Create(_)) && write.if_version.is_none();
-        let blind_set = prepared.replaces_blindly();
-        let mut current = if blind_create || blind_set { None } else { load(conn, &write.path)? };
-        let doc_path = write.path.clone();
-        let mut effect = match write::apply(current.as_ref().map(|(doc, _)| doc), prepared, now) {
-            Ok(effect) => effect,
-            Err(refused) => {
-                // The rules come first: a caller they refuse learns nothing from why the
-                // write itself failed (a version, whether the document exists, a type).
-                let (before, after) = write::attempted(current.as_ref().map(|(doc, _)| doc), &refused.write, now);
-                allowed(conn, guard, seen, &doc_path, before, after.as_ref()).map_err(located)?;
-                return Err(located(refused.error));
-            }
-        };
-        let mut inserted = false;
-        match &mut effect {
-            Effect::Put { doc, text } if blind_set => {
-                let as_create = allowed(conn, guard, seen, &doc_path, None, Some(doc));
-                if as_create.is_ok() && insert(conn, INSERT_NEW, doc, text)? == 1 {
-                    inserted = true;
-                } else {
-                    // The path is taken (or the rules refuse a create): a replace of what
-                    // is stored, decided again with it.
-                    current = load(conn, &doc_path)?;
-                    match &current {
-                        Some((old, _)) => {
-                            doc.version = old.version + 1;
-                            doc.created_at = old.created_at;
-                            allowed(conn, guard, seen, &doc_path, Some(old), Some(doc)).map_err(located)?;
-                        }
-                        None => as_create.map_err(located)?,
-                    }
-                }
-            }
-            _ => {
-                let after = match &effect {
-                    Effect::Put { doc, .. } => Some(doc),
-                    Effect::Delete | Effect::Nothing => None,
-                };
-                allowed(conn, guard, seen, &doc_path, current.as_ref().map(|(doc, _)| doc), after).map_err(located)?;
-            }
-        }
-        let old_logged = current.as_ref().map(|(doc, text)| logged(doc, text));
-        let old_bytes = current.as_ref().map_or(0, |(_, text)| text.len());
-        let path = doc_path.as_str();
-        if !seen.is_empty() {
-            seen.remove(path);
-        }
-        match effect {
-            Effect::Put { doc, text } => {
-                let stored = if inserted {
-                    1
-                } else {
-                    insert(conn, if blind_create { INSERT_NEW } else { UPSERT }, &doc, &text)?
-                };
-                if stored == 0 {
-                    return Err(located(Error::AlreadyExists(format!("`{path}` already exists"))));
-                }
-                let kind = if current.is_some() { ChangeKind::Update } else { ChangeKind::Create };
-                let seq = log(conn, path, kind, old_logged.as_deref(), now)?;
-                let old = current.map(|(old, _)| Arc::new(old));
-                // One copy of the document, shared by the answer and the bus.
-                let doc = Arc::new(doc);
-                changes.push(Change {
-                    seq,
-                    kind,
-                    path: doc_path.clone(),
-                    doc: Some(doc.clone()),
-                    old,
-                    committed_at: now,
-                    bytes: text.len() + old_bytes,
-                });
-                results.push(WriteResult { path: doc_path.clone(), doc: Some(doc), data_json: Some(text.into()) });
-            }
-            Effect::Delete => {
-                conn.prepare_cached("DELETE FROM documents WHERE coll_id = ?1 AND path = ?2")?
-                    .execute([doc_path.collection_id(), path])?;
-                let seq = log(conn, path, ChangeKind::Delete, old_logged.as_deref(), now)?;
-                let old = current.map(|(old, _)| Arc::new(old));
-                changes.push(Change {
-                    seq,
-                    kind: ChangeKind::Delete,
-                    path: doc_path.clone(),
-                    doc: None,
-                    old,
-                    committed_at: now,
-                    bytes: old_bytes,
-                });
-                results.push(WriteResult { path: doc_path.clone(), doc: None, data_json: None });
-            }
-            Effect::Nothing => results.push(WriteResult { path: doc_path.clone(), doc: None, data_json: None }),
-        }
+        Ok(Some((raw.parse()?, raw.data)))
     }
-    Ok((results, changes))
-}
 
-/// Asks the guard, if any, whether a write may take `path` from `before` to `after`.
-fn allowed(
-    conn: &Connection,
-    guard: Option<&dyn WriteGuard>,
-    seen: &mut HashMap<String, Option<StoredDoc>>,
-    path: &DocPath,
-    before: Option<&StoredDoc>,
-    after: Option<&StoredDoc>,
-) -> Result<(), Error> {
-    let Some(guard) = guard else { return Ok(()) };
-    let mut lookup = |path: &DocPath| {
-        if let Some(doc) = seen.get(path.as_str()) {
-            return Ok(doc.clone());
-        }
-        let doc = load(conn, path)?.map(|(doc, _)| doc);
-        seen.insert(path.as_str().to_owned(), doc.clone());
-        Ok(doc)
-    };
-    guard.check(path, before, after, &mut lookup)
-}
+    fn store(&mut self, doc: &StoredDoc, text: &str, new_only: bool) -> Result<usize, Error> {
+        let path = &doc.path;
+        Ok(self.0.prepare_cached(if new_only { INSERT_NEW } else { UPSERT })?.execute(params![
+            path.as_str(),
+            path.collection(),
+            path.collection_id(),
+            path.id(),
+            text,
+            doc.version,
+            doc.created_at,
+            doc.updated_at
+        ])?)
+    }
 
-/// Stores `doc` with `statement` ([`INSERT_NEW`] or [`UPSERT`]); the rows it changed.
-fn insert(conn: &Connection, statement: &str, doc: &StoredDoc, text: &str) -> Result<usize, Error> {
-    let path = &doc.path;
-    Ok(conn.prepare_cached(statement)?.execute(params![
-        path.as_str(),
-        path.collection(),
-        path.collection_id(),
-        path.id(),
-        text,
-        doc.version,
-        doc.created_at,
-        doc.updated_at
-    ])?)
-}
+    fn delete(&mut self, path: &DocPath) -> Result<(), Error> {
+        self.0
+            .prepare_cached("DELETE FROM documents WHERE coll_id = ?1 AND path = ?2")?
+            .execute([path.collection_id(), path.as_str()])?;
+        Ok(())
+    }
 
-/// The stored document and its data as JSON text (kept to log without re-serialising).
-fn load(conn: &Connection, path: &DocPath) -> Result<Option<(StoredDoc, String)>, Error> {
-    let Some(raw) = super::read_document(conn, path)? else {
-        return Ok(None);
-    };
-    Ok(Some((raw.parse()?, raw.data)))
-}
-
-/// A document as the log keeps it: `{"v", "c", "u", "d"}`, data spliced in as text.
-fn logged(doc: &StoredDoc, data_text: &str) -> String {
-    format!(r#"{{"v":{},"c":{},"u":{},"d":{data_text}}}"#, doc.version, doc.created_at, doc.updated_at)
-}
-
-/// Appends a change to the log. Only the document before it is copied: the one after it
-/// is in `documents` until the path's next change, which logs it as its `old` (see
-/// `read_changes`), so each version is written once to the log, not twice.
-fn log(conn: &Connection, path: &str, kind: ChangeKind, old: Option<&str>, now: i64) -> Result<i64, Error> {
-    conn.prepare_cached("INSERT INTO changes (path, kind, old, committed_at) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![path, kind.as_str(), old, now])?;
-    Ok(conn.last_insert_rowid())
+    /// Only the document before the change is copied: the one after it is in `documents`
+    /// until the path's next change, which logs it as its `old` (see `read_changes`), so
+    /// each version is written once to the log, not twice.
+    fn log(
+        &mut self,
+        path: &str,
+        kind: ChangeKind,
+        old: Option<&str>,
+        _new: Option<(&StoredDoc, &str)>,
+        now: i64,
+    ) -> Result<i64, Error> {
+        self.0
+            .prepare_cached("INSERT INTO changes (path, kind, old, committed_at) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![path, kind.as_str(), old, now])?;
+        Ok(self.0.last_insert_rowid())
+    }
 }

@@ -1,0 +1,623 @@
+//! The PostgreSQL backend: this node's writer thread with group commit (`writer`), a
+//! bounded pool for reads, and Hearth's schema migrated at start under an advisory lock.
+//!
+//! Queries are answered by the in-memory evaluator of `store::query` over the target's
+//! documents, so their results, order and cursors are exactly SQLite's; compiling them to
+//! SQL over `jsonb` (with the declared indexes as expression indexes) is the next step.
+
+mod auth;
+mod writer;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::query::Target;
+use super::{
+    AggregateValues, Aggregation, Backend, Change, ChangeBus, ChangeKind, DeadLetter, DocPath, Error, LogPage, Page,
+    PathFilter, Prepared, QuerySpec, RawDoc, StoredDoc, WriteGuard, WriteResult,
+};
+pub use writer::WriterOptions;
+use writer::{Command, Job};
+
+/// Hearth's schema on PostgreSQL, applied in order; never edit one that has shipped.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../../../migrations/postgres/0001_init.sql")),
+    (2, "auth", include_str!("../../../../migrations/postgres/0002_auth.sql")),
+];
+
+/// The advisory lock nodes take to migrate one at a time ("hearth" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6865_6172_7468;
+
+/// Everything the PostgreSQL backend is configured with.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `postgres://user:password@host:port/database?sslmode=require`.
+    pub url: String,
+    /// Connections for reads (the writer has one of its own).
+    pub pool_size: u32,
+    /// Longest a statement may run before PostgreSQL cancels it.
+    pub statement_timeout: Duration,
+    pub writer: WriterOptions,
+    pub queue_capacity: usize,
+}
+
+impl PgOptions {
+    pub fn new(url: String, store: &crate::config::StoreConfig) -> PgOptions {
+        PgOptions {
+            url,
+            pool_size: (store.readers as u32).max(2) * 2,
+            statement_timeout: Duration::from_secs(30),
+            writer: WriterOptions { group_commit: store.group_commit, max_group_writes: store.max_group_writes },
+            queue_capacity: store.queue_capacity,
+        }
+    }
+}
+
+/// The PostgreSQL implementation of [`Backend`].
+pub struct PgBackend {
+    pool: PgPool,
+    writer: mpsc::Sender<Command>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What a failed statement means to a caller: PostgreSQL out of reach (or cancelling) is
+/// `unavailable`, never a hang or an internal error.
+pub(crate) fn pg_error(error: sqlx::Error) -> Error {
+    match &error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Error::Unavailable(format!("PostgreSQL is out of reach: {error}")),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // query_canceled (statement_timeout), admin_shutdown, crash_shutdown,
+            // cannot_connect_now, too_many_connections
+            Some("57014" | "57P01" | "57P02" | "57P03" | "53300") => {
+                Error::Unavailable(format!("PostgreSQL refused: {}", db.message()))
+            }
+            _ => Error::Internal(format!("postgres: {error}")),
+        },
+        _ => Error::Internal(format!("postgres: {error}")),
+    }
+}
+
+/// PostgreSQL's `jsonb` cannot hold the character U+0000: a document with one is refused
+/// whole, before anything is written.
+pub(crate) fn check_storable(json: &str) -> Result<(), Error> {
+    let bytes = json.as_bytes();
+    let mut at = 0;
+    while let Some(found) = json[at..].find("\\u0000") {
+        let start = at + found;
+        let backslashes = bytes[..start].iter().rev().take_while(|byte| **byte == b'\\').count();
+        if backslashes % 2 == 0 {
+            return Err(Error::InvalidArgument("strings may not contain the character U+0000".into()));
+        }
+        at = start + 1;
+    }
+    Ok(())
+}
+
+/// A document from a row of `data::text, version, created_at, updated_at`. `jsonb` keeps
+/// keys in its own order; the text is written again in the order every other answer has.
+pub(crate) fn raw_doc(path: DocPath, row: &PgRow) -> Result<RawDoc, Error> {
+    let text: String = row.try_get(0).map_err(pg_error)?;
+    let data: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Internal(format!("stored JSON: {e}")))?;
+    Ok(RawDoc {
+        path,
+        data: data.to_string(),
+        version: row.try_get(1).map_err(pg_error)?,
+        created_at: row.try_get(2).map_err(pg_error)?,
+        updated_at: row.try_get(3).map_err(pg_error)?,
+    })
+}
+
+fn connect_options(options: &PgOptions) -> Result<PgConnectOptions, Error> {
+    let timeout = options.statement_timeout.as_millis().to_string();
+    Ok(PgConnectOptions::from_str(&options.url)
+        .map_err(|e| Error::InvalidArgument(format!("database_url: {e}")))?
+        .application_name("hearth")
+        .options([("statement_timeout", timeout.as_str())]))
+}
+
+impl PgBackend {
+    /// Connects, migrates (one node at a time) and starts the writer.
+    pub async fn connect(options: PgOptions, bus: ChangeBus) -> Result<PgBackend, Error> {
+        let connect = connect_options(&options)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.pool_size.max(1))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(connect.clone())
+            .await
+            .map_err(pg_error)?;
+        migrate(&pool).await?;
+        let (sender, receiver) = mpsc::channel(options.queue_capacity.max(1));
+        let writer_options = options.writer;
+        let thread = std::thread::Builder::new()
+            .name("hearth-pg-writer".into())
+            .spawn(move || writer::run(connect, receiver, bus, writer_options))
+            .map_err(|e| Error::Internal(format!("cannot start the writer: {e}")))?;
+        Ok(PgBackend { pool, writer: sender, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// The read pool, for Hearth's own tables beside the documents.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn named(&self, sql: &'static str, name: String) -> Result<Option<i64>, Error> {
+        let row = sqlx::query(sql).bind(name).fetch_optional(&self.pool).await.map_err(pg_error)?;
+        row.map(|row| row.try_get(0).map_err(pg_error)).transpose()
+    }
+
+    async fn execute(&self, sql: &'static str, binds: impl FnOnce(SqlQuery<'_>) -> SqlQuery<'_>) -> Result<u64, Error> {
+        Ok(binds(sqlx::query(sql)).execute(&self.pool).await.map_err(pg_error)?.rows_affected())
+    }
+
+    /// Every document of the query's target that matches it, in query order.
+    async fn matching(&self, conn: &mut sqlx::PgConnection, spec: &QuerySpec) -> Result<Vec<StoredDoc>, Error> {
+        let (column, value) = match &spec.target {
+            Target::Collection(collection) => ("collection", collection.as_str().to_owned()),
+            Target::Group(group) => ("coll_id", group.clone()),
+        };
+        let sql = format!(
+            "SELECT data::text, version, created_at, updated_at, path FROM documents WHERE {column} = $1 \
+             ORDER BY path COLLATE \"C\""
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(value).fetch_all(&mut *conn).await.map_err(pg_error)?;
+        let mut docs = Vec::new();
+        for row in rows {
+            let path: String = row.try_get(4).map_err(pg_error)?;
+            let path = DocPath::parse(&path).map_err(|e| Error::Internal(format!("stored path: {e}")))?;
+            let doc = raw_doc(path, &row)?.parse()?;
+            if spec.matches(&doc) {
+                docs.push(doc);
+            }
+        }
+        docs.sort_by(|a, b| spec.compare_docs(a, b));
+        Ok(docs)
+    }
+
+    async fn page(&self, conn: &mut sqlx::PgConnection, spec: &QuerySpec) -> Result<Page, Error> {
+        let docs = self.matching(conn, spec).await?;
+        let mut after: Vec<StoredDoc> = docs.into_iter().filter(|doc| spec.is_after_cursor(doc)).collect();
+        let more = after.len() > spec.limit;
+        after.truncate(spec.limit);
+        let docs = after
+            .into_iter()
+            .map(|doc| RawDoc {
+                data: serde_json::Value::Object(doc.data).to_string(),
+                path: doc.path,
+                version: doc.version,
+                created_at: doc.created_at,
+                updated_at: doc.updated_at,
+            })
+            .collect();
+        Ok(Page { docs, more })
+    }
+}
+
+type SqlQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    let mut tx = pool.begin().await.map_err(pg_error)?;
+    // Held to the end of this transaction: nodes starting together migrate once.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await.map_err(pg_error)?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS _hearth_migrations \
+         (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(pg_error)?;
+    let newest: Option<i64> = sqlx::query("SELECT max(version) FROM _hearth_migrations")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(pg_error)?
+        .try_get(0)
+        .map_err(pg_error)?;
+    let known = MIGRATIONS.last().map_or(0, |(version, _, _)| *version);
+    if let Some(newest) = newest
+        && newest > known
+    {
+        return Err(Error::Unavailable(format!(
+            "the database's schema is version {newest}, newer than this Hearth knows ({known}): run a newer Hearth"
+        )));
+    }
+    for (version, name, sql) in MIGRATIONS {
+        if newest.is_some_and(|newest| newest >= *version) {
+            continue;
+        }
+        sqlx::raw_sql(AssertSqlSafe(*sql)).execute(&mut *tx).await.map_err(pg_error)?;
+        sqlx::query("INSERT INTO _hearth_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+            .bind(version)
+            .bind(*name)
+            .bind(super::now_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(pg_error)?;
+        tracing::info!(version, name, "applied migration");
+    }
+    tx.commit().await.map_err(pg_error)
+}
+
+/// The log's shape of a document (see `commit::logged`).
+#[derive(serde::Deserialize)]
+struct Logged {
+    v: i64,
+    c: i64,
+    u: i64,
+    d: serde_json::Map<String, serde_json::Value>,
+}
+
+fn parse_logged(path: &DocPath, text: &str) -> Result<StoredDoc, Error> {
+    let logged: Logged = serde_json::from_str(text).map_err(|e| Error::Internal(format!("logged JSON: {e}")))?;
+    Ok(StoredDoc { path: path.clone(), data: logged.d, version: logged.v, created_at: logged.c, updated_at: logged.u })
+}
+
+async fn last_seq(conn: &mut sqlx::PgConnection) -> Result<i64, Error> {
+    sqlx::query("SELECT seq FROM log_head").fetch_one(&mut *conn).await.map_err(pg_error)?.try_get(0).map_err(pg_error)
+}
+
+/// A sum of floats with Neumaier's compensation, as SQLite's `sum()` takes it.
+fn float_sum(values: &[serde_json::Number]) -> f64 {
+    let (mut sum, mut compensation) = (0.0f64, 0.0f64);
+    for value in values.iter().filter_map(serde_json::Number::as_f64) {
+        let total = sum + value;
+        compensation += if sum.abs() >= value.abs() { (sum - total) + value } else { (value - total) + sum };
+        sum = total;
+    }
+    sum + compensation
+}
+
+/// Sums and averages of the numbers at each field (others are skipped), as SQLite gives
+/// them: integer sums stay integers (an overflow is refused), a float makes the sum a
+/// float; averages are floats, null when no document has a number there.
+fn aggregate_docs(docs: &[StoredDoc], aggregation: &Aggregation) -> Result<AggregateValues, Error> {
+    let numbers = |field: &super::query::Field| {
+        docs.iter()
+            .filter_map(|doc| {
+                let id = serde_json::Value::String(doc.path.id().to_owned());
+                field.value_in(doc, &id).and_then(|value| value.as_number().cloned())
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut sum = Vec::new();
+    for field in &aggregation.sum {
+        let values = numbers(field);
+        let total = if values.iter().all(|number| number.as_i64().is_some()) {
+            let mut total: i64 = 0;
+            for number in &values {
+                total = total
+                    .checked_add(number.as_i64().unwrap_or_default())
+                    .ok_or_else(|| Error::InvalidArgument("a sum overflowed 64-bit integers".into()))?;
+            }
+            serde_json::Value::from(total)
+        } else {
+            serde_json::Value::Number(super::value::normalized_float(float_sum(&values)))
+        };
+        sum.push(total);
+    }
+    let avg = aggregation
+        .avg
+        .iter()
+        .map(|field| {
+            let values = numbers(field);
+            if values.is_empty() {
+                return serde_json::Value::Null;
+            }
+            serde_json::Value::Number(super::value::normalized_float(float_sum(&values) / values.len() as f64))
+        })
+        .collect();
+    Ok(AggregateValues { count: docs.len() as u64, sum, avg })
+}
+
+impl Backend for PgBackend {
+    fn commit(
+        &self,
+        writes: Vec<Prepared>,
+        batch: bool,
+        guard: Option<std::sync::Arc<dyn WriteGuard>>,
+    ) -> BoxFuture<'_, Result<Vec<WriteResult>, Error>> {
+        async move {
+            let (reply, answer) = oneshot::channel();
+            self.writer.send(Command::Write(Job { writes, batch, guard, reply })).await.map_err(|_| shutting_down())?;
+            answer.await.map_err(|_| shutting_down())?
+        }
+        .boxed()
+    }
+
+    fn get(&self, path: DocPath) -> BoxFuture<'_, Result<Option<RawDoc>, Error>> {
+        async move {
+            let row = sqlx::query("SELECT data::text, version, created_at, updated_at FROM documents WHERE path = $1")
+                .bind(path.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(pg_error)?;
+            row.map(|row| raw_doc(path, &row)).transpose()
+        }
+        .boxed()
+    }
+
+    fn query(&self, spec: QuerySpec) -> BoxFuture<'_, Result<Page, Error>> {
+        async move {
+            let mut conn = self.pool.acquire().await.map_err(pg_error)?;
+            self.page(&mut conn, &spec).await
+        }
+        .boxed()
+    }
+
+    fn aggregate(&self, spec: QuerySpec, aggregation: Aggregation) -> BoxFuture<'_, Result<AggregateValues, Error>> {
+        async move {
+            let mut conn = self.pool.acquire().await.map_err(pg_error)?;
+            let mut docs = self.matching(&mut conn, &spec).await?;
+            if let Some(limit) = aggregation.limit {
+                docs.truncate(limit);
+            }
+            aggregate_docs(&docs, &aggregation)
+        }
+        .boxed()
+    }
+
+    fn snapshot(&self, spec: QuerySpec) -> BoxFuture<'_, Result<(Page, i64), Error>> {
+        async move {
+            let mut tx = self.pool.begin().await.map_err(pg_error)?;
+            // One snapshot for the page and the seq.
+            sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await
+                .map_err(pg_error)?;
+            let page = self.page(&mut tx, &spec).await?;
+            let seq = last_seq(&mut tx).await?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok((page, seq))
+        }
+        .boxed()
+    }
+
+    fn last_seq(&self) -> BoxFuture<'_, Result<i64, Error>> {
+        async move {
+            let mut conn = self.pool.acquire().await.map_err(pg_error)?;
+            last_seq(&mut conn).await
+        }
+        .boxed()
+    }
+
+    fn changes_since(
+        &self,
+        after: i64,
+        limit: usize,
+        wanted: Option<PathFilter>,
+    ) -> BoxFuture<'_, Result<LogPage, Error>> {
+        async move {
+            let rows = sqlx::query(
+                "SELECT seq, path, kind, doc, old, committed_at FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(pg_error)?;
+            let mut last = None;
+            let mut changes = Vec::with_capacity(rows.len());
+            for row in rows {
+                let seq: i64 = row.try_get(0).map_err(pg_error)?;
+                last = Some(seq);
+                let path: String = row.try_get(1).map_err(pg_error)?;
+                if wanted.as_ref().is_some_and(|wanted| !wanted(&path)) {
+                    continue;
+                }
+                let path = DocPath::parse(&path).map_err(|e| Error::Internal(format!("logged path: {e}")))?;
+                let kind: String = row.try_get(2).map_err(pg_error)?;
+                let kind = ChangeKind::parse(&kind).ok_or_else(|| Error::Internal(format!("logged kind {kind}")))?;
+                let doc: Option<String> = row.try_get(3).map_err(pg_error)?;
+                let old: Option<String> = row.try_get(4).map_err(pg_error)?;
+                let bytes = doc.as_ref().map_or(0, String::len) + old.as_ref().map_or(0, String::len);
+                changes.push(Change {
+                    seq,
+                    kind,
+                    doc: doc.map(|text| parse_logged(&path, &text).map(std::sync::Arc::new)).transpose()?,
+                    old: old.map(|text| parse_logged(&path, &text).map(std::sync::Arc::new)).transpose()?,
+                    path,
+                    committed_at: row.try_get(5).map_err(pg_error)?,
+                    bytes,
+                });
+            }
+            Ok(LogPage { changes, last })
+        }
+        .boxed()
+    }
+
+    fn prune_changes(&self, before: i64) -> BoxFuture<'_, Result<u64, Error>> {
+        async move {
+            // A change a trigger has not handled yet stays, however old.
+            self.execute(
+                "DELETE FROM changes WHERE committed_at < $1 \
+                 AND seq <= (SELECT coalesce(min(seq), 9223372036854775807) FROM trigger_cursors)",
+                |query| query.bind(before),
+            )
+            .await
+        }
+        .boxed()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            sqlx::raw_sql("SELECT 1").execute(&self.pool).await.map_err(pg_error)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn backup(&self, _into: PathBuf) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            Err(Error::FailedPrecondition(
+                "on PostgreSQL, back up with pg_dump (or `hearth export`); the server writes no copy itself".into(),
+            ))
+        }
+        .boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            let (done, finished) = oneshot::channel();
+            if self.writer.send(Command::Shutdown(done)).await.is_ok() {
+                let _ = finished.await;
+            }
+            let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let _ = tokio::task::spawn_blocking(move || thread.map(std::thread::JoinHandle::join)).await;
+            self.pool.close().await;
+        }
+        .boxed()
+    }
+
+    fn service_key_hashes(&self) -> BoxFuture<'_, Result<Vec<[u8; 32]>, Error>> {
+        async move {
+            let rows = sqlx::query("SELECT hash FROM service_keys").fetch_all(&self.pool).await.map_err(pg_error)?;
+            Ok(rows
+                .iter()
+                .filter_map(|row| row.try_get::<Vec<u8>, _>(0).ok().and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn add_service_key_hash(&self, hash: [u8; 32]) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            self.execute(
+                "INSERT INTO service_keys (hash, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                |query| query.bind(hash.to_vec()).bind(super::now_micros()),
+            )
+            .await
+            .map(drop)
+        }
+        .boxed()
+    }
+
+    fn revoke_service_keys_except(&self, keep: [u8; 32]) -> BoxFuture<'_, Result<u64, Error>> {
+        async move { self.execute("DELETE FROM service_keys WHERE hash <> $1", |query| query.bind(keep.to_vec())).await }
+            .boxed()
+    }
+
+    fn cursor_key(&self) -> BoxFuture<'_, Result<[u8; 32], Error>> {
+        async move {
+            let fresh: [u8; 32] = rand::random();
+            self.execute("INSERT INTO meta (key, value) VALUES ('cursor_key', $1) ON CONFLICT DO NOTHING", |query| {
+                query.bind(fresh.to_vec())
+            })
+            .await?;
+            let stored: Vec<u8> = sqlx::query("SELECT value FROM meta WHERE key = 'cursor_key'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(pg_error)?
+                .try_get(0)
+                .map_err(pg_error)?;
+            <[u8; 32]>::try_from(stored).map_err(|_| Error::Internal("stored cursor key has the wrong size".into()))
+        }
+        .boxed()
+    }
+
+    fn trigger_cursor(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>> {
+        self.named("SELECT seq FROM trigger_cursors WHERE name = $1", name).boxed()
+    }
+
+    fn set_trigger_cursor(&self, name: String, seq: i64) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            self.execute(
+                "INSERT INTO trigger_cursors (name, seq) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET seq = greatest(trigger_cursors.seq, excluded.seq)",
+                |query| query.bind(name).bind(seq),
+            )
+            .await
+            .map(drop)
+        }
+        .boxed()
+    }
+
+    fn retain_trigger_cursors(&self, names: Vec<String>) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            let names2 = names.clone();
+            self.execute("DELETE FROM trigger_cursors WHERE NOT (name = ANY($1))", |query| query.bind(names)).await?;
+            self.execute("DELETE FROM schedule_ticks WHERE NOT (name = ANY($1))", |query| query.bind(names2)).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn schedule_tick(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>> {
+        self.named("SELECT tick FROM schedule_ticks WHERE name = $1", name).boxed()
+    }
+
+    fn set_schedule_tick(&self, name: String, tick: i64) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            self.execute(
+                "INSERT INTO schedule_ticks (name, tick) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET tick = excluded.tick",
+                |query| query.bind(name).bind(tick),
+            )
+            .await
+            .map(drop)
+        }
+        .boxed()
+    }
+
+    fn add_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            self.execute(
+                "INSERT INTO dead_letters (name, seq, path, attempts, error, failed_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                |query| {
+                    query
+                        .bind(letter.name)
+                        .bind(letter.seq)
+                        .bind(letter.path)
+                        .bind(letter.attempts as i32)
+                        .bind(letter.error)
+                        .bind(letter.failed_at)
+                },
+            )
+            .await
+            .map(drop)
+        }
+        .boxed()
+    }
+
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>> {
+        async move {
+            let rows = sqlx::query(
+                "SELECT name, seq, path, attempts, error, failed_at FROM dead_letters ORDER BY id DESC LIMIT $1",
+            )
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(pg_error)?;
+            rows.iter()
+                .map(|row| {
+                    Ok(DeadLetter {
+                        name: row.try_get(0).map_err(pg_error)?,
+                        seq: row.try_get(1).map_err(pg_error)?,
+                        path: row.try_get(2).map_err(pg_error)?,
+                        attempts: row.try_get::<i32, _>(3).map_err(pg_error)? as u32,
+                        error: row.try_get(4).map_err(pg_error)?,
+                        failed_at: row.try_get(5).map_err(pg_error)?,
+                    })
+                })
+                .collect()
+        }
+        .boxed()
+    }
+}
+
+fn shutting_down() -> Error {
+    Error::Unavailable("the server is shutting down".into())
+}
+
+#[cfg(test)]
+mod tests;
