@@ -284,12 +284,10 @@ fn sign(key: &SigningKey, header: &Value, claims: &Value) -> String {
 
 /// The server's own signing key and its id, read from its database.
 fn server_key(app: &App) -> (String, SigningKey) {
-    let conn = rusqlite::Connection::open(app.dir().join("hearth_data/hearth.db")).expect("database");
-    let (kid, der): (String, Vec<u8>) = conn
-        .query_row("SELECT kid, private_key FROM signing_keys WHERE retired_at IS NULL", [], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
-        .expect("a signing key");
+    let rows =
+        crate::support::stored_rows(&app.dir(), "SELECT kid, private_key FROM signing_keys WHERE retired_at IS NULL");
+    let [kid, der] = &rows[0][..] else { panic!("a signing key: {rows:?}") };
+    let (kid, der) = (kid.clone(), crate::support::unhex(der));
     // Sealed at rest: opened here with the project's key file, as the server does.
     let key_text = std::fs::read_to_string(app.dir().join("hearth.key")).expect("hearth.key");
     let keyring = hearth_server::seal::Keyring::new(hearth_server::seal::parse_key(&key_text).expect("key"), &[]);
@@ -404,7 +402,7 @@ async fn rotated_keys_keep_old_tokens_valid_and_sign_new_ones() {
     let old_token = session["access_token"].as_str().expect("token").to_owned();
     assert_eq!(app.terminate(), Some(0));
     let dir = app.keep_dir().expect("dir");
-    let rotated = crate::support::hearth_bin()
+    let rotated = crate::support::hearth_command(dir.path())
         .args(["keys", "rotate", "--dir"])
         .arg(dir.path())
         .output()

@@ -30,6 +30,9 @@ async fn ids(app: &App) -> Vec<String> {
 
 #[tokio::test]
 async fn a_backup_made_while_serving_restores_to_exactly_its_moment() {
+    if !crate::support::sqlite_only("backups are copies of the SQLite file") {
+        return;
+    }
     let mut app = App::spawn().await;
     for id in ["a1", "a2", "a3"] {
         put(&app, &format!("notes/{id}")).await;
@@ -108,6 +111,9 @@ async fn a_backup_made_while_serving_restores_to_exactly_its_moment() {
 
 #[tokio::test]
 async fn backups_answer_only_the_service_key_and_only_their_own_names() {
+    if !crate::support::sqlite_only("backups are copies of the SQLite file") {
+        return;
+    }
     let app = App::spawn().await;
     let (status, body) = app.send(app.client.post(app.url("/v1/admin/backups"))).await;
     assert_error(status, &body, 401, "unauthenticated");
@@ -132,6 +138,9 @@ async fn listed(app: &App) -> Vec<(String, bool)> {
 
 #[tokio::test]
 async fn scheduled_backups_come_at_each_tick_and_only_the_newest_are_kept() {
+    if !crate::support::sqlite_only("backups are copies of the SQLite file") {
+        return;
+    }
     let config = "[backups]\nschedule = \"* * * * * *\"\nkeep = 2\n";
     let app = App::spawn_with(Options { config: Some(config.into()), ..Options::default() }).await;
     put(&app, "notes/a1").await;
@@ -164,6 +173,9 @@ async fn scheduled_backups_come_at_each_tick_and_only_the_newest_are_kept() {
 
 #[tokio::test]
 async fn a_scheduled_backup_missed_while_stopped_is_made_at_start() {
+    if !crate::support::sqlite_only("backups are copies of the SQLite file") {
+        return;
+    }
     let mut app = App::spawn().await;
     put(&app, "notes/a1").await;
     let made = backup(&app).await;
@@ -193,4 +205,14 @@ async fn a_scheduled_backup_missed_while_stopped_is_made_at_start() {
     assert!(list.contains(&(made["name"].as_str().expect("name").to_owned(), false)), "{list:?}");
     assert!(!backups.join(old).exists(), "keep = 1 deleted the older scheduled backup");
     assert!(!unfinished.exists(), "the next backup removed the unfinished one");
+}
+
+#[tokio::test]
+async fn on_postgres_a_backup_request_says_what_to_use_instead() {
+    if crate::support::on_postgres() {
+        let app = App::spawn().await;
+        let (status, body) = app.call(Method::POST, "/v1/admin/backups", None).await;
+        let message = assert_error(status, &body, 412, "failed-precondition");
+        assert!(message.contains("pg_dump"), "{message}");
+    }
 }

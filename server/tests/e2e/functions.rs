@@ -427,14 +427,12 @@ export const newYear = schedule("0 0 1 1 *", async (ctx, tick) => {
 "#;
     assert_eq!(deploy(&app, "yearly.js", yearly).await.0, 200);
     // The schedule's task saves its first tick as it starts, just after the deploy.
-    let database = rusqlite::Connection::open(app.dir().join("hearth_data/hearth.db")).expect("database");
+    let dir = app.dir();
     let saved = || {
-        database
-            .query_row("SELECT count(*) FROM schedule_ticks WHERE name = 'newYear'", [], |row| row.get::<_, i64>(0))
-            .expect("count")
+        crate::support::stored_rows(&dir, "SELECT count(*) FROM schedule_ticks WHERE name = 'newYear'")[0][0].clone()
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while saved() == 0 && std::time::Instant::now() < deadline {
+    while saved() == "0" && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     app.terminate();
@@ -443,11 +441,11 @@ export const newYear = schedule("0 0 1 1 *", async (ctx, tick) => {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time")
         .as_micros() as i64;
-    let updated = database
-        .execute("UPDATE schedule_ticks SET tick = ?1 WHERE name = 'newYear'", [two_years_ago])
-        .expect("update");
-    assert_eq!(updated, 1, "the deploy saved the schedule's first tick");
-    drop(database);
+    assert_eq!(saved(), "1", "the deploy saved the schedule's first tick");
+    crate::support::stored_execute(
+        &dir,
+        &format!("UPDATE schedule_ticks SET tick = {two_years_ago} WHERE name = 'newYear'"),
+    );
     let again = App::start_in(&app.dir(), &Options::default());
     let run = eventually(&again, "/v1/docs/yearly/run", |doc| doc["data"]["count"] == 1).await;
     let year = chrono::Datelike::year(&chrono::Utc::now());

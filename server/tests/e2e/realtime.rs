@@ -736,6 +736,9 @@ async fn subscribers_joining_a_shared_query_while_it_changes_all_end_equal_to_a_
 /// from the history the restore undid — gets a fresh snapshot, never a silent gap.
 #[tokio::test]
 async fn resuming_across_a_restore_starts_over_and_never_misses_the_rewind() {
+    if !crate::support::sqlite_only("restore rewinds an SQLite file") {
+        return;
+    }
     let mut app = App::spawn().await;
     app.call(Method::PUT, "/v1/docs/notes/a1", Some(json!({"n": 1}))).await;
     let (status, backup) = app.call(Method::POST, "/v1/admin/backups", None).await;

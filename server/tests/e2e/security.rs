@@ -457,6 +457,9 @@ async fn before_write_hooks_never_run_for_a_write_the_rules_deny() {
 #[tokio::test]
 async fn the_data_dir_is_for_the_server_user_alone() {
     use std::os::unix::fs::PermissionsExt;
+    if !crate::support::sqlite_only("the data dir holds the SQLite database and its backups") {
+        return;
+    }
     let app = App::spawn().await;
     signup(&app, "files@example.com").await;
     let (status, backup) = app.call(Method::POST, "/v1/admin/backups", None).await;
@@ -517,11 +520,9 @@ async fn mail_waits_in_a_queue_until_the_relay_takes_it() {
     assert!(!log.contains(code), "the mailed code never reaches the log");
 }
 
-/// The bytes of one column of every row of `table`.
+/// The bytes of the first column of every row a query answers.
 fn stored(dir: &std::path::Path, sql: &str) -> Vec<Vec<u8>> {
-    let db = rusqlite::Connection::open(dir.join("hearth_data/hearth.db")).expect("database");
-    let mut statement = db.prepare(sql).expect("sql");
-    statement.query_map([], |row| row.get(0)).expect("rows").collect::<Result<_, _>>().expect("rows")
+    crate::support::stored_rows(dir, sql).iter().map(|row| crate::support::unhex(&row[0])).collect()
 }
 
 /// RFC 4648 base32 (the authenticator's spelling of a TOTP secret) to bytes.
@@ -613,12 +614,15 @@ async fn signing_keys_and_totp_secrets_are_sealed_at_rest_and_the_key_rotates() 
     assert_eq!((totp_rows(), key_rows()), sealed_after);
 
     // A database from before sealing (secrets in the clear) is sealed at its first start.
-    let db = rusqlite::Connection::open(dir.join("hearth_data/hearth.db")).expect("database");
     let bob_id = bob["user"]["id"].as_str().expect("uid");
-    db.execute_batch("DELETE FROM meta WHERE key = 'secrets_sealed'; DELETE FROM signing_keys;").expect("unseal");
-    db.execute("DELETE FROM mfa_totp WHERE user_id != ?1", [bob_id]).expect("unseal");
-    db.execute("UPDATE mfa_totp SET secret = ?1", [raw(&bob_secret)]).expect("unseal");
-    drop(db);
+    crate::support::stored_execute(
+        &dir,
+        &format!(
+            "DELETE FROM meta WHERE key = 'secrets_sealed'; DELETE FROM signing_keys; \
+             DELETE FROM mfa_totp WHERE user_id != '{bob_id}'; UPDATE mfa_totp SET secret = {};",
+            crate::support::blob_literal(&raw(&bob_secret))
+        ),
+    );
     config(format!("encryption_key = \"{new_key}\"\n"));
     let app = App::start_in(&dir, &Options::default());
     let (status, body) = sign_in_with_code(&app, "bob@example.com", totp_code(&bob_secret, 30)).await;

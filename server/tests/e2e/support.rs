@@ -244,6 +244,79 @@ pub fn hearth_command(dir: &Path) -> Command {
     command
 }
 
+/// True on SQLite; on PostgreSQL notes why the caller (a test of what only the SQLite
+/// backend has: its file, its backups, its locks) does not run.
+pub fn sqlite_only(what: &str) -> bool {
+    if on_postgres() {
+        eprintln!("not on PostgreSQL: {what}");
+    }
+    !on_postgres()
+}
+
+/// The rows a query answers on the project's database, whichever its backend: each column
+/// as text, blobs as lowercase hex, NULL as "".
+pub fn stored_rows(dir: &Path, sql: &str) -> Vec<Vec<String>> {
+    if let Ok(name) = std::fs::read_to_string(dir.join(DATABASE_FILE)) {
+        let output = Command::new("psql")
+            .args([database_url(name.trim()).as_str(), "-v", "ON_ERROR_STOP=1", "-tA", "-F", "\u{1f}", "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        return text
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(|line| line.split('\u{1f}').map(|value| value.trim_start_matches("\\x").to_owned()).collect())
+            .collect();
+    }
+    let db = rusqlite::Connection::open(dir.join("hearth_data/hearth.db")).expect("database");
+    let mut statement = db.prepare(sql).expect("sql");
+    let columns = statement.column_count();
+    let rows = statement
+        .query_map([], |row| {
+            (0..columns)
+                .map(|i| {
+                    Ok(match row.get_ref(i)? {
+                        rusqlite::types::ValueRef::Null => String::new(),
+                        rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                        rusqlite::types::ValueRef::Real(x) => x.to_string(),
+                        rusqlite::types::ValueRef::Text(text) => String::from_utf8_lossy(text).into_owned(),
+                        rusqlite::types::ValueRef::Blob(bytes) => hex(bytes),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .expect("rows");
+    rows.collect::<Result<_, _>>().expect("rows")
+}
+
+/// Runs statements on the project's database, whichever its backend.
+pub fn stored_execute(dir: &Path, sql: &str) {
+    if let Ok(name) = std::fs::read_to_string(dir.join(DATABASE_FILE)) {
+        let output = Command::new("psql")
+            .args([database_url(name.trim()).as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql])
+            .output()
+            .expect("psql runs");
+        assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
+        return;
+    }
+    let db = rusqlite::Connection::open(dir.join("hearth_data/hearth.db")).expect("database");
+    db.execute_batch(sql).expect("sql");
+}
+
+/// A blob as a SQL literal of the test's backend.
+pub fn blob_literal(bytes: &[u8]) -> String {
+    if on_postgres() { format!("'\\x{}'::bytea", hex(bytes)) } else { format!("X'{}'", hex(bytes)) }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+pub fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
+}
+
 /// Starts `hearth serve` on the project in `dir`, expecting it to refuse: its stderr.
 pub fn refused_start(dir: &Path) -> String {
     let mut child = hearth_command(dir)

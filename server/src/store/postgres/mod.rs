@@ -139,6 +139,7 @@ impl PgBackend {
             .await
             .map_err(pg_error)?;
         migrate(&pool).await?;
+        metrics::gauge!("hearth_db_readers").set(f64::from(options.pool_size.max(1)));
         let (sender, receiver) = mpsc::channel(options.queue_capacity.max(1));
         let writer_options = options.writer;
         let thread = std::thread::Builder::new()

@@ -98,6 +98,7 @@ pub fn run(options: PgConnectOptions, mut receiver: mpsc::Receiver<Command>, bus
                 }
             }
         }
+        metrics::gauge!("hearth_writer_queue_depth").set(receiver.len() as f64);
         if !jobs.is_empty() {
             commit_group(&runtime, &mut link, jobs, &bus);
         }
@@ -219,7 +220,9 @@ impl WriteTx for Postgres<'_> {
 
 fn commit_group(runtime: &Runtime, link: &mut Link, jobs: Vec<Job>, bus: &ChangeBus) {
     let started = Instant::now();
+    let writes: usize = jobs.iter().map(|job| job.writes.len()).sum();
     metrics::histogram!("hearth_group_commit_requests").record(jobs.len() as f64);
+    metrics::histogram!("hearth_group_commit_writes").record(writes as f64);
     let conn = match link.get(runtime) {
         Ok(conn) => conn,
         Err(error) => {
