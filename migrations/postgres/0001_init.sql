@@ -24,7 +24,8 @@ CREATE TABLE changes (
     kind         TEXT   NOT NULL CHECK (kind IN ('create', 'update', 'delete')),
     doc          TEXT,                      -- after the write (logged form), NULL for a delete
     old          TEXT,                      -- before the write, NULL for a create
-    committed_at BIGINT NOT NULL
+    committed_at BIGINT NOT NULL,
+    depth        SMALLINT NOT NULL DEFAULT 0 -- trigger runs in a row that led to it (0: a client's write)
 );
 
 CREATE TABLE log_head (

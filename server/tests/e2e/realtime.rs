@@ -10,67 +10,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{App, KEY};
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-struct Client {
-    socket: Socket,
-}
-
-impl Client {
-    async fn connect(app: &App, token: Option<&str>) -> Client {
-        let mut request = format!("ws://{}/v1/realtime", app.addr).into_client_request().expect("request");
-        if let Some(token) = token {
-            request.headers_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
-        }
-        let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("websocket opens");
-        Client { socket }
-    }
-
-    async fn send(&mut self, message: Value) {
-        self.socket.send(Message::text(message.to_string())).await.expect("sent");
-    }
-
-    /// The next JSON message (pings skipped), or a panic after 10 s.
-    async fn next(&mut self) -> Value {
-        loop {
-            let frame = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
-                .await
-                .expect("a message within 10 s")
-                .expect("socket open")
-                .expect("frame");
-            match frame {
-                Message::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON message"),
-                Message::Close(close) => panic!("closed: {close:?}"),
-                _ => continue,
-            }
-        }
-    }
-
-    /// Every message before the `pong` of a fresh `ping`: the snapshots asked for and all
-    /// deliveries of the writes acknowledged before it.
-    async fn until_pong(&mut self) -> Vec<Value> {
-        self.send(json!({"op": "ping"})).await;
-        let mut messages = Vec::new();
-        loop {
-            let message = self.next().await;
-            if message["op"] == "pong" {
-                return messages;
-            }
-            messages.push(message);
-        }
-    }
-
-    /// Nothing arrives for a moment.
-    async fn quiet(&mut self) {
-        if let Ok(Some(Ok(Message::Text(text)))) =
-            tokio::time::timeout(Duration::from_millis(300), self.socket.next()).await
-        {
-            panic!("unexpected message: {text}");
-        }
-    }
-}
+use crate::support::{App, Client, KEY};
 
 /// The server process's resident memory.
 fn rss_kib(app: &App) -> u64 {

@@ -6,8 +6,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// The service key every test server accepts (besides the one it makes).
 pub const KEY: &str = "hk_test_0123456789abcdefghijklmnopqrstuv";
@@ -209,6 +212,35 @@ fn drop_database(name: &str) {
     let _ = Command::new("psql")
         .args([admin_url().as_str(), "-qc", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")])
         .output();
+}
+
+/// A project dir on a fresh PostgreSQL database whatever the suite's backend, for several
+/// nodes to share; the database goes with it. (The cluster suite's.)
+#[allow(dead_code)]
+pub struct SharedProject {
+    dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl SharedProject {
+    pub fn new(config: &str) -> SharedProject {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("hearth.toml"), config).expect("write config");
+        fresh_database(dir.path());
+        SharedProject { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SharedProject {
+    fn drop(&mut self) {
+        if let Ok(name) = std::fs::read_to_string(self.dir.path().join(DATABASE_FILE)) {
+            drop_database(name.trim());
+        }
+    }
 }
 
 /// Makes the project's database, first dropping what earlier runs left.
@@ -449,4 +481,65 @@ pub fn fake_smtp(busy: usize) -> (u16, std::sync::mpsc::Receiver<String>) {
         }
     });
     (port, received)
+}
+
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A realtime connection speaking the contract's JSON messages.
+pub struct Client {
+    pub socket: Socket,
+}
+
+impl Client {
+    pub async fn connect(app: &App, token: Option<&str>) -> Client {
+        let mut request = format!("ws://{}/v1/realtime", app.addr).into_client_request().expect("request");
+        if let Some(token) = token {
+            request.headers_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+        }
+        let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("websocket opens");
+        Client { socket }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.socket.send(Message::text(message.to_string())).await.expect("sent");
+    }
+
+    /// The next JSON message (pings skipped), or a panic after 10 s.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
+                .await
+                .expect("a message within 10 s")
+                .expect("socket open")
+                .expect("frame");
+            match frame {
+                Message::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON message"),
+                Message::Close(close) => panic!("closed: {close:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Every message before the `pong` of a fresh `ping`: the snapshots asked for and all
+    /// deliveries of the writes acknowledged before it.
+    pub async fn until_pong(&mut self) -> Vec<Value> {
+        self.send(json!({"op": "ping"})).await;
+        let mut messages = Vec::new();
+        loop {
+            let message = self.next().await;
+            if message["op"] == "pong" {
+                return messages;
+            }
+            messages.push(message);
+        }
+    }
+
+    /// Nothing arrives for a moment.
+    pub async fn quiet(&mut self) {
+        if let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout(Duration::from_millis(300), self.socket.next()).await
+        {
+            panic!("unexpected message: {text}");
+        }
+    }
 }

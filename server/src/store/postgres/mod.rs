@@ -6,6 +6,7 @@
 //! SQL over `jsonb` (with the declared indexes as expression indexes) is the next step.
 
 mod auth;
+mod tail;
 mod writer;
 
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ pub struct PgOptions {
     pub statement_timeout: Duration,
     pub writer: WriterOptions,
     pub queue_capacity: usize,
+    /// How often the log tailer reads the log when no notification woke it.
+    pub poll_interval: Duration,
 }
 
 impl PgOptions {
@@ -57,6 +60,7 @@ impl PgOptions {
             statement_timeout: Duration::from_secs(30),
             writer: WriterOptions { group_commit: store.group_commit, max_group_writes: store.max_group_writes },
             queue_capacity: store.queue_capacity,
+            poll_interval: Duration::from_secs(1),
         }
     }
 }
@@ -120,6 +124,52 @@ pub(crate) fn raw_doc(path: DocPath, row: &PgRow) -> Result<RawDoc, Error> {
     })
 }
 
+/// Up to `limit` changes after `after`, in `seq` order, each with its trigger depth; those
+/// `wanted` refuses are skipped but count in `last`, the last `seq` read.
+pub(crate) async fn read_log(
+    pool: &PgPool,
+    after: i64,
+    limit: usize,
+    wanted: Option<&(dyn Fn(&str) -> bool + Send + Sync)>,
+) -> Result<(Vec<(Change, u8)>, Option<i64>), Error> {
+    let rows = sqlx::query(
+        "SELECT seq, path, kind, doc, old, committed_at, depth FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await
+    .map_err(pg_error)?;
+    let mut last = None;
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq: i64 = row.try_get(0).map_err(pg_error)?;
+        last = Some(seq);
+        let path: String = row.try_get(1).map_err(pg_error)?;
+        if wanted.is_some_and(|wanted| !wanted(&path)) {
+            continue;
+        }
+        let path = DocPath::parse(&path).map_err(|e| Error::Internal(format!("logged path: {e}")))?;
+        let kind: String = row.try_get(2).map_err(pg_error)?;
+        let kind = ChangeKind::parse(&kind).ok_or_else(|| Error::Internal(format!("logged kind {kind}")))?;
+        let doc: Option<String> = row.try_get(3).map_err(pg_error)?;
+        let old: Option<String> = row.try_get(4).map_err(pg_error)?;
+        let bytes = doc.as_ref().map_or(0, String::len) + old.as_ref().map_or(0, String::len);
+        let depth: i16 = row.try_get(6).map_err(pg_error)?;
+        let change = Change {
+            seq,
+            kind,
+            doc: doc.map(|text| parse_logged(&path, &text).map(std::sync::Arc::new)).transpose()?,
+            old: old.map(|text| parse_logged(&path, &text).map(std::sync::Arc::new)).transpose()?,
+            path,
+            committed_at: row.try_get(5).map_err(pg_error)?,
+            bytes,
+        };
+        changes.push((change, u8::try_from(depth).unwrap_or(u8::MAX)));
+    }
+    Ok((changes, last))
+}
+
 fn connect_options(options: &PgOptions) -> Result<PgConnectOptions, Error> {
     let timeout = options.statement_timeout.as_millis().to_string();
     Ok(PgConnectOptions::from_str(&options.url)
@@ -133,7 +183,7 @@ impl PgBackend {
     pub async fn connect(options: PgOptions, bus: ChangeBus) -> Result<PgBackend, Error> {
         let connect = connect_options(&options)?;
         let pool = PgPoolOptions::new()
-            .max_connections(options.pool_size.max(1))
+            .max_connections(options.pool_size.max(1) + 1) // + the tailer's listener
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(connect.clone())
             .await
@@ -141,10 +191,11 @@ impl PgBackend {
         migrate(&pool).await?;
         metrics::gauge!("hearth_db_readers").set(f64::from(options.pool_size.max(1)));
         let (sender, receiver) = mpsc::channel(options.queue_capacity.max(1));
+        let local = tail::start(pool.clone(), bus.clone(), options.poll_interval).await?;
         let writer_options = options.writer;
         let thread = std::thread::Builder::new()
             .name("hearth-pg-writer".into())
-            .spawn(move || writer::run(connect, receiver, bus, writer_options))
+            .spawn(move || writer::run(connect, receiver, local, bus, writer_options))
             .map_err(|e| Error::Internal(format!("cannot start the writer: {e}")))?;
         Ok(PgBackend { pool, writer: sender, thread: Mutex::new(Some(thread)) })
     }
@@ -399,40 +450,8 @@ impl Backend for PgBackend {
         wanted: Option<PathFilter>,
     ) -> BoxFuture<'_, Result<LogPage, Error>> {
         async move {
-            let rows = sqlx::query(
-                "SELECT seq, path, kind, doc, old, committed_at FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
-            )
-            .bind(after)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(pg_error)?;
-            let mut last = None;
-            let mut changes = Vec::with_capacity(rows.len());
-            for row in rows {
-                let seq: i64 = row.try_get(0).map_err(pg_error)?;
-                last = Some(seq);
-                let path: String = row.try_get(1).map_err(pg_error)?;
-                if wanted.as_ref().is_some_and(|wanted| !wanted(&path)) {
-                    continue;
-                }
-                let path = DocPath::parse(&path).map_err(|e| Error::Internal(format!("logged path: {e}")))?;
-                let kind: String = row.try_get(2).map_err(pg_error)?;
-                let kind = ChangeKind::parse(&kind).ok_or_else(|| Error::Internal(format!("logged kind {kind}")))?;
-                let doc: Option<String> = row.try_get(3).map_err(pg_error)?;
-                let old: Option<String> = row.try_get(4).map_err(pg_error)?;
-                let bytes = doc.as_ref().map_or(0, String::len) + old.as_ref().map_or(0, String::len);
-                changes.push(Change {
-                    seq,
-                    kind,
-                    doc: doc.map(|text| parse_logged(&path, &text).map(std::sync::Arc::new)).transpose()?,
-                    old: old.map(|text| parse_logged(&path, &text).map(std::sync::Arc::new)).transpose()?,
-                    path,
-                    committed_at: row.try_get(5).map_err(pg_error)?,
-                    bytes,
-                });
-            }
-            Ok(LogPage { changes, last })
+            let (changes, last) = read_log(&self.pool, after, limit, wanted.as_deref()).await?;
+            Ok(LogPage { changes: changes.into_iter().map(|(change, _)| change).collect(), last })
         }
         .boxed()
     }

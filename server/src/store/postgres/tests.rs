@@ -48,8 +48,14 @@ impl Fresh {
     }
 
     async fn store(&self) -> Store {
-        let bus = ChangeBus::new(1 << 20);
-        Store::new(Arc::new(self.backend(bus.clone()).await), bus).await.expect("store")
+        self.node().await.0
+    }
+
+    /// A store with the bus its log tailer publishes to: one node.
+    async fn node(&self) -> (Store, ChangeBus) {
+        let bus = ChangeBus::new(64 << 20);
+        let store = Store::new(Arc::new(self.backend(bus.clone()).await), bus.clone()).await.expect("store");
+        (store, bus)
     }
 
     async fn drop_now(self) {
@@ -180,6 +186,48 @@ async fn no_reader_sees_a_change_before_an_earlier_one_commits_across_nodes() {
         node.close().await;
     }
     reader.close().await;
+    fresh.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_publishes_every_change_once_in_log_order() {
+    let Some(fresh) = Fresh::new().await else { return };
+    let nodes = [fresh.node().await, fresh.node().await, fresh.node().await];
+    let mut receivers: Vec<_> = nodes.iter().map(|(_, bus)| bus.subscribe()).collect();
+    // Writers on two of the nodes; the third only listens.
+    let writers: Vec<_> = (0..6)
+        .map(|writer| {
+            let store = nodes[writer % 2].0.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    let writes = vec![write(&format!("w{writer}/d{i}"), json!({"i": i}))];
+                    store.write(writes).await.expect("written");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let total = 6 * 50;
+    let mut histories = Vec::new();
+    for receiver in &mut receivers {
+        let mut seen = Vec::new();
+        while seen.len() < total {
+            let committed = tokio::time::timeout(std::time::Duration::from_secs(10), receiver.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {total} changes arrived", seen.len()))
+                .expect("no lag");
+            seen.extend(committed.iter().map(|change| (change.seq, change.path.as_str().to_owned())));
+        }
+        assert_eq!(seen.len(), total, "nothing twice");
+        assert!(seen.iter().enumerate().all(|(i, (seq, _))| *seq == i as i64 + 1), "in log order, gap-free");
+        histories.push(seen);
+    }
+    assert!(histories.iter().all(|history| *history == histories[0]), "one history on every node");
+    for (node, _) in nodes {
+        node.close().await;
+    }
     fresh.drop_now().await;
 }
 

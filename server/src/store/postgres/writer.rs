@@ -66,7 +66,15 @@ impl Link {
     }
 }
 
-pub fn run(options: PgConnectOptions, mut receiver: mpsc::Receiver<Command>, bus: ChangeBus, writer: WriterOptions) {
+/// The writer's loop: each committed group's changes go to this node's log tailer
+/// (`local`), which publishes them in `seq` order among every other node's.
+pub fn run(
+    options: PgConnectOptions,
+    mut receiver: mpsc::Receiver<Command>,
+    local: mpsc::UnboundedSender<Vec<Change>>,
+    bus: ChangeBus,
+    writer: WriterOptions,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -100,7 +108,7 @@ pub fn run(options: PgConnectOptions, mut receiver: mpsc::Receiver<Command>, bus
         }
         metrics::gauge!("hearth_writer_queue_depth").set(receiver.len() as f64);
         if !jobs.is_empty() {
-            commit_group(&runtime, &mut link, jobs, &bus);
+            commit_group(&runtime, &mut link, jobs, &local, &bus);
         }
         if let Some(done) = shutdown {
             receiver.close();
@@ -130,6 +138,7 @@ struct Pending {
     doc: Option<String>,
     old: Option<String>,
     committed_at: i64,
+    depth: u8,
 }
 
 /// The statements of a commit, on the writer's connection inside its transaction.
@@ -213,12 +222,19 @@ impl WriteTx for Postgres<'_> {
             doc: new.map(|(doc, text)| logged(doc, text)),
             old: old.map(str::to_owned),
             committed_at: now,
+            depth: 0,
         });
         Ok(self.pending.len() as i64)
     }
 }
 
-fn commit_group(runtime: &Runtime, link: &mut Link, jobs: Vec<Job>, bus: &ChangeBus) {
+fn commit_group(
+    runtime: &Runtime,
+    link: &mut Link,
+    jobs: Vec<Job>,
+    local: &mpsc::UnboundedSender<Vec<Change>>,
+    bus: &ChangeBus,
+) {
     let started = Instant::now();
     let writes: usize = jobs.iter().map(|job| job.writes.len()).sum();
     metrics::histogram!("hearth_group_commit_requests").record(jobs.len() as f64);
@@ -254,6 +270,9 @@ fn commit_group(runtime: &Runtime, link: &mut Link, jobs: Vec<Job>, bus: &Change
                     }
                     if depth > 0 {
                         causes.extend(job_changes.iter().map(|change| (change.seq, depth)));
+                        for pending in &mut tx.pending[logged_before..] {
+                            pending.depth = depth;
+                        }
                     }
                     changes.extend(job_changes);
                     answers.push((reply, Ok(results)));
@@ -287,7 +306,8 @@ fn commit_group(runtime: &Runtime, link: &mut Link, jobs: Vec<Job>, bus: &Change
     })();
     match outcome {
         Ok(()) => {
-            bus.publish(changes);
+            // The tailer is gone only at shutdown, when nobody listens any more.
+            let _ = local.send(changes);
             for (reply, answer) in answers {
                 let _ = reply.send(answer);
             }
@@ -326,15 +346,17 @@ fn take_seqs(tx: &mut Postgres<'_>) -> Result<i64, Error> {
     let mut docs = Vec::with_capacity(pending.len());
     let mut olds = Vec::with_capacity(pending.len());
     let mut times = Vec::with_capacity(pending.len());
+    let mut depths = Vec::with_capacity(pending.len());
     for change in pending {
+        depths.push(i16::from(change.depth));
         paths.push(change.path);
         kinds.push(change.kind);
         docs.push(change.doc);
         olds.push(change.old);
         times.push(change.committed_at);
     }
-    let insert = "INSERT INTO changes (seq, path, kind, doc, old, committed_at) \
-                  SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])";
+    let insert = "INSERT INTO changes (seq, path, kind, doc, old, committed_at, depth) SELECT * FROM \
+                  UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int2[])";
     tx.runtime
         .block_on(
             sqlx::query(AssertSqlSafe(insert))
@@ -344,6 +366,7 @@ fn take_seqs(tx: &mut Postgres<'_>) -> Result<i64, Error> {
                 .bind(docs)
                 .bind(olds)
                 .bind(times)
+                .bind(depths)
                 .execute(&mut *tx.conn),
         )
         .map_err(pg_error)?;
