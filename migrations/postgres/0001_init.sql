@@ -64,3 +64,11 @@ CREATE TABLE schedule_ticks (
     name TEXT   NOT NULL PRIMARY KEY,
     tick BIGINT NOT NULL
 );
+
+-- Channel events too large for a NOTIFY payload, read by id by the other nodes and
+-- deleted after a minute (see store::postgres::relay).
+CREATE TABLE channel_messages (
+    id   BIGSERIAL PRIMARY KEY,
+    body TEXT   NOT NULL,
+    at   BIGINT NOT NULL
+);

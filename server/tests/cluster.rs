@@ -203,3 +203,63 @@ async fn every_subscriber_on_every_node_hears_every_change_once_in_one_order() {
     assert_eq!(resumed, 2, "the node was killed mid-stream");
     assert_eq!(view(&subscribers[5].history), fresh_query(&nodes[0]).await);
 }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_broadcast_reach_members_on_every_node() {
+    let project = SharedProject::new("");
+    let nodes: Vec<App> = (0..2).map(|_| App::start_in(project.dir(), &Options::default())).collect();
+    let mut a = Client::connect(&nodes[0], Some(KEY)).await;
+    let mut b = Client::connect(&nodes[1], Some(KEY)).await;
+    a.send(json!({"op": "join", "channel": "room:1", "presence": {"name": "a"}})).await;
+    let first = a.next().await;
+    assert_eq!(first["op"], "presence", "{first}");
+    b.send(json!({"op": "join", "channel": "room:1", "presence": {"name": "b"}})).await;
+    let joined = b.next().await;
+    assert_eq!(joined["joins"].as_object().map(|joins| joins.len()), Some(2), "b sees a on the other node: {joined}");
+    let seen_by_a = a.next().await;
+    assert_eq!(seen_by_a["joins"].as_object().map(|joins| joins.len()), Some(1), "{seen_by_a}");
+    b.send(json!({"op": "broadcast", "channel": "room:1", "event": "typing", "payload": {"by": "b"}})).await;
+    let heard = a.next().await;
+    assert_eq!((heard["op"].clone(), heard["payload"]["by"].clone()), (json!("broadcast"), json!("b")), "{heard}");
+    drop(b);
+    let left = a.next().await;
+    assert_eq!(left["leaves"].as_object().map(|leaves| leaves.len()), Some(1), "{left}");
+
+    // A node that starts later learns who is already there.
+    let mut late = App::start_in(project.dir(), &Options::default());
+    let mut c = Client::connect(&late, Some(KEY)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        c.send(json!({"op": "join", "channel": "room:1", "presence": {"name": "c"}})).await;
+        let joined = c.next().await;
+        if joined["joins"].as_object().map(|joins| joins.len()) == Some(2) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the late node never learned of a: {joined}");
+        c.send(json!({"op": "leave", "channel": "room:1"})).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Joins (and leaves) of c's retries reach a; what counts is that c is there at the end.
+    let mut present = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !(present.len() == 1 && present.iter().all(|id: &String| id.contains('-'))) {
+        assert!(std::time::Instant::now() < deadline, "a never saw c: {present:?}");
+        let message = a.next().await;
+        for id in message["joins"].as_object().into_iter().flatten().map(|(id, _)| id) {
+            present.insert(id.clone());
+        }
+        for id in message["leaves"].as_object().into_iter().flatten().map(|(id, _)| id) {
+            present.remove(id);
+        }
+    }
+
+    // A node killed outright: its members leave on the others once it falls silent.
+    late.kill_hard();
+    let gone = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), a.socket.next()).await.expect("c leaves in 20 s");
+        if let Some(Ok(Message::Text(text))) = frame {
+            break serde_json::from_str::<Value>(text.as_str()).expect("JSON");
+        }
+    };
+    let leaves: Vec<&String> = gone["leaves"].as_object().expect("leaves").keys().collect();
+    assert_eq!(leaves, present.iter().collect::<Vec<_>>(), "{gone}");
+}

@@ -3,6 +3,8 @@
 //! committed changes to realtime and function triggers. A reader that falls behind the
 //! bus resumes from the log by `seq` (`Store::changes_since`), so nothing is lost.
 
+pub mod relay;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 

@@ -270,6 +270,7 @@ impl Hub {
         seq: i64,
         max_subscriptions: usize,
     ) -> Hub {
+        let store_relay = store.backend().relay();
         Hub {
             store,
             rules,
@@ -283,7 +284,7 @@ impl Hub {
             next_group: 0,
             by_read: HashMap::new(),
             seq,
-            channels: Default::default(),
+            channels: super::presence::Channels::new(store_relay),
             shared: Shared::default(),
             generations: 0,
             max_subscriptions,
@@ -292,8 +293,12 @@ impl Hub {
 
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, mut bus: crate::changes::BusReceiver) {
         let mut installed = self.rules.installed();
+        let mut relayed = self.store.backend().relay().and_then(|relay| relay.receiver());
+        let mut heartbeat = tokio::time::interval(crate::changes::relay::HEARTBEAT);
         loop {
             tokio::select! {
+                Some(event) = next_relayed(&mut relayed) => self.channels.relayed(event),
+                _ = heartbeat.tick() => self.channels.heartbeat(),
                 Ok(()) = installed.changed() => {
                     // New rules: every subscription re-decides from a fresh snapshot, and
                     // every channel member is checked again.
@@ -784,6 +789,16 @@ impl Hub {
         let slot = heard.entry(listener.clone()).or_insert_with(|| (Vec::new(), change.seq));
         slot.0.extend(entries);
         slot.1 = change.seq;
+    }
+}
+
+/// The next channel event from another node; never, without other nodes.
+async fn next_relayed(
+    receiver: &mut Option<mpsc::UnboundedReceiver<crate::changes::relay::Relayed>>,
+) -> Option<crate::changes::relay::Relayed> {
+    match receiver {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

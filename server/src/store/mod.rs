@@ -239,6 +239,11 @@ pub trait Backend: Send + Sync + 'static {
     fn backup(&self, into: std::path::PathBuf) -> BoxFuture<'_, Result<(), Error>>;
     /// Finishes queued writes and stops the writer; later writes fail with unavailable.
     fn close(&self) -> BoxFuture<'_, ()>;
+    /// What carries channel events to the other nodes sharing the database; none when a
+    /// node is alone, as on SQLite.
+    fn relay(&self) -> Option<Arc<dyn crate::changes::relay::Relay>> {
+        None
+    }
     /// SHA-256 hashes of the service keys stored in the database.
     fn service_key_hashes(&self) -> BoxFuture<'_, Result<Vec<[u8; 32]>, Error>>;
     fn add_service_key_hash(&self, hash: [u8; 32]) -> BoxFuture<'_, Result<(), Error>>;

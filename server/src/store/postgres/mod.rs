@@ -6,6 +6,7 @@
 //! SQL over `jsonb` (with the declared indexes as expression indexes) is the next step.
 
 mod auth;
+mod relay;
 mod tail;
 mod writer;
 
@@ -70,6 +71,7 @@ pub struct PgBackend {
     pool: PgPool,
     writer: mpsc::Sender<Command>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    relay: std::sync::Arc<relay::PgRelay>,
 }
 
 /// What a failed statement means to a caller: PostgreSQL out of reach (or cancelling) is
@@ -183,7 +185,7 @@ impl PgBackend {
     pub async fn connect(options: PgOptions, bus: ChangeBus) -> Result<PgBackend, Error> {
         let connect = connect_options(&options)?;
         let pool = PgPoolOptions::new()
-            .max_connections(options.pool_size.max(1) + 1) // + the tailer's listener
+            .max_connections(options.pool_size.max(1) + 2) // + the listeners of the tailer and the relay
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(connect.clone())
             .await
@@ -197,7 +199,8 @@ impl PgBackend {
             .name("hearth-pg-writer".into())
             .spawn(move || writer::run(connect, receiver, local, bus, writer_options))
             .map_err(|e| Error::Internal(format!("cannot start the writer: {e}")))?;
-        Ok(PgBackend { pool, writer: sender, thread: Mutex::new(Some(thread)) })
+        let relay = relay::start(pool.clone()).await?;
+        Ok(PgBackend { pool, writer: sender, thread: Mutex::new(Some(thread)), relay })
     }
 
     /// The read pool, for Hearth's own tables beside the documents.
@@ -484,6 +487,10 @@ impl Backend for PgBackend {
             ))
         }
         .boxed()
+    }
+
+    fn relay(&self) -> Option<std::sync::Arc<dyn crate::changes::relay::Relay>> {
+        Some(self.relay.clone())
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
