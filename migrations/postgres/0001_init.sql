@@ -72,3 +72,11 @@ CREATE TABLE channel_messages (
     body TEXT   NOT NULL,
     at   BIGINT NOT NULL
 );
+
+-- Work one node at a time does (following a trigger's log), held until `expires_at`
+-- unless renewed; the database's clock decides.
+CREATE TABLE leases (
+    name       TEXT        NOT NULL PRIMARY KEY,
+    holder     TEXT        NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);

@@ -263,3 +263,70 @@ async fn presence_and_broadcast_reach_members_on_every_node() {
     let leaves: Vec<&String> = gone["leaves"].as_object().expect("leaves").keys().collect();
     assert_eq!(leaves, present.iter().collect::<Vec<_>>(), "{gone}");
 }
+
+const ONCE: &str = r#"
+import { onDocumentWritten, schedule } from "hearth";
+export const work = onDocumentWritten("jobs/{id}", async (event, ctx) => {
+  if (event.kind === "create") await ctx.db.set(`runs/${event.params.id}`, { n: { $increment: 1 }, seq: event.seq });
+});
+export const tick = schedule("* * * * * *", async (ctx, tick) => {
+  await ctx.db.set(`ticks/${tick.tick.replace(/[^0-9]/g, "")}`, { n: { $increment: 1 } });
+});
+"#;
+
+/// Every document of a collection: id → data.
+async fn all(app: &App, collection: &str) -> BTreeMap<String, Value> {
+    let (status, page) =
+        app.call(Method::POST, "/v1/query", Some(json!({"collection": collection, "limit": 1000}))).await;
+    assert_eq!(status, 200, "{page}");
+    let docs = page["docs"].as_array().expect("docs").iter();
+    docs.map(|doc| (doc["id"].as_str().expect("id").to_owned(), doc["data"].clone())).collect()
+}
+
+async fn until_count(app: &App, collection: &str, count: usize) -> BTreeMap<String, Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let docs = all(app, collection).await;
+        if docs.len() >= count {
+            return docs;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} of {count} in {collection}", docs.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_run_once_across_the_nodes_and_a_dead_holder_is_taken_over() {
+    let project = SharedProject::new("");
+    let mut nodes: Vec<App> = (0..3).map(|_| App::start_in(project.dir(), &Options::default())).collect();
+    let request = nodes[0].admin(Method::PUT, "/v1/admin/functions/once.js").body(ONCE);
+    let (status, body) = nodes[0].send(request).await;
+    assert_eq!(status, 200, "{body}");
+    // Every node follows the functions dir: give the others a moment to load it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    for i in 0..60 {
+        let node = &nodes[i % 3];
+        let (status, body) = node.call(Method::PUT, &format!("/v1/docs/jobs/j{i}"), Some(json!({"i": i}))).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let runs = until_count(&nodes[1], "runs", 60).await;
+    assert!(runs.values().all(|run| run["n"] == 1), "each event ran once on one node: {runs:?}");
+    let ticks = until_count(&nodes[2], "ticks", 3).await;
+    assert!(ticks.values().all(|tick| tick["n"] == 1), "each tick fired once across three nodes: {ticks:?}");
+
+    // The node following the trigger dies; another takes over from the saved cursor.
+    let rows = support::stored_rows(project.dir(), "SELECT holder FROM leases WHERE name = 'trigger:work'");
+    let pid: u32 = rows[0][0].split('-').next().and_then(|pid| pid.parse().ok()).expect("a holder's pid");
+    let index = nodes.iter().position(|node| node.child.id() == pid).expect("a node holds the lease");
+    nodes.remove(index).kill_hard();
+    for i in 60..90 {
+        let node = &nodes[i % 2];
+        let (status, body) = node.call(Method::PUT, &format!("/v1/docs/jobs/j{i}"), Some(json!({"i": i}))).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let runs = until_count(&nodes[0], "runs", 90).await;
+    assert_eq!(runs.len(), 90, "every event ran after the takeover");
+    let ticks = all(&nodes[0], "ticks").await;
+    assert!(ticks.values().all(|tick| tick["n"] == 1), "{ticks:?}");
+}

@@ -41,7 +41,7 @@ pub async fn run(functions: Functions, store: Store, name: String, cron: Cron) {
         }
         None => {
             // Deployed just now: from the next tick on.
-            if let Err(error) = backend.set_schedule_tick(name.clone(), now.timestamp_micros()).await {
+            if let Err(error) = backend.claim_schedule_tick(name.clone(), now.timestamp_micros()).await {
                 tracing::error!(schedule = %name, %error, "cannot save the schedule's first tick");
             }
         }
@@ -62,7 +62,12 @@ pub async fn run(functions: Functions, store: Store, name: String, cron: Cron) {
 
 /// Saves `tick` as done, then runs the function for it.
 async fn fire(functions: &Functions, store: &Store, name: &str, tick: DateTime<Utc>) {
-    if let Err(error) = store.backend().set_schedule_tick(name.to_owned(), tick.timestamp_micros()).await {
+    // Every node runs every schedule's clock; the one whose claim lands runs the tick.
+    let claimed = store.backend().claim_schedule_tick(name.to_owned(), tick.timestamp_micros()).await;
+    if let Ok(false) = claimed {
+        return; // another node runs this tick
+    }
+    if let Err(error) = claimed {
         // Without the record the tick could run twice after a restart: skip it.
         tracing::error!(schedule = %name, %tick, %error, "cannot save the tick; skipping it");
         return;

@@ -9,6 +9,10 @@
 //! A failing event is retried with doubling backoff and after [`ATTEMPTS`] goes to the
 //! dead letters (`GET /v1/admin/functions/dead`); the trigger moves on.
 //!
+//! With several nodes on one database, one node at a time follows each trigger: the one
+//! holding its lease ([`Lease`]). A node that dies stops renewing it, and another takes
+//! it over within [`LEASE_TTL`] and goes on from the saved cursor.
+//!
 //! Every write a function makes is one deeper than the change it ran for
 //! (`ChangeBus::cause`); a trigger is not run for a change [`MAX_CHAIN`] deep, so a
 //! trigger rewriting its own document, or triggers feeding each other in a cycle, stop
@@ -33,6 +37,50 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Writes in a row made by functions run for each other's writes (a trigger rewriting
 /// its own document, or triggers feeding each other) before the chain is stopped.
 pub const MAX_CHAIN: u32 = 16;
+
+/// How long a lease lasts unless renewed; what a dead node's triggers wait, at most.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often a holder renews its lease, and a node without it asks again.
+const LEASE_RENEW: Duration = Duration::from_secs(3);
+
+/// The right to follow one log (a trigger's, a user function's) on this node.
+pub(super) struct Lease {
+    store: Store,
+    name: String,
+    holder: String,
+    renewed: Option<std::time::Instant>,
+}
+
+impl Lease {
+    pub(super) fn new(store: Store, name: String) -> Lease {
+        // The process id shows an operator which node holds what.
+        let holder = format!("{}-{:012x}", std::process::id(), rand::random::<u64>() >> 16);
+        Lease { store, name, holder, renewed: None }
+    }
+
+    /// Waits until this node holds the lease, renewing it when due; true when it was just
+    /// taken, so whatever the last holder saved must be read again.
+    pub(super) async fn hold(&mut self) -> bool {
+        loop {
+            if self.renewed.is_some_and(|at| at.elapsed() < LEASE_RENEW) {
+                return false;
+            }
+            let taken = self.store.backend().lease(self.name.clone(), self.holder.clone(), LEASE_TTL).await;
+            match taken {
+                Ok(true) => return self.renewed.replace(std::time::Instant::now()).is_none(),
+                Ok(false) => {
+                    self.renewed = None;
+                    tokio::time::sleep(LEASE_RENEW).await;
+                }
+                Err(error) => {
+                    tracing::warn!(lease = %self.name, %error, "cannot renew the lease; pausing");
+                    self.renewed = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
 
 /// Keeps one task per trigger and per schedule of the bundle in force.
 pub async fn supervise(functions: Functions, store: Store) {
@@ -84,13 +132,17 @@ pub async fn supervise(functions: Functions, store: Store) {
 /// Runs one trigger over the log, forever.
 async fn follow(functions: Functions, store: Store, name: String, pattern: DocPattern) {
     let mut published = store.bus().published();
-    let mut cursor = until_read(&name, "cursor", || start_at(&store, &name)).await;
+    let mut lease = Lease::new(store.clone(), format!("trigger:{name}"));
+    let mut cursor = 0;
     // Changes of other paths are skipped without reading their documents.
     let wanted: PathFilter = {
         let pattern = pattern.clone();
         Arc::new(move |path: &str| pattern.matches(path).is_some())
     };
     loop {
+        if lease.hold().await {
+            cursor = until_read(&name, "cursor", || start_at(&store, &name)).await;
+        }
         let LogPage { changes, last } = match store.changes_of(cursor, BATCH, wanted.clone()).await {
             Ok(page) => page,
             Err(error) => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Functions;
-use super::triggers::{BATCH, deliver, until_read};
+use super::triggers::{BATCH, Lease, deliver, until_read};
 use crate::auth::Auth;
 
 /// The function's saved cursor; a new one starts at the end of the log (users created
@@ -28,8 +28,12 @@ pub async fn start_at(auth: &Auth, name: &str) -> Result<i64, crate::store::Erro
 pub async fn follow(functions: Functions, name: String) {
     let (auth, store) = (functions.shared.auth.clone(), functions.shared.store.clone());
     let mut created = auth.users_created();
-    let mut cursor = until_read(&name, "cursor", || start_at(&auth, &name)).await;
+    let mut lease = Lease::new(store.clone(), format!("users:{name}"));
+    let mut cursor = 0;
     loop {
+        if lease.hold().await {
+            cursor = until_read(&name, "cursor", || start_at(&auth, &name)).await;
+        }
         let events = match auth.repo().user_events_since(cursor, BATCH).await {
             Ok(events) => events,
             Err(error) => {

@@ -259,7 +259,15 @@ pub trait Backend: Send + Sync + 'static {
     fn retain_trigger_cursors(&self, names: Vec<String>) -> BoxFuture<'_, Result<(), Error>>;
     /// The last tick (microseconds) the scheduled function `name` ran.
     fn schedule_tick(&self, name: String) -> BoxFuture<'_, Result<Option<i64>, Error>>;
-    fn set_schedule_tick(&self, name: String, tick: i64) -> BoxFuture<'_, Result<(), Error>>;
+    /// Records that the scheduled function `name` runs at `tick`, unless a tick as late is
+    /// recorded already: true for the one caller, on whichever node, that should run it.
+    fn claim_schedule_tick(&self, name: String, tick: i64) -> BoxFuture<'_, Result<bool, Error>>;
+    /// Takes, renews or is refused the lease `name` for `ttl`: work that one node at a time
+    /// does (following a trigger's log). A node alone, as on SQLite, holds every lease.
+    fn lease(&self, name: String, holder: String, ttl: std::time::Duration) -> BoxFuture<'_, Result<bool, Error>> {
+        let _ = (name, holder, ttl);
+        futures::FutureExt::boxed(async { Ok(true) })
+    }
     fn add_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), Error>>;
     /// The newest dead letters first, at most `limit`.
     fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>>;

@@ -583,15 +583,33 @@ impl Backend for PgBackend {
         self.named("SELECT tick FROM schedule_ticks WHERE name = $1", name).boxed()
     }
 
-    fn set_schedule_tick(&self, name: String, tick: i64) -> BoxFuture<'_, Result<(), Error>> {
+    fn claim_schedule_tick(&self, name: String, tick: i64) -> BoxFuture<'_, Result<bool, Error>> {
         async move {
-            self.execute(
-                "INSERT INTO schedule_ticks (name, tick) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET tick = excluded.tick",
-                |query| query.bind(name).bind(tick),
-            )
-            .await
-            .map(drop)
+            let claimed = self
+                .execute(
+                    "INSERT INTO schedule_ticks (name, tick) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET tick = excluded.tick WHERE schedule_ticks.tick < excluded.tick",
+                    |query| query.bind(name).bind(tick),
+                )
+                .await?;
+            Ok(claimed == 1)
+        }
+        .boxed()
+    }
+
+    fn lease(&self, name: String, holder: String, ttl: Duration) -> BoxFuture<'_, Result<bool, Error>> {
+        async move {
+            // The database's clock decides, so the nodes' clocks need not agree.
+            let taken = self
+                .execute(
+                    "INSERT INTO leases (name, holder, expires_at) \
+                     VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                     WHERE leases.holder = excluded.holder OR leases.expires_at < clock_timestamp()",
+                    |query| query.bind(name).bind(holder).bind(ttl.as_secs_f64()),
+                )
+                .await?;
+            Ok(taken == 1)
         }
         .boxed()
     }

@@ -1004,13 +1004,20 @@ impl Backend for SqliteBackend {
         self.read_named("SELECT tick FROM schedule_ticks WHERE name = ?1", name)
     }
 
-    fn set_schedule_tick(&self, name: String, tick: i64) -> BoxFuture<'_, Result<(), Error>> {
-        self.write_named(
-            "INSERT INTO schedule_ticks (name, tick) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET tick = excluded.tick",
-            name,
-            tick,
-        )
+    fn claim_schedule_tick(&self, name: String, tick: i64) -> BoxFuture<'_, Result<bool, Error>> {
+        async move {
+            let claimed = self
+                .exec(Box::new(move |conn| {
+                    Ok(conn.execute(
+                        "INSERT INTO schedule_ticks (name, tick) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET tick = excluded.tick WHERE tick < excluded.tick",
+                        rusqlite::params![name, tick],
+                    )? as u64)
+                }))
+                .await?;
+            Ok(claimed == 1)
+        }
+        .boxed()
     }
 
     fn add_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), Error>> {
