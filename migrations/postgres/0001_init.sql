@@ -80,3 +80,13 @@ CREATE TABLE leases (
     holder     TEXT        NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL
 );
+
+-- The project's deployed files (`rules.toml`, `functions/<file>.js`; NULL: deleted), so
+-- every node runs the same rules and functions; each node polls for versions it has not
+-- applied (see server/src/cluster.rs).
+CREATE TABLE deployments (
+    name        TEXT   NOT NULL PRIMARY KEY,
+    source      TEXT,
+    version     BIGINT NOT NULL UNIQUE,
+    deployed_at BIGINT NOT NULL
+);

@@ -125,3 +125,54 @@ CREATE TABLE user_event_cursors (
     name TEXT   NOT NULL PRIMARY KEY,
     seq  BIGINT NOT NULL
 );
+
+-- Every session revoked, however (sign-out, a reused refresh token, a disabled or deleted
+-- user), stamped by the database's clock: each node reads the new ones every second, so
+-- their access tokens stop on every node, not only the one that revoked them. Kept a day.
+CREATE TABLE revocations (
+    session_id TEXT   NOT NULL,
+    at         BIGINT NOT NULL
+);
+CREATE INDEX revocations_by_time ON revocations (at);
+
+CREATE FUNCTION hearth_note_revocation() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO revocations (session_id, at)
+    VALUES (NEW.id, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER sessions_revoked AFTER UPDATE OF revoked_at ON sessions
+    FOR EACH ROW WHEN (OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL)
+    EXECUTE FUNCTION hearth_note_revocation();
+
+-- Rate limits shared by every node (see auth::limits): token buckets by SHA-256 of their
+-- key, refilled by the database's clock; and the addresses each account signed in from.
+CREATE TABLE rate_buckets (
+    key        TEXT             NOT NULL PRIMARY KEY,
+    tokens     DOUBLE PRECISION NOT NULL,
+    updated_at TIMESTAMPTZ      NOT NULL
+);
+
+CREATE FUNCTION hearth_bucket(k TEXT, capacity DOUBLE PRECISION, per_second DOUBLE PRECISION, take BOOLEAN)
+RETURNS DOUBLE PRECISION LANGUAGE plpgsql AS $$
+DECLARE
+    t DOUBLE PRECISION;
+BEGIN
+    INSERT INTO rate_buckets (key, tokens, updated_at) VALUES (k, capacity, clock_timestamp())
+    ON CONFLICT (key) DO NOTHING;
+    SELECT least(capacity, tokens + extract(epoch FROM clock_timestamp() - updated_at) * per_second)
+    INTO t FROM rate_buckets WHERE key = k FOR UPDATE;
+    UPDATE rate_buckets SET tokens = CASE WHEN take AND t >= 1 THEN t - 1 ELSE t END, updated_at = clock_timestamp()
+    WHERE key = k;
+    RETURN t;
+END
+$$;
+
+CREATE TABLE sign_in_addresses (
+    account TEXT        NOT NULL,
+    address TEXT        NOT NULL,
+    at      TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (account, address)
+);

@@ -29,6 +29,7 @@
 pub mod auth;
 pub mod backup;
 pub mod changes;
+pub mod cluster;
 pub mod config;
 pub mod functions;
 pub mod http;
@@ -202,11 +203,9 @@ impl Server {
             hashes.push(hash);
             first_key = Some(key);
         }
-        if let Some(key) = &config.service_key {
-            hashes.push(ServiceKeys::hash(key.expose()));
-        }
+        let configured = config.service_key.as_ref().map(|key| ServiceKeys::hash(key.expose()));
         let services = http::Services { store, auth, rules, realtime, functions, backups };
-        let state = http::AppState::new(services, config, ServiceKeys::new(hashes), metrics);
+        let state = http::AppState::new(services, config, ServiceKeys::new(hashes, configured), metrics);
         Ok(Server { listener, state, new_service_key: first_key, lock })
     }
 
@@ -232,6 +231,18 @@ impl Server {
         let state = self.state.clone();
         let pruner = tokio::spawn(prune_changes(state.clone()));
         let key_reloader = tokio::spawn(reload_keys(state.auth().clone()));
+        // Other nodes may share the database: keep in step with them, first of all on
+        // the project's files, before serving.
+        let cluster = match state.store().backend().relay() {
+            Some(_) => {
+                let mut project = cluster::Project::new(&state);
+                if let Err(error) = project.sync(&state).await {
+                    tracing::warn!(%error, "syncing the project's files with the other nodes failed");
+                }
+                Some(tokio::spawn(cluster::follow(state.clone(), project)))
+            }
+            None => None,
+        };
         let rules_watcher = tokio::spawn(state.rules().clone().watch(Duration::from_secs(1)));
         let functions_watcher = tokio::spawn(state.functions().clone().watch(Duration::from_secs(1)));
         let backups = state.config().backups.clone();
@@ -253,6 +264,9 @@ impl Server {
             .context("server failed")?;
         pruner.abort();
         key_reloader.abort();
+        if let Some(cluster) = cluster {
+            cluster.abort();
+        }
         rules_watcher.abort();
         functions_watcher.abort();
         if let Some(task) = scheduled_backups {
@@ -277,7 +291,10 @@ async fn open_store(config: &Config) -> anyhow::Result<(Store, Arc<dyn auth::rep
             Ok((Store::new(backend.clone(), bus).await?, backend))
         }
         config::Database::Postgres(url) => {
-            let options = store::postgres::PgOptions::new(url, &config.store);
+            let options = store::postgres::PgOptions {
+                indexes: config.index_defs()?,
+                ..store::postgres::PgOptions::new(url, &config.store)
+            };
             let backend = Arc::new(store::postgres::PgBackend::connect(options, bus.clone()).await?);
             Ok((Store::new(backend.clone(), bus).await?, backend))
         }

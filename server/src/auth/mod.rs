@@ -150,7 +150,7 @@ impl Auth {
             verified: Arc::new(VerifiedTokens::default()),
             oauth: Arc::new(oauth::OAuth::new(config.oauth.clone())?),
             mailer: mail::Mailer::from_config(mail, repo.clone())?,
-            limits: Arc::new(limits::Limits::new(&config.rate_limit)),
+            limits: Arc::new(limits::Limits::new(&config.rate_limit, repo.shared_limits())),
             repo,
             passwords,
             keys: Arc::new(RwLock::new(keys::KeySet::from_records(&[], 0, 0))),
@@ -170,6 +170,20 @@ impl Auth {
         let ids = self.repo.revoke(uid, which, now_micros()).await?;
         self.revoked.forget(ids);
         Ok(())
+    }
+
+    /// Takes in the sessions other nodes revoked since `since` (the database's clock); the
+    /// time to ask from next. Reads overlap by a few seconds, for revocations stamped
+    /// before `since` that committed after the last read; ids already known are skipped.
+    pub async fn follow_revocations(&self, since: i64) -> Result<i64, Error> {
+        const OVERLAP: i64 = 5_000_000;
+        let revoked = self.repo.revoked_since(since - OVERLAP).await?;
+        let next = revoked.iter().map(|(_, at)| *at).max().unwrap_or(since).max(since);
+        let now = now_micros();
+        let new: Vec<String> =
+            revoked.into_iter().map(|(id, _)| id).filter(|id| !self.revoked.contains(id, now)).collect();
+        self.revoked.forget(new);
+        Ok(next)
     }
 
     /// Sessions revoked since this node started (their ids), for connections that hold
@@ -225,7 +239,7 @@ impl Auth {
         let now = now_micros();
         let user = UserRecord { password_hash: Some(hash), ..UserRecord::new(Some(email.clone()), &["password"], now) };
         self.insert_user(&user).await.map_err(already_exists)?;
-        self.limits.record_sign_in(&email, address);
+        self.limits.record_sign_in(&email, address).await?;
         self.start_session(user).await
     }
 
@@ -238,17 +252,17 @@ impl Auth {
             self.passwords.verify(password, None).await;
             return Err(refused());
         };
-        self.limits.check_login(&email, address)?;
+        self.limits.check_login(&email, address).await?;
         let user = self.repo.user_by_email(&email).await?;
         let hash = user.as_ref().and_then(|user| user.password_hash.as_deref());
         if !self.passwords.verify(password, hash).await {
-            self.limits.record_login_failure(&email, address);
+            self.limits.record_login_failure(&email, address).await?;
             return Err(refused());
         }
         let user = user.ok_or_else(refused)?;
         let answer = self.first_factor_passed(user).await?;
         if matches!(answer, LoginAnswer::Session(_)) {
-            self.limits.record_sign_in(&email, address);
+            self.limits.record_sign_in(&email, address).await?;
         }
         Ok(answer)
     }
@@ -292,7 +306,7 @@ impl Auth {
             return Err(Error::PermissionDenied("this account is disabled".into()));
         }
         if let Some(email) = &user.email {
-            self.limits.record_sign_in(email, address);
+            self.limits.record_sign_in(email, address).await?;
         }
         self.start_session(user).await
     }
@@ -300,10 +314,10 @@ impl Auth {
     /// Whether `code` is a TOTP code not used before, or an unused recovery code. A wrong
     /// one counts against the account's budget of codes, which is checked first.
     async fn second_factor(&self, uid: &str, code: &str) -> Result<bool, Error> {
-        self.limits.check_code(uid)?;
+        self.limits.check_code(uid).await?;
         let right = self.code_is_right(uid, code).await?;
         if !right {
-            self.limits.record_code_failure(uid);
+            self.limits.record_code_failure(uid).await?;
         }
         Ok(right)
     }
@@ -403,9 +417,9 @@ impl Auth {
         };
         let account = user.email.as_deref().unwrap_or(&user.id);
         let address = format!("session:{}", caller.session_id);
-        self.limits.check_login(account, &address)?;
+        self.limits.check_login(account, &address).await?;
         if !self.passwords.verify(password, Some(hash)).await {
-            self.limits.record_login_failure(account, &address);
+            self.limits.record_login_failure(account, &address).await?;
             return Err(Error::ReauthenticationRequired("the current password is wrong".into()));
         }
         if user.mfa {

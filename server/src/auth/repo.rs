@@ -159,6 +159,18 @@ pub trait AuthStore: Send + Sync + 'static {
     fn refresh(&self, hash: [u8; 32], new_hash: [u8; 32], now: i64) -> BoxFuture<'_, Result<Refreshed, StoreError>>;
     /// Revokes sessions of a user; the ids of those it revoked.
     fn revoke(&self, user_id: String, which: Sessions, now: i64) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+    /// Sessions revoked at or after `since` (µs, the database's clock), with when: how a
+    /// node learns of revocations made on the others. A database one node has alone
+    /// (SQLite) has none to tell.
+    fn revoked_since(&self, since: i64) -> BoxFuture<'_, Result<Vec<(String, i64)>, StoreError>> {
+        let _ = since;
+        futures::FutureExt::boxed(async { Ok(Vec::new()) })
+    }
+    /// Where rate limits live when several nodes share this database; `None`: in each
+    /// node's memory.
+    fn shared_limits(&self) -> Option<Arc<dyn crate::auth::limits::SharedLimits>> {
+        None
+    }
     /// Every signing key, oldest first, private keys sealed.
     fn signing_keys(&self) -> BoxFuture<'_, Result<Vec<KeyRecord>, StoreError>>;
     /// Adds a signing key (sealed) and retires every other one.
@@ -370,6 +382,14 @@ impl Repo {
 
     pub async fn revoke(&self, user_id: &str, which: Sessions, now: i64) -> Result<Vec<String>, StoreError> {
         self.store.revoke(user_id.to_owned(), which, now).await
+    }
+
+    pub fn shared_limits(&self) -> Option<Arc<dyn crate::auth::limits::SharedLimits>> {
+        self.store.shared_limits()
+    }
+
+    pub async fn revoked_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        self.store.revoked_since(since).await
     }
 
     /// Every signing key, opened.

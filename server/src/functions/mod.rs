@@ -391,6 +391,11 @@ impl Functions {
         }
     }
 
+    /// The `functions/` dir the bundle is read from.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
     /// Polls `functions/` for changes until the server stops.
     pub async fn watch(self, every: Duration) {
         let mut ticker = tokio::time::interval(every);
@@ -458,7 +463,7 @@ fn check_names(natives: &[Native], functions: &[FunctionInfo]) -> Result<(), Loa
 }
 
 /// `name.js` or `name.mjs`, with a plain name.
-fn is_module_name(file: &str) -> bool {
+pub(crate) fn is_module_name(file: &str) -> bool {
     let stem = file.strip_suffix(".js").or_else(|| file.strip_suffix(".mjs"));
     stem.is_some_and(|stem| {
         !stem.is_empty() && stem.len() <= 64 && stem.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -466,7 +471,7 @@ fn is_module_name(file: &str) -> bool {
 }
 
 /// The module files of `dir` (none when it does not exist), sorted by name.
-fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, LoadError> {
+pub(crate) fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, LoadError> {
     let error = |file: &str, message: String| LoadError { file: file.to_owned(), line: None, message };
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -486,7 +491,7 @@ fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, LoadError> {
     Ok(files)
 }
 
-fn write_file(dir: &Path, file: &str, source: &str) -> std::io::Result<()> {
+pub(crate) fn write_file(dir: &Path, file: &str, source: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let temporary = dir.join(format!(".{file}.new"));
     std::fs::write(&temporary, source)?;

@@ -294,7 +294,7 @@ pub async fn limit_by_ip(
 ) -> Response {
     let (parts, body) = request.into_parts();
     let address = super::extract::client_address(&parts, &state);
-    match state.auth().limits().check_ip(&address) {
+    match state.auth().limits().check_ip(&address).await {
         Ok(()) => next.run(axum::extract::Request::from_parts(parts, body)).await,
         Err(error) => ApiError::from(error).into_response(),
     }

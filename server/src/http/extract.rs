@@ -209,15 +209,22 @@ pub fn caller_from_token(token: &str, state: &AppState) -> Result<Caller, ApiErr
 }
 
 /// The accepted service keys, as SHA-256 hashes (keys are 256-bit random, so a fast
-/// hash is enough); checked in constant time.
+/// hash is enough); checked in constant time. Those stored in the database are read again
+/// when other nodes may change them ([`ServiceKeys::replace_stored`]).
 #[derive(Debug, Clone, Default)]
 pub struct ServiceKeys {
-    hashes: Vec<[u8; 32]>,
+    stored: std::sync::Arc<std::sync::RwLock<Vec<[u8; 32]>>>,
+    /// `HEARTH_SERVICE_KEY`'s, if set.
+    configured: Option<[u8; 32]>,
 }
 
 impl ServiceKeys {
-    pub fn new(hashes: Vec<[u8; 32]>) -> ServiceKeys {
-        ServiceKeys { hashes }
+    pub fn new(stored: Vec<[u8; 32]>, configured: Option<[u8; 32]>) -> ServiceKeys {
+        ServiceKeys { stored: std::sync::Arc::new(std::sync::RwLock::new(stored)), configured }
+    }
+
+    pub fn replace_stored(&self, stored: Vec<[u8; 32]>) {
+        *self.stored.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = stored;
     }
 
     pub fn hash(key: &str) -> [u8; 32] {
@@ -226,8 +233,13 @@ impl ServiceKeys {
 
     pub fn verify(&self, key: &str) -> bool {
         let hash = ServiceKeys::hash(key);
-        // Every stored hash is compared, so timing does not tell which one matched.
-        self.hashes.iter().fold(subtle::Choice::from(0), |found, stored| found | stored.ct_eq(&hash)).into()
+        // Every hash is compared, so timing does not tell which one matched.
+        let stored = self.stored.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        stored
+            .iter()
+            .chain(&self.configured)
+            .fold(subtle::Choice::from(0), |found, key| found | key.ct_eq(&hash))
+            .into()
     }
 }
 
@@ -289,7 +301,7 @@ mod tests {
     #[test]
     fn service_keys_verify_only_themselves() {
         let key = new_service_key();
-        let keys = ServiceKeys::new(vec![ServiceKeys::hash("hk_other"), ServiceKeys::hash(&key)]);
+        let keys = ServiceKeys::new(vec![ServiceKeys::hash("hk_other")], Some(ServiceKeys::hash(&key)));
         assert!(keys.verify(&key));
         assert!(!keys.verify("hk_wrong"));
         assert!(key.starts_with("hk_") && key.len() == 46);

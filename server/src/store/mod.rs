@@ -239,6 +239,17 @@ pub trait Backend: Send + Sync + 'static {
     fn backup(&self, into: std::path::PathBuf) -> BoxFuture<'_, Result<(), Error>>;
     /// Finishes queued writes and stops the writer; later writes fail with unavailable.
     fn close(&self) -> BoxFuture<'_, ()>;
+    /// Project files (`rules.toml`, `functions/*.js`) deployed after `version`, in order.
+    /// Kept only where nodes share the database; a node alone has its files.
+    fn deployed(&self, version: i64) -> BoxFuture<'_, Result<Vec<Deployed>, Error>> {
+        let _ = version;
+        futures::FutureExt::boxed(async { Ok(Vec::new()) })
+    }
+    /// Records a project file as deployed (or deleted), for the other nodes; its version.
+    fn deploy(&self, name: String, source: Option<String>) -> BoxFuture<'_, Result<i64, Error>> {
+        let _ = (name, source);
+        futures::FutureExt::boxed(async { Ok(0) })
+    }
     /// What carries channel events to the other nodes sharing the database; none when a
     /// node is alone, as on SQLite.
     fn relay(&self) -> Option<Arc<dyn crate::changes::relay::Relay>> {
@@ -271,6 +282,16 @@ pub trait Backend: Send + Sync + 'static {
     fn add_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), Error>>;
     /// The newest dead letters first, at most `limit`.
     fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>>;
+}
+
+/// A project file as deployed to every node sharing the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployed {
+    /// `rules.toml` or `functions/<file>.js`.
+    pub name: String,
+    /// `None`: deleted.
+    pub source: Option<String>,
+    pub version: i64,
 }
 
 /// A trigger event that kept failing, kept for an admin to see.

@@ -83,7 +83,7 @@ async fn a_deployed_callable_answers_with_the_caller_and_its_data() {
     let token = session["access_token"].as_str().expect("token");
     let (_, body) = call(&app, "greet", Some(token), json!({})).await;
     assert_eq!(body["result"]["hello"], session["user"]["id"]);
-    assert!(app.output_text().contains("greeting ada"), "console.log reaches the server log");
+    assert!(app.logs("greeting ada"), "console.log reaches the server log");
 
     // The module is in functions/ and listed.
     let (status, listed) = app.send(app.admin(Method::GET, "/v1/admin/functions")).await;
@@ -120,7 +120,7 @@ async fn throws_become_their_code_or_internal_without_the_stack() {
         assert_eq!((status, body["error"]["code"].clone()), (500, json!("internal")), "{name}: {body}");
         assert_eq!(body["error"]["message"], "internal error");
     }
-    assert!(app.output_text().contains("secret internals"), "the cause is in the log");
+    assert!(app.logs("secret internals"), "the cause is in the log");
     let (status, body) = call(&app, "nothing", None, json!({})).await;
     assert_eq!((status, body["error"]["code"].clone()), (404, json!("not-found")));
     // A body over the limit.

@@ -129,6 +129,19 @@ impl App {
         self.send(request).await
     }
 
+    /// Whether the server prints `text` within 5 s (its output is read on other threads,
+    /// a moment behind the answers).
+    pub fn logs(&self, text: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.output_text().contains(text) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Everything the server printed so far.
     pub fn output_text(&self) -> String {
         self.output.lock().expect("lock").join("\n")
@@ -232,6 +245,13 @@ impl SharedProject {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Runs SQL as the PostgreSQL server's admin (on its maintenance database), with
+    /// `{db}` standing for this project's database.
+    pub fn admin_sql(&self, sql: &str) -> String {
+        let name = std::fs::read_to_string(self.dir.path().join(DATABASE_FILE)).expect("database name");
+        psql(&sql.replace("{db}", name.trim()))
     }
 }
 

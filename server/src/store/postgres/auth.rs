@@ -90,7 +90,77 @@ impl PgBackend {
     }
 }
 
+/// Rate limits in the database, shared by every node on it.
+struct PgLimits {
+    pool: sqlx::postgres::PgPool,
+}
+
+impl crate::auth::limits::SharedLimits for PgLimits {
+    fn bucket(
+        &self,
+        key: String,
+        capacity: f64,
+        per_second: f64,
+        take: bool,
+    ) -> BoxFuture<'_, Result<f64, StoreError>> {
+        async move {
+            let row = sqlx::query("SELECT hearth_bucket($1, $2, $3, $4)")
+                .bind(key)
+                .bind(capacity)
+                .bind(per_second)
+                .bind(take)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(pg_error)?;
+            row.try_get(0).map_err(pg_error)
+        }
+        .boxed()
+    }
+
+    fn known(
+        &self,
+        account: String,
+        address: String,
+        within: std::time::Duration,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        async move {
+            let row = sqlx::query(
+                "SELECT 1 FROM sign_in_addresses WHERE account = $1 AND address = $2 \
+                 AND at > clock_timestamp() - make_interval(secs => $3)",
+            )
+            .bind(account)
+            .bind(address)
+            .bind(within.as_secs_f64())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(pg_error)?;
+            Ok(row.is_some())
+        }
+        .boxed()
+    }
+
+    fn remember(&self, account: String, address: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            sqlx::query(
+                "INSERT INTO sign_in_addresses (account, address, at) VALUES ($1, $2, clock_timestamp()) \
+                 ON CONFLICT (account, address) DO UPDATE SET at = excluded.at",
+            )
+            .bind(account)
+            .bind(address)
+            .execute(&self.pool)
+            .await
+            .map_err(pg_error)?;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
 impl AuthStore for PgBackend {
+    fn shared_limits(&self) -> Option<std::sync::Arc<dyn crate::auth::limits::SharedLimits>> {
+        Some(std::sync::Arc::new(PgLimits { pool: self.pool().clone() }))
+    }
+
     fn reseal_secrets(&self, secrets: Keyring) -> BoxFuture<'_, Result<usize, StoreError>> {
         async move {
             let mut tx = self.pool().begin().await.map_err(pg_error)?;
@@ -350,6 +420,18 @@ impl AuthStore for PgBackend {
                 .await
                 .map_err(pg_error)?;
             rows.iter().map(|row| row.try_get(0).map_err(pg_error)).collect()
+        }
+        .boxed()
+    }
+
+    fn revoked_since(&self, since: i64) -> BoxFuture<'_, Result<Vec<(String, i64)>, StoreError>> {
+        async move {
+            let rows = sqlx::query("SELECT session_id, at FROM revocations WHERE at >= $1")
+                .bind(since)
+                .fetch_all(self.pool())
+                .await
+                .map_err(pg_error)?;
+            rows.iter().map(|row| Ok((row.try_get(0).map_err(pg_error)?, row.try_get(1).map_err(pg_error)?))).collect()
         }
         .boxed()
     }
@@ -730,7 +812,7 @@ impl AuthStore for PgBackend {
             let day_ago = now - 86_400 * 1_000_000;
             let week_ago = now - 7 * 86_400 * 1_000_000;
             let mut tx = self.pool().begin().await.map_err(pg_error)?;
-            let statements: [(&'static str, i64); 7] = [
+            let statements: [(&'static str, i64); 10] = [
                 (
                     "DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions \
                      WHERE expires_at < $1 OR revoked_at < $1)",
@@ -738,6 +820,10 @@ impl AuthStore for PgBackend {
                 ),
                 ("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1", day_ago),
                 ("DELETE FROM mail_tokens WHERE expires_at < $1 OR used_at IS NOT NULL", now),
+                ("DELETE FROM revocations WHERE at < $1", day_ago),
+                // A bucket untouched for a day is full again under any window of a day or less.
+                ("DELETE FROM rate_buckets WHERE updated_at < to_timestamp($1 / 1e6)", day_ago),
+                ("DELETE FROM sign_in_addresses WHERE at < to_timestamp($1 / 1e6) - interval '30 days'", day_ago),
                 ("DELETE FROM mfa_tickets WHERE expires_at < $1 OR used_at IS NOT NULL", now),
                 ("DELETE FROM oauth_states WHERE expires_at < $1", now),
                 // The outbox holds mailed codes in the clear: a day is enough to read them.

@@ -51,6 +51,8 @@ pub struct PgOptions {
     pub queue_capacity: usize,
     /// How often the log tailer reads the log when no notification woke it.
     pub poll_interval: Duration,
+    /// The indexes declared in config.
+    pub indexes: Vec<super::sqlite::IndexDef>,
 }
 
 impl PgOptions {
@@ -62,6 +64,7 @@ impl PgOptions {
             writer: WriterOptions { group_commit: store.group_commit, max_group_writes: store.max_group_writes },
             queue_capacity: store.queue_capacity,
             poll_interval: Duration::from_secs(1),
+            indexes: Vec::new(),
         }
     }
 }
@@ -83,14 +86,20 @@ pub(crate) fn pg_error(error: sqlx::Error) -> Error {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => Error::Unavailable(format!("PostgreSQL is out of reach: {error}")),
-        sqlx::Error::Database(db) => match db.code().as_deref() {
-            // query_canceled (statement_timeout), admin_shutdown, crash_shutdown,
-            // cannot_connect_now, too_many_connections
-            Some("57014" | "57P01" | "57P02" | "57P03" | "53300") => {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // Connection exceptions (08), insufficient resources (53: too many
+            // connections, disk full), operator intervention (57: statement_timeout,
+            // shutdown, starting up), system errors (58), and a database that is not
+            // accepting connections (55000 at connect): the server is out of reach, for now.
+            let out_of_reach = ["08", "53", "57", "58"].iter().any(|class| code.starts_with(class))
+                || (code == "55000" && db.message().contains("accepting connections"));
+            if out_of_reach {
                 Error::Unavailable(format!("PostgreSQL refused: {}", db.message()))
+            } else {
+                Error::Internal(format!("postgres: {error}"))
             }
-            _ => Error::Internal(format!("postgres: {error}")),
-        },
+        }
         _ => Error::Internal(format!("postgres: {error}")),
     }
 }
@@ -172,12 +181,92 @@ pub(crate) async fn read_log(
     Ok((changes, last))
 }
 
+/// A field's value in `data`, as an SQL expression with its path inlined (the declared
+/// indexes are built on the same expression, so the planner can use them).
+fn field_sql(segments: &[String]) -> String {
+    let array: Vec<String> =
+        segments.iter().map(|segment| format!("\"{}\"", segment.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    format!("(data #> '{{{}}}'::text[])", array.join(",").replace('\'', "''"))
+}
+
+/// A value PostgreSQL's `jsonb` equality compares exactly as `store::value::equal`:
+/// strings, booleans and integers within ±2^53 (beyond, `==` compares as floats do).
+fn exactly_comparable(value: &serde_json::Value) -> bool {
+    const SAFE: i64 = 1 << 53;
+    match value {
+        serde_json::Value::String(_) | serde_json::Value::Bool(_) => true,
+        serde_json::Value::Number(number) => number.as_i64().is_some_and(|n| (-SAFE..=SAFE).contains(&n)),
+        _ => false,
+    }
+}
+
+/// The SQL term (bound at `$place`, an array of JSON texts) that keeps every document
+/// `filter` could match, when there is one that narrows the rows.
+fn pushed_filter(filter: &super::query::FieldFilter, place: usize) -> Option<(String, Vec<String>)> {
+    use super::query::Field;
+    let values: Vec<&serde_json::Value> = match filter.op {
+        hearth_types::Op::Eq => vec![&filter.value],
+        hearth_types::Op::In => filter.value.as_array()?.iter().collect(),
+        _ => return None,
+    };
+    if !values.iter().all(|value| exactly_comparable(value)) {
+        return None;
+    }
+    match &filter.field {
+        Field::Id => {
+            let ids = values.iter().map(|value| value.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>()?;
+            Some((format!("id = ANY(${place}::text[])"), ids))
+        }
+        Field::Path(segments) => Some((
+            format!("{} = ANY(${place}::jsonb[])", field_sql(segments)),
+            values.iter().map(|value| value.to_string()).collect(),
+        )),
+    }
+}
+
+/// Creates an expression index for the first field of each declared index (what the
+/// pushed-down `==` and `in` filters use) and drops those no longer declared.
+async fn reconcile_indexes(pool: &PgPool, indexes: &[super::sqlite::IndexDef]) -> Result<(), Error> {
+    use sha2::Digest;
+    let mut wanted = std::collections::BTreeMap::new();
+    for index in indexes {
+        let Some((super::query::Field::Path(segments), _)) = index.fields.first() else { continue };
+        let column = match index.target {
+            Target::Collection(_) => "collection",
+            Target::Group(_) => "coll_id",
+        };
+        let body = format!("ON documents ({column}, {})", field_sql(segments));
+        let digest = sha2::Sha256::digest(body.as_bytes());
+        let name = format!("hpx_{}", digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect::<String>());
+        wanted.insert(name, body);
+    }
+    let existing: Vec<String> =
+        sqlx::query("SELECT indexname FROM pg_indexes WHERE tablename = 'documents' AND indexname LIKE 'hpx\\_%'")
+            .fetch_all(pool)
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(pg_error)?;
+    for name in existing.iter().filter(|name| !wanted.contains_key(*name)) {
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP INDEX IF EXISTS {name}"))).execute(pool).await.map_err(pg_error)?;
+    }
+    for (name, body) in wanted {
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE INDEX IF NOT EXISTS {name} {body}")))
+            .execute(pool)
+            .await
+            .map_err(pg_error)?;
+    }
+    Ok(())
+}
+
 fn connect_options(options: &PgOptions) -> Result<PgConnectOptions, Error> {
     let timeout = options.statement_timeout.as_millis().to_string();
     Ok(PgConnectOptions::from_str(&options.url)
         .map_err(|e| Error::InvalidArgument(format!("database_url: {e}")))?
         .application_name("hearth")
-        .options([("statement_timeout", timeout.as_str())]))
+        .options([("statement_timeout", timeout.as_str()), ("client_min_messages", "warning")]))
 }
 
 impl PgBackend {
@@ -191,6 +280,7 @@ impl PgBackend {
             .await
             .map_err(pg_error)?;
         migrate(&pool).await?;
+        reconcile_indexes(&pool, &options.indexes).await?;
         metrics::gauge!("hearth_db_readers").set(f64::from(options.pool_size.max(1)));
         let (sender, receiver) = mpsc::channel(options.queue_capacity.max(1));
         let local = tail::start(pool.clone(), bus.clone(), options.poll_interval).await?;
@@ -217,17 +307,30 @@ impl PgBackend {
         Ok(binds(sqlx::query(sql)).execute(&self.pool).await.map_err(pg_error)?.rows_affected())
     }
 
-    /// Every document of the query's target that matches it, in query order.
+    /// Every document of the query's target that matches it, in query order. The
+    /// filters PostgreSQL can decide exactly as `store::query` does (`==` and `in` on
+    /// strings, booleans and safe integers) narrow the rows read, through the declared
+    /// indexes; the in-memory evaluator then decides every filter, the order and the rest.
     async fn matching(&self, conn: &mut sqlx::PgConnection, spec: &QuerySpec) -> Result<Vec<StoredDoc>, Error> {
         let (column, value) = match &spec.target {
             Target::Collection(collection) => ("collection", collection.as_str().to_owned()),
             Target::Group(group) => ("coll_id", group.clone()),
         };
-        let sql = format!(
-            "SELECT data::text, version, created_at, updated_at, path FROM documents WHERE {column} = $1 \
-             ORDER BY path COLLATE \"C\""
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(value).fetch_all(&mut *conn).await.map_err(pg_error)?;
+        let mut sql =
+            format!("SELECT data::text, version, created_at, updated_at, path FROM documents WHERE {column} = $1");
+        let mut binds: Vec<Vec<String>> = Vec::new();
+        for filter in &spec.filters {
+            if let Some((term, values)) = pushed_filter(filter, binds.len() + 2) {
+                sql.push_str(" AND ");
+                sql.push_str(&term);
+                binds.push(values);
+            }
+        }
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(value);
+        for values in binds {
+            query = query.bind(values);
+        }
+        let rows = query.fetch_all(&mut *conn).await.map_err(pg_error)?;
         let mut docs = Vec::new();
         for row in rows {
             let path: String = row.try_get(4).map_err(pg_error)?;
@@ -485,6 +588,50 @@ impl Backend for PgBackend {
             Err(Error::FailedPrecondition(
                 "on PostgreSQL, back up with pg_dump (or `hearth export`); the server writes no copy itself".into(),
             ))
+        }
+        .boxed()
+    }
+
+    fn deployed(&self, version: i64) -> BoxFuture<'_, Result<Vec<crate::store::Deployed>, Error>> {
+        async move {
+            let rows = sqlx::query("SELECT name, source, version FROM deployments WHERE version > $1 ORDER BY version")
+                .bind(version)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(pg_error)?;
+            rows.iter()
+                .map(|row| {
+                    Ok(crate::store::Deployed {
+                        name: row.try_get(0).map_err(pg_error)?,
+                        source: row.try_get(1).map_err(pg_error)?,
+                        version: row.try_get(2).map_err(pg_error)?,
+                    })
+                })
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn deploy(&self, name: String, source: Option<String>) -> BoxFuture<'_, Result<i64, Error>> {
+        async move {
+            // Versions are taken under the table's lock, so they appear in the order taken.
+            let mut tx = self.pool.begin().await.map_err(pg_error)?;
+            sqlx::raw_sql("LOCK TABLE deployments IN EXCLUSIVE MODE").execute(&mut *tx).await.map_err(pg_error)?;
+            let row = sqlx::query(
+                "INSERT INTO deployments (name, source, version, deployed_at) \
+                 VALUES ($1, $2, (SELECT coalesce(max(version), 0) + 1 FROM deployments), $3) \
+                 ON CONFLICT (name) DO UPDATE SET source = excluded.source, version = excluded.version, \
+                 deployed_at = excluded.deployed_at RETURNING version",
+            )
+            .bind(name)
+            .bind(source)
+            .bind(crate::store::now_micros())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(pg_error)?;
+            let version: i64 = row.try_get(0).map_err(pg_error)?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok(version)
         }
         .boxed()
     }
