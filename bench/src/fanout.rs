@@ -130,7 +130,12 @@ pub fn percentile(values: &mut [u32], p: f64) -> f64 {
 
 /// A fresh server with the feed, and a subscriber's token.
 async fn feed_server() -> (Hearth, String) {
-    let hearth = start_hearth(true);
+    feed_server_on(None).await
+}
+
+/// [`feed_server`] on the PostgreSQL database `database` when given.
+async fn feed_server_on(database: Option<&str>) -> (Hearth, String) {
+    let hearth = start_hearth_on(true, database);
     let addr = hearth.addr;
     let rules = "[\"feed/{id}\"]\nread = \"auth != null\"\n";
     let (status, _) = send_raw(addr, Method::PUT, "/v1/admin/rules", Bytes::from(rules), KEY).await;
@@ -227,4 +232,71 @@ pub async fn fanout_bench(quick: bool) {
     for line in rss_lines {
         println!("{line}");
     }
+}
+
+/// `psql` on `url`: the first field of the answer.
+fn psql(url: &str, sql: &str) -> String {
+    let output = Command::new("psql").args([url, "-tAc", sql]).output().expect("psql runs");
+    assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// PostgreSQL's committed transactions on the bench database, per second over `phase`.
+async fn transactions_per_second(url: &str, phase: Duration) -> f64 {
+    let count = || -> f64 {
+        psql(url, "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").parse().expect("count")
+    };
+    let before = count();
+    tokio::time::sleep(phase).await;
+    // The two `psql` reads count one transaction each.
+    (count() - before - 1.0) / phase.as_secs_f64()
+}
+
+/// The log tail on PostgreSQL: transactions per second the database serves for one node,
+/// idle and at 50 writes/s, with 10 and with 5,000 subscribers. With one tailer per node
+/// it must not grow with the subscribers.
+pub async fn tail_bench(server: &str) {
+    println!("# Hearth on PostgreSQL: database transactions per node\n");
+    println!("machine: {} cores, {}\n", cores(), cpu_model());
+    println!("| subscribers | idle: transactions/s | at 50 writes/s: transactions/s | deliveries/s at 50 writes/s |");
+    println!("|---|---|---|---|");
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(hearth_server::realtime::lower_thread_priority)
+        .build()
+        .expect("runtime");
+    let phase = Duration::from_secs(10);
+    let database = "hearth_bench_tail";
+    let url = format!("{server}/{database}");
+    for subscribers in [10, 5_000] {
+        psql(&format!("{server}/postgres"), &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
+        psql(&format!("{server}/postgres"), &format!("CREATE DATABASE {database}"));
+        let (hearth, token) = feed_server_on(Some(&url)).await;
+        let seen = Arc::new(Seen::default());
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
+        for opened in 0..subscribers {
+            clients.spawn(subscriber(hearth.addr, token.clone(), seen.clone(), ready_tx.clone()));
+            if opened % 200 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        for _ in 0..subscribers {
+            if tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await.is_err() {
+                println!("subscribers did not all get their snapshot within 60 s");
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let idle = transactions_per_second(&url, phase).await;
+        let delivered_before = seen.deliveries.load(Ordering::Relaxed);
+        let addr = hearth.addr;
+        let writing = tokio::spawn(async move { write(addr, 50, 1, phase).await });
+        let busy = transactions_per_second(&url, phase).await;
+        let _ = writing.await;
+        let delivered = seen.deliveries.load(Ordering::Relaxed) - delivered_before;
+        println!("| {subscribers} | {idle:.1} | {busy:.1} | {:.0} |", delivered as f64 / phase.as_secs_f64());
+        drop(hearth);
+    }
+    clients.shutdown_background();
+    psql(&format!("{server}/postgres"), &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
 }

@@ -53,6 +53,13 @@ fn main() {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
         return runtime.block_on(fanout::fanout_bench(quick));
     }
+    if args.get(1).map(String::as_str) == Some("tail") {
+        let url = args
+            .get(2)
+            .expect("usage: hearth-bench tail POSTGRES_SERVER_URL (e.g. postgres://postgres@127.0.0.1:5432)");
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        return runtime.block_on(fanout::tail_bench(url));
+    }
     if args.get(1).map(String::as_str) == Some("functions") {
         let quick = args.iter().any(|arg| arg == "--quick");
         let phase = if quick { Duration::from_secs(2) } else { Duration::from_secs(5) };
@@ -341,6 +348,11 @@ fn start_hearth_at(dir: &std::path::Path, port: u16) -> Hearth {
 }
 
 fn start_hearth(group_commit: bool) -> Hearth {
+    start_hearth_on(group_commit, None)
+}
+
+/// A fresh server, on the PostgreSQL database `database` when given.
+fn start_hearth_on(group_commit: bool, database: Option<&str>) -> Hearth {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(
         dir.path().join("hearth.toml"),
@@ -348,6 +360,9 @@ fn start_hearth(group_commit: bool) -> Hearth {
     )
     .expect("config");
     let mut command = serve_command(dir.path(), "127.0.0.1:0");
+    if let Some(url) = database {
+        command.env("HEARTH_DATABASE_URL", url);
+    }
     command
         .env("HEARTH_STORE__GROUP_COMMIT", group_commit.to_string())
         // Every request comes from loopback: lift the per-IP sign-in limit so the login

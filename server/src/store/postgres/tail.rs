@@ -6,17 +6,17 @@
 //!   follow the last `seq` published, they are published without a query.
 //! - Other nodes' commits are read from the log when a `NOTIFY hearth_changes` wakes the
 //!   tailer, when this node's next commit shows a gap before it, or every `poll` at the
-//!   latest. The notification carries nothing: it is a wake-up, never the data, so one
+//!   latest. The notification carries only the commit's last `seq` (one this node has
+//!   published already is no reason to read): it is a wake-up, never the data, so one
 //!   lost with a dropped connection costs a poll's delay and no change.
 //!
 //! Whatever the number of subscribers, a node reads the log once: at rest, one query per
 //! `poll`; under load, one per wake-up that found another node's changes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{mpsc, watch};
 
 use super::{pg_error, read_log};
 use crate::changes::{Change, ChangeBus};
@@ -41,19 +41,23 @@ pub(super) async fn start(
     };
     let mut listener = PgListener::connect_with(&pool).await.map_err(pg_error)?;
     listener.listen(CHANNEL).await.map_err(pg_error)?;
-    let wake = Arc::new(Notify::new());
-    tokio::spawn(listen(listener, wake.clone()));
+    let (wake, woken) = watch::channel(last);
+    tokio::spawn(listen(listener, wake));
     let (local, from_writer) = mpsc::unbounded_channel();
-    tokio::spawn(Tailer { pool, bus, last }.run(from_writer, wake, poll));
+    tokio::spawn(Tailer { pool, bus, last }.run(from_writer, woken, poll));
     Ok(local)
 }
 
-/// Turns notifications into wake-ups; a reconnection is one too (what was notified while
-/// the connection was down is read then).
-async fn listen(mut listener: PgListener, wake: Arc<Notify>) {
+/// Turns notifications into wake-ups carrying the highest `seq` notified; a reconnection
+/// is one too (what was notified while the connection was down is read then).
+async fn listen(mut listener: PgListener, wake: watch::Sender<i64>) {
     loop {
         match listener.try_recv().await {
-            Ok(_) => wake.notify_one(),
+            Ok(Some(notification)) => {
+                let seq = notification.payload().parse().unwrap_or(i64::MAX);
+                wake.send_modify(|notified| *notified = (*notified).max(seq));
+            }
+            Ok(None) => wake.send_modify(|notified| *notified = i64::MAX),
             Err(sqlx::Error::PoolClosed) => return,
             Err(error) => {
                 tracing::warn!(%error, "listening for changes failed; the log is polled meanwhile");
@@ -71,7 +75,12 @@ struct Tailer {
 }
 
 impl Tailer {
-    async fn run(mut self, mut from_writer: mpsc::UnboundedReceiver<Vec<Change>>, wake: Arc<Notify>, poll: Duration) {
+    async fn run(
+        mut self,
+        mut from_writer: mpsc::UnboundedReceiver<Vec<Change>>,
+        mut woken: watch::Receiver<i64>,
+        poll: Duration,
+    ) {
         loop {
             tokio::select! {
                 biased;
@@ -79,7 +88,13 @@ impl Tailer {
                     Some(changes) => self.local(changes).await,
                     None => return, // the writer stopped: the backend is closing
                 },
-                _ = wake.notified() => self.read_or_warn().await,
+                Ok(()) = woken.changed() => {
+                    // This node's own commits arrive from its writer: nothing to read.
+                    let notified = *woken.borrow_and_update();
+                    if notified > self.last {
+                        self.read_or_warn().await;
+                    }
+                }
                 _ = tokio::time::sleep(poll) => self.read_or_warn().await,
             }
         }

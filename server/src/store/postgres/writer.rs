@@ -370,6 +370,9 @@ fn take_seqs(tx: &mut Postgres<'_>) -> Result<i64, Error> {
                 .execute(&mut *tx.conn),
         )
         .map_err(pg_error)?;
-    tx.runtime.block_on(sqlx::raw_sql("NOTIFY hearth_changes").execute(&mut *tx.conn)).map_err(pg_error)?;
+    // The payload is the last `seq` of the commit: a tailer that has it already (its own
+    // node's commit) reads nothing.
+    let notify = sqlx::query("SELECT pg_notify('hearth_changes', $1)").bind((base + count).to_string());
+    tx.runtime.block_on(notify.execute(&mut *tx.conn)).map_err(pg_error)?;
     Ok(base)
 }
