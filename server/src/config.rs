@@ -486,7 +486,12 @@ impl Config {
     pub fn load(dir: &Path, overrides: Overrides) -> anyhow::Result<Config> {
         let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(dir.join("hearth.toml")))
-            .merge(Env::prefixed("HEARTH_").split("__"))
+            // `HEARTH_TEST_*` belong to the test suite (`scripts/test.sh`), not to a server.
+            .merge(
+                Env::prefixed("HEARTH_")
+                    .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
+                    .split("__"),
+            )
             .extract()
             .map_err(|error| anyhow::anyhow!("configuration: {error}"))?;
         config.dir = dir.to_owned();
