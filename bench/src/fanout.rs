@@ -74,6 +74,30 @@ async fn subscriber(addr: SocketAddr, token: String, seen: Arc<Seen>, ready: tok
     }
 }
 
+/// Opens `count` subscribers to the feed on `clients` and waits for their snapshots.
+async fn open_subscribers(
+    clients: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    token: &str,
+    seen: &Arc<Seen>,
+    count: usize,
+) {
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
+    for opened in 0..count {
+        clients.spawn(subscriber(addr, token.to_owned(), seen.clone(), ready_tx.clone()));
+        // Pace the handshakes a little so the accept queue keeps up.
+        if opened % 200 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    for _ in 0..count {
+        if tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await.is_err() {
+            println!("subscribers did not all get their snapshot within 60 s");
+            return;
+        }
+    }
+}
+
 /// Writes to the feed at `rate` per second (0: as fast as `concurrency` connections go)
 /// for `phase`; the writes' own latencies.
 async fn write(addr: SocketAddr, rate: u32, concurrency: usize, phase: Duration) -> Outcome {
@@ -179,21 +203,8 @@ pub async fn fanout_bench(quick: bool) {
         let (addr, pid) = (hearth.addr, hearth.child.id());
         let seen = Arc::new(Seen::default());
         let before = rss_kib(pid);
-        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
         let opening = Instant::now();
-        for opened in 0..subscribers {
-            clients.spawn(subscriber(addr, token.clone(), seen.clone(), ready_tx.clone()));
-            // Pace the handshakes a little so the accept queue keeps up.
-            if opened % 200 == 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        for _ in 0..subscribers {
-            if tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await.is_err() {
-                println!("subscribers did not all get their snapshot within 60 s");
-                break;
-            }
-        }
+        open_subscribers(&clients, addr, &token, &seen, subscribers).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = rss_kib(pid);
         rss_lines.push(format!(
@@ -273,19 +284,7 @@ pub async fn tail_bench(server: &str) {
         psql(&format!("{server}/postgres"), &format!("CREATE DATABASE {database}"));
         let (hearth, token) = feed_server_on(Some(&url)).await;
         let seen = Arc::new(Seen::default());
-        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(1024);
-        for opened in 0..subscribers {
-            clients.spawn(subscriber(hearth.addr, token.clone(), seen.clone(), ready_tx.clone()));
-            if opened % 200 == 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        for _ in 0..subscribers {
-            if tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await.is_err() {
-                println!("subscribers did not all get their snapshot within 60 s");
-                break;
-            }
-        }
+        open_subscribers(&clients, hearth.addr, &token, &seen, subscribers).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle = transactions_per_second(&url, phase).await;
         let delivered_before = seen.deliveries.load(Ordering::Relaxed);

@@ -67,19 +67,23 @@ impl Project {
     pub async fn sync(&mut self, state: &AppState) -> anyhow::Result<()> {
         let backend = state.store().backend();
         let mut applied = false;
+        let mut local = self.local()?;
         for crate::store::Deployed { name, source, version } in backend.deployed(self.version).await? {
             self.version = version;
             if self.known.get(&name) == Some(&source) {
                 continue; // what this node deployed itself, or knew already
             }
-            if self.local()?.get(&name) != source.as_ref() {
+            if local.get(&name) != source.as_ref() {
                 self.write(&name, source.as_deref())?;
+                match &source {
+                    Some(text) => local.insert(name.clone(), text.clone()),
+                    None => local.remove(&name),
+                };
                 applied = true;
                 tracing::info!(file = %name, version, "applied a deployment from another node");
             }
             self.known.insert(name, source);
         }
-        let local = self.local()?;
         let names: BTreeSet<String> = local.keys().chain(self.known.keys()).cloned().collect();
         for name in names {
             let here = local.get(&name).cloned();

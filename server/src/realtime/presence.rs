@@ -24,6 +24,11 @@ struct Remote {
     entry: Value,
 }
 
+/// A member's id on the wire: the node's prefix ("" alone) and the connection.
+fn member_id(prefix: &str, conn: ConnId) -> String {
+    format!("{prefix}c{conn}")
+}
+
 /// Every channel with members.
 #[derive(Default)]
 pub struct Channels {
@@ -59,7 +64,7 @@ impl Channels {
 
     /// A member's id on the wire: one per connection, unique across the nodes.
     fn member_id(&self, conn: ConnId) -> String {
-        format!("{}c{conn}", self.prefix)
+        member_id(&self.prefix, conn)
     }
 
     fn relay(&self, event: ChannelEvent) {
@@ -87,9 +92,7 @@ impl Channels {
         let to_joiner = if fresh {
             let mut everyone: Map<String, Value> = members
                 .iter()
-                .map(|(id, member)| {
-                    (format!("{}c{id}", self.prefix), json!({"uid": member.uid, "state": member.state}))
-                })
+                .map(|(id, member)| (member_id(&self.prefix, *id), json!({"uid": member.uid, "state": member.state})))
                 .collect();
             for (id, remote) in self.remote.get(channel).into_iter().flatten() {
                 everyone.insert(id.clone(), remote.entry.clone());
@@ -270,9 +273,6 @@ impl Channels {
 
     /// Sends an ephemeral message to every member but the sender, on every node.
     pub fn broadcast(&self, conn: ConnId, channel: &str, event: &str, payload: &Value) {
-        if !self.is_member(conn, channel) {
-            return;
-        }
         self.tell(channel, &broadcast_message(channel, event, payload), Some(conn));
         let (channel, event, payload) = (channel.to_owned(), event.to_owned(), payload.clone());
         self.relay(ChannelEvent::Broadcast { channel, event, payload });

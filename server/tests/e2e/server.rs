@@ -281,3 +281,17 @@ async fn an_exclusive_store_works_and_locks_other_processes_out() {
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["docs"].as_array().map(Vec::len), Some(20), "every acknowledged write survived SIGKILL");
 }
+
+#[tokio::test]
+async fn a_bad_or_unreachable_database_url_is_refused_at_start() {
+    for (url, expected) in [
+        ("mysql://db.example/x", "database_url must start with"),
+        // Nothing listens on port 1 of loopback.
+        ("postgres://postgres@127.0.0.1:1/x", "PostgreSQL is out of reach"),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("hearth.toml"), format!("database_url = \"{url}\"\n")).expect("config");
+        let stderr = crate::support::refused_start(dir.path());
+        assert!(stderr.contains(expected), "{url}: {stderr}");
+    }
+}

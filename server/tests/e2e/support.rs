@@ -213,8 +213,15 @@ fn database_url(name: &str) -> String {
 }
 
 fn psql(sql: &str) -> String {
+    psql_at(&admin_url(), &["-tA"], sql)
+}
+
+/// `psql` on `url` with `options`, stopping at the first error: what it printed.
+fn psql_at(url: &str, options: &[&str], sql: &str) -> String {
     let output = Command::new("psql")
-        .args([admin_url().as_str(), "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .args([url, "-v", "ON_ERROR_STOP=1"])
+        .args(options)
+        .args(["-c", sql])
         .output()
         .expect("psql runs");
     assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
@@ -279,12 +286,9 @@ fn fresh_database(dir: &Path) {
     std::fs::write(dir.join(DATABASE_FILE), &name).expect("note the database");
 }
 
-/// The `hearth` binary, without the suite's own `HEARTH_TEST_*` settings (which the
-/// server would refuse as unknown configuration).
+/// The `hearth` binary (the server never reads the suite's own `HEARTH_TEST_*`).
 pub fn hearth_bin() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hearth"));
-    command.env_remove("HEARTH_TEST_BACKEND").env_remove("HEARTH_TEST_DATABASE_URL");
-    command
+    Command::new(env!("CARGO_BIN_EXE_hearth"))
 }
 
 /// `hearth`, pointed at the project's test database when it has one.
@@ -309,12 +313,7 @@ pub fn sqlite_only(what: &str) -> bool {
 /// as text, blobs as lowercase hex, NULL as "".
 pub fn stored_rows(dir: &Path, sql: &str) -> Vec<Vec<String>> {
     if let Ok(name) = std::fs::read_to_string(dir.join(DATABASE_FILE)) {
-        let output = Command::new("psql")
-            .args([database_url(name.trim()).as_str(), "-v", "ON_ERROR_STOP=1", "-tA", "-F", "\u{1f}", "-c", sql])
-            .output()
-            .expect("psql runs");
-        assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let text = psql_at(&database_url(name.trim()), &["-tA", "-F", "\u{1f}"], sql);
         return text
             .lines()
             .filter(|line| !line.is_empty())
@@ -345,11 +344,7 @@ pub fn stored_rows(dir: &Path, sql: &str) -> Vec<Vec<String>> {
 /// Runs statements on the project's database, whichever its backend.
 pub fn stored_execute(dir: &Path, sql: &str) {
     if let Ok(name) = std::fs::read_to_string(dir.join(DATABASE_FILE)) {
-        let output = Command::new("psql")
-            .args([database_url(name.trim()).as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql])
-            .output()
-            .expect("psql runs");
-        assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
+        psql_at(&database_url(name.trim()), &["-q"], sql);
         return;
     }
     let db = rusqlite::Connection::open(dir.join("hearth_data/hearth.db")).expect("database");
