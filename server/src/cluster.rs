@@ -55,12 +55,12 @@ pub struct Project {
 
 impl Project {
     pub fn new(state: &AppState) -> Project {
-        Project {
-            rules_file: state.rules().file().to_owned(),
-            functions_dir: state.functions().dir().to_owned(),
-            version: 0,
-            known: BTreeMap::new(),
-        }
+        Project::at(state.rules().file().to_owned(), state.functions().dir().to_owned())
+    }
+
+    /// The files of the project whose rules file and functions dir these are.
+    pub fn at(rules_file: PathBuf, functions_dir: PathBuf) -> Project {
+        Project { rules_file, functions_dir, version: 0, known: BTreeMap::new() }
     }
 
     /// Applies what other nodes deployed, then deploys what changed here.
@@ -101,8 +101,9 @@ impl Project {
         Ok(())
     }
 
-    /// The project's files on this node, by deployment name.
-    fn local(&self) -> anyhow::Result<BTreeMap<String, String>> {
+    /// The project's files on this node, by deployment name (`rules.toml`,
+    /// `functions/<file>.js`).
+    pub fn local(&self) -> anyhow::Result<BTreeMap<String, String>> {
         let mut files = BTreeMap::new();
         match std::fs::read_to_string(&self.rules_file) {
             Ok(source) => {
@@ -118,7 +119,17 @@ impl Project {
         Ok(files)
     }
 
-    fn write(&self, name: &str, source: Option<&str>) -> anyhow::Result<()> {
+    /// Whether `name` names a project file: `rules.toml` or `functions/<module>.js`.
+    pub fn is_file_name(name: &str) -> bool {
+        match name.strip_prefix(FUNCTIONS) {
+            Some(module) => crate::functions::is_module_name(module),
+            None => name == RULES,
+        }
+    }
+
+    /// Writes (or with `None` deletes) the file of deployment name `name`; refused for a
+    /// name that is no project file.
+    pub fn write(&self, name: &str, source: Option<&str>) -> anyhow::Result<()> {
         let (dir, file) = match name.strip_prefix(FUNCTIONS) {
             Some(module) if crate::functions::is_module_name(module) => (self.functions_dir.clone(), module),
             None if name == RULES => {

@@ -570,6 +570,11 @@ impl Config {
         self.dir.join("rules.toml")
     }
 
+    /// The functions' dir: one module per `.js` file.
+    pub fn functions_dir(&self) -> PathBuf {
+        self.dir.join("functions")
+    }
+
     /// The file that keeps the at-rest key when `encryption_key` is not set: beside the
     /// data dir, not in it, so a copy of the data dir or a backup does not carry its key.
     pub fn key_file(&self) -> PathBuf {

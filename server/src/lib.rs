@@ -31,6 +31,7 @@ pub mod backup;
 pub mod changes;
 pub mod cluster;
 pub mod config;
+pub mod export;
 pub mod functions;
 pub mod http;
 pub mod private;
@@ -280,7 +281,7 @@ impl Server {
 }
 
 /// Opens the database: the document store, and the backend auth shares with it.
-async fn open_store(config: &Config) -> anyhow::Result<(Store, Arc<dyn auth::repo::AuthStore>)> {
+pub(crate) async fn open_store(config: &Config) -> anyhow::Result<(Store, Arc<dyn auth::repo::AuthStore>)> {
     // A receiver may fall 64 MiB of documents behind before it reads the log instead.
     let bus = ChangeBus::new(64 * 1024 * 1024);
     match config.database()? {

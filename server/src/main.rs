@@ -45,6 +45,30 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Write the whole project (documents, users with their password hashes, keys, rules,
+    /// functions) to one portable file, while the server goes on serving.
+    Export {
+        /// The file to write (replaced when the export is whole).
+        file: PathBuf,
+        /// Also the sessions, so users stay signed in after the move.
+        #[arg(long)]
+        sessions: bool,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Load a file from `hearth export` into a new, empty database (SQLite or
+    /// PostgreSQL), all or nothing; the project's files go into the project dir.
+    Import {
+        /// The export file.
+        file: PathBuf,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Where to import: `postgres://…` or `sqlite:PATH` (default: the project's database).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Put a backup (from `POST /v1/admin/backups`) in place of the project's database.
     /// The server must be stopped; start it again afterwards.
     Restore {
@@ -156,6 +180,45 @@ fn main() -> std::process::ExitCode {
                              environment is not stored, so it works until removed there."
                         );
                     }
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("hearth: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Export { file, sessions, dir, database_url } => {
+            let overrides = Overrides { database_url, ..Overrides::default() };
+            let exported = Config::load(&dir, overrides).and_then(|config| {
+                tokio::runtime::Runtime::new()?.block_on(hearth_server::export::export(
+                    &config,
+                    &file,
+                    sessions,
+                    &|progress| eprintln!("{progress}"),
+                ))
+            });
+            match exported {
+                Ok(summary) => {
+                    println!("exported {summary} to {}", file.display());
+                    println!("It holds password hashes and signing keys: keep it as safe as the database.");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("hearth: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Import { file, dir, database_url } => {
+            let overrides = Overrides { database_url, ..Overrides::default() };
+            let imported = Config::load(&dir, overrides).and_then(|config| {
+                tokio::runtime::Runtime::new()?
+                    .block_on(hearth_server::export::import(&config, &file, &|progress| eprintln!("{progress}")))
+            });
+            match imported {
+                Ok(summary) => {
+                    println!("imported {summary} from {}; start the server to serve it", file.display());
                     std::process::ExitCode::SUCCESS
                 }
                 Err(error) => {

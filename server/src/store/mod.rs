@@ -8,6 +8,7 @@
 
 pub mod commit;
 pub mod path;
+pub mod portable;
 pub mod postgres;
 pub mod query;
 pub mod sqlite;
@@ -279,6 +280,21 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (name, holder, ttl);
         futures::FutureExt::boxed(async { Ok(true) })
     }
+    /// Sends every row of `tables` (see [`portable`]), all read from one consistent
+    /// snapshot, in batches; each row has a cell per column. Writes go on meanwhile.
+    fn export_rows(
+        &self,
+        tables: Vec<&'static portable::Table>,
+        into: tokio::sync::mpsc::Sender<portable::Batch>,
+    ) -> BoxFuture<'_, Result<(), Error>>;
+    /// Inserts the rows that come from `from` in one transaction, committed when
+    /// [`portable::Batch::Done`] comes and rolled back if the channel closes first;
+    /// refused ([`portable::not_empty`]) unless the database holds no project yet. How
+    /// many rows each table gained, in [`portable::TABLES`] order.
+    fn import_rows(
+        &self,
+        from: tokio::sync::mpsc::Receiver<portable::Batch>,
+    ) -> BoxFuture<'_, Result<Vec<(&'static str, u64)>, Error>>;
     fn add_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), Error>>;
     /// The newest dead letters first, at most `limit`.
     fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>>;

@@ -224,7 +224,26 @@ fn checked(mut data: Map<String, Value>) -> Result<(Map<String, Value>, String),
     if text.len() > MAX_DOC_BYTES {
         return Err(Error::TooLarge(format!("document is {} bytes encoded; the limit is {MAX_DOC_BYTES}", text.len())));
     }
+    check_no_nul(&text)?;
     Ok((data, text))
+}
+
+/// No string or key may hold the character U+0000, on either backend: PostgreSQL's
+/// `jsonb` cannot store it, C-string APIs cut text at it, and a document must read back
+/// the same wherever it is stored. `json` is the encoded document, where it can only
+/// appear escaped as `\u0000` (an escaped backslash before `u0000` is text).
+fn check_no_nul(json: &str) -> Result<(), Error> {
+    let bytes = json.as_bytes();
+    let mut at = 0;
+    while let Some(found) = json[at..].find("\\u0000") {
+        let start = at + found;
+        let backslashes = bytes[..start].iter().rev().take_while(|byte| **byte == b'\\').count();
+        if backslashes % 2 == 0 {
+            return Err(Error::InvalidArgument("strings and keys may not contain the character U+0000".into()));
+        }
+        at = start + 1;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -338,5 +357,21 @@ mod tests {
         let write =
             Write { path: DocPath::parse("c/d").expect("valid"), op: WriteOp::Set(object(big)), if_version: None };
         assert!(matches!(run(None, &write, 0), Err(Error::TooLarge(_))));
+    }
+
+    #[test]
+    fn the_character_u0000_is_refused_in_strings_keys_and_patches_but_its_escaped_text_is_not() {
+        let path = DocPath::parse("c/d").expect("valid");
+        let set = |data: Value| Write { path: path.clone(), op: WriteOp::Set(object(data)), if_version: None };
+        for nul in [json!({"s": "a\u{0}b"}), json!({"a\u{0}": 1}), json!({"deep": [{"s": "\u{0}"}]})] {
+            assert!(matches!(Prepared::new(set(nul.clone())), Err(Error::InvalidArgument(_))), "{nul}");
+        }
+        // Backslash, then the letters `u0000`: text, stored as it is.
+        let text = set(json!({"s": "a\\u0000b", "t": "\\\\u0000"}));
+        assert!(matches!(run(None, &text, 0), Ok(Effect::Put { .. })));
+        let stored =
+            StoredDoc { path: path.clone(), data: object(json!({"n": 1})), version: 1, created_at: 0, updated_at: 0 };
+        let patch = Write { path: path.clone(), op: WriteOp::Update(object(json!({"s": "\u{0}"}))), if_version: None };
+        assert!(matches!(run(Some(&stored), &patch, 0), Err(Error::InvalidArgument(_))));
     }
 }

@@ -32,6 +32,9 @@ async fn malformed_bodies_are_invalid_arguments_and_change_nothing() {
         (Method::PATCH, "/v1/docs/c/keep", "{\"n\": {\"$bogus\": 1}}".to_owned()),
         (Method::PATCH, "/v1/docs/c/keep", "{\"s\": {\"$increment\": \"1\"}}".to_owned()),
         (Method::PUT, "/v1/docs/c/keep", "{\"$increment\": 1}".to_owned()),
+        // U+0000, in a value or a key, is refused on both backends (PostgreSQL cannot store it).
+        (Method::PUT, "/v1/docs/c/keep", "{\"s\": \"a\\u0000b\"}".to_owned()),
+        (Method::PATCH, "/v1/docs/c/keep", "{\"k\\u0000\": 1}".to_owned()),
         (
             Method::POST,
             "/v1/query",

@@ -6,6 +6,7 @@ mod backups;
 mod bad_input;
 mod documents;
 mod embedded;
+mod export;
 mod functions;
 mod oauth;
 mod realtime;

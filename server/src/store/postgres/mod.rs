@@ -6,6 +6,7 @@
 //! SQL over `jsonb` (with the declared indexes as expression indexes) is the next step.
 
 mod auth;
+mod portable;
 mod relay;
 mod tail;
 mod writer;
@@ -102,22 +103,6 @@ pub(crate) fn pg_error(error: sqlx::Error) -> Error {
         }
         _ => Error::Internal(format!("postgres: {error}")),
     }
-}
-
-/// PostgreSQL's `jsonb` cannot hold the character U+0000: a document with one is refused
-/// whole, before anything is written.
-pub(crate) fn check_storable(json: &str) -> Result<(), Error> {
-    let bytes = json.as_bytes();
-    let mut at = 0;
-    while let Some(found) = json[at..].find("\\u0000") {
-        let start = at + found;
-        let backslashes = bytes[..start].iter().rev().take_while(|byte| **byte == b'\\').count();
-        if backslashes % 2 == 0 {
-            return Err(Error::InvalidArgument("strings may not contain the character U+0000".into()));
-        }
-        at = start + 1;
-    }
-    Ok(())
 }
 
 /// A document from a row of `data::text, version, created_at, updated_at`. `jsonb` keeps
@@ -759,6 +744,21 @@ impl Backend for PgBackend {
             Ok(taken == 1)
         }
         .boxed()
+    }
+
+    fn export_rows(
+        &self,
+        tables: Vec<&'static super::portable::Table>,
+        into: mpsc::Sender<super::portable::Batch>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        async move { portable::export(&self.pool, &tables, &into).await }.boxed()
+    }
+
+    fn import_rows(
+        &self,
+        from: mpsc::Receiver<super::portable::Batch>,
+    ) -> BoxFuture<'_, Result<Vec<(&'static str, u64)>, Error>> {
+        portable::import(&self.pool, from).boxed()
     }
 
     fn add_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), Error>> {

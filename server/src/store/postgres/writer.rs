@@ -173,7 +173,6 @@ impl WriteTx for Postgres<'_> {
     }
 
     fn store(&mut self, doc: &StoredDoc, text: &str, new_only: bool) -> Result<usize, Error> {
-        super::check_storable(text)?;
         let sql = if new_only {
             "INSERT INTO documents (path, collection, coll_id, id, data, version, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8) ON CONFLICT (path) DO NOTHING"

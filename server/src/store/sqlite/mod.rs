@@ -3,6 +3,7 @@
 //! indexes declared in config.
 
 mod auth;
+mod portable;
 pub mod sql;
 mod writer;
 
@@ -1018,6 +1019,21 @@ impl Backend for SqliteBackend {
             Ok(claimed == 1)
         }
         .boxed()
+    }
+
+    fn export_rows(
+        &self,
+        tables: Vec<&'static super::portable::Table>,
+        into: mpsc::Sender<super::portable::Batch>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.readers.run(move |conn| portable::export(conn, &tables, &into)).boxed()
+    }
+
+    fn import_rows(
+        &self,
+        from: mpsc::Receiver<super::portable::Batch>,
+    ) -> BoxFuture<'_, Result<Vec<(&'static str, u64)>, Error>> {
+        self.write_with(move |conn| portable::import(conn, from)).boxed()
     }
 
     fn add_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), Error>> {
