@@ -334,17 +334,22 @@ async fn load(
     let read = read.await;
     let written = writing.await?;
     match (read, written) {
-        // The reader's fault explains the writer's (it saw the rows stop).
+        // The backend stopped taking rows: its own error says why.
+        (Err(error), Err(refused)) if error.is::<Stopped>() => Err(refused.into()),
+        // Otherwise the reader's fault explains the backend's (it saw the rows stop).
         (Err(error), _) => Err(error),
         (Ok(()), Err(error)) => Err(error.into()),
         (Ok(()), Ok(counts)) => Ok(Summary { counts, files }),
     }
 }
 
+/// The backend's import ended (it failed): reading the rest of the file is no use.
+#[derive(Debug, thiserror::Error)]
+#[error("the import stopped")]
+struct Stopped;
+
 async fn send(sender: &mpsc::Sender<Batch>, batch: Batch) -> anyhow::Result<()> {
-    // A closed channel means the import failed; its own error says why.
-    let _ = sender.send(batch).await;
-    Ok(())
+    sender.send(batch).await.map_err(|_| Stopped.into())
 }
 
 /// A line's object as a row of `table`: each column checked against its kind, derived

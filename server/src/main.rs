@@ -198,17 +198,10 @@ fn main() -> std::process::ExitCode {
                     &|progress| eprintln!("{progress}"),
                 ))
             });
-            match exported {
-                Ok(summary) => {
-                    println!("exported {summary} to {}", file.display());
-                    println!("It holds password hashes and signing keys: keep it as safe as the database.");
-                    std::process::ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("hearth: {error:#}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
+            finish(exported, |summary| {
+                println!("exported {summary} to {}", file.display());
+                println!("It holds password hashes and signing keys: keep it as safe as the database.");
+            })
         }
         Command::Import { file, dir, database_url } => {
             let overrides = Overrides { database_url, ..Overrides::default() };
@@ -216,16 +209,9 @@ fn main() -> std::process::ExitCode {
                 tokio::runtime::Runtime::new()?
                     .block_on(hearth_server::export::import(&config, &file, &|progress| eprintln!("{progress}")))
             });
-            match imported {
-                Ok(summary) => {
-                    println!("imported {summary} from {}; start the server to serve it", file.display());
-                    std::process::ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("hearth: {error:#}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
+            finish(imported, |summary| {
+                println!("imported {summary} from {}; start the server to serve it", file.display());
+            })
         }
         Command::Restore { backup, dir, database_url } => {
             let overrides = Overrides { database_url, ..Overrides::default() };
@@ -275,6 +261,20 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// A command's exit: `done` tells what it did, or the error is printed.
+fn finish<T>(result: anyhow::Result<T>, done: impl FnOnce(T)) -> std::process::ExitCode {
+    match result {
+        Ok(value) => {
+            done(value);
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("hearth: {error:#}");
+            std::process::ExitCode::FAILURE
         }
     }
 }
