@@ -66,6 +66,16 @@ async fn put(app: &App, path: &str, data: Value) -> Value {
     doc
 }
 
+/// The files under `dir`, for a message.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { found.extend(walk(&path)) } else { found.push(path) }
+    }
+    found
+}
+
 /// Every document of the project, as the API shows it.
 async fn documents(app: &App) -> Vec<Value> {
     let mut all = vec![];
@@ -138,7 +148,7 @@ async fn a_project_moved_to_the_other_backend_keeps_its_data_users_sessions_keys
     let file = files.path().join("project.hearth.jsonl");
     let file_arg = file.to_str().expect("utf-8");
     let exported = succeeded(&hearth(&source.dir(), &["export", file_arg, "--sessions"]));
-    assert!(exported.contains("4 documents, 2 users"), "{exported}");
+    assert!(exported.contains("4 documents, 2 users") && exported.contains("2 project files"), "{exported}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -152,8 +162,11 @@ async fn a_project_moved_to_the_other_backend_keeps_its_data_users_sessions_keys
     // Imported into a new project dir, with a key of its own, on the other backend.
     let target = Target::other_backend();
     let imported = succeeded(&hearth(target.dir(), &["import", file_arg]));
-    assert!(imported.contains("4 documents, 2 users"), "{imported}");
-    assert!(target.dir().join("rules.toml").is_file() && target.dir().join("functions/greet.js").is_file());
+    assert!(imported.contains("4 documents, 2 users") && imported.contains("2 project files"), "{imported}");
+    for file in ["rules.toml", "functions/greet.js"] {
+        let listing: Vec<_> = walk(target.dir());
+        assert!(target.dir().join(file).is_file(), "{file} not written by: {imported}; the dir holds {listing:?}");
+    }
     let moved = App::start_in(target.dir(), &Default::default());
 
     assert_eq!(documents(&moved).await, before, "every document, version and time as it was");

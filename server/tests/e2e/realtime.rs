@@ -508,9 +508,19 @@ read = "auth != null && resource.data.n % 2 == 0"
             }
         }
     }
-    // Every delivery up to now, checking every document delivered was readable when sent.
-    for (uid, _, client, _, views) in &mut clients {
-        for message in client.until_pong().await {
+    // Every view ends equal to a fresh run of its query (the deliveries of the last writes
+    // may still be on their way), and every document delivered was readable when sent.
+    for (uid, token, client, queries, views) in &mut clients {
+        let mut fresh = std::collections::HashMap::new();
+        for (id, query) in queries.iter() {
+            let response =
+                app.client.post(app.url("/v1/query")).bearer_auth(&*token).json(query).send().await.expect("sent");
+            let page: Value = response.json().await.expect("json");
+            let mut view = View::new();
+            apply_message(&mut view, &json!({"op": "snapshot", "docs": page["docs"]}));
+            fresh.insert(id.clone(), view);
+        }
+        let apply = |views: &mut std::collections::HashMap<String, View>, message: &Value| {
             if message["op"] == "changes" {
                 for change in message["changes"].as_array().expect("changes") {
                     if change["type"] == "removed" {
@@ -525,17 +535,11 @@ read = "auth != null && resource.data.n % 2 == 0"
                     assert!(readable, "{uid} received a document it may not read: {doc}");
                 }
             }
-            apply_message(views.entry(message["id"].as_str().expect("id").to_owned()).or_default(), &message);
-        }
-    }
-    for (uid, token, _, queries, views) in &clients {
-        for (id, query) in queries {
-            let response =
-                app.client.post(app.url("/v1/query")).bearer_auth(token).json(query).send().await.expect("sent");
-            let page: Value = response.json().await.expect("json");
-            let mut fresh = View::new();
-            apply_message(&mut fresh, &json!({"op": "snapshot", "docs": page["docs"]}));
-            assert_eq!(views.get(id), Some(&fresh), "{uid} {id} {query}");
+            apply_message(views.entry(message["id"].as_str().expect("id").to_owned()).or_default(), message);
+        };
+        client.settle(views, apply, |views| queries.iter().all(|(id, _)| views.get(id) == fresh.get(id))).await;
+        for (id, query) in queries.iter() {
+            assert_eq!(views.get(id), fresh.get(id), "{uid} {id} {query}");
         }
     }
 }
@@ -668,6 +672,12 @@ async fn subscribers_joining_a_shared_query_while_it_changes_all_end_equal_to_a_
             }
         }
         assert!(snapshot, "subscriber {index} got its snapshot before the pong");
+        let apply = |view: &mut View, message: &Value| {
+            if message["id"] == json!(id) {
+                apply_message(view, message);
+            }
+        };
+        client.settle(view, apply, |view| *view == fresh).await;
         assert_eq!(view, &fresh, "subscriber {index}");
     }
 }

@@ -270,13 +270,18 @@ impl Drop for SharedProject {
     }
 }
 
-/// Makes the project's database, first dropping what earlier runs left.
+/// Makes the project's database, first dropping what earlier runs left: the databases of
+/// test processes that are gone (another suite running beside this one keeps its own).
 fn fresh_database(dir: &Path) {
     static CLEANED: std::sync::Once = std::sync::Once::new();
     let ours = format!("{DATABASE_PREFIX}{}_", std::process::id());
     CLEANED.call_once(|| {
         let names = psql(&format!("SELECT datname FROM pg_database WHERE datname LIKE '{DATABASE_PREFIX}%'"));
-        for name in names.lines().filter(|name| !name.starts_with(&ours)) {
+        let left = |name: &&str| {
+            let pid = name.strip_prefix(DATABASE_PREFIX).and_then(|rest| rest.split('_').next()).unwrap_or_default();
+            !Path::new("/proc").join(pid).exists()
+        };
+        for name in names.lines().filter(left) {
             drop_database(name);
         }
     });
@@ -546,6 +551,23 @@ impl Client {
                 return messages;
             }
             messages.push(message);
+        }
+    }
+
+    /// Hands every message that arrives to `apply` until `done(state)` holds after a
+    /// `pong`, or 20 s have passed (the caller then asserts what it expected). A `pong`
+    /// follows the snapshots asked for before its `ping`, but the changes of writes
+    /// acknowledged before it may still be on their way.
+    pub async fn settle<S>(&mut self, state: &mut S, mut apply: impl FnMut(&mut S, &Value), done: impl Fn(&S) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for message in self.until_pong().await {
+                apply(state, &message);
+            }
+            if done(state) || Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
