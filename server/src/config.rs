@@ -74,6 +74,9 @@ pub struct Config {
     pub backups: BackupsConfig,
     /// Expression indexes over document fields.
     pub indexes: Vec<IndexConfig>,
+    /// A built web app served beside the API (`index.html` for paths that name no file,
+    /// so client-side routes work); relative to the project dir.
+    pub public: Option<PathBuf>,
 }
 
 /// Store tuning.
@@ -461,6 +464,7 @@ impl Default for Config {
             functions: FunctionsConfig::default(),
             backups: BackupsConfig::default(),
             indexes: Vec::new(),
+            public: None,
         }
     }
 }
@@ -471,6 +475,8 @@ pub struct Overrides {
     pub addr: Option<String>,
     pub database_url: Option<String>,
     pub log_format: Option<LogFormat>,
+    /// The web app's dir, relative to the working dir (as a command line means it).
+    pub public: Option<PathBuf>,
 }
 
 /// Where the database lives.
@@ -504,6 +510,9 @@ impl Config {
         if let Some(format) = overrides.log_format {
             config.log_format = format;
         }
+        if let Some(public) = overrides.public {
+            config.public = Some(std::path::absolute(&public)?);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -512,6 +521,11 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.socket_addr()?;
         self.database()?;
+        if let Some(public) = self.public_dir()
+            && !public.is_dir()
+        {
+            anyhow::bail!("public: {} is not a directory", public.display());
+        }
         self.index_defs()?;
         if self.store.readers == 0 || self.store.readers > 256 {
             anyhow::bail!("store.readers must be 1 to 256");
@@ -568,6 +582,11 @@ impl Config {
     /// The access rules file in the project dir.
     pub fn rules_file(&self) -> PathBuf {
         self.dir.join("rules.toml")
+    }
+
+    /// The web app's dir, when one is served (`public`, relative to the project dir).
+    pub fn public_dir(&self) -> Option<PathBuf> {
+        self.public.as_ref().map(|public| self.dir.join(public))
     }
 
     /// The functions' dir: one module per `.js` file.

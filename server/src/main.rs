@@ -34,6 +34,10 @@ enum Command {
         /// Log lines as text (default) or JSON.
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
+        /// A built web app to serve beside the API: files by path, `index.html` for
+        /// paths that name none.
+        #[arg(long)]
+        public: Option<PathBuf>,
     },
     /// Manage service keys and the keys that sign access tokens.
     Keys {
@@ -236,8 +240,8 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
-        Command::Serve { dir, addr, database_url, log_format } => {
-            let overrides = Overrides { addr, database_url, log_format };
+        Command::Serve { dir, addr, database_url, log_format, public } => {
+            let overrides = Overrides { addr, database_url, log_format, public };
             let config = match Config::load(&dir, overrides) {
                 Ok(config) => config,
                 Err(error) => {

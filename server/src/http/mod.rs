@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod functions;
 pub mod observe;
+pub mod public;
 pub mod realtime;
 pub mod rules;
 pub mod state;
@@ -141,7 +142,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
         .route("/v1/openapi.json", get(system::openapi))
-        .fallback(system::not_found)
+        .fallback(public::serve)
         .layer(CatchPanicLayer::custom(system::panic_response))
         .layer(cors())
         .layer(middleware::from_fn(security_headers))

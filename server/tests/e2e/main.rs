@@ -9,6 +9,7 @@ mod embedded;
 mod export;
 mod functions;
 mod oauth;
+mod public;
 mod realtime;
 mod rules;
 mod sdk;
