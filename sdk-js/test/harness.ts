@@ -1,6 +1,6 @@
 // Starts the real `hearth` binary on a random loopback port with a fresh project dir.
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -10,6 +10,8 @@ export const KEY = "hk_test_service_key_for_the_js_suite_0123456789";
 export const HEARTH_BIN = process.env.HEARTH_BIN ?? resolve(import.meta.dirname, "../../../target/debug/hearth");
 
 export interface ServerOptions {
+  /** A project dir whose rules and functions the server starts with (copied, so it stays clean). */
+  project?: string;
   /** hearth.toml */
   config?: string;
   rules?: string;
@@ -26,6 +28,10 @@ export class Server {
 
   private constructor(private readonly options: ServerOptions) {
     this.dir = mkdtempSync(join(tmpdir(), "hearth-js-"));
+    for (const file of ["rules.toml", "functions"]) {
+      const source = options.project && join(options.project, file);
+      if (source && existsSync(source)) cpSync(source, join(this.dir, file), { recursive: true });
+    }
     if (options.config) writeFileSync(join(this.dir, "hearth.toml"), options.config);
     if (options.rules) writeFileSync(join(this.dir, "rules.toml"), options.rules);
   }
