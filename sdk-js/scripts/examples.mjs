@@ -11,7 +11,7 @@ import { build } from "esbuild";
 const here = dirname(fileURLToPath(import.meta.url));
 const examples = resolve(here, "../../examples");
 
-export const EXAMPLES = ["chat"];
+export const EXAMPLES = ["chat", "todo"];
 
 /** Builds example `name` into `out` (default its `web/dist`); the dir. */
 export async function buildExample(name, out = join(examples, name, "web", "dist")) {

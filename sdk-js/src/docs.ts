@@ -1,5 +1,7 @@
 import { HearthError } from "./errors.js";
+import { newId } from "./eval.js";
 import type { Http } from "./http.js";
+import type { LocalCache } from "./local.js";
 import type { Doc, DocumentData, Filter, Op, QuerySpec } from "./types.js";
 
 /** A precondition: the write happens only if the stored document is at this version. */
@@ -22,6 +24,8 @@ export interface AggregateResult {
 /** What documents and queries need of their client. */
 export interface DocsHost {
   readonly http: Http;
+  /** The offline cache, once `enableOffline` made one. */
+  local?: LocalCache;
 }
 
 const ifMatch = (options: WriteOptions): Record<string, string> =>
@@ -46,32 +50,44 @@ export class DocumentRef<T = DocumentData> {
 
   /** The document, or null when it does not exist. */
   async get(): Promise<Doc<T> | null> {
-    try {
-      return await this.host.http.request<Doc<T>>("GET", `/v1/docs/${this.path}`);
-    } catch (error) {
-      if (error instanceof HearthError && error.code === "not-found") return null;
-      throw error;
-    }
+    const online = async () => {
+      try {
+        return await this.host.http.request<Doc<T>>("GET", `/v1/docs/${this.path}`);
+      } catch (error) {
+        if (error instanceof HearthError && error.code === "not-found") return null;
+        throw error;
+      }
+    };
+    return this.host.local ? ((await this.host.local.get(this.path, online)) as Doc<T> | null) : online();
   }
 
   /** Creates or replaces the document. */
-  set(data: T, options: WriteOptions = {}): Promise<Doc<T>> {
-    return this.host.http.request("PUT", `/v1/docs/${this.path}`, { body: data, headers: ifMatch(options) });
+  async set(data: T, options: WriteOptions = {}): Promise<Doc<T>> {
+    const online = () => this.host.http.request<Doc<T>>("PUT", `/v1/docs/${this.path}`, { body: data, headers: ifMatch(options) });
+    return (await this.#write({ op: "set", path: this.path, data, if_version: options.ifVersion }, online))!;
   }
 
   /** Creates the document; `already-exists` if it does. */
-  create(data: T): Promise<Doc<T>> {
-    return this.host.http.request("PUT", `/v1/docs/${this.path}`, { body: data, headers: { "if-none-match": "*" } });
+  async create(data: T): Promise<Doc<T>> {
+    const online = () => this.host.http.request<Doc<T>>("PUT", `/v1/docs/${this.path}`, { body: data, headers: { "if-none-match": "*" } });
+    return (await this.#write({ op: "create", path: this.path, data }, online))!;
   }
 
   /** Deep-merges `patch` (null removes a field; transforms such as {@link increment} apply). */
-  update(patch: Partial<T> | DocumentData, options: WriteOptions = {}): Promise<Doc<T>> {
-    return this.host.http.request("PATCH", `/v1/docs/${this.path}`, { body: patch, headers: ifMatch(options) });
+  async update(patch: Partial<T> | DocumentData, options: WriteOptions = {}): Promise<Doc<T>> {
+    const online = () => this.host.http.request<Doc<T>>("PATCH", `/v1/docs/${this.path}`, { body: patch, headers: ifMatch(options) });
+    return (await this.#write({ op: "update", path: this.path, data: patch, if_version: options.ifVersion }, online))!;
   }
 
   /** Deletes the document (nothing happens when it is absent). */
   async delete(options: WriteOptions = {}): Promise<void> {
-    await this.host.http.request("DELETE", `/v1/docs/${this.path}`, { headers: ifMatch(options) });
+    const online = async () => (await this.host.http.request("DELETE", `/v1/docs/${this.path}`, { headers: ifMatch(options) }), null);
+    await this.#write({ op: "delete", path: this.path, if_version: options.ifVersion }, online);
+  }
+
+  #write(write: BatchWrite, online: () => Promise<Doc<T> | null>): Promise<Doc<T> | null> {
+    if (write.if_version === undefined) delete write.if_version;
+    return this.host.local ? (this.host.local.write(write, online) as Promise<Doc<T> | null>) : online();
   }
 }
 
@@ -100,9 +116,10 @@ export class Query<T = DocumentData> {
     return new Query(this.host, { ...this.spec, cursor });
   }
 
-  /** One page of the answer. */
+  /** One page of the answer (from the offline cache, when there is one and the server cannot be reached). */
   get(): Promise<Page<T>> {
-    return this.host.http.request("POST", "/v1/query", { body: this.spec });
+    const online = () => this.host.http.request<Page<T>>("POST", "/v1/query", { body: this.spec });
+    return this.host.local ? (this.host.local.query(this.spec, online as () => Promise<Page<never>>) as Promise<Page<T>>) : online();
   }
 
   /** Every page, one after the other. */
@@ -147,8 +164,9 @@ export class CollectionRef<T = DocumentData> extends Query<T> {
     return new DocumentRef<T>(this.host, `${this.path}/${id}`);
   }
 
-  /** Creates a document with a server-made id (ids sort by creation time). */
+  /** Creates a document with a new id (ids sort by creation time; made here when offline writes are on). */
   add(data: T): Promise<Doc<T>> {
+    if (this.host.local) return this.doc(newId()).create(data);
     return this.host.http.request("POST", `/v1/docs/${this.path}`, { body: data });
   }
 }
@@ -184,6 +202,7 @@ export class WriteBatch {
 
   /** The version of each document after the batch (in write order). */
   async commit(): Promise<number[]> {
+    if (this.host.local) return this.host.local.batch(this.writes);
     const answer = await this.host.http.request<{ results: { path: string; version: number }[] }>("POST", "/v1/batch", {
       body: { writes: this.writes },
     });

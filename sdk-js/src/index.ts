@@ -20,3 +20,4 @@ export { Channel, channel, onSnapshot, type DocChange, type Member, type Snapsho
 export { asyncStorage, indexedDBStorage, memoryStorage, webStorage, type KeyValueStore } from "./storage.js";
 export type { Doc, DocumentData, Filter, Op, Order, QuerySpec, Session, User } from "./types.js";
 export { compare, queryMatches, queryOrder } from "./value.js";
+export { Offline, enableOffline, type RejectedWrite } from "./offline.js";

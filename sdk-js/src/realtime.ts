@@ -1,7 +1,7 @@
 import { DocumentRef, Query, type DocsHost } from "./docs.js";
 import { HearthError, type ErrorCode } from "./errors.js";
 import type { Auth } from "./auth.js";
-import type { Doc, DocumentData, QuerySpec } from "./types.js";
+import type { Doc, DocumentData } from "./types.js";
 import { queryOrder } from "./value.js";
 
 /** One document entering, changing in or leaving a listener's result. */
@@ -38,12 +38,19 @@ export interface RealtimeHost extends DocsHost {
   readonly closers: Set<() => void>;
 }
 
-type Target = { doc: string } | { query: QuerySpec };
+import type { Target } from "./local.js";
 
 interface Subscription {
   target: Target;
   order: (a: Doc, b: Doc) => number;
+  /** The server's result, as last delivered. */
   view: Map<string, Doc>;
+  /** Whether the server gave a result yet (else the offline cache stands in). */
+  known: boolean;
+  /** Whether the socket is up and the server has answered since it opened. */
+  live: boolean;
+  /** What the listener was last shown (with the offline cache: queued writes applied). */
+  shown: Map<string, Doc>;
   resume?: string;
   started: boolean;
   next: (snapshot: Snapshot<never>) => void;
@@ -95,6 +102,9 @@ export function onSnapshot<T = DocumentData>(
     target: spec,
     order,
     view: new Map(),
+    known: false,
+    live: false,
+    shown: new Map(),
     started: false,
     next: next as (snapshot: Snapshot<never>) => void,
     error,
@@ -156,6 +166,7 @@ class Connection {
 
   constructor(private readonly host: RealtimeHost) {
     host.auth.onTokenChanged(() => this.#tokenChanged());
+    this.#watchLocal();
     const online = () => {
       if (!this.#open && this.#wanted()) this.#connectNow();
     };
@@ -171,9 +182,19 @@ class Connection {
     });
   }
 
+  /** With an offline cache: listeners show the queued writes, and answer from the cache until the server does. */
+  #watchLocal(): void {
+    const local = this.host.local;
+    if (!local) return;
+    local.onChange(() => this.#subs.forEach((sub) => sub.started && this.#emit(sub)));
+  }
+
   subscribe(sub: Subscription): Unsubscribe {
     const id = `s${this.#nextId++}`;
     this.#subs.set(id, sub);
+    void this.host.local?.ready.then(() => {
+      if (this.#subs.get(id) === sub && !sub.known) this.#emit(sub);
+    });
     if (this.#open) this.send(this.#subMessage(id, sub));
     else this.#ensure();
     return () => {
@@ -254,6 +275,7 @@ class Connection {
     this.#uid = this.host.auth.currentUser?.id ?? null;
     this.#open = true;
     this.#attempt = 0;
+    this.host.local?.poke();
     if (token) this.send({ op: "auth", token });
     for (const [id, sub] of this.#subs) this.send(this.#subMessage(id, sub));
     for (const [name, channel] of this.#channels) {
@@ -269,6 +291,7 @@ class Connection {
   #drop(): void {
     this.#socket = undefined;
     this.#open = false;
+    for (const sub of this.#subs.values()) sub.live = false;
     clearInterval(this.#ping);
     clearTimeout(this.#pong);
     this.#pong = undefined;
@@ -349,16 +372,9 @@ class Connection {
   /** A whole result: the first, or a fresh one after a resume the server could not serve, told as the difference. */
   #snapshot(sub: Subscription, docs: Doc[], resume: string | undefined): void {
     sub.resume = resume;
-    const changes: DocChange[] = [];
-    const fresh = new Map(docs.map((doc) => [doc.path, doc]));
-    for (const [path, doc] of sub.view) if (!fresh.has(path)) changes.push({ type: "removed", doc });
-    for (const doc of docs) {
-      const before = sub.view.get(doc.path);
-      if (!before) changes.push({ type: "added", doc });
-      else if (before.version !== doc.version || before.updated_at !== doc.updated_at) changes.push({ type: "modified", doc });
-    }
-    sub.view = fresh;
-    if (changes.length || !sub.started) this.#emit(sub, changes);
+    const removed = [...sub.view.keys()].filter((path) => !docs.some((doc) => doc.path === path));
+    sub.view = new Map(docs.map((doc) => [doc.path, doc]));
+    this.#delivered(sub, docs, removed);
   }
 
   #changes(sub: Subscription, changes: DocChange[], resume: string | undefined): void {
@@ -367,13 +383,35 @@ class Connection {
       if (change.type === "removed") sub.view.delete(change.doc.path);
       else sub.view.set(change.doc.path, change.doc);
     }
-    if (changes.length) this.#emit(sub, changes);
+    const kept = changes.filter((change) => change.type !== "removed").map((change) => change.doc);
+    this.#delivered(sub, kept, changes.filter((change) => change.type === "removed").map((change) => change.doc.path));
   }
 
-  #emit(sub: Subscription, changes: DocChange[]): void {
+  #delivered(sub: Subscription, docs: Doc[], removed: string[]): void {
+    const first = !sub.live;
+    sub.known = sub.live = true;
+    // Only a document listener knows that a removed document is gone (a query's may just no longer match).
+    this.host.local?.remember(docs, "doc" in sub.target ? removed : []);
+    this.#emit(sub, first);
+  }
+
+  /** Shows the listener what changed since it was last shown, if anything did (or `always`). */
+  #emit(sub: Subscription, always = false): void {
+    const local = this.host.local?.view(sub.target, sub.known ? [...sub.view.values()] : null);
+    const docs = local?.docs ?? [...sub.view.values()].sort(sub.order);
+    const changes: DocChange[] = [];
+    const now = new Map(docs.map((doc) => [doc.path, doc]));
+    for (const [path, doc] of sub.shown) if (!now.has(path)) changes.push({ type: "removed", doc });
+    for (const doc of docs) {
+      const before = sub.shown.get(doc.path);
+      if (!before) changes.push({ type: "added", doc });
+      else if (!same(before, doc)) changes.push({ type: "modified", doc });
+    }
+    if (!changes.length && sub.started && !always) return;
+    sub.shown = now;
     sub.started = true;
-    const docs = [...sub.view.values()].sort(sub.order);
-    sub.next({ docs, doc: docs[0] ?? null, changes, fromCache: false, hasPendingWrites: false } as Snapshot<never>);
+    const snapshot = { docs, doc: docs[0] ?? null, changes, fromCache: !sub.live, hasPendingWrites: local?.pending ?? false };
+    sub.next(snapshot as Snapshot<never>);
   }
 
   #presence(name: string, joins: Record<string, Member>, leaves: Record<string, Member>): void {
@@ -384,4 +422,8 @@ class Connection {
     const members = new Map(channel.members);
     channel.presenceListeners.forEach((listener) => listener(members));
   }
+}
+
+function same(a: Doc, b: Doc): boolean {
+  return a.version === b.version && a.updated_at === b.updated_at && JSON.stringify(a.data) === JSON.stringify(b.data);
 }
