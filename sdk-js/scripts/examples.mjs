@@ -1,7 +1,7 @@
 // Builds the web examples (`examples/*/web`) into their `dist/` (or a dir given), served
 // by `hearth serve --public`: the page, its script bundled with the client, and .br/.gz
 // copies for browsers that take them.
-import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { brotliCompressSync, gzipSync } from "node:zlib";
@@ -29,6 +29,7 @@ export async function buildExample(name, out = join(examples, name, "web", "dist
     logLevel: "warning",
   });
   copyFileSync(join(source, "index.html"), join(out, "index.html"));
+  if (existsSync(join(source, "sw.js"))) copyFileSync(join(source, "sw.js"), join(out, "sw.js"));
   for (const file of ["app.js", "index.html"]) {
     const bytes = readFileSync(join(out, file));
     writeFileSync(join(out, `${file}.gz`), gzipSync(bytes, { level: 9 }));

@@ -14,6 +14,8 @@ const hearth = createClient(location.origin);
 const offline = enableOffline(hearth);
 // For the console (and the browser tests).
 Object.assign(globalThis, { hearth, offline });
+// The page itself loads offline too (sw.js keeps its files).
+void navigator.serviceWorker?.register("/sw.js");
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const showError = (error: unknown) => {
