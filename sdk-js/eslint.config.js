@@ -6,6 +6,10 @@ export default tseslint.config(
   js.configs.recommended,
   ...tseslint.configs.strict,
   {
+    files: ["bench/*.mjs"],
+    languageOptions: { globals: { location: "readonly", performance: "readonly", globalThis: "readonly", setTimeout: "readonly" } },
+  },
+  {
     languageOptions: { globals: { console: "readonly", process: "readonly" } },
     rules: {
       "@typescript-eslint/no-non-null-assertion": "off",

@@ -8,7 +8,8 @@ import { after, before, test } from "node:test";
 
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 
-import { Server } from "../harness.js";
+import { createClient } from "../../src/index.js";
+import { KEY, Server } from "../harness.js";
 // @ts-expect-error: a build script in plain JavaScript
 import { buildExample } from "../../../scripts/examples.mjs";
 
@@ -104,5 +105,26 @@ test("a queued write the rules refuse is rolled back and reported as permission-
   await page.waitForFunction(() => document.querySelector("#error")!.textContent!.startsWith("permission-denied"), null, { timeout: 15_000 });
   await page.waitForFunction(() => document.querySelectorAll("#todos li").length === 1);
   assert.deepEqual(await titles(page), ["fine"]);
+  await context.close();
+});
+
+test("two tabs of one browser share the cache and the queue, and each write reaches the server once", async () => {
+  const context = await browser.newContext();
+  const first = await open(context, `cy-${Math.random().toString(36).slice(2, 8)}@example.com`, true);
+  const second = await context.newPage();
+  await second.goto(`${server.url}/`);
+  await second.waitForSelector("#list:not([hidden])");
+  await context.setOffline(true);
+  await add(first, "from the first tab");
+  await second.waitForFunction(() => document.querySelector("#todos")!.textContent!.includes("from the first tab"));
+  await add(second, "from the second tab");
+  await first.waitForFunction(() => document.querySelector("#todos")!.textContent!.includes("from the second tab"));
+  await context.setOffline(false);
+  for (const page of [first, second]) await page.waitForFunction(() => document.querySelector("#status")!.textContent === "", null, { timeout: 15_000 });
+  const uid = await first.evaluate(() => (globalThis as unknown as { hearth: { auth: { currentUser: { id: string } } } }).hearth.auth.currentUser.id);
+  const admin = createClient(server.url, { serviceKey: KEY });
+  const stored = await admin.collection<{ title: string }>("todos").where("owner", "==", uid).orderBy("at").get();
+  assert.deepEqual(stored.docs.map((doc) => doc.data.title), ["from the first tab", "from the second tab"]);
+  admin.close();
   await context.close();
 });
