@@ -28,6 +28,14 @@ const ENTRIES = {
     await hearth.doc("rooms/r1").get();
     onSnapshot(hearth.collection("rooms").where("n", ">", 1).orderBy("n"), console.log);
     channel(hearth, "room:r1").join({});`,
+  "hearth: + offline": `
+    import { createClient, onSnapshot, channel, enableOffline } from ${JSON.stringify(client)};
+    const hearth = createClient("https://example.com");
+    enableOffline(hearth);
+    await hearth.auth.signIn("a@example.com", "pw");
+    await hearth.doc("rooms/r1").get();
+    onSnapshot(hearth.collection("rooms").where("n", ">", 1).orderBy("n"), console.log);
+    channel(hearth, "room:r1").join({});`,
   "firebase: auth + firestore": `
     import { initializeApp } from "firebase/app";
     import { getAuth, signInWithEmailAndPassword } from "firebase/auth";
@@ -76,5 +84,5 @@ for (const [name, source] of Object.entries(ENTRIES)) {
   sizes[name] = { min: bytes.length, gzip: gzipSync(bytes, { level: 9 }).length };
   console.log(`${name.padEnd(40)} ${String(sizes[name].min).padStart(8)} B min ${String(sizes[name].gzip).padStart(8)} B min+gzip`);
 }
-const full = sizes["hearth: + realtime"].gzip;
+const full = sizes["hearth: + offline"].gzip;
 console.log(`hearth full / pocketbase: ${(full / sizes.pocketbase.gzip).toFixed(2)}x; / firebase: ${(full / sizes["firebase: auth + firestore"].gzip).toFixed(3)}x`);
