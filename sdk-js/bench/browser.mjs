@@ -1,4 +1,4 @@
-// The web client in headless Chromium against the real binary (release, or HEARTH_BIN):
+// The web client in headless Chromium against the real binary (release, or HEARTH_TEST_BIN):
 //   1. time from starting the client to the first answer of a query from the IndexedDB
 //      cache holding 1,000 documents (the server unreachable), median of 20 page loads;
 //   2. write-to-listener latency between two pages through the server, p50/p99 over
@@ -13,7 +13,7 @@ import { build } from "esbuild";
 import { chromium } from "playwright-core";
 
 const here = dirname(fileURLToPath(import.meta.url));
-process.env.HEARTH_BIN ??= resolve(here, "../../target/release/hearth");
+process.env.HEARTH_TEST_BIN ??= resolve(here, "../../target/release/hearth");
 const { Server } = await import("../build-test/test/harness.js");
 
 const web = mkdtempSync(join(tmpdir(), "hearth-bench-web-"));
@@ -78,7 +78,10 @@ try {
     await context.setOffline(false);
     await fresh.close();
   }
-  console.log(`first answer from the cache, 1,000 documents: median ${percentile(loads, 50).toFixed(1)} ms, max ${Math.max(...loads).toFixed(1)} ms (${loads.length} loads)`);
+  const fmt = (ms) => `${ms.toFixed(1)} ms`;
+  console.log(
+    `first answer from the cache, 1,000 documents: median ${fmt(percentile(loads, 50))}, p90 ${fmt(percentile(loads, 90))}, first load ${fmt(loads[0])} (${loads.length} loads)`,
+  );
 
   // Two pages of two users' browsers: one writes, the other listens.
   const writer = await (await browser.newContext()).newPage();
@@ -118,7 +121,9 @@ try {
   await reader.waitForFunction(() => globalThis.seen.some(([n]) => n === 999), null, { timeout: 30_000 });
   const seen = new Map(await reader.evaluate(() => globalThis.seen));
   const latencies = sent.map((at, n) => seen.get(n) - at).filter((ms) => !Number.isNaN(ms));
-  console.log(`write to listener, 2 pages: p50 ${percentile(latencies, 50).toFixed(1)} ms, p99 ${percentile(latencies, 99).toFixed(1)} ms (${latencies.length} of 1000 writes seen)`);
+  console.log(
+    `write to listener, 2 pages: p50 ${fmt(percentile(latencies, 50))}, p90 ${fmt(percentile(latencies, 90))}, p99 ${fmt(percentile(latencies, 99))}, max ${fmt(Math.max(...latencies))} (${latencies.length} of 1000 writes seen)`,
+  );
 } finally {
   await browser.close();
   await server.close();

@@ -19,6 +19,18 @@ interface Entry {
   writes: BatchWrite[];
 }
 
+interface Stores {
+  docs: IDBObjectStore;
+  queue: IDBObjectStore;
+}
+
+/** IndexedDB work waiting for its transaction. */
+interface Batch {
+  db: IDBDatabase;
+  work: ((stores: Stores) => void)[];
+  done: Promise<void>;
+}
+
 export interface OfflineHost extends DocsHost {
   readonly auth: Auth;
   readonly closers: Set<() => void>;
@@ -49,6 +61,7 @@ export class Offline implements LocalCache {
   /** Writes waiting for the server, oldest first. */
   #queue: Entry[] = [];
   #db: IDBDatabase | null = null;
+  #batch: Batch | undefined;
   #name = "";
   #listeners = new Set<() => void>();
   #rejected = new Set<(rejected: RejectedWrite) => void>();
@@ -232,7 +245,7 @@ export class Offline implements LocalCache {
     if (doc && known && doc.version < known.version) return;
     if (doc) this.#docs.set(path, doc);
     else this.#docs.delete(path);
-    void this.#persist((stores) => (doc ? stores.docs.put(doc) : stores.docs.delete(path)));
+    void this.#persist((stores) => (doc ? stores.docs.put(doc) : stores.docs.delete(path))).catch(() => undefined);
   }
 
   async #enqueue(writes: BatchWrite[]): Promise<void> {
@@ -356,15 +369,26 @@ export class Offline implements LocalCache {
     }
   }
 
-  #persist(work: (stores: { docs: IDBObjectStore; queue: IDBObjectStore }) => void): Promise<void> {
+  /** Runs `work` in the next IndexedDB transaction: what is asked within one task shares one (a snapshot of 1,000 documents is one transaction, not 1,000). */
+  #persist(work: (stores: Stores) => void): Promise<void> {
     const db = this.#db;
     if (!db) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const transaction = db.transaction(["docs", "queue"], "readwrite");
-      work({ docs: transaction.objectStore("docs"), queue: transaction.objectStore("queue") });
-      transaction.oncomplete = () => resolve();
-      transaction.onerror = transaction.onabort = () => reject(transaction.error);
-    });
+    if (!this.#batch || this.#batch.db !== db) {
+      const batch: Batch = { db, work: [], done: Promise.resolve() };
+      batch.done = new Promise<void>((resolve, reject) => {
+        setTimeout(() => {
+          if (this.#batch === batch) this.#batch = undefined;
+          const transaction = db.transaction(["docs", "queue"], "readwrite");
+          const stores = { docs: transaction.objectStore("docs"), queue: transaction.objectStore("queue") };
+          batch.work.forEach((step) => step(stores));
+          transaction.oncomplete = () => resolve();
+          transaction.onerror = transaction.onabort = () => reject(transaction.error);
+        }, 0);
+      });
+      this.#batch = batch;
+    }
+    this.#batch.work.push(work);
+    return this.#batch.done;
   }
 }
 

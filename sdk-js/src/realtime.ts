@@ -51,6 +51,8 @@ interface Subscription {
   live: boolean;
   /** What the listener was last shown (with the offline cache: queued writes applied). */
   shown: Map<string, Doc>;
+  /** Whether the listener was last shown queued writes. */
+  pending: boolean;
   resume?: string;
   started: boolean;
   next: (snapshot: Snapshot<never>) => void;
@@ -105,6 +107,7 @@ export function onSnapshot<T = DocumentData>(
     known: false,
     live: false,
     shown: new Map(),
+    pending: false,
     started: false,
     next: next as (snapshot: Snapshot<never>) => void,
     error,
@@ -407,10 +410,13 @@ class Connection {
       if (!before) changes.push({ type: "added", doc });
       else if (!same(before, doc)) changes.push({ type: "modified", doc });
     }
-    if (!changes.length && sub.started && !always) return;
+    const pending = local?.pending ?? false;
+    // A change of `hasPendingWrites` alone is shown too: the app may say "saved" now.
+    if (!changes.length && sub.started && !always && pending === sub.pending) return;
     sub.shown = now;
     sub.started = true;
-    const snapshot = { docs, doc: docs[0] ?? null, changes, fromCache: !sub.live, hasPendingWrites: local?.pending ?? false };
+    sub.pending = pending;
+    const snapshot = { docs, doc: docs[0] ?? null, changes, fromCache: !sub.live, hasPendingWrites: pending };
     sub.next(snapshot as Snapshot<never>);
   }
 

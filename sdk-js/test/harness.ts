@@ -6,8 +6,8 @@ import { join, resolve } from "node:path";
 
 export const KEY = "hk_test_service_key_for_the_js_suite_0123456789";
 
-/** The binary `cargo build` made (or `HEARTH_BIN`). */
-export const HEARTH_BIN = process.env.HEARTH_BIN ?? resolve(import.meta.dirname, "../../../target/debug/hearth");
+/** The binary `cargo build` made (or `HEARTH_TEST_BIN`). */
+export const HEARTH_TEST_BIN = process.env.HEARTH_TEST_BIN ?? resolve(import.meta.dirname, "../../../target/debug/hearth");
 
 export interface ServerOptions {
   /** A project dir whose rules and functions the server starts with (copied, so it stays clean). */
@@ -46,7 +46,7 @@ export class Server {
   async run(): Promise<void> {
     const args = ["serve", "--dir", this.dir, "--addr", this.addr];
     if (this.options.publicDir) args.push("--public", this.options.publicDir);
-    const child = spawn(HEARTH_BIN, args, {
+    const child = spawn(HEARTH_TEST_BIN, args, {
       env: {
         ...process.env,
         HEARTH_SERVICE_KEY: KEY,

@@ -120,7 +120,16 @@ test("two tabs of one browser share the cache and the queue, and each write reac
   await add(second, "from the second tab");
   await first.waitForFunction(() => document.querySelector("#todos")!.textContent!.includes("from the second tab"));
   await context.setOffline(false);
-  for (const page of [first, second]) await page.waitForFunction(() => document.querySelector("#status")!.textContent === "", null, { timeout: 15_000 });
+  for (const page of [first, second]) {
+    await page.waitForFunction(() => document.querySelector("#status")!.textContent === "", null, { timeout: 15_000 }).catch(async (error) => {
+      const state = await page.evaluate(() => ({
+        status: document.querySelector("#status")!.textContent,
+        todos: document.querySelector("#todos")!.textContent,
+        pending: (globalThis as unknown as { offline: { pendingWrites: number } }).offline.pendingWrites,
+      }));
+      throw new Error(`${page === first ? "first" : "second"} tab: ${JSON.stringify(state)}: ${error}`);
+    });
+  }
   const uid = await first.evaluate(() => (globalThis as unknown as { hearth: { auth: { currentUser: { id: string } } } }).hearth.auth.currentUser.id);
   const admin = createClient(server.url, { serviceKey: KEY });
   const stored = await admin.collection<{ title: string }>("todos").where("owner", "==", uid).orderBy("at").get();
