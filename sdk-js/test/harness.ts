@@ -17,16 +17,19 @@ export interface ServerOptions {
   rules?: string;
   /** `--public DIR` */
   publicDir?: string;
+  /** HOST:PORT (default: a free port) */
+  addr?: string;
 }
 
 export class Server {
   child: ChildProcess | undefined;
   url = "";
   readonly dir: string;
-  private addr = "127.0.0.1:0";
+  private addr: string;
   output = "";
 
   private constructor(private readonly options: ServerOptions) {
+    this.addr = options.addr ?? "127.0.0.1:0";
     this.dir = mkdtempSync(join(tmpdir(), "hearth-js-"));
     for (const file of ["rules.toml", "functions"]) {
       const source = options.project && join(options.project, file);
@@ -89,6 +92,16 @@ export class Server {
     await this.stop();
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** A loopback port nothing listens on now. */
+export async function freePort(): Promise<number> {
+  const { createServer } = await import("node:net");
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as import("node:net").AddressInfo).port;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }
 
 /** Waits until `check` holds, or fails after `ms`. */
