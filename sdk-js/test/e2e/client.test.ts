@@ -1,5 +1,6 @@
 // The client against the real server, in Node (the `ws` package as its WebSocket).
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import { after, before, test } from "node:test";
 
 import WebSocket from "ws";
@@ -251,4 +252,53 @@ test("listeners resume across a server restart without losing or repeating a cha
   await new Promise((resolve) => setTimeout(resolve, 300));
   assert.deepEqual(changes, ["added:a", "added:b", "added:c", "added:d"]);
   assert.deepEqual(last!.docs.map((doc) => doc.id), ["a", "b", "c", "d"]);
+});
+
+/** The RFC 6238 code of a base32 secret now. */
+function totp(secret: string): string {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  let bits = "";
+  for (const char of secret.replace(/=+$/, "")) bits += alphabet.indexOf(char.toUpperCase()).toString(2).padStart(5, "0");
+  const key = Buffer.from(bits.match(/.{8}/g)!.map((byte) => parseInt(byte, 2)));
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(Date.now() / 30_000)));
+  const mac = createHmac("sha1", key).update(counter).digest();
+  const offset = mac[mac.length - 1] & 0xf;
+  return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, "0");
+}
+
+test("a user with TOTP on signs in in two steps", async () => {
+  const hearth = client();
+  const email = `mfa-${Date.now()}@example.com`;
+  await hearth.auth.signUp(email, "correct horse battery staple");
+  const { secret } = await hearth.auth.enrollTotp();
+  const codes = await hearth.auth.confirmTotp(totp(secret));
+  assert.ok(codes.length >= 8);
+  await hearth.auth.signOut();
+  const first = await hearth.auth.signIn(email, "correct horse battery staple");
+  assert.ok(first.mfaRequired, "the password alone is not enough");
+  assert.equal(hearth.auth.currentUser, null);
+  const wrong = await hearth.auth.verifyMfa(first.ticket, "000000").catch((error: unknown) => error);
+  assert.ok(wrong instanceof HearthError, String(wrong));
+  const user = await hearth.auth.verifyMfa(first.ticket, codes[0]);
+  assert.equal(user.email, email);
+  assert.equal((await hearth.auth.reloadUser()).mfa, true);
+});
+
+test("every listener and channel of a client shares one WebSocket", async () => {
+  let sockets = 0;
+  const Counted = class extends WebSocket {
+    constructor(url: string) {
+      super(url);
+      sockets++;
+    }
+  };
+  const hearth = createClient(server.url, { persistence: memoryStorage(), WebSocket: Counted as unknown as WebSocketLike });
+  opened.push(hearth);
+  await hearth.auth.signUp(`one-${Date.now()}@example.com`, "correct horse battery staple");
+  const seen: number[] = [];
+  for (let i = 0; i < 5; i++) onSnapshot(hearth.collection(`rooms/one-${i}/messages`), () => seen.push(i));
+  channel(hearth, `room:one-${Date.now()}`).join({});
+  await eventually(() => seen.length === 5, "five first snapshots");
+  assert.equal(sockets, 1);
 });
