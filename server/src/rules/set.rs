@@ -323,17 +323,55 @@ pub struct RuleSet {
 }
 
 /// The file as TOML gives it: pattern → key → expression, with where each sits.
-type RawFile = BTreeMap<toml::Spanned<String>, toml::Spanned<BTreeMap<toml::Spanned<String>, toml::Spanned<String>>>>;
+type RawFile =
+    BTreeMap<toml::Spanned<String>, toml::Spanned<BTreeMap<toml::Spanned<String>, toml::Spanned<toml::Value>>>>;
+
+/// What is wrong with a file that is TOML but not rules: a pattern split at a dot into
+/// nested tables (`[docs."rooms/{id}"]`), or a value outside any pattern's table.
+fn misshapen(source: &str) -> Option<RulesError> {
+    let table = source.parse::<toml::Table>().ok()?;
+    let line_of = |name: &str| {
+        source.lines().position(|line| line.trim_start().starts_with('[') && line.contains(name)).map(|line| line + 1)
+    };
+    for (pattern, value) in &table {
+        let Some(inner) = value.as_table() else {
+            return Some(RulesError {
+                line: source
+                    .lines()
+                    .position(|line| line.trim_start().starts_with(pattern.as_str()))
+                    .map(|line| line + 1),
+                pattern: None,
+                key: Some(pattern.clone()),
+                reason: format!(
+                    "`{pattern}` is outside any pattern: rules go under a pattern's table, like [\"rooms/{{room}}\"]"
+                ),
+            });
+        };
+        if let Some((key, _)) = inner.iter().find(|(_, value)| value.is_table()) {
+            return Some(RulesError {
+                line: line_of(key),
+                pattern: Some(pattern.clone()),
+                key: Some(key.clone()),
+                reason: format!(
+                    "`{pattern}` holds a table `{key}`: a pattern is one quoted name, slashes and all, like [\"{pattern}/{key}\"]"
+                ),
+            });
+        }
+    }
+    None
+}
 
 impl RuleSet {
     /// Parses and compiles a rules file; the first problem refuses it whole.
     pub fn parse(source: &str) -> Result<RuleSet, RulesError> {
         let line_of = |offset: usize| source[..offset.min(source.len())].matches('\n').count() + 1;
-        let raw: RawFile = toml::from_str(source).map_err(|error| RulesError {
-            line: error.span().map(|span| line_of(span.start)),
-            pattern: None,
-            key: None,
-            reason: error.message().to_owned(),
+        let raw: RawFile = toml::from_str(source).map_err(|error| {
+            misshapen(source).unwrap_or_else(|| RulesError {
+                line: error.span().map(|span| line_of(span.start)),
+                pattern: None,
+                key: None,
+                reason: error.message().to_owned(),
+            })
         })?;
         let mut set = RuleSet { source: source.to_owned(), ..RuleSet::default() };
         for (pattern_text, table) in raw {
@@ -366,8 +404,20 @@ impl RuleSet {
                         format!("unknown key `{key_name}` (known here: {})", known.join(", ")),
                     ));
                 };
-                let rule =
-                    compile(expression.get_ref(), &captures).map_err(|reason| fail(line, Some(&key_name), reason))?;
+                let expression = match expression.get_ref() {
+                    toml::Value::String(expression) => expression,
+                    other => {
+                        return Err(fail(
+                            line,
+                            Some(&key_name),
+                            format!(
+                                "a rule is a CEL expression in a string, like \"{other}\", not a {}",
+                                other.type_str()
+                            ),
+                        ));
+                    }
+                };
+                let rule = compile(expression, &captures).map_err(|reason| fail(line, Some(&key_name), reason))?;
                 rules.push((key, rule));
             }
             let pattern = Pattern { text: text.clone(), segments, rules };
@@ -667,6 +717,16 @@ join = "auth != null"
         assert!(refused("[\"@channels/{c}\"]\nread = \"true\"\n").reason.contains("unknown key"));
         assert!(refused("[\"a/{x}\"]\njoin = \"true\"\n").reason.contains("unknown key"));
         assert!(refused("not toml at all [").line.is_some());
+        // TOML that is not rules says what shape it should have.
+        let e = refused("[docs.\"rooms/{id}\"]\nread = \"true\"\n");
+        assert_eq!((e.line, e.pattern.as_deref(), e.key.as_deref()), (Some(1), Some("docs"), Some("rooms/{id}")));
+        assert!(e.reason.contains("[\"docs/rooms/{id}\"]"), "{e}");
+        let e = refused("read = \"true\"\n[\"a/{x}\"]\nread = \"true\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(1), Some("read")));
+        assert!(e.reason.contains("outside any pattern"), "{e}");
+        let e = refused("[\"a/{x}\"]\nread = true\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("read")));
+        assert!(e.reason.contains("in a string"), "{e}");
         // Comprehension variables are not unknown.
         RuleSet::parse("[\"a/{x}\"]\nread = \"[1, 2].all(n, n > 0) && x != ''\"\n").expect("compiles");
     }
