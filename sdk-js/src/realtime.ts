@@ -273,7 +273,15 @@ class Connection {
   }
 
   async #opened(socket: WebSocket): Promise<void> {
-    const token = await this.#token(false).catch(() => null);
+    let token: string | null;
+    try {
+      token = await this.#token(false);
+    } catch {
+      // No fresh token now (the server is away mid-refresh): subscribing without one
+      // would end every listener with permission-denied. Close, and try again later.
+      socket.close(4000, "no token");
+      return;
+    }
     if (this.#socket !== socket) return;
     this.#uid = this.host.auth.currentUser?.id ?? null;
     this.#open = true;
