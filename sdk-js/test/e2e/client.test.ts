@@ -302,3 +302,18 @@ test("every listener and channel of a client shares one WebSocket", async () => 
   await eventually(() => seen.length === 5, "five first snapshots");
   assert.equal(sockets, 1);
 });
+
+test("an anonymous user becomes a password user with the same id", async () => {
+  const hearth = client();
+  const guest = await hearth.auth.signInAnonymously();
+  assert.ok(guest.anonymous);
+  await hearth.doc(`counters/anon-${guest.id}`).set({ n: 1 });
+  const email = `linked-${Date.now()}@example.com`;
+  const linked = await hearth.auth.link(email, "correct horse battery staple");
+  assert.equal(linked.id, guest.id);
+  assert.equal(linked.anonymous, false);
+  assert.equal(hearth.auth.currentUser?.email, email);
+  await hearth.auth.signOut();
+  const again = await hearth.auth.signIn(email, "correct horse battery staple");
+  assert.ok(!again.mfaRequired && again.user.id === guest.id);
+});
