@@ -14,6 +14,8 @@ export interface ClientOptions {
   WebSocket?: WebSocketLike;
   /** The fetch to use (default: the global one). */
   fetch?: typeof fetch;
+  /** How long a request may wait for its answer before it fails as `unavailable` (default 30 s). */
+  timeoutMs?: number;
 }
 
 /** A client of one Hearth server: auth, documents, queries, batches, transactions, functions; with {@link onSnapshot} and {@link channel}, live data. */
@@ -26,7 +28,7 @@ export class Hearth implements RealtimeHost {
   readonly closers = new Set<() => void>();
 
   constructor(url: string, options: ClientOptions = {}) {
-    this.http = new Http(url.replace(/\/+$/, ""), options.fetch ?? globalThis.fetch.bind(globalThis));
+    this.http = new Http(url.replace(/\/+$/, ""), options.fetch ?? globalThis.fetch.bind(globalThis), options.timeoutMs);
     this.auth = new Auth(this.http, storageOf(options.persistence));
     this.serviceKey = options.serviceKey;
     this.WebSocket = options.WebSocket;

@@ -20,6 +20,8 @@ export class Http {
   constructor(
     readonly baseUrl: string,
     private readonly fetcher: typeof fetch,
+    /** A request with no answer after this long fails as `unavailable` (so the offline cache takes over). */
+    private readonly timeoutMs = 30_000,
   ) {}
 
   async request<T>(method: string, path: string, options: RequestOptions = {}): Promise<T> {
@@ -37,9 +39,10 @@ export class Http {
       if (token) headers.authorization = `Bearer ${token}`;
       let response: Response;
       try {
-        response = await this.fetcher(this.baseUrl + path, { method, headers, body });
+        response = await this.fetcher(this.baseUrl + path, { method, headers, body, signal: AbortSignal.timeout?.(this.timeoutMs) });
       } catch (error) {
-        throw new HearthError("unavailable", `cannot reach ${this.baseUrl}: ${String(error)}`);
+        const why = error instanceof Error && error.name === "TimeoutError" ? `no answer in ${this.timeoutMs} ms` : String(error);
+        throw new HearthError("unavailable", `cannot reach ${this.baseUrl}: ${why}`);
       }
       // An access token that expired in flight: once more with a fresh one.
       if (response.status === 401 && token && !token.startsWith("hk_") && attempt === 0) continue;

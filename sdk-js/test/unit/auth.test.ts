@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
 
-import { createClient, memoryStorage, type User } from "../../src/index.js";
+import { HearthError, createClient, memoryStorage, type User } from "../../src/index.js";
 
 /** A server that rotates refresh tokens and, as Hearth does, revokes the family when a rotated-out one comes back. */
 function fakeServer() {
@@ -74,4 +74,16 @@ test("a refresh the server refuses signs out, and listeners hear it", async () =
   assert.equal(client.auth.currentUser, null);
   await new Promise((resolve) => setTimeout(resolve, 10));
   assert.deepEqual(seen, [null, "u1", null]);
+});
+
+test("a request with no answer in time fails as unavailable", async () => {
+  const hanging = ((_url: string, init?: RequestInit) =>
+    new Promise((_resolve, reject) => init?.signal?.addEventListener("abort", () => reject(init.signal!.reason)))) as typeof fetch;
+  const client = createClient("http://hearth.test", { persistence: memoryStorage(), fetch: hanging, timeoutMs: 50 });
+  after(() => client.close());
+  // Node does not wait for AbortSignal.timeout's timer alone; this keeps the test alive.
+  const alive = setTimeout(() => undefined, 5_000);
+  const error = await client.doc("rooms/r1").get().catch((failure: unknown) => failure);
+  clearTimeout(alive);
+  assert.ok(error instanceof HearthError && error.code === "unavailable" && /no answer in 50 ms/.test(error.message), String(error));
 });
