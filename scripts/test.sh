@@ -17,7 +17,8 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
     echo "no Chromium at ${CHROMIUM:-/usr/bin/chromium}: install Debian's (apt-get install -y chromium) or set CHROMIUM" >&2
     exit 1
 fi
-cargo build -p hearth-server
+# `cargo test` built target/debug/hearth for the end-to-end suites; the JS tests use it.
+[ -x target/debug/hearth ] || cargo build -p hearth-server
 cd sdk-js
 npm ci --no-audit --no-fund
 npm run lint
