@@ -150,11 +150,7 @@ export class Auth {
   async signOut(options: { all?: boolean } = {}): Promise<void> {
     await this.ready;
     const session = this.#session;
-    await this.#locked(async () => {
-      await this.store.remove(this.#key);
-      this.#adopt(null);
-      this.#channel?.postMessage("changed");
-    });
+    await this.#locked(() => this.#save(null));
     if (session) {
       // Best effort: the session is gone here whatever the server answers.
       await this.http
@@ -217,23 +213,14 @@ export class Auth {
 
   async #start(answer: SessionAnswer): Promise<User> {
     const session = toSession(answer);
-    await this.#locked(async () => {
-      await this.store.set(this.#key, JSON.stringify(session));
-      this.#adopt(session);
-      this.#channel?.postMessage("changed");
-    });
+    await this.#locked(() => this.#save(session));
     return session.user;
   }
 
   async #updateUser(user: User): Promise<User> {
     await this.#locked(async () => {
       const stored = await this.#load();
-      if (stored && stored.user.id === user.id) {
-        const session = { ...stored, user };
-        await this.store.set(this.#key, JSON.stringify(session));
-        this.#adopt(session);
-        this.#channel?.postMessage("changed");
-      }
+      if (stored && stored.user.id === user.id) await this.#save({ ...stored, user });
     });
     return user;
   }
@@ -256,20 +243,24 @@ export class Auth {
       } catch (error) {
         if (error instanceof HearthError && error.code === "unauthenticated") {
           // Revoked, expired or the user disabled: signed out everywhere.
-          await this.store.remove(this.#key);
-          this.#adopt(null);
-          this.#channel?.postMessage("changed");
+          await this.#save(null);
           return null;
         }
         this.#schedule(10_000); // the server is away: try again soon, keep the session
         throw error;
       }
       const session = toSession(answer);
-      await this.store.set(this.#key, JSON.stringify(session));
-      this.#adopt(session);
-      this.#channel?.postMessage("changed");
+      await this.#save(session);
       return session;
     });
+  }
+
+  /** Stores `session` (null: signed out) for every tab, makes it this tab's, and tells the others. Call it under {@link #locked}. */
+  async #save(session: Session | null): Promise<void> {
+    if (session) await this.store.set(this.#key, JSON.stringify(session));
+    else await this.store.remove(this.#key);
+    this.#adopt(session);
+    this.#channel?.postMessage("changed");
   }
 
   async #reload(): Promise<void> {

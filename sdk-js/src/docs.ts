@@ -28,6 +28,9 @@ export interface DocsHost {
   local?: LocalCache;
 }
 
+/** A path without leading or trailing slashes. */
+const trimSlashes = (path: string) => path.replace(/^\/+|\/+$/g, "");
+
 const ifMatch = (options: WriteOptions): Record<string, string> =>
   options.ifVersion === undefined ? {} : { "if-match": String(options.ifVersion) };
 
@@ -39,7 +42,7 @@ export class DocumentRef<T = DocumentData> {
     readonly host: DocsHost,
     readonly path: string,
   ) {
-    this.path = path.replace(/^\/+|\/+$/g, "");
+    this.path = trimSlashes(path);
     this.id = this.path.slice(this.path.lastIndexOf("/") + 1);
   }
 
@@ -156,7 +159,7 @@ export class CollectionRef<T = DocumentData> extends Query<T> {
     host: DocsHost,
     readonly path: string,
   ) {
-    super(host, { collection: path.replace(/^\/+|\/+$/g, "") });
+    super(host, { collection: trimSlashes(path) });
     this.path = this.spec.collection!;
   }
 
@@ -210,7 +213,7 @@ export class WriteBatch {
   }
 
   #add(write: BatchWrite): this {
-    write.path = write.path.replace(/^\/+|\/+$/g, "");
+    write.path = trimSlashes(write.path);
     if (write.if_version === undefined) delete write.if_version;
     this.writes.push(write);
     return this;
@@ -228,7 +231,7 @@ export class Transaction {
 
   async get<T = DocumentData>(path: string): Promise<Doc<T> | null> {
     const doc = await new DocumentRef<T>(this.host, path).get();
-    this.#read.set(doc?.path ?? path.replace(/^\/+|\/+$/g, ""), doc?.version ?? 0);
+    this.#read.set(doc?.path ?? trimSlashes(path), doc?.version ?? 0);
     return doc;
   }
 
@@ -255,7 +258,7 @@ export class Transaction {
   }
 
   #version(path: string): number | undefined {
-    return this.#read.get(path.replace(/^\/+|\/+$/g, ""));
+    return this.#read.get(trimSlashes(path));
   }
 }
 

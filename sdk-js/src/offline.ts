@@ -4,6 +4,7 @@ import type { Auth } from "./auth.js";
 import type { BatchWrite, DocsHost, Page } from "./docs.js";
 import { HearthError } from "./errors.js";
 import { applyWrite } from "./eval.js";
+import { committed, openDatabase, request } from "./idb.js";
 import type { LocalCache, Target } from "./local.js";
 import type { Doc, QuerySpec } from "./types.js";
 import { inTarget, queryMatches, queryOrder } from "./value.js";
@@ -348,7 +349,10 @@ export class Offline implements LocalCache {
       this.#channel.onmessage = () => void this.#reloadQueue().then(() => this.#changed(false));
     }
     if (typeof indexedDB !== "undefined") {
-      this.#db = await openDatabase(this.#name);
+      this.#db = await openDatabase(this.#name, (db) => {
+        db.createObjectStore("docs", { keyPath: "path" });
+        db.createObjectStore("queue", { keyPath: "seq" });
+      });
       const [docs, queue] = await Promise.all([all<Doc>(this.#db, "docs"), all<Entry>(this.#db, "queue")]);
       for (const doc of docs) this.#docs.set(doc.path, doc);
       this.#queue = queue;
@@ -381,8 +385,7 @@ export class Offline implements LocalCache {
           const transaction = db.transaction(["docs", "queue"], "readwrite");
           const stores = { docs: transaction.objectStore("docs"), queue: transaction.objectStore("queue") };
           batch.work.forEach((step) => step(stores));
-          transaction.oncomplete = () => resolve();
-          transaction.onerror = transaction.onabort = () => reject(transaction.error);
+          committed(transaction).then(resolve, reject);
         }, 0);
       });
       this.#batch = batch;
@@ -390,28 +393,6 @@ export class Offline implements LocalCache {
     this.#batch.work.push(work);
     return this.#batch.done;
   }
-}
-
-function openDatabase(name: string): Promise<IDBDatabase> {
-  return new Promise((resolve, reject) => {
-    const opening = indexedDB.open(name, 1);
-    opening.onupgradeneeded = () => {
-      opening.result.createObjectStore("docs", { keyPath: "path" });
-      opening.result.createObjectStore("queue", { keyPath: "seq" });
-    };
-    opening.onsuccess = () => {
-      opening.result.onversionchange = () => opening.result.close();
-      resolve(opening.result);
-    };
-    opening.onerror = () => reject(opening.error);
-  });
-}
-
-function request<T>(request: IDBRequest): Promise<T> {
-  return new Promise((resolve, reject) => {
-    request.onsuccess = () => resolve(request.result as T);
-    request.onerror = () => reject(request.error);
-  });
 }
 
 const all = <T>(db: IDBDatabase, store: string) => request<T[]>(db.transaction(store).objectStore(store).getAll());

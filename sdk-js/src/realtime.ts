@@ -383,8 +383,9 @@ class Connection {
   /** A whole result: the first, or a fresh one after a resume the server could not serve, told as the difference. */
   #snapshot(sub: Subscription, docs: Doc[], resume: string | undefined): void {
     sub.resume = resume;
-    const removed = [...sub.view.keys()].filter((path) => !docs.some((doc) => doc.path === path));
-    sub.view = new Map(docs.map((doc) => [doc.path, doc]));
+    const fresh = new Map(docs.map((doc) => [doc.path, doc]));
+    const removed = [...sub.view.keys()].filter((path) => !fresh.has(path));
+    sub.view = fresh;
     this.#delivered(sub, docs, removed);
   }
 

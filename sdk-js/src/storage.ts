@@ -1,3 +1,5 @@
+import { committed, openDatabase, request } from "./idb.js";
+
 /** Where the client keeps its session (and, with the offline cache, documents): async, so
  * IndexedDB and React Native's AsyncStorage fit. Every tab of an origin shares one. */
 export interface KeyValueStore {
@@ -42,32 +44,15 @@ export function asyncStorage(store: {
  * open at once; nothing is leased. */
 export function indexedDBStorage(name = "hearth"): KeyValueStore {
   let opened: Promise<IDBDatabase> | undefined;
-  const database = () =>
-    (opened ??= new Promise<IDBDatabase>((resolve, reject) => {
-      const request = indexedDB.open(name, 1);
-      request.onupgradeneeded = () => request.result.createObjectStore("kv");
-      request.onsuccess = () => {
-        const db = request.result;
-        // Another tab upgrading later must not be blocked by this one.
-        db.onversionchange = () => {
-          db.close();
-          opened = undefined;
-        };
-        resolve(db);
-      };
-      request.onerror = () => {
-        opened = undefined;
-        reject(request.error);
-      };
-    }));
+  const database = () => {
+    opened ??= openDatabase(name, (db) => db.createObjectStore("kv"), () => (opened = undefined));
+    opened.catch(() => (opened = undefined));
+    return opened;
+  };
   const run = async <T>(mode: IDBTransactionMode, work: (store: IDBObjectStore) => IDBRequest<T>) => {
-    const db = await database();
-    return new Promise<T>((resolve, reject) => {
-      const transaction = db.transaction("kv", mode);
-      const request = work(transaction.objectStore("kv"));
-      transaction.oncomplete = () => resolve(request.result);
-      transaction.onerror = transaction.onabort = () => reject(transaction.error);
-    });
+    const transaction = (await database()).transaction("kv", mode);
+    const [result] = await Promise.all([request<T>(work(transaction.objectStore("kv"))), committed(transaction)]);
+    return result;
   };
   return {
     get: async (key) => ((await run("readonly", (store) => store.get(key))) as string | undefined) ?? null,

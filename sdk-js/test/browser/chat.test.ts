@@ -1,38 +1,25 @@
 // The web client in headless Chromium (Debian's, through playwright-core), on the chat
 // example served by the real binary with `--public`.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
 import { after, before, test } from "node:test";
 
-import { chromium, type Browser, type Page } from "playwright-core";
+import { type Browser, type Page } from "playwright-core";
 import WebSocket from "ws";
 
 import { createClient, memoryStorage, type WebSocketLike } from "../../src/index.js";
-import { Server } from "../harness.js";
-// @ts-expect-error: a build script in plain JavaScript
-import { buildExample } from "../../../scripts/examples.mjs";
-
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const PASSWORD = "correct horse battery staple";
+import type { Server } from "../harness.js";
+import { PASSWORD, exampleSite, type Site } from "./site.js";
 
 let server: Server;
 let browser: Browser;
-let web: string;
+let example: Site;
 
 before(async () => {
-  web = mkdtempSync(join(tmpdir(), "hearth-web-"));
-  await buildExample("chat", web);
-  server = await Server.start({ project: resolve(import.meta.dirname, "../../../../examples/chat"), publicDir: web });
-  browser = await chromium.launch({ executablePath: CHROMIUM, chromiumSandbox: false });
+  example = await exampleSite("chat");
+  ({ server, browser } = example);
 });
 
-after(async () => {
-  await browser?.close();
-  await server?.close();
-  rmSync(web, { recursive: true, force: true });
-});
+after(() => example?.close());
 
 const email = (name: string) => `${name}-${Math.random().toString(36).slice(2, 8)}@example.com`;
 

@@ -1,26 +1,23 @@
 // Provider sign-in in Chromium: the page goes to the provider and back, and the client
 // finishes the sign-in from the URL fragment, removes it, and keeps the session.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 
 import { build } from "esbuild";
-import { chromium, type Browser } from "playwright-core";
+import type { Browser } from "playwright-core";
 
-import { Server, freePort } from "../harness.js";
+import { type Server, freePort } from "../harness.js";
+import { site, type Site } from "./site.js";
 import { CLIENT_ID, CLIENT_SECRET, Provider } from "../oidc.js";
 
 let server: Server;
 let provider: Provider;
 let browser: Browser;
-let web: string;
+let served: Site;
 
 before(async () => {
-  web = mkdtempSync(join(tmpdir(), "hearth-web-"));
-  await build({ entryPoints: [join(import.meta.dirname, "page.js")], outfile: join(web, "page.js"), bundle: true, format: "esm", logLevel: "error" });
-  writeFileSync(join(web, "index.html"), '<!doctype html><meta charset="utf-8"><script type="module" src="/page.js"></script>');
   provider = await Provider.start();
   const addr = `127.0.0.1:${await freePort()}`;
   const config = `[auth.oauth]
@@ -32,15 +29,16 @@ issuer = "${provider.issuer}"
 client_id = "${CLIENT_ID}"
 client_secret = "${CLIENT_SECRET}"
 `;
-  server = await Server.start({ config, addr, publicDir: web });
-  browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", chromiumSandbox: false });
+  served = await site(async (web) => {
+    await build({ entryPoints: [join(import.meta.dirname, "page.js")], outfile: join(web, "page.js"), bundle: true, format: "esm", logLevel: "error" });
+    writeFileSync(join(web, "index.html"), '<!doctype html><meta charset="utf-8"><script type="module" src="/page.js"></script>');
+  }, { config, addr });
+  ({ server, browser } = served);
 });
 
 after(async () => {
-  await browser?.close();
-  await server?.close();
+  await served?.close();
   provider?.close();
-  rmSync(web, { recursive: true, force: true });
 });
 
 test("a provider sign-in comes back to the page, signs in and leaves no token in the URL", async () => {

@@ -1,37 +1,24 @@
 // The offline todo example in headless Chromium: a page that goes offline keeps working,
 // survives a reload, and its writes reach another page once each, in order.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
 import { after, before, test } from "node:test";
 
-import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import { type Browser, type BrowserContext, type Page } from "playwright-core";
 
 import { createClient } from "../../src/index.js";
-import { KEY, Server } from "../harness.js";
-// @ts-expect-error: a build script in plain JavaScript
-import { buildExample } from "../../../scripts/examples.mjs";
-
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const PASSWORD = "correct horse battery staple";
+import { KEY, type Server } from "../harness.js";
+import { PASSWORD, exampleSite, type Site } from "./site.js";
 
 let server: Server;
 let browser: Browser;
-let web: string;
+let example: Site;
 
 before(async () => {
-  web = mkdtempSync(join(tmpdir(), "hearth-web-"));
-  await buildExample("todo", web);
-  server = await Server.start({ project: resolve(import.meta.dirname, "../../../../examples/todo"), publicDir: web });
-  browser = await chromium.launch({ executablePath: CHROMIUM, chromiumSandbox: false });
+  example = await exampleSite("todo");
+  ({ server, browser } = example);
 });
 
-after(async () => {
-  await browser?.close();
-  await server?.close();
-  rmSync(web, { recursive: true, force: true });
-});
+after(() => example?.close());
 
 const titles = (page: Page) => page.$$eval("#todos li span", (items) => items.map((item) => item.textContent));
 

@@ -70,6 +70,16 @@ async function signedUp(name: string) {
   return hearth;
 }
 
+/** Two users: one who owns a new room and writes in it, one who reads it. */
+async function liveRoom(name: string) {
+  const writer = await signedUp(`${name}-writer`);
+  const reader = await signedUp(`${name}-reader`);
+  const uid = writer.auth.currentUser!.id;
+  const room = `rooms/${name}-${uid}`;
+  await writer.doc(room).set({ owner: uid, title: name, size: 0 });
+  return { writer, reader, uid, room };
+}
+
 test("sign-up, sign-in, refresh and sign-out", async () => {
   const hearth = client();
   const states: (string | null)[] = [];
@@ -174,11 +184,7 @@ test("functions are called with the caller", async () => {
 });
 
 test("a live query gets its result, then each change once, in order", async () => {
-  const writer = await signedUp("gus");
-  const reader = await signedUp("hal");
-  const uid = writer.auth.currentUser!.id;
-  const room = `rooms/live-${uid}`;
-  await writer.doc(room).set({ owner: uid, title: "live", size: 0 });
+  const { writer, reader, uid, room } = await liveRoom("live");
   const snapshots: Snapshot[] = [];
   const stop = onSnapshot(reader.collection(`${room}/messages`).orderBy("n"), (snapshot) => snapshots.push(snapshot));
   await eventually(() => snapshots.length === 1, "the first snapshot");
@@ -232,11 +238,7 @@ test("presence and broadcast reach the members", async () => {
 });
 
 test("listeners resume across a server restart without losing or repeating a change", async () => {
-  const writer = await signedUp("joe");
-  const reader = await signedUp("kim");
-  const uid = writer.auth.currentUser!.id;
-  const room = `rooms/restart-${uid}`;
-  await writer.doc(room).set({ owner: uid, title: "r", size: 0 });
+  const { writer, reader, uid, room } = await liveRoom("restart");
   const changes: string[] = [];
   let last: Snapshot | undefined;
   onSnapshot(reader.collection(`${room}/messages`), (snapshot) => {
