@@ -22,23 +22,23 @@ use super::error::ApiError;
 
 /// The fallback of the router: a file of the web app, or the API's 404.
 pub async fn serve(State(state): State<AppState>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
-    let not_found = || super::system::not_found(uri.clone());
-    let Some(root) = state.config().public_dir() else {
-        return not_found().await.into_response();
+    let head = method == Method::HEAD;
+    let wanted = state.config().public_dir().filter(|_| (head || method == Method::GET) && !is_api(uri.path()));
+    let file = match (wanted, relative_path(uri.path())) {
+        (Some(root), Some(relative)) => find(&root, &relative).await,
+        _ => None,
     };
-    if !matches!(method, Method::GET | Method::HEAD) || is_api(uri.path()) {
-        return not_found().await.into_response();
-    }
-    let Some(relative) = relative_path(uri.path()) else {
-        return not_found().await.into_response();
+    let answer = match &file {
+        Some(file) => send(file, &headers, head).await,
+        None => Err(std::io::ErrorKind::NotFound.into()),
     };
-    let Some(file) = find(&root, &relative).await else {
-        return not_found().await.into_response();
-    };
-    match send(&file, &headers, method == Method::HEAD).await {
+    match answer {
         Ok(response) => response,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => not_found().await.into_response(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            super::system::not_found(uri).await.into_response()
+        }
         Err(error) => {
+            let file = file.unwrap_or_default();
             tracing::error!(file = %file.display(), %error, "cannot read a public file");
             ApiError::internal("cannot read a public file").into_response()
         }
